@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` (main job) and `make test` (whole suite).
+# Both create .venv and install what they need; `make test` also installs mosquitto,
+# promtool and systemd-analyze with apt-get when missing (as root; else it says what to do).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint unit system-deps bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/edgesched demo
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: setup
+	$(VENV)/bin/ruff check edgesched tests benchmarks
+	$(VENV)/bin/mypy edgesched
+	$(VENV)/bin/lint-imports
+
+unit: setup
+	$(VENV)/bin/pytest -q -m "not e2e"
+
+test: setup system-deps lint
+	$(VENV)/bin/pytest -q -ra
+
+bench: setup system-deps
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,142 @@
+"""Prometheus metrics of one node, registered on an injected CollectorRegistry.
+
+Names follow the Prometheus naming guide (base units, `_total` counters); every label set is
+bounded and pre-initialised to zero so dashboards see a series before the first event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from edgesched import __version__
+
+PLACEMENTS = ("local", "neighbour", "cloud")
+STATUSES = ("ok", "failed", "rejected", "expired")
+NEIGHBOUR_STATUSES = ("online", "suspect", "offline")
+TELEMETRY_KINDS = ("node", "state", "device")
+TELEMETRY_REJECT_REASONS = (
+    "oversize", "malformed", "schema", "not_finite", "out_of_range", "unknown_device_limit",
+    "queue_full",
+)
+TASK_REJECT_REASONS = (
+    "malformed", "schema", "oversize", "unknown_type", "queue_full", "deadline", "no_target",
+    "shutting_down", "duplicate_in_flight",
+)
+DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full")
+
+# Decisions take microseconds; tasks take milliseconds to minutes.
+DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
+TASK_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+)
+ERROR_BUCKETS = (-10.0, -1.0, -0.25, -0.1, -0.025, -0.01, 0.0, 0.01, 0.025, 0.1, 0.25, 1.0, 10.0)
+
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class Metrics:
+    """All metrics of one node; one instance per registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.build_info = Gauge(
+            "edgesched_build_info", "Build information (always 1).", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+        self.tasks_submitted = Counter(
+            "edgesched_tasks_submitted", "Tasks submitted to this node (MQTT and HTTP).",
+            registry=r,
+        )
+        self.decisions = Counter(
+            "edgesched_decisions", "Placement decisions made, by chosen placement.",
+            ["placement"], registry=r,
+        )
+        self.tasks_completed = Counter(
+            "edgesched_tasks_completed", "Tasks with a terminal reply, by placement and status.",
+            ["placement", "status"], registry=r,
+        )
+        self.task_latency = Histogram(
+            "edgesched_task_latency_seconds", "Submit-to-reply latency of completed tasks.",
+            ["placement"], buckets=TASK_BUCKETS, registry=r,
+        )
+        self.decision_duration = Histogram(
+            "edgesched_decision_duration_seconds", "Time the policy took to decide one task.",
+            buckets=DECISION_BUCKETS, registry=r,
+        )
+        self.prediction_error = Histogram(
+            "edgesched_latency_prediction_error_seconds",
+            "Actual minus predicted task latency.", buckets=ERROR_BUCKETS, registry=r,
+        )
+        self.energy = Counter(
+            "edgesched_energy_joules", "Estimated energy this node spent on tasks, by placement.",
+            ["placement"], registry=r,
+        )
+        self.deadline_misses = Counter(
+            "edgesched_deadline_misses", "Tasks that finished after their deadline or expired.",
+            registry=r,
+        )
+        self.neighbours = Gauge(
+            "edgesched_neighbours", "Known neighbour nodes by liveness status.", ["status"],
+            registry=r,
+        )
+        self.telemetry_messages = Counter(
+            "edgesched_telemetry_messages", "Telemetry messages accepted, by kind.", ["kind"],
+            registry=r,
+        )
+        self.telemetry_samples = Counter(
+            "edgesched_telemetry_samples", "Device telemetry samples accepted (SenML records).",
+            registry=r,
+        )
+        self.telemetry_rejected = Counter(
+            "edgesched_telemetry_rejected", "Telemetry messages rejected, by reason.",
+            ["reason"], registry=r,
+        )
+        self.tasks_rejected = Counter(
+            "edgesched_tasks_rejected", "Submissions rejected before running, by reason.",
+            ["reason"], registry=r,
+        )
+        self.messages_dropped = Counter(
+            "edgesched_mqtt_messages_dropped", "MQTT messages dropped by a full queue.",
+            ["reason"], registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "edgesched_mqtt_connected", "1 while connected to the MQTT broker.", registry=r
+        )
+        self.mqtt_reconnects = Counter(
+            "edgesched_mqtt_reconnects", "Reconnections to the MQTT broker after a loss.",
+            registry=r,
+        )
+        self.tasks_running = Gauge(
+            "edgesched_tasks_running", "Tasks executing on this node now.", registry=r
+        )
+        self.tasks_queued = Gauge(
+            "edgesched_tasks_queued", "Tasks waiting for an execution slot here.", registry=r
+        )
+        self._preinitialise()
+
+    def _preinitialise(self) -> None:
+        def each(metric: Counter | Gauge | Histogram, label: str, values: Iterable[str]) -> None:
+            for value in values:
+                metric.labels(**{label: value})
+
+        each(self.decisions, "placement", PLACEMENTS)
+        each(self.task_latency, "placement", PLACEMENTS)
+        each(self.energy, "placement", PLACEMENTS)
+        each(self.neighbours, "status", NEIGHBOUR_STATUSES)
+        each(self.telemetry_messages, "kind", TELEMETRY_KINDS)
+        each(self.telemetry_rejected, "reason", TELEMETRY_REJECT_REASONS)
+        each(self.tasks_rejected, "reason", TASK_REJECT_REASONS)
+        each(self.messages_dropped, "reason", DROP_REASONS)
+        for placement in PLACEMENTS:
+            for status in STATUSES:
+                self.tasks_completed.labels(placement=placement, status=status)
+        self.mqtt_connected.set(0)
+
+    def exposition(self) -> bytes:
+        """The text exposition format served on /metrics."""
+        return generate_latest(self.registry)

@@ -1,0 +1,234 @@
+"""Command line: argument parsing, logging set-up, signals, exit codes and the event loop.
+
+Each command's body lives in the module that owns the capability; this module only parses,
+wires SIGTERM/SIGINT to a shutdown event, and maps errors to the exit codes of CONTRACTS §1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from edgesched import __version__
+from edgesched.errors import (
+    ConfigError,
+    EdgeschedError,
+    NotImplementedYetError,
+    StallError,
+    UsageError,
+)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+
+log = logging.getLogger("edgesched.cli")
+
+# command name -> ("module:function", is_async). Async commands are called as
+# `await fn(args, shutdown_trigger)`; sync ones as `fn(args)`. Both return an exit code.
+COMMANDS: dict[str, tuple[str, bool]] = {
+    "run": ("edgesched.node.service:run_command", True),
+    "check-config": ("edgesched.cli:check_config_command", False),
+    "demo": ("edgesched.demo.command:demo_command", True),
+    "simulate": ("edgesched.sim.command:simulate_command", False),
+    "submit": ("edgesched.node.client:submit_command", True),
+    "status": ("edgesched.node.client:status_command", True),
+    "healthcheck": ("edgesched.node.client:healthcheck_command", True),
+    "version": ("edgesched.cli:version_command", False),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own exit code 2 is the contract's too
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _broker(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgesched", description=__doc__)
+    parser.add_argument("--log-level", default=None, help="override log.level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the node daemon (role edge|cloud from config)")
+    run.add_argument("--config", help="YAML config file (default: $EDGESCHED_CONFIG)")
+
+    check = sub.add_parser("check-config", help="validate and print the effective config")
+    check.add_argument("--config", help="YAML config file (default: $EDGESCHED_CONFIG)")
+
+    demo = sub.add_parser("demo", help="run a whole edge cluster on this machine")
+    demo.add_argument("--duration", type=_positive_float, default=60.0, help="seconds (60)")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--broker", type=_broker, help="HOST:PORT of an MQTT v5 broker")
+    demo.add_argument("--json", dest="json_path", help="write the summary as JSON here")
+
+    sim = sub.add_parser("simulate", help="compare policies on a scenario")
+    sim.add_argument("scenario", help="scenario YAML file")
+    sim.add_argument("--policy", action="append", dest="policies", help="repeatable")
+    sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("--json", dest="json_path", help="write the report as JSON here")
+    sim.add_argument("--plot", dest="plot_path", help="write a PNG comparison here")
+
+    submit = sub.add_parser("submit", help="submit one task over MQTT and print the reply")
+    submit.add_argument("--node", required=True, help="node id to submit to")
+    submit.add_argument("--type", required=True, dest="task_type")
+    submit.add_argument("--input", default=None, help="task input as JSON")
+    submit.add_argument("--deadline", type=_positive_float, default=None, help="seconds")
+    submit.add_argument("--broker", type=_broker, default=("127.0.0.1", 1883))
+    submit.add_argument("--topic-prefix", default="edgesched")
+    submit.add_argument("--timeout", type=_positive_float, default=120.0)
+
+    for name, helptext in (("status", "pretty view of a node's /v1/status"),
+                           ("healthcheck", "exit 0 when the node answers healthy")):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("--url", default=None, help="node base URL (default from config)")
+        cmd.add_argument("--config", help="YAML config file, for the default URL")
+        cmd.add_argument("--timeout", type=_positive_float, default=5.0)
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            doc.update(extra)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Structured logs to stderr; `fmt` is `text` or `json`."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("amqtt", "transitions", "asyncio", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def version_command(args: argparse.Namespace) -> int:
+    print(f"edgesched {__version__}")
+    return EXIT_OK
+
+
+def check_config_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from edgesched.config import config_path_from_env, load_settings, masked_dump
+
+    settings = load_settings(config_path_from_env(args.config))
+    sys.stdout.write(yaml.safe_dump(masked_dump(settings), sort_keys=False))
+    return EXIT_OK
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise NotImplementedYetError("this command is not implemented yet") from None
+        raise
+    fn: Callable[..., Any] = getattr(module, attr)
+    return fn
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # non-Linux platforms: the stdlib loop works, only slower
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_async(
+    fn: Callable[[argparse.Namespace, Awaitable[None]], Awaitable[int]],
+    args: argparse.Namespace,
+) -> int:
+    """Run an async command on uvloop; SIGTERM/SIGINT set the shutdown trigger it awaits."""
+
+    async def _main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async def shutdown_trigger() -> None:
+            await stop.wait()
+
+        return await fn(args, shutdown_trigger())
+
+    with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+        return runner.run(_main())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.log_level or "INFO")
+    target, is_async = COMMANDS[args.command]
+    try:
+        fn = _resolve(target)
+        code = run_async(fn, args) if is_async else fn(args)
+        return int(code)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"edgesched: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StallError as exc:
+        print(f"edgesched: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except EdgeschedError as exc:
+        print(f"edgesched {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

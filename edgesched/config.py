@@ -1,0 +1,460 @@
+"""Configuration: one frozen, validated pydantic-settings tree (defaults < YAML file < env).
+
+This is the only module that reads `os.environ`. Everything else receives a `Settings` (or a
+plain parameter object derived from it) from the composition root.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edgesched.errors import ConfigError
+
+ENV_PREFIX = "EDGESCHED_"
+CONFIG_ENV_VAR = "EDGESCHED_CONFIG"
+DEFAULT_HTTP_PORT = 8470
+NODE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MASK = "********"
+BUILTIN_TYPES = ("echo", "hash", "matmul", "sleep")
+
+_NODE_ID_RE = re.compile(NODE_ID_PATTERN)
+
+
+def default_node_id() -> str:
+    """The host name, made into a valid node id (invalid characters become '-')."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64]
+    return name or "edgesched"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve_secret_path(path: Path, credentials_dir: str | None) -> Path:
+    """Relative secret paths live in systemd's $CREDENTIALS_DIRECTORY when it is set."""
+    if not path.is_absolute() and credentials_dir:
+        return Path(credentials_dir) / path
+    return path
+
+
+def _read_secret(path: Path, credentials_dir: str | None) -> SecretStr:
+    resolved = _resolve_secret_path(path, credentials_dir)
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {resolved}: {exc.strerror}") from None
+    return SecretStr(text.rstrip("\r\n"))
+
+
+def _implicit_credential(name: str) -> Path | None:
+    """A credential systemd passed with LoadCredential=NAME, when no file is configured."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory and (Path(directory) / name).is_file():
+        return Path(directory) / name
+    return None
+
+
+class MqttSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password_file: Path | None = None
+    topic_prefix: str = Field("edgesched", min_length=1, max_length=128)
+    keepalive_s: int = Field(10, ge=2, le=3600)
+    client_id: str | None = Field(None, description="default: edgesched-<node_id>")
+    max_payload_bytes: int = Field(1 << 20, ge=256, le=256 << 20)
+    incoming_queue: int = Field(10_000, ge=16, le=10_000_000)
+    reconnect_initial_s: float = Field(0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: Any) -> Any:
+        if isinstance(value, int | float):
+            return {5: "5", 3.1: "3.1.1", 311: "3.1.1"}.get(value, str(value))
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_has_no_wildcards(cls, value: str) -> str:
+        if any(ch in value for ch in "+#\x00") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must not contain '+', '#' or NUL, nor start or end with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _load_password(self) -> MqttSettings:
+        path = self.password_file or _implicit_credential("mqtt_password")
+        if path is not None:
+            self._password = _read_secret(path, os.environ.get("CREDENTIALS_DIRECTORY"))
+        return self
+
+    @property
+    def password(self) -> SecretStr | None:
+        return self._password
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535, description="0 = any free port")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=256 << 20)
+
+
+class CloudSettings(_Section):
+    url: str | None = None
+    token_file: Path | None = None
+    timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_connections: int = Field(32, ge=1, le=4096)
+
+    _token: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _load_token(self) -> CloudSettings:
+        path = self.token_file or _implicit_credential("cloud_token")
+        if path is not None:
+            self._token = _read_secret(path, os.environ.get("CREDENTIALS_DIRECTORY"))
+        return self
+
+    @property
+    def token(self) -> SecretStr | None:
+        return self._token
+
+
+class TelemetrySettings(_Section):
+    interval_s: float = Field(1.0, gt=0, le=3600)
+    suspect_after_intervals: float = Field(3.0, ge=1)
+    offline_after_intervals: float = Field(10.0, ge=1)
+    max_payload_bytes: int = Field(65_536, ge=64, le=16 << 20)
+    max_devices: int = Field(10_000, ge=1, le=10_000_000)
+    device_ttl_s: float = Field(3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _offline_after_suspect(self) -> TelemetrySettings:
+        if self.offline_after_intervals < self.suspect_after_intervals:
+            raise ValueError("offline_after_intervals must be >= suspect_after_intervals")
+        return self
+
+
+class DeviceMapping(_Section):
+    """Maps an existing topic (and optionally a JSON field in it) onto a recognised name."""
+
+    topic: str = Field(min_length=1)
+    device_id: str = Field(pattern=NODE_ID_PATTERN)
+    name: str = Field(min_length=1, description="e.g. battery, uplink_bps, rtt_s")
+    field: str | None = Field(None, description="dotted JSON path; none = payload is a number")
+    scale: float = 1.0
+
+
+class DeviceSettings(_Section):
+    mappings: tuple[DeviceMapping, ...] = ()
+
+
+class TaskTypeSettings(_Section):
+    """One task type: what runs it, where it may go, and the priors for its cost."""
+
+    handler: str = Field(description="builtin:NAME | python:module:function | command")
+    command: tuple[str, ...] | None = None
+    offload: Literal["local", "neighbours", "anywhere"] = "anywhere"
+    enabled: bool = True
+    timeout_s: float = Field(60.0, gt=0, le=86_400)
+    deadline_s: float | None = Field(None, gt=0, description="default when a task has none")
+    cpu_bound: bool = Field(False, description="run in the process pool, off the event loop")
+    exec_prior_s: float = Field(0.05, ge=0, description="prior execution time at speed 1")
+    exec_prior_s_per_mb: float = Field(0.0, ge=0, description="prior extra time per MB input")
+    output_bytes: int = Field(1024, ge=0, description="expected output size")
+
+    @model_validator(mode="after")
+    def _handler_shape(self) -> TaskTypeSettings:
+        kind, _, rest = self.handler.partition(":")
+        if kind == "builtin":
+            if rest not in BUILTIN_TYPES:
+                raise ValueError(f"unknown builtin {rest!r}; one of {', '.join(BUILTIN_TYPES)}")
+        elif kind == "python":
+            if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", rest):
+                raise ValueError("python handler must be 'python:package.module:function'")
+        elif kind == "command":
+            if not self.command:
+                raise ValueError("a command handler needs a non-empty 'command' argv list")
+        else:
+            raise ValueError("handler must be builtin:NAME, python:module:function or command")
+        return self
+
+
+def builtin_task_types() -> dict[str, dict[str, Any]]:
+    """Defaults of the four built-in types (CONTRACTS §2)."""
+    return {
+        "echo": {"handler": "builtin:echo", "exec_prior_s": 0.0005, "output_bytes": 256},
+        "hash": {"handler": "builtin:hash", "cpu_bound": True, "exec_prior_s": 0.05,
+                 "output_bytes": 100, "timeout_s": 120.0},
+        "matmul": {"handler": "builtin:matmul", "cpu_bound": True, "exec_prior_s": 0.1,
+                   "output_bytes": 64, "timeout_s": 120.0},
+        "sleep": {"handler": "builtin:sleep", "exec_prior_s": 1.0, "output_bytes": 32,
+                  "timeout_s": 90.0},
+    }
+
+
+class ExecutorSettings(_Section):
+    slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=4096)
+    queue_size: int = Field(256, ge=0, le=1_000_000)
+    process_workers: int | None = Field(None, ge=1, le=1024, description="default = slots")
+    max_input_bytes: int = Field(1 << 20, ge=64, le=256 << 20)
+    speed: float = Field(1.0, gt=0, description="relative speed, scales exec priors")
+
+
+class PolicySettings(_Section):
+    """Parameters of the decision policy; converted to core parameters by the runtime."""
+
+    name: str = "cost"
+    latency_weight: float = Field(1.0, ge=0)
+    energy_weight: float = Field(0.002, ge=0, description="per joule, on mains power")
+    money_weight: float = Field(0.0, ge=0)
+    battery_knee: float = Field(0.5, ge=0, le=1)
+    battery_energy_weight_max: float = Field(0.2, ge=0)
+    battery_floor: float = Field(0.1, ge=0, le=1)
+    latency_quantile: float = Field(0.95, gt=0.5, lt=1)
+    stale_after_s: float = Field(5.0, gt=0)
+
+
+class PowerSettings(_Section):
+    """This node's power model (watts)."""
+
+    idle_w: float = Field(4.0, ge=0)
+    busy_w: float = Field(8.0, ge=0)
+    tx_w: float = Field(1.5, ge=0)
+    rx_w: float = Field(1.0, ge=0)
+    battery_device: str | None = Field(
+        None, description="device id whose 'battery' reading is this node's own battery"
+    )
+
+
+class OffloadSettings(_Section):
+    """Node-to-node and cloud dispatch."""
+
+    max_attempts: int = Field(3, ge=1, le=16)
+    timeout_margin_s: float = Field(0.5, ge=0, description="added to the predicted latency")
+    min_timeout_s: float = Field(1.0, gt=0)
+
+
+class WatchdogSettings(_Section):
+    stall_limit_s: float = Field(30.0, gt=0, description="exit non-zero past this loop stall")
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+_YAML_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("yaml_data")
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Feeds the already-parsed YAML document in below the environment."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _YAML_DATA.get({}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_YAML_DATA.get({}))
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    node_id: str = Field(default_factory=default_node_id)
+    role: Literal["edge", "cloud"] = "edge"
+    state_dir: Path | None = Field(None, description="where the incarnation counter is kept")
+    mqtt: MqttSettings = MqttSettings()
+    http: HttpSettings = HttpSettings()
+    cloud: CloudSettings = CloudSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    devices: DeviceSettings = DeviceSettings()
+    task_types: dict[str, TaskTypeSettings] = Field(
+        default_factory=lambda: {k: TaskTypeSettings(**v) for k, v in builtin_task_types().items()}
+    )
+    executor: ExecutorSettings = ExecutorSettings()
+    policy: PolicySettings = PolicySettings()
+    power: PowerSettings = PowerSettings()
+    offload: OffloadSettings = OffloadSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @field_validator("node_id")
+    @classmethod
+    def _valid_node_id(cls, value: str) -> str:
+        if not _NODE_ID_RE.match(value):
+            raise ValueError("must match [A-Za-z0-9_-]{1,64}")
+        return value
+
+    @field_validator("task_types", mode="before")
+    @classmethod
+    def _merge_builtins(cls, value: Any) -> Any:
+        """Built-ins are always there; a file entry for one overrides only the keys it names."""
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            return value
+        merged: dict[str, Any] = {}
+        for name, defaults in builtin_task_types().items():
+            override = value.get(name, {})
+            merged[name] = {**defaults, **override} if isinstance(override, Mapping) else override
+        for name, spec in value.items():
+            if name not in merged:
+                merged[name] = spec
+        return merged
+
+    @field_validator("task_types")
+    @classmethod
+    def _type_names(cls, value: dict[str, TaskTypeSettings]) -> dict[str, TaskTypeSettings]:
+        for name in value:
+            if not _NODE_ID_RE.match(name):
+                raise ValueError(f"task type name {name!r} must match [A-Za-z0-9_-]{{1,64}}")
+        return value
+
+    def enabled_task_types(self) -> dict[str, TaskTypeSettings]:
+        return {name: spec for name, spec in self.task_types.items() if spec.enabled}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessEnvironment:
+    """What the service manager tells the process through its environment."""
+
+    notify_socket: str | None
+    watchdog_usec: int | None
+    watchdog_pid: int | None
+    credentials_directory: str | None
+    invocation_id: str | None
+
+
+def read_process_environment(environ: Mapping[str, str] | None = None) -> ProcessEnvironment:
+    env = os.environ if environ is None else environ
+
+    def _int(name: str) -> int | None:
+        try:
+            return int(env[name])
+        except (KeyError, ValueError):
+            return None
+
+    return ProcessEnvironment(
+        notify_socket=env.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=_int("WATCHDOG_USEC"),
+        watchdog_pid=_int("WATCHDOG_PID"),
+        credentials_directory=env.get("CREDENTIALS_DIRECTORY") or None,
+        invocation_id=env.get("INVOCATION_ID") or None,
+    )
+
+
+def config_path_from_env(explicit: str | Path | None) -> Path | None:
+    """`--config`, else `$EDGESCHED_CONFIG`, else none (built-in defaults)."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(CONFIG_ENV_VAR)
+    return Path(from_env) if from_env else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("", f"{path}: cannot read config file: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([("", f"{path}: not valid YAML{where}")]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([("", f"{path}: the top level must be a mapping of keys")])
+    return data
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors(include_input=False, include_url=False):
+        key = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        msg = msg.removeprefix("Value error, ")
+        problems.append((key, msg))
+    return problems
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings tree: defaults < YAML file < environment < explicit overrides.
+
+    Raises `ConfigError` listing every problem as `(dotted.key, message)`.
+    """
+    data = _read_yaml(Path(path)) if path is not None else {}
+    token = _YAML_DATA.set(data)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+    finally:
+        _YAML_DATA.reset(token)
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, with every secret value masked."""
+    data = settings.model_dump(mode="json")
+    data["mqtt"]["password"] = MASK if settings.mqtt.password is not None else None
+    data["cloud"]["token"] = MASK if settings.cloud.token is not None else None
+    return data

@@ -1,0 +1,1 @@
+"""The pure decision core: data model, estimators, cost model, policies (stdlib + numpy only)."""

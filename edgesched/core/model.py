@@ -1,0 +1,200 @@
+"""Data model of the decision core: tasks, candidates, estimates and decisions (pure, frozen)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Placement(StrEnum):
+    LOCAL = "local"
+    NEIGHBOUR = "neighbour"
+    CLOUD = "cloud"
+
+
+class OffloadPolicy(StrEnum):
+    """Where a task type may run."""
+
+    LOCAL = "local"  # never leaves this node
+    NEIGHBOURS = "neighbours"  # this node or edge neighbours
+    ANYWHERE = "anywhere"  # also the cloud
+
+    def allows(self, placement: Placement) -> bool:
+        if self is OffloadPolicy.ANYWHERE:
+            return True
+        if self is OffloadPolicy.NEIGHBOURS:
+            return placement is not Placement.CLOUD
+        return placement is Placement.LOCAL
+
+
+class Liveness(StrEnum):
+    ONLINE = "online"
+    SUSPECT = "suspect"
+    OFFLINE = "offline"
+
+
+class RejectReason(StrEnum):
+    """Why a candidate was not feasible for a task (a value, never an exception)."""
+
+    OFFLOAD_POLICY = "offload_policy"
+    OFFLINE = "offline"
+    STALE = "stale"
+    NO_CAPACITY = "no_capacity"
+    DEADLINE = "deadline"
+    BATTERY_FLOOR = "battery_floor"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    EXCLUDED = "excluded"  # already tried for this task (fallback) or offload loop
+
+
+def require_finite(name: str, value: float, *, minimum: float | None = None) -> None:
+    """Reject NaN/inf (and values below `minimum`) at construction time."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PowerModel:
+    """Watts drawn by a node: idle, busy (per fully busy node), transmitting, receiving."""
+
+    idle_w: float = 4.0
+    busy_w: float = 8.0
+    tx_w: float = 1.5
+    rx_w: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("idle_w", "busy_w", "tx_w", "rx_w"):
+            require_finite(name, getattr(self, name), minimum=0.0)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskSpec:
+    """What the core needs to know about one task to place it."""
+
+    task_type: str
+    input_bytes: float
+    output_bytes: float
+    deadline_s: float | None = None  # relative to submission; None = no deadline
+    priority: int = 0
+    origin_device: str | None = None
+
+    def __post_init__(self) -> None:
+        require_finite("input_bytes", self.input_bytes, minimum=0.0)
+        require_finite("output_bytes", self.output_bytes, minimum=0.0)
+        if self.deadline_s is not None:
+            require_finite("deadline_s", self.deadline_s, minimum=0.0)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LinkEstimate:
+    """Smoothed link state from this node to a target: mean and std of RTT and bandwidth."""
+
+    rtt_s: float
+    rtt_std_s: float = 0.0
+    bandwidth_bps: float = 1e8
+    bandwidth_std_bps: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_finite("rtt_s", self.rtt_s, minimum=0.0)
+        require_finite("rtt_std_s", self.rtt_std_s, minimum=0.0)
+        require_finite("bandwidth_bps", self.bandwidth_bps)
+        if self.bandwidth_bps <= 0:
+            raise ValueError("bandwidth_bps must be > 0")
+        require_finite("bandwidth_std_bps", self.bandwidth_std_bps, minimum=0.0)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExecEstimate:
+    """Predicted execution time of one task on one target (seconds): mean and std."""
+
+    mean_s: float
+    std_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_finite("mean_s", self.mean_s, minimum=0.0)
+        require_finite("std_s", self.std_s, minimum=0.0)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Candidate:
+    """One possible target for one task, with everything the cost model needs, pre-resolved."""
+
+    node_id: str
+    placement: Placement
+    liveness: Liveness = Liveness.ONLINE
+    age_s: float = 0.0  # how old the state below is
+    slots: int = 1
+    running: int = 0
+    queued: int = 0
+    est_wait_s: float = 0.0  # predicted queueing delay before a slot frees up
+    wait_std_s: float = 0.0
+    battery: float | None = None  # 0..1 of the target, None = mains powered
+    power: PowerModel = field(default_factory=PowerModel)
+    link: LinkEstimate | None = None  # None for local
+    exec: ExecEstimate = field(default_factory=lambda: ExecEstimate(mean_s=0.0))
+    supports_type: bool = True
+    money_cost: float = 0.0  # per task (cloud)
+    max_queue: int | None = None  # admission limit of the target, when known
+
+    def __post_init__(self) -> None:
+        require_finite("age_s", self.age_s, minimum=0.0)
+        require_finite("est_wait_s", self.est_wait_s, minimum=0.0)
+        require_finite("wait_std_s", self.wait_std_s, minimum=0.0)
+        require_finite("money_cost", self.money_cost, minimum=0.0)
+        if self.slots < 0 or self.running < 0 or self.queued < 0:
+            raise ValueError("slots, running and queued must be >= 0")
+        if self.battery is not None:
+            require_finite("battery", self.battery, minimum=0.0)
+            if self.battery > 1.0:
+                raise ValueError(f"battery must be within 0..1, got {self.battery!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CandidateEval:
+    """The cost model's verdict on one candidate for one task."""
+
+    node_id: str
+    placement: Placement
+    latency_mean_s: float
+    latency_q_s: float  # the high quantile the deadline is judged on
+    energy_j: float
+    money: float
+    score: float  # lower is better; inf when infeasible
+    feasible: bool
+    reason: RejectReason | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "node_id": self.node_id,
+            "placement": self.placement.value,
+            "latency_mean_s": self.latency_mean_s,
+            "latency_q_s": self.latency_q_s,
+            "energy_j": self.energy_j,
+            "money": self.money,
+            "score": self.score if math.isfinite(self.score) else None,
+            "feasible": self.feasible,
+            "reason": self.reason.value if self.reason else None,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
+    """A placement: the chosen target, the ranked fallbacks, and every candidate's breakdown.
+
+    `chosen is None` means nothing was feasible; the evaluations say why for each candidate.
+    """
+
+    policy: str
+    chosen: CandidateEval | None
+    fallbacks: tuple[CandidateEval, ...]
+    evaluations: tuple[CandidateEval, ...]
+
+    @property
+    def feasible(self) -> bool:
+        return self.chosen is not None
+
+    def ranked(self) -> tuple[CandidateEval, ...]:
+        """The chosen target followed by the fallbacks, in order of preference."""
+        return ((self.chosen,) if self.chosen else ()) + self.fallbacks

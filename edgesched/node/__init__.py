@@ -1,0 +1,1 @@
+"""The node runtime: composition root and pipeline stages of `edgesched run`."""

@@ -1,0 +1,1 @@
+"""Discrete-event simulator running the same core decision code as the daemon."""

@@ -1,0 +1,1 @@
+"""Task handlers: the built-in types and user handlers (python functions, commands)."""

@@ -1,0 +1,1 @@
+"""Shared test support: real brokers, free ports, bounded waits."""
