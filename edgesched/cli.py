@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "check-config": ("edgesched.cli:check_config_command", False),
     "demo": ("edgesched.demo.command:demo_command", True),
     "simulate": ("edgesched.sim.command:simulate_command", False),
-    "submit": ("edgesched.node.client:submit_command", True),
+    "submit": ("edgesched.node.submit:submit_command", True),
     "status": ("edgesched.node.client:status_command", True),
     "healthcheck": ("edgesched.node.client:healthcheck_command", True),
     "version": ("edgesched.cli:version_command", False),

@@ -198,3 +198,34 @@ class Decision:
     def ranked(self) -> tuple[CandidateEval, ...]:
         """The chosen target followed by the fallbacks, in order of preference."""
         return ((self.chosen,) if self.chosen else ()) + self.fallbacks
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeState:
+    """What one node is known to be doing, as last reported (its own telemetry + state)."""
+
+    node_id: str
+    role: str = "edge"  # "edge" | "cloud"
+    liveness: Liveness = Liveness.ONLINE
+    incarnation: int = 0
+    last_seen: float = 0.0  # observer's clock (`now`) when last heard from
+    slots: int = 1
+    running: int = 0
+    queued: int = 0
+    est_wait_s: float = 0.0
+    cpu_util: float = 0.0
+    battery: float | None = None
+    power_w: float | None = None
+    task_types: frozenset[str] = frozenset()
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.last_seen)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterSnapshot:
+    """A consistent, read-only view of the cluster that one decision (or a batch) reads."""
+
+    now: float
+    local: NodeState
+    neighbours: tuple[NodeState, ...] = ()
