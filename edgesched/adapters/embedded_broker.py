@@ -156,7 +156,7 @@ class FleetLink:
     ) -> None:
         properties = None
         if self.protocol == "5" and (response_topic or correlation_data):
-            properties = Properties(PacketTypes.PUBLISH)
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if response_topic:
                 properties.ResponseTopic = response_topic
             if correlation_data:
