@@ -399,6 +399,20 @@ def read_process_environment(environ: Mapping[str, str] | None = None) -> Proces
     )
 
 
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child edgesched process configured only by its --config file.
+
+    Drops EDGESCHED_* (they would override the file) and the systemd variables that belong to
+    this process, not to its children.
+    """
+    env = os.environ if environ is None else environ
+    dropped = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY")
+    return {
+        name: value for name, value in env.items()
+        if not name.startswith(ENV_PREFIX) and name not in dropped
+    }
+
+
 def config_path_from_env(explicit: str | Path | None) -> Path | None:
     """`--config`, else `$EDGESCHED_CONFIG`, else none (built-in defaults)."""
     if explicit:
