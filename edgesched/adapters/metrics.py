@@ -33,6 +33,10 @@ TASK_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0,
 )
+# How late a periodic timer fires: ~0 on a healthy loop, seconds when something blocks it.
+LOOP_LAG_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
 ERROR_BUCKETS = (-10.0, -1.0, -0.25, -0.1, -0.025, -0.01, 0.0, 0.01, 0.025, 0.1, 0.25, 1.0, 10.0)
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -116,6 +120,11 @@ class Metrics:
         )
         self.tasks_queued = Gauge(
             "edgesched_tasks_queued", "Tasks waiting for an execution slot here.", registry=r
+        )
+        self.event_loop_lag = Histogram(
+            "edgesched_event_loop_lag_seconds",
+            "How much later than scheduled the event loop ran the stall guard's heartbeat.",
+            buckets=LOOP_LAG_BUCKETS, registry=r,
         )
         self._preinitialise()
 
