@@ -1,0 +1,255 @@
+"""Local executor: bounded slots, a bounded priority queue, per-task timeouts, a process pool.
+
+The executor is the node's only place where task handlers run. It knows its own load
+(running, queued, predicted wait) and exposes it to telemetry and to admission control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from edgesched.config import ExecutorSettings
+from edgesched.errors import HandlerError, TaskError, TaskTimeoutError
+from edgesched.tasks.registry import TaskType
+
+log = logging.getLogger("edgesched.executor")
+
+POOL_SHUTDOWN_GRACE_S = 2.0
+
+
+class DeadlineExpiredError(TaskTimeoutError):
+    """The task's own deadline passed while it queued or ran (-> `expired`)."""
+
+
+class QueueFullError(TaskError):
+    """No slot and no queue place left (-> `rejected`)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExecOutcome:
+    """A finished local execution: the JSON-able result and where the time went."""
+
+    value: Any
+    wait_s: float
+    exec_s: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadReport:
+    """This node's load as telemetry and the cost model see it."""
+
+    slots: int
+    running: int
+    queued: int
+    est_wait_s: float
+
+
+def _warm_worker() -> None:
+    # Import the heavy modules once per worker, not on the first task.
+    import edgesched.tasks.builtins  # noqa: F401
+
+
+def _noop() -> None:
+    return None
+
+
+@dataclass(eq=False)
+class _Ticket:
+    expected_s: float
+    priority: int
+    seq: int
+    waiter: asyncio.Future[None] | None = None
+    started: float | None = None
+
+    def __lt__(self, other: _Ticket) -> bool:  # heap order: higher priority, then FIFO
+        return (-self.priority, self.seq) < (-other.priority, other.seq)
+
+
+class LocalExecutor:
+    """Runs tasks of the registry on this node; an async context manager owning the pool."""
+
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        use_process_pool: bool = True,
+    ) -> None:
+        self.slots = settings.slots
+        self.queue_size = settings.queue_size
+        self._workers = settings.process_workers or settings.slots
+        self._clock = clock
+        self._use_pool = use_process_pool
+        self._pool: ProcessPoolExecutor | None = None
+        self._running: set[_Ticket] = set()
+        self._queue: list[_Ticket] = []  # heap of waiting tickets (cancelled ones skipped)
+        self._queued = 0
+        self._seq = itertools.count()
+
+    async def __aenter__(self) -> LocalExecutor:
+        if self._use_pool:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["edgesched.tasks.builtins"])
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._workers, mp_context=ctx, initializer=_warm_worker
+            )
+            loop = asyncio.get_running_loop()
+            # Start every worker now so the first CPU-bound task does not pay for it.
+            await asyncio.gather(
+                *(loop.run_in_executor(self._pool, _noop) for _ in range(self._workers))
+            )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        # A worker stuck in a long handler must not hold up shutdown past the grace period.
+        await asyncio.to_thread(_join_or_kill, processes, POOL_SHUTDOWN_GRACE_S)
+
+    # -- load ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def estimated_wait(self, now: float | None = None) -> float:
+        """Predicted queueing delay of a task arriving now (FIFO over expected run times)."""
+        if len(self._running) < self.slots and self._queued == 0:
+            return 0.0
+        now = self._clock() if now is None else now
+        free_at = [
+            max(0.0, t.expected_s - (now - (t.started or now))) for t in self._running
+        ]
+        free_at += [0.0] * (self.slots - len(free_at))
+        heapq.heapify(free_at)
+        for ticket in sorted(t for t in self._queue if t.waiter and not t.waiter.done()):
+            heapq.heapreplace(free_at, free_at[0] + ticket.expected_s)
+        return free_at[0]
+
+    def load(self) -> LoadReport:
+        return LoadReport(
+            slots=self.slots, running=self.running, queued=self.queued,
+            est_wait_s=self.estimated_wait(),
+        )
+
+    def has_room(self) -> bool:
+        return len(self._running) < self.slots or self._queued < self.queue_size
+
+    # -- slots --------------------------------------------------------------------------------
+
+    async def _acquire(self, ticket: _Ticket) -> None:
+        if len(self._running) < self.slots and self._queued == 0:
+            self._start(ticket)
+            return
+        if self._queued >= self.queue_size:
+            raise QueueFullError(
+                f"queue full ({self._queued} waiting for {self.slots} slots)"
+            )
+        ticket.waiter = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._queue, ticket)
+        self._queued += 1
+        try:
+            await ticket.waiter
+        except BaseException:
+            if ticket in self._running:  # woken and cancelled in the same tick
+                self._release(ticket)
+            else:
+                self._queued -= 1
+                ticket.waiter.cancel()
+            raise
+
+    def _start(self, ticket: _Ticket) -> None:
+        ticket.started = self._clock()
+        self._running.add(ticket)
+
+    def _release(self, ticket: _Ticket) -> None:
+        self._running.discard(ticket)
+        while self._queue and len(self._running) < self.slots:
+            nxt = heapq.heappop(self._queue)
+            if nxt.waiter is None or nxt.waiter.done():
+                continue  # cancelled while waiting; already uncounted
+            self._queued -= 1
+            self._start(nxt)
+            nxt.waiter.set_result(None)
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        task_type: TaskType,
+        value: Any,
+        *,
+        expected_s: float,
+        priority: int = 0,
+        deadline: float | None = None,
+    ) -> ExecOutcome:
+        """Queue, then run `value` (already validated) on `task_type`'s handler.
+
+        `deadline` is an absolute time on this executor's clock. Raises QueueFullError,
+        DeadlineExpiredError, TaskTimeoutError (the type's timeout) or HandlerError.
+        """
+        ticket = _Ticket(expected_s=max(0.0, expected_s), priority=priority, seq=next(self._seq))
+        queued_at = self._clock()
+        budget = None if deadline is None else deadline - queued_at
+        try:
+            async with asyncio.timeout(budget):
+                await self._acquire(ticket)
+                try:
+                    started = self._clock()
+                    value = await self._execute(task_type, value)
+                    finished = self._clock()
+                finally:
+                    self._release(ticket)
+        except TimeoutError:
+            raise DeadlineExpiredError(
+                f"deadline passed after {self._clock() - queued_at:.3f}s on this node"
+            ) from None
+        return ExecOutcome(value=value, wait_s=started - queued_at, exec_s=finished - started)
+
+    async def _execute(self, task_type: TaskType, value: Any) -> Any:
+        limit = task_type.settings.timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                result = await task_type.handler.run(value, pool=self._pool)
+        except TimeoutError:
+            raise TaskTimeoutError(f"{task_type.name} ran past its {limit:g}s timeout") from None
+        except TaskError:
+            raise
+        except Exception as exc:  # a handler bug must fail its task, never the node
+            raise HandlerError(f"{task_type.name} handler failed: {exc!r}") from exc
+        _check_json(task_type.name, result)
+        return result
+
+
+def _join_or_kill(processes: list[Any], grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
+
+
+def _check_json(name: str, result: Any) -> None:
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise HandlerError(f"{name} returned a result that is not JSON: {exc}") from None
+

@@ -1,0 +1,179 @@
+"""Task registry from config and the local executor: handlers, slots, queue, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from edgesched.adapters.executor import DeadlineExpiredError, LocalExecutor, QueueFullError
+from edgesched.config import ExecutorSettings, TaskTypeSettings, load_settings
+from edgesched.errors import (
+    ConfigError,
+    HandlerError,
+    InvalidTaskError,
+    TaskTimeoutError,
+    UnknownTaskTypeError,
+)
+from edgesched.tasks.builtins import hash_digest
+from edgesched.tasks.registry import TaskRegistry
+
+FIXTURE = "tests.tasks.handlers_fixture"
+
+
+def registry(**types: dict[str, Any]) -> TaskRegistry:
+    settings = load_settings(task_types=types)
+    return TaskRegistry.from_settings(settings.task_types)
+
+
+def test_only_enabled_types_are_registered() -> None:
+    reg = registry(sleep={"enabled": False})
+    assert reg.names() == {"echo", "hash", "matmul"}
+    with pytest.raises(UnknownTaskTypeError, match="'sleep' is not configured"):
+        reg.get("sleep")
+
+
+def test_unloadable_python_handler_is_a_config_error() -> None:
+    spec = {"nope": TaskTypeSettings(handler="python:tests.tasks.missing_mod:f")}
+    with pytest.raises(ConfigError) as info:
+        TaskRegistry.from_settings(spec)
+    assert info.value.problems[0][0] == "task_types.nope.handler"
+
+
+def test_validation_goes_through_the_builtin() -> None:
+    reg = registry()
+    with pytest.raises(InvalidTaskError, match="rounds"):
+        reg.validate("hash", {"data": "x", "rounds": "3"})
+
+
+@pytest.fixture
+async def executor() -> Any:
+    async with LocalExecutor(ExecutorSettings(slots=2, queue_size=2, process_workers=1)) as ex:
+        yield ex
+
+
+async def test_cpu_bound_hash_runs_in_the_pool(executor: LocalExecutor) -> None:
+    reg = registry()
+    value = reg.validate("hash", {"data": "abc", "rounds": 5000})
+    out = await executor.run(reg.get("hash"), value, expected_s=0.01)
+    assert out.value == {"digest": hash_digest("abc", 5000)}
+    assert out.exec_s > 0 and out.wait_s >= 0
+
+
+@pytest.mark.parametrize("function", ["double", "async_double"])
+async def test_python_handlers_sync_and_async(executor: LocalExecutor, function: str) -> None:
+    reg = registry(py={"handler": f"python:{FIXTURE}:{function}"})
+    out = await executor.run(reg.get("py"), {"x": 21}, expected_s=0.0)
+    assert out.value == {"doubled": 42}
+
+
+async def test_cpu_bound_python_handler_in_pool(executor: LocalExecutor) -> None:
+    reg = registry(py={"handler": f"python:{FIXTURE}:double", "cpu_bound": True})
+    out = await executor.run(reg.get("py"), {"x": 4}, expected_s=0.0)
+    assert out.value == {"doubled": 8}
+
+
+async def test_python_handler_errors(executor: LocalExecutor) -> None:
+    reg = registry(boom={"handler": f"python:{FIXTURE}:boom"},
+                   picky={"handler": f"python:{FIXTURE}:picky"},
+                   bad={"handler": f"python:{FIXTURE}:not_json"})
+    with pytest.raises(HandlerError, match="boom"):
+        await executor.run(reg.get("boom"), {}, expected_s=0.0)
+    with pytest.raises(InvalidTaskError, match="odd"):
+        await executor.run(reg.get("picky"), {}, expected_s=0.0)
+    with pytest.raises(HandlerError, match="not JSON"):
+        await executor.run(reg.get("bad"), {}, expected_s=0.0)
+
+
+def _command(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+async def test_command_handler_reads_stdin_writes_stdout(executor: LocalExecutor) -> None:
+    code = "import json,sys; d=json.load(sys.stdin); print(json.dumps({'n': d['n'] + 1}))"
+    reg = registry(cmd={"handler": "command", "command": _command(code)})
+    out = await executor.run(reg.get("cmd"), {"n": 1}, expected_s=0.0)
+    assert out.value == {"n": 2}
+
+
+async def test_command_nonzero_exit_and_bad_output(executor: LocalExecutor) -> None:
+    reg = registry(
+        fail={"handler": "command",
+              "command": _command("import sys; sys.stderr.write('no way'); sys.exit(3)")},
+        junk={"handler": "command", "command": _command("print('not json')")},
+        missing={"handler": "command", "command": ["/nonexistent/binary"]},
+    )
+    with pytest.raises(HandlerError, match="status 3: no way"):
+        await executor.run(reg.get("fail"), {}, expected_s=0.0)
+    with pytest.raises(HandlerError, match="JSON"):
+        await executor.run(reg.get("junk"), {}, expected_s=0.0)
+    with pytest.raises(HandlerError, match="cannot start"):
+        await executor.run(reg.get("missing"), {}, expected_s=0.0)
+
+
+async def test_command_is_killed_on_timeout(executor: LocalExecutor, tmp_path: Any) -> None:
+    marker = tmp_path / "pid"
+    code = f"import os,time; open({str(marker)!r},'w').write(str(os.getpid())); time.sleep(30)"
+    reg = registry(slow={"handler": "command", "command": _command(code), "timeout_s": 0.5})
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError, match=r"0\.5s timeout"):
+        await executor.run(reg.get("slow"), {}, expected_s=0.0)
+    assert time.monotonic() - started < 5
+    pid = int(marker.read_text())
+    with pytest.raises(ProcessLookupError):
+        import os
+
+        os.kill(pid, 0)
+
+
+async def test_slots_queue_and_queue_full(executor: LocalExecutor) -> None:
+    reg = registry()
+    sleep = reg.get("sleep")
+    value = {"seconds": 0.3}
+    runs = [asyncio.create_task(executor.run(sleep, value, expected_s=0.3)) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    assert (executor.running, executor.queued) == (2, 2)
+    # two running with ~0.25 s left, two queued 0.3 s each: a newcomer waits ~0.55 s
+    assert executor.estimated_wait() == pytest.approx(0.55, abs=0.05)
+    assert not executor.has_room()
+    with pytest.raises(QueueFullError, match="queue full"):
+        await executor.run(sleep, value, expected_s=0.3)
+    outs = await asyncio.wait_for(asyncio.gather(*runs), timeout=5)
+    assert sorted(round(o.wait_s, 1) for o in outs) == [0.0, 0.0, 0.3, 0.3]
+    assert (executor.running, executor.queued) == (0, 0)
+
+
+async def test_deadline_expires_while_queued(executor: LocalExecutor) -> None:
+    reg = registry()
+    sleep = reg.get("sleep")
+    blockers = [asyncio.create_task(executor.run(sleep, {"seconds": 0.4}, expected_s=0.4))
+                for _ in range(2)]
+    await asyncio.sleep(0.02)
+    with pytest.raises(DeadlineExpiredError, match="deadline passed"):
+        await executor.run(sleep, {"seconds": 0.1}, expected_s=0.1,
+                           deadline=time.monotonic() + 0.1)
+    assert executor.queued == 0
+    await asyncio.wait_for(asyncio.gather(*blockers), timeout=5)
+
+
+async def test_priority_jumps_the_queue(executor: LocalExecutor) -> None:
+    reg = registry()
+    sleep = reg.get("sleep")
+    order: list[str] = []
+
+    async def job(name: str, priority: int) -> None:
+        await executor.run(sleep, {"seconds": 0.05}, expected_s=0.05, priority=priority)
+        order.append(name)
+
+    async with asyncio.timeout(5):
+        async with asyncio.TaskGroup() as tg:
+            for i in range(2):
+                tg.create_task(job(f"blocker{i}", 0))
+            await asyncio.sleep(0.01)
+            tg.create_task(job("low", 0))
+            await asyncio.sleep(0.001)
+            tg.create_task(job("high", 5))
+    assert order.index("high") < order.index("low")
