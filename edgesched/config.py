@@ -29,6 +29,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edgesched.core.costmodel import CostParams
+from edgesched.core.fallback import FallbackParams
+from edgesched.core.policies import POLICY_NAMES
 from edgesched.errors import ConfigError
 
 ENV_PREFIX = "EDGESCHED_"
@@ -234,17 +237,48 @@ class ExecutorSettings(_Section):
 
 
 class PolicySettings(_Section):
-    """Parameters of the decision policy; converted to core parameters by the runtime."""
+    """Parameters of the decision policy; converted to core parameters by the runtime.
+
+    Weights are in seconds of latency per unit (see docs/cost-model.md).
+    """
 
     name: str = "cost"
     latency_weight: float = Field(1.0, ge=0)
     energy_weight: float = Field(0.002, ge=0, description="per joule, on mains power")
+    battery_energy_weight: float = Field(
+        0.05, ge=0, description="per joule on a battery-powered node at or above the knee"
+    )
     money_weight: float = Field(0.0, ge=0)
     battery_knee: float = Field(0.5, ge=0, le=1)
-    battery_energy_weight_max: float = Field(0.2, ge=0)
+    battery_energy_weight_max: float = Field(0.5, ge=0, description="per joule at the floor")
     battery_floor: float = Field(0.1, ge=0, le=1)
+    battery_floor_local: bool = Field(False, description="also refuse local work below floor")
     latency_quantile: float = Field(0.95, gt=0.5, lt=1)
     stale_after_s: float = Field(5.0, gt=0)
+    suspect_penalty_s: float = Field(0.25, ge=0, description="score penalty, suspect target")
+
+    @field_validator("name")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value not in POLICY_NAMES:
+            raise ValueError(f"unknown policy {value!r}; one of {', '.join(POLICY_NAMES)}")
+        return value
+
+    def to_params(self) -> CostParams:
+        """The plain core parameter object the policies use."""
+        return CostParams(
+            latency_weight=self.latency_weight,
+            energy_weight=self.energy_weight,
+            battery_energy_weight=self.battery_energy_weight,
+            battery_energy_weight_max=self.battery_energy_weight_max,
+            money_weight=self.money_weight,
+            battery_knee=self.battery_knee,
+            battery_floor=self.battery_floor,
+            battery_floor_local=self.battery_floor_local,
+            latency_quantile=self.latency_quantile,
+            stale_after_s=self.stale_after_s,
+            suspect_penalty_s=self.suspect_penalty_s,
+        )
 
 
 class PowerSettings(_Section):
@@ -265,6 +299,14 @@ class OffloadSettings(_Section):
     max_attempts: int = Field(3, ge=1, le=16)
     timeout_margin_s: float = Field(0.5, ge=0, description="added to the predicted latency")
     min_timeout_s: float = Field(1.0, gt=0)
+
+    def to_params(self) -> FallbackParams:
+        """The plain core parameters of the fallback chain."""
+        return FallbackParams(
+            max_attempts=self.max_attempts,
+            timeout_margin_s=self.timeout_margin_s,
+            min_timeout_s=self.min_timeout_s,
+        )
 
 
 class WatchdogSettings(_Section):

@@ -63,10 +63,20 @@ class PowerModel:
     busy_w: float = 8.0
     tx_w: float = 1.5
     rx_w: float = 1.0
+    # Optional DVFS model: when kappa > 0, compute energy is kappa·f²·cycles with
+    # cycles = f·exec_s (the effective switched capacitance model), instead of busy-idle watts.
+    kappa: float = 0.0
+    freq_hz: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("idle_w", "busy_w", "tx_w", "rx_w"):
+        for name in ("idle_w", "busy_w", "tx_w", "rx_w", "kappa", "freq_hz"):
             require_finite(name, getattr(self, name), minimum=0.0)
+
+    def compute_energy_j(self, exec_s: float) -> float:
+        """Marginal energy of running one task for `exec_s` seconds on this node."""
+        if self.kappa > 0.0 and self.freq_hz > 0.0:
+            return self.kappa * self.freq_hz**3 * exec_s
+        return max(0.0, self.busy_w - self.idle_w) * exec_s
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -79,12 +89,24 @@ class TaskSpec:
     deadline_s: float | None = None  # relative to submission; None = no deadline
     priority: int = 0
     origin_device: str | None = None
+    offload: OffloadPolicy = OffloadPolicy.ANYWHERE  # the task type's offload policy
+    submitted_at: float | None = None  # `now` at submission; the deadline counts from here
 
     def __post_init__(self) -> None:
         require_finite("input_bytes", self.input_bytes, minimum=0.0)
         require_finite("output_bytes", self.output_bytes, minimum=0.0)
         if self.deadline_s is not None:
             require_finite("deadline_s", self.deadline_s, minimum=0.0)
+        if self.submitted_at is not None:
+            require_finite("submitted_at", self.submitted_at)
+
+    def remaining_s(self, now: float) -> float | None:
+        """Time left until the deadline at `now` (None = no deadline)."""
+        if self.deadline_s is None:
+            return None
+        if self.submitted_at is None:
+            return self.deadline_s
+        return self.deadline_s - max(0.0, now - self.submitted_at)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -137,9 +159,18 @@ class Candidate:
     supports_type: bool = True
     money_cost: float = 0.0  # per task (cloud)
     max_queue: int | None = None  # admission limit of the target, when known
+    # The deciding node's own radio power and battery: it sends the input and receives the
+    # output of an offloaded task (None = same as `power` / mains powered).
+    origin_power: PowerModel | None = None
+    origin_battery: float | None = None
+    excluded: bool = False  # e.g. the node that forwarded this task to us (no ping-pong)
 
     def __post_init__(self) -> None:
         require_finite("age_s", self.age_s, minimum=0.0)
+        if self.origin_battery is not None:
+            require_finite("origin_battery", self.origin_battery, minimum=0.0)
+            if self.origin_battery > 1.0:
+                raise ValueError(f"origin_battery must be within 0..1, got {self.origin_battery!r}")
         require_finite("est_wait_s", self.est_wait_s, minimum=0.0)
         require_finite("wait_std_s", self.wait_std_s, minimum=0.0)
         require_finite("money_cost", self.money_cost, minimum=0.0)
@@ -164,6 +195,7 @@ class CandidateEval:
     score: float  # lower is better; inf when infeasible
     feasible: bool
     reason: RejectReason | None = None
+    latency_std_s: float = 0.0  # spread of the predicted latency
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -176,6 +208,7 @@ class CandidateEval:
             "score": self.score if math.isfinite(self.score) else None,
             "feasible": self.feasible,
             "reason": self.reason.value if self.reason else None,
+            "latency_std_s": self.latency_std_s,
         }
 
 

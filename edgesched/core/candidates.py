@@ -1,0 +1,162 @@
+"""Turns a cluster snapshot and the estimators into the candidate targets for one task."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from edgesched.core.estimators import EstimatorBank
+from edgesched.core.model import (
+    Candidate,
+    ClusterSnapshot,
+    ExecEstimate,
+    NodeState,
+    OffloadPolicy,
+    Placement,
+    PowerModel,
+    TaskSpec,
+    require_finite,
+)
+
+CLOUD_ID = "cloud"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CloudTarget:
+    """The cloud tier as a candidate: many slots, no battery, maybe a money cost per task."""
+
+    node_id: str = CLOUD_ID
+    slots: int = 64
+    money_cost: float = 0.0
+    power: PowerModel = field(default_factory=lambda: PowerModel(idle_w=0.0, busy_w=0.0))
+
+    def __post_init__(self) -> None:
+        require_finite("money_cost", self.money_cost, minimum=0.0)
+        if self.slots < 1:
+            raise ValueError(f"cloud slots must be >= 1, got {self.slots!r}")
+
+
+def queue_wait(
+    slots: int, running: int, queued: int, exec_mean_s: float, exec_std_s: float = 0.0
+) -> tuple[float, float]:
+    """Predicted wait before a new task starts, and its std.
+
+    With every slot busy, the new task waits for n = running + queued - slots + 1 completions
+    that happen about `slots` at a time: wait ≈ n·exec/slots. The spread grows with √n (sums of
+    independent service times) and is at least half the mean (we do not know how far along
+    the running tasks are).
+    """
+    if slots <= 0:
+        return math.inf, 0.0
+    ahead = running + queued - slots + 1
+    if ahead <= 0:
+        return 0.0, 0.0
+    wait = ahead * exec_mean_s / slots
+    std = max(0.5 * wait, math.sqrt(ahead) * exec_std_s / slots)
+    return wait, std
+
+
+def _supports(node: NodeState, task_type: str) -> bool:
+    # An empty list means "not announced": assume the built-in set is there.
+    return not node.task_types or task_type in node.task_types
+
+
+def _wait(node: NodeState, extra: int, ex: ExecEstimate) -> tuple[float, float]:
+    wait, std = queue_wait(node.slots, node.running + extra, node.queued, ex.mean_s, ex.std_s)
+    if node.est_wait_s > wait:  # the node's own estimate knows its real queue mix
+        return node.est_wait_s, max(std, 0.5 * node.est_wait_s)
+    return wait, std
+
+
+def local_candidate(
+    task: TaskSpec, node: NodeState, bank: EstimatorBank, now: float, *,
+    power: PowerModel, max_queue: int | None = None, extra: int = 0,
+) -> Candidate:
+    """This node as a candidate (no transfer; its own state is never stale)."""
+    ex = bank.exec_estimate(task.task_type, node.node_id, task.input_bytes, now)
+    wait, wait_std = _wait(node, extra, ex)
+    return Candidate(
+        node_id=node.node_id, placement=Placement.LOCAL, slots=node.slots,
+        running=node.running + extra, queued=node.queued, est_wait_s=min(wait, 1e9),
+        wait_std_s=wait_std, battery=node.battery, power=power, exec=ex,
+        supports_type=_supports(node, task.task_type), max_queue=max_queue,
+        origin_power=power, origin_battery=node.battery,
+    )
+
+
+def neighbour_candidate(
+    task: TaskSpec, node: NodeState, local: NodeState, bank: EstimatorBank, now: float, *,
+    power: PowerModel, origin_power: PowerModel, extra: int = 0, excluded: bool = False,
+) -> Candidate:
+    """An edge neighbour as a candidate, as last heard from (`age_s` says how long ago)."""
+    ex = bank.exec_estimate(task.task_type, node.node_id, task.input_bytes, now)
+    wait, wait_std = _wait(node, extra, ex)
+    return Candidate(
+        node_id=node.node_id, placement=Placement.NEIGHBOUR, liveness=node.liveness,
+        age_s=node.age(now), slots=node.slots, running=node.running + extra,
+        queued=node.queued, est_wait_s=min(wait, 1e9), wait_std_s=wait_std,
+        battery=node.battery, power=power, link=bank.link(node.node_id, now), exec=ex,
+        supports_type=_supports(node, task.task_type), origin_power=origin_power,
+        origin_battery=local.battery, excluded=excluded,
+    )
+
+
+def cloud_candidate(
+    task: TaskSpec, cloud: CloudTarget, local: NodeState, bank: EstimatorBank, now: float, *,
+    origin_power: PowerModel, inflight: int = 0,
+) -> Candidate:
+    """The cloud tier as a candidate; `inflight` = tasks this node has running there."""
+    ex = bank.exec_estimate(task.task_type, cloud.node_id, task.input_bytes, now)
+    wait, wait_std = queue_wait(cloud.slots, inflight, 0, ex.mean_s, ex.std_s)
+    return Candidate(
+        node_id=cloud.node_id, placement=Placement.CLOUD, slots=cloud.slots, running=inflight,
+        est_wait_s=wait, wait_std_s=wait_std, power=cloud.power,
+        link=bank.link(cloud.node_id, now), exec=ex, money_cost=cloud.money_cost,
+        origin_power=origin_power, origin_battery=local.battery,
+    )
+
+
+def build_candidates(
+    task: TaskSpec,
+    snapshot: ClusterSnapshot,
+    bank: EstimatorBank,
+    *,
+    offload: OffloadPolicy | None = None,
+    cloud: CloudTarget | None = None,
+    local_power: PowerModel | None = None,
+    powers: Mapping[str, PowerModel] | None = None,
+    local_max_queue: int | None = None,
+    inflight: Mapping[str, int] | None = None,
+    exclude: Collection[str] = (),
+) -> list[Candidate]:
+    """Every target the task could go to: this node, each edge neighbour, and the cloud.
+
+    Candidates the offload policy forbids are still listed (the evaluation says why they were
+    not chosen) unless `offload` is given, in which case they are skipped to save the work.
+    `inflight` counts tasks this node already sent to a target that its last telemetry may not
+    show yet (so a burst does not herd onto one neighbour); `powers` holds known power models of
+    neighbours (unknown ones get the default model); `exclude` marks targets not to use.
+    """
+    now, local = snapshot.now, snapshot.local
+    inflight = inflight or {}
+    powers = powers or {}
+    lp = local_power or PowerModel()
+    out = [
+        local_candidate(task, local, bank, now, power=lp, max_queue=local_max_queue,
+                        extra=inflight.get(local.node_id, 0))
+    ]
+    if offload is None or offload.allows(Placement.NEIGHBOUR):
+        for node in snapshot.neighbours:
+            if node.role != "edge" or node.node_id == local.node_id:
+                continue
+            out.append(neighbour_candidate(
+                task, node, local, bank, now, power=powers.get(node.node_id, PowerModel()),
+                origin_power=lp, extra=inflight.get(node.node_id, 0),
+                excluded=node.node_id in exclude,
+            ))
+    if cloud is not None and (offload is None or offload.allows(Placement.CLOUD)):
+        out.append(cloud_candidate(task, cloud, local, bank, now, origin_power=lp,
+                                   inflight=inflight.get(cloud.node_id, 0)))
+    return out
+

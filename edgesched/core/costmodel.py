@@ -1,0 +1,262 @@
+"""The latency/energy cost model: predicts one candidate's latency, energy and score for a task.
+
+For a task with input L_in and output L_out bytes and a candidate c (DESIGN.md "The cost model"):
+
+    T_c   = 8·L_in/bw + rtt + wait + exec + 8·L_out/bw          (local: wait + exec)
+    var_c = exec_std² + rtt_std² + wait_std² + (T_up·bw_std/bw)² + (T_down·bw_std/bw)²
+    T_q   = T_c + z(q)·sqrt(var_c)                             (the deadline is judged on T_q)
+    E_c   = compute energy on c (edge only; (busy_w-idle_w)·exec, or κ·f³·exec)
+          + origin radio (tx_w·T_up + rx_w·T_down) + target radio (rx_w·T_up + tx_w·T_down)
+    score = w_t·T_c + Σ_node w_e(battery_node)·E_node + w_$·money (+ w_t·suspect_penalty_s)
+
+Bandwidth is in bits per second, sizes in bytes. The cloud's own energy is not counted (it is
+not ours to save), matching how the simulator reports `energy_j_per_task`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+from edgesched.core.model import (
+    Candidate,
+    CandidateEval,
+    Liveness,
+    Placement,
+    PowerModel,
+    RejectReason,
+    TaskSpec,
+    require_finite,
+)
+
+INF = math.inf
+
+# Every hard constraint. Baseline policies enforce only BASELINE_CONSTRAINTS.
+ALL_CONSTRAINTS: frozenset[RejectReason] = frozenset(RejectReason)
+BASELINE_CONSTRAINTS: frozenset[RejectReason] = frozenset(
+    {
+        RejectReason.UNSUPPORTED_TYPE,
+        RejectReason.OFFLOAD_POLICY,
+        RejectReason.EXCLUDED,
+        RejectReason.OFFLINE,
+        RejectReason.STALE,
+        RejectReason.NO_CAPACITY,
+    }
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CostParams:
+    """Weights and limits of the cost model (see docs/cost-model.md for why these defaults).
+
+    Weights are in "seconds of latency per unit": the score is in seconds. On mains power a
+    joule is worth 2 ms, so latency dominates; on a battery a joule is worth 50 ms at or above
+    the knee, rising linearly to 500 ms at the battery floor.
+    """
+
+    latency_weight: float = 1.0  # per second of mean predicted latency
+    energy_weight: float = 0.002  # per joule spent on a mains-powered edge node
+    battery_energy_weight: float = 0.05  # per joule on a battery node at or above the knee
+    battery_energy_weight_max: float = 0.5  # per joule on a battery node at the floor
+    money_weight: float = 0.0  # per unit of money (cloud cost per task)
+    battery_knee: float = 0.5  # below this charge the energy weight starts rising
+    battery_floor: float = 0.1  # battery-powered neighbours below this are not used
+    battery_floor_local: bool = False  # also refuse to run on this node below the floor
+    latency_quantile: float = 0.95  # deadlines are judged on this quantile of latency
+    stale_after_s: float = 5.0  # candidate state older than this is not trusted
+    suspect_penalty_s: float = 0.25  # score penalty for a suspect (missed heartbeats) target
+    z: float = field(init=False, default=0.0)  # z-score of latency_quantile (derived)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "latency_weight",
+            "energy_weight",
+            "battery_energy_weight",
+            "battery_energy_weight_max",
+            "money_weight",
+            "suspect_penalty_s",
+        ):
+            require_finite(name, getattr(self, name), minimum=0.0)
+        for name in ("battery_knee", "battery_floor"):
+            require_finite(name, getattr(self, name), minimum=0.0)
+            if getattr(self, name) > 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)!r}")
+        require_finite("stale_after_s", self.stale_after_s, minimum=0.0)
+        q = self.latency_quantile
+        if not (math.isfinite(q) and 0.5 <= q < 1.0):
+            raise ValueError(f"latency_quantile must be within [0.5, 1), got {q!r}")
+        object.__setattr__(self, "z", NormalDist().inv_cdf(q))
+
+    def energy_weight_at(self, battery: float | None) -> float:
+        """Weight of one joule spent on a node with this charge (None = mains powered)."""
+        if battery is None:
+            return self.energy_weight
+        base, top = self.battery_energy_weight, self.battery_energy_weight_max
+        knee, floor = self.battery_knee, self.battery_floor
+        if battery >= knee or top <= base:
+            return base
+        span = knee - floor
+        drained = 1.0 if span <= 0.0 or battery <= floor else (knee - battery) / span
+        return base + (top - base) * drained
+
+    def scaled(self, k: float) -> CostParams:
+        """The same preferences with every weight multiplied by k > 0 (same decisions)."""
+        if not (math.isfinite(k) and k > 0):
+            raise ValueError(f"k must be finite and > 0, got {k!r}")
+        return CostParams(
+            latency_weight=self.latency_weight * k,
+            energy_weight=self.energy_weight * k,
+            battery_energy_weight=self.battery_energy_weight * k,
+            battery_energy_weight_max=self.battery_energy_weight_max * k,
+            money_weight=self.money_weight * k,
+            battery_knee=self.battery_knee,
+            battery_floor=self.battery_floor,
+            battery_floor_local=self.battery_floor_local,
+            latency_quantile=self.latency_quantile,
+            stale_after_s=self.stale_after_s,
+            suspect_penalty_s=self.suspect_penalty_s,
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prediction:
+    """Latency and energy of one candidate, before constraints and weights."""
+
+    latency_mean_s: float
+    latency_std_s: float
+    latency_q_s: float
+    upload_s: float
+    download_s: float
+    energy_origin_j: float  # on the deciding node (radio)
+    energy_target_j: float  # on the target (compute + radio); 0 for the cloud
+
+    @property
+    def energy_j(self) -> float:
+        return self.energy_origin_j + self.energy_target_j
+
+
+def predict(task: TaskSpec, cand: Candidate, params: CostParams) -> Prediction:
+    """Latency (mean, std, quantile) and edge energy of running `task` on `cand`."""
+    ex = cand.exec
+    mean = cand.est_wait_s + ex.mean_s
+    var = ex.std_s * ex.std_s + cand.wait_std_s * cand.wait_std_s
+    up = down = 0.0
+    e_origin = 0.0
+    e_target = 0.0 if cand.placement is Placement.CLOUD else cand.power.compute_energy_j(ex.mean_s)
+    link = cand.link
+    if cand.placement is not Placement.LOCAL and link is not None:
+        bw = link.bandwidth_bps
+        up = 8.0 * task.input_bytes / bw
+        down = 8.0 * task.output_bytes / bw
+        rel = link.bandwidth_std_bps / bw
+        mean += up + down + link.rtt_s
+        var += link.rtt_std_s * link.rtt_std_s + (up * rel) ** 2 + (down * rel) ** 2
+        origin = cand.origin_power or PowerModel()
+        e_origin = origin.tx_w * up + origin.rx_w * down
+        if cand.placement is not Placement.CLOUD:
+            e_target += cand.power.rx_w * up + cand.power.tx_w * down
+    std = math.sqrt(var)
+    return Prediction(
+        latency_mean_s=mean,
+        latency_std_s=std,
+        latency_q_s=mean + params.z * std,
+        upload_s=up,
+        download_s=down,
+        energy_origin_j=e_origin,
+        energy_target_j=e_target,
+    )
+
+
+def check(
+    cand: Candidate,
+    params: CostParams,
+    latency_q_s: float,
+    remaining_s: float | None,
+    task: TaskSpec,
+    enforce: frozenset[RejectReason] = ALL_CONSTRAINTS,
+) -> RejectReason | None:
+    """The first hard constraint in `enforce` that `cand` violates, or None.
+
+    Order: unsupported type, offload policy, excluded, offline, stale, capacity, battery
+    floor, deadline (judged on the latency quantile). A suspect target is allowed; the score
+    carries a penalty instead. The battery floor protects neighbours' batteries; this node's
+    own floor applies only with `battery_floor_local` (else the last resort would be refusing).
+    """
+    e = enforce
+    R = RejectReason
+    if not cand.supports_type and R.UNSUPPORTED_TYPE in e:
+        return R.UNSUPPORTED_TYPE
+    if not task.offload.allows(cand.placement) and R.OFFLOAD_POLICY in e:
+        return R.OFFLOAD_POLICY
+    if cand.excluded and R.EXCLUDED in e:
+        return R.EXCLUDED
+    if cand.liveness is Liveness.OFFLINE and R.OFFLINE in e:
+        return R.OFFLINE
+    if cand.age_s > params.stale_after_s and R.STALE in e:
+        return R.STALE
+    if _no_capacity(cand) and R.NO_CAPACITY in e:
+        return R.NO_CAPACITY
+    if (
+        cand.battery is not None
+        and cand.battery < params.battery_floor
+        and (cand.placement is Placement.NEIGHBOUR or params.battery_floor_local)
+        and R.BATTERY_FLOOR in e
+    ):
+        return R.BATTERY_FLOOR
+    if remaining_s is not None and latency_q_s > remaining_s and R.DEADLINE in e:
+        return R.DEADLINE
+    return None
+
+
+def _no_capacity(cand: Candidate) -> bool:
+    if cand.slots <= 0:
+        return True
+    return cand.max_queue is not None and cand.queued >= cand.max_queue and (
+        cand.running >= cand.slots
+    )
+
+
+def weighted_cost(cand: Candidate, pred: Prediction, params: CostParams) -> float:
+    """The objective: w_t·T + Σ w_e(battery)·E + w_$·money, plus the suspect penalty."""
+    origin_battery = cand.battery if cand.placement is Placement.LOCAL else cand.origin_battery
+    score = params.latency_weight * pred.latency_mean_s
+    score += params.energy_weight_at(origin_battery) * pred.energy_origin_j
+    score += params.energy_weight_at(cand.battery) * pred.energy_target_j
+    score += params.money_weight * cand.money_cost
+    if cand.liveness is Liveness.SUSPECT:
+        score += params.latency_weight * params.suspect_penalty_s
+    return score
+
+
+def evaluate(
+    task: TaskSpec,
+    cand: Candidate,
+    params: CostParams,
+    *,
+    remaining_s: float | None = None,
+    use_task_deadline: bool = True,
+    enforce: frozenset[RejectReason] = ALL_CONSTRAINTS,
+) -> CandidateEval:
+    """Predict, check the hard constraints in `enforce`, and score one candidate.
+
+    `remaining_s` is the time left to the deadline; when None and `use_task_deadline`, the
+    task's own `deadline_s` is used (no time elapsed yet).
+    """
+    if remaining_s is None and use_task_deadline:
+        remaining_s = task.deadline_s
+    pred = predict(task, cand, params)
+    reason = check(cand, params, pred.latency_q_s, remaining_s, task, enforce)
+    score = INF if reason is not None else weighted_cost(cand, pred, params)
+    return CandidateEval(
+        node_id=cand.node_id,
+        placement=cand.placement,
+        latency_mean_s=pred.latency_mean_s,
+        latency_q_s=pred.latency_q_s,
+        energy_j=pred.energy_j,
+        money=cand.money_cost,
+        score=score,
+        feasible=reason is None,
+        reason=reason,
+        latency_std_s=pred.latency_std_s,
+    )

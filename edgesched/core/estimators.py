@@ -1,0 +1,392 @@
+"""Online estimators: link RTT/bandwidth and execution time per (task type, node), bounded.
+
+Every estimator is learned from observations (`observe_*`), answers with a mean and a spread,
+starts from a caller-supplied prior, resists outliers, and drifts back to its prior when it has
+not heard anything for a while (staleness decay). Time is always passed in as `now`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from edgesched.core.model import ExecEstimate, LinkEstimate, require_finite
+
+_MDEV_TO_STD = math.sqrt(math.pi / 2.0)  # std of a normal = 1.2533 x its mean absolute deviation
+MB = 1_000_000.0
+
+
+def _staleness_weight(age_s: float, decay_s: float) -> float:
+    """Weight kept by learned state after `age_s` without observations (1 = fresh)."""
+    if decay_s <= 0.0 or not math.isfinite(decay_s):
+        return 1.0
+    return math.exp(-max(0.0, age_s) / decay_s)
+
+
+def _blend(w: float, mean: float, std: float, prior_mean: float, prior_std: float) -> tuple[
+    float, float
+]:
+    """Mean and std of the mixture w·learned + (1-w)·prior."""
+    m = w * mean + (1.0 - w) * prior_mean
+    var = w * std * std + (1.0 - w) * prior_std * prior_std
+    var += w * (1.0 - w) * (mean - prior_mean) ** 2
+    return m, math.sqrt(max(0.0, var))
+
+
+class RobustEwma:
+    """SRTT/RTTVAR-style smoothed mean and mean deviation, with clipped outliers.
+
+    An error beyond `outlier_k` deviations is clipped to that bound, so one wild sample moves
+    the mean only a little; `shift_after` outliers in a row on the same side are taken as a real
+    level shift and accepted whole.
+    """
+
+    __slots__ = ("_streak", "alpha", "beta", "mdev", "mean", "n", "outlier_k", "shift_after")
+
+    def __init__(
+        self, *, alpha: float = 0.125, beta: float = 0.25, outlier_k: float = 4.0,
+        shift_after: int = 3,
+    ) -> None:
+        self.alpha, self.beta = alpha, beta
+        self.outlier_k, self.shift_after = outlier_k, shift_after
+        self.mean = 0.0
+        self.mdev = 0.0
+        self.n = 0
+        self._streak = 0  # signed count of consecutive outliers
+
+    def update(self, x: float) -> None:
+        if self.n == 0:
+            self.mean, self.mdev, self.n = x, x / 2.0, 1
+            return
+        err = x - self.mean
+        bound = self.outlier_k * max(self.mdev, 0.01 * abs(self.mean), 1e-12)
+        if abs(err) > bound:
+            side = 1 if err > 0 else -1
+            self._streak = self._streak + side if self._streak * side > 0 else side
+            if abs(self._streak) < self.shift_after:
+                err = math.copysign(bound, err)
+            else:
+                self._streak = 0
+        else:
+            self._streak = 0
+        self.mdev += self.beta * (abs(err) - self.mdev)
+        self.mean += self.alpha * err
+        self.n += 1
+
+    @property
+    def std(self) -> float:
+        return self.mdev * _MDEV_TO_STD
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LinkParams:
+    """Tuning of link estimators."""
+
+    rtt_alpha: float = 0.125  # RFC 6298
+    rtt_beta: float = 0.25
+    bw_alpha: float = 0.25  # transfers are rarer than RTT probes: learn faster
+    bw_beta: float = 0.25
+    outlier_k: float = 4.0
+    shift_after: int = 3
+    min_transfer_bytes: int = 4096  # smaller transfers measure latency, not bandwidth
+    decay_s: float = 300.0  # staleness: learned state keeps exp(-age/decay_s) of its weight
+
+
+class LinkEstimator:
+    """RTT (smoothed mean + deviation) and bandwidth (time per bit, smoothed) of one link."""
+
+    def __init__(self, prior: LinkEstimate, params: LinkParams | None = None) -> None:
+        self.prior = prior
+        self.params = p = params or LinkParams()
+        self._rtt = RobustEwma(
+            alpha=p.rtt_alpha, beta=p.rtt_beta, outlier_k=p.outlier_k, shift_after=p.shift_after
+        )
+        # Averaging seconds per bit (not bits per second) keeps transfer-time predictions
+        # unbiased: T = 8·L·spb is linear in spb.
+        self._spb = RobustEwma(
+            alpha=p.bw_alpha, beta=p.bw_beta, outlier_k=p.outlier_k, shift_after=p.shift_after
+        )
+        self._rtt_at = -math.inf
+        self._bw_at = -math.inf
+
+    def observe_rtt(self, seconds: float, now: float) -> bool:
+        """Feed one round-trip time; False (ignored) when it is not a finite value >= 0."""
+        if not (math.isfinite(seconds) and seconds >= 0.0 and math.isfinite(now)):
+            return False
+        self._rtt.update(seconds)
+        self._rtt_at = now
+        return True
+
+    def observe_transfer(self, nbytes: float, seconds: float, now: float) -> bool:
+        """Feed one transfer of `nbytes` taking `seconds` (excluding the RTT)."""
+        ok = math.isfinite(nbytes) and math.isfinite(seconds) and math.isfinite(now)
+        if not ok or seconds <= 0.0 or nbytes < self.params.min_transfer_bytes:
+            return False
+        self._spb.update(seconds / (8.0 * nbytes))
+        self._bw_at = now
+        return True
+
+    def snapshot(self, now: float) -> LinkEstimate:
+        """The current estimate, blended towards the prior as observations age."""
+        prior, decay = self.prior, self.params.decay_s
+        rtt, rtt_std = prior.rtt_s, prior.rtt_std_s
+        if self._rtt.n:
+            w = _staleness_weight(now - self._rtt_at, decay)
+            rtt, rtt_std = _blend(w, self._rtt.mean, self._rtt.std, rtt, rtt_std)
+        bw, bw_std = prior.bandwidth_bps, prior.bandwidth_std_bps
+        if self._spb.n and self._spb.mean > 0.0:
+            w = _staleness_weight(now - self._bw_at, decay)
+            prior_spb = 1.0 / bw
+            prior_spb_std = bw_std / (bw * bw)
+            spb, spb_std = _blend(w, self._spb.mean, self._spb.std, prior_spb, prior_spb_std)
+            bw, bw_std = 1.0 / spb, spb_std / (spb * spb)
+        return LinkEstimate(
+            rtt_s=rtt, rtt_std_s=rtt_std, bandwidth_bps=bw, bandwidth_std_bps=bw_std
+        )
+
+    @property
+    def samples(self) -> tuple[int, int]:
+        """(RTT samples, transfer samples) seen so far."""
+        return self._rtt.n, self._spb.n
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExecPrior:
+    """What we believe about a task type's execution time before measuring (at speed 1)."""
+
+    mean_s: float = 0.05
+    s_per_mb: float = 0.0
+    cv: float = 0.5  # spread of the prior, relative to its mean
+
+    def __post_init__(self) -> None:
+        require_finite("mean_s", self.mean_s, minimum=0.0)
+        require_finite("s_per_mb", self.s_per_mb, minimum=0.0)
+        require_finite("cv", self.cv, minimum=0.0)
+
+    def scaled(self, speed: float) -> ExecPrior:
+        """The prior on a node `speed` times as fast as the reference."""
+        require_finite("speed", speed)
+        if speed <= 0.0:
+            raise ValueError(f"speed must be > 0, got {speed!r}")
+        return ExecPrior(mean_s=self.mean_s / speed, s_per_mb=self.s_per_mb / speed, cv=self.cv)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExecParams:
+    """Tuning of execution-time estimators."""
+
+    forgetting: float = 0.98  # RLS forgetting factor: ~50 samples of memory
+    prior_weight: float = 1.0  # the prior counts as this many samples
+    residual_alpha: float = 0.1  # smoothing of the squared prediction error
+    outlier_k: float = 4.0
+    shift_after: int = 3
+    min_samples: int = 3  # below this the prior's spread still applies
+    decay_s: float = 600.0
+
+
+class ExecTimeEstimator:
+    """Execution time of one task type on one node as a + b·size_mb, by recursive least squares.
+
+    Keeps the residual variance of its one-step-ahead predictions as its spread. Starts at the
+    prior (worth `prior_weight` samples) and its covariance is capped at the prior's, so a
+    stream of same-sized inputs (which says nothing about b) cannot wind it up.
+    """
+
+    def __init__(self, prior: ExecPrior, params: ExecParams | None = None) -> None:
+        self.prior = prior
+        self.params = p = params or ExecParams()
+        self.a, self.b = prior.mean_s, prior.s_per_mb
+        self._cap = 1.0 / max(p.prior_weight, 1e-9)
+        self.p11, self.p12, self.p22 = self._cap, 0.0, self._cap
+        self.res_var = (prior.cv * max(prior.mean_s, 1e-6)) ** 2
+        self.n = 0
+        self._streak = 0
+        self._at = -math.inf
+
+    def observe(self, input_bytes: float, seconds: float, now: float) -> bool:
+        """Feed one measured execution; False (ignored) for non-finite or negative values."""
+        ok = math.isfinite(input_bytes) and math.isfinite(seconds) and math.isfinite(now)
+        if not ok or input_bytes < 0.0 or seconds < 0.0:
+            return False
+        x = input_bytes / MB
+        err = self._clip(seconds - (self.a + self.b * x))
+        p = self.params
+        # P·x and x'·P·x for x = (1, size_mb)
+        px1 = self.p11 + self.p12 * x
+        px2 = self.p12 + self.p22 * x
+        denom = p.forgetting + px1 + px2 * x
+        k1, k2 = px1 / denom, px2 / denom
+        self.a += k1 * err
+        self.b += k2 * err
+        lam = p.forgetting
+        self.p11, self.p12, self.p22 = (
+            (self.p11 - k1 * px1) / lam,
+            (self.p12 - k1 * px2) / lam,
+            (self.p22 - k2 * px2) / lam,
+        )
+        self._cap_covariance()
+        self.res_var += p.residual_alpha * (err * err - self.res_var)
+        self.n += 1
+        self._at = now
+        return True
+
+    def _clip(self, err: float) -> float:
+        p = self.params
+        if self.n < p.min_samples:
+            return err
+        bound = p.outlier_k * max(math.sqrt(self.res_var), 1e-9)
+        if abs(err) <= bound:
+            self._streak = 0
+            return err
+        side = 1 if err > 0 else -1
+        self._streak = self._streak + side if self._streak * side > 0 else side
+        if abs(self._streak) >= p.shift_after:
+            self._streak = 0
+            return err
+        return math.copysign(bound, err)
+
+    def _cap_covariance(self) -> None:
+        """Scale each direction back to the prior's covariance (anti-windup), keeping P PSD."""
+        s1 = math.sqrt(self._cap / self.p11) if self.p11 > self._cap else 1.0
+        s2 = math.sqrt(self._cap / self.p22) if self.p22 > self._cap else 1.0
+        self.p11 *= s1 * s1
+        self.p22 *= s2 * s2
+        self.p12 *= s1 * s2
+
+    def predict(self, input_bytes: float, now: float) -> ExecEstimate:
+        """Mean and std of the execution time for an input of `input_bytes`."""
+        x = max(0.0, input_bytes) / MB
+        prior = self.prior
+        prior_mean = prior.mean_s + prior.s_per_mb * x
+        prior_std = prior.cv * prior_mean
+        if self.n == 0:
+            return ExecEstimate(mean_s=prior_mean, std_s=prior_std)
+        mean = max(0.0, self.a + self.b * x)
+        leverage = self.p11 + 2.0 * self.p12 * x + self.p22 * x * x
+        std = math.sqrt(max(0.0, self.res_var * (1.0 + max(0.0, leverage))))
+        if self.n < self.params.min_samples:
+            std = max(std, prior_std)
+        w = _staleness_weight(now - self._at, self.params.decay_s)
+        mean, std = _blend(w, mean, std, prior_mean, prior_std)
+        return ExecEstimate(mean_s=mean, std_s=std)
+
+
+class EstimatorBank:
+    """All estimators of one deciding node, keyed by target / (task type, node), LRU-bounded.
+
+    Priors come from the caller: per task type (at speed 1), a speed per node (the prior is
+    divided by it), and a link prior per target. Unknown keys use the defaults. When more than
+    `max_keys` estimators of a kind exist, the least recently used one is dropped (`evictions`).
+    """
+
+    def __init__(
+        self,
+        *,
+        exec_priors: dict[str, ExecPrior] | None = None,
+        default_exec_prior: ExecPrior | None = None,
+        speeds: dict[str, float] | None = None,
+        link_priors: dict[str, LinkEstimate] | None = None,
+        default_link_prior: LinkEstimate | None = None,
+        exec_params: ExecParams | None = None,
+        link_params: LinkParams | None = None,
+        max_keys: int = 4096,
+    ) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, got {max_keys!r}")
+        self.exec_priors = dict(exec_priors or {})
+        self.default_exec_prior = default_exec_prior or ExecPrior()
+        self.speeds = dict(speeds or {})
+        self.link_priors = dict(link_priors or {})
+        self.default_link_prior = default_link_prior or LinkEstimate(
+            rtt_s=0.01, rtt_std_s=0.005, bandwidth_bps=1e7, bandwidth_std_bps=2e6
+        )
+        self.exec_params = exec_params or ExecParams()
+        self.link_params = link_params or LinkParams()
+        self.max_keys = max_keys
+        self._exec: OrderedDict[tuple[str, str], ExecTimeEstimator] = OrderedDict()
+        self._links: OrderedDict[str, LinkEstimator] = OrderedDict()
+        self.evictions = 0
+        self.rejected = 0  # observations ignored as invalid (NaN, negative, ...)
+
+    def set_speed(self, node_id: str, speed: float) -> None:
+        ExecPrior().scaled(speed)  # validates
+        self.speeds[node_id] = speed
+
+    def set_link_prior(self, target: str, prior: LinkEstimate) -> None:
+        self.link_priors[target] = prior
+        if target in self._links:
+            self._links[target].prior = prior
+
+    def exec_prior(self, task_type: str, node_id: str) -> ExecPrior:
+        base = self.exec_priors.get(task_type, self.default_exec_prior)
+        return base.scaled(self.speeds.get(node_id, 1.0))
+
+    def _exec_for(self, task_type: str, node_id: str, create: bool) -> ExecTimeEstimator | None:
+        key = (task_type, node_id)
+        est = self._exec.get(key)
+        if est is not None:
+            self._exec.move_to_end(key)
+        elif create:
+            est = ExecTimeEstimator(self.exec_prior(task_type, node_id), self.exec_params)
+            self._exec[key] = est
+            if len(self._exec) > self.max_keys:
+                self._exec.popitem(last=False)
+                self.evictions += 1
+        return est
+
+    def _link_for(self, target: str, create: bool) -> LinkEstimator | None:
+        est = self._links.get(target)
+        if est is not None:
+            self._links.move_to_end(target)
+        elif create:
+            prior = self.link_priors.get(target, self.default_link_prior)
+            est = LinkEstimator(prior, self.link_params)
+            self._links[target] = est
+            if len(self._links) > self.max_keys:
+                self._links.popitem(last=False)
+                self.evictions += 1
+        return est
+
+    def observe_exec(
+        self, task_type: str, node_id: str, input_bytes: float, seconds: float, now: float
+    ) -> bool:
+        est = self._exec_for(task_type, node_id, create=True)
+        ok = est is not None and est.observe(input_bytes, seconds, now)
+        self.rejected += not ok
+        return ok
+
+    def observe_rtt(self, target: str, seconds: float, now: float) -> bool:
+        est = self._link_for(target, create=True)
+        ok = est is not None and est.observe_rtt(seconds, now)
+        self.rejected += not ok
+        return ok
+
+    def observe_transfer(self, target: str, nbytes: float, seconds: float, now: float) -> bool:
+        """A transfer too small to measure bandwidth is ignored without counting as rejected."""
+        est = self._link_for(target, create=True)
+        if est is None:
+            return False
+        ok = est.observe_transfer(nbytes, seconds, now)
+        if not ok and not (nbytes < self.link_params.min_transfer_bytes and seconds > 0):
+            self.rejected += 1
+        return ok
+
+    def exec_estimate(
+        self, task_type: str, node_id: str, input_bytes: float, now: float
+    ) -> ExecEstimate:
+        est = self._exec_for(task_type, node_id, create=False)
+        if est is None:  # no observation yet: the prior, without allocating an estimator
+            prior = self.exec_prior(task_type, node_id)
+            mean = prior.mean_s + prior.s_per_mb * max(0.0, input_bytes) / MB
+            return ExecEstimate(mean_s=mean, std_s=prior.cv * mean)
+        return est.predict(input_bytes, now)
+
+    def link(self, target: str, now: float) -> LinkEstimate:
+        est = self._link_for(target, create=False)
+        if est is None:
+            return self.link_priors.get(target, self.default_link_prior)
+        return est.snapshot(now)
+
+    def __len__(self) -> int:
+        return len(self._exec) + len(self._links)

@@ -1,0 +1,180 @@
+"""Placement policies behind one small protocol: the cost policy and the baselines, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from edgesched.core.costmodel import (
+    ALL_CONSTRAINTS,
+    BASELINE_CONSTRAINTS,
+    CostParams,
+    evaluate,
+)
+from edgesched.core.model import (
+    Candidate,
+    CandidateEval,
+    Decision,
+    Placement,
+    RejectReason,
+    TaskSpec,
+)
+
+POLICY_NAMES: tuple[str, ...] = (
+    "cost",
+    "local",
+    "cloud",
+    "random",
+    "round_robin",
+    "least_loaded",
+    "greedy_latency",
+)
+
+
+class Policy(Protocol):
+    """Decides where one task runs, given its pre-built candidates and the current time."""
+
+    name: str
+
+    def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
+        """Chosen target, ranked fallbacks and every candidate's evaluation (never raises for
+        "nothing feasible": that is a Decision with `chosen=None`)."""
+        ...
+
+
+def evaluate_all(
+    task: TaskSpec,
+    candidates: Sequence[Candidate],
+    params: CostParams,
+    now: float,
+    enforce: frozenset[RejectReason] = ALL_CONSTRAINTS,
+) -> list[CandidateEval]:
+    """Evaluate every candidate against the time left to the task's deadline at `now`."""
+    remaining = task.remaining_s(now)
+    return [
+        evaluate(task, c, params, remaining_s=remaining, use_task_deadline=False, enforce=enforce)
+        for c in candidates
+    ]
+
+
+def make_decision(name: str, evals: Sequence[CandidateEval], ranked: Sequence[int]) -> Decision:
+    """A Decision whose preference order is `ranked` (indices into `evals`, feasible only)."""
+    order = [evals[i] for i in ranked]
+    return Decision(
+        policy=name,
+        chosen=order[0] if order else None,
+        fallbacks=tuple(order[1:]),
+        evaluations=tuple(evals),
+    )
+
+
+def _feasible(evals: Sequence[CandidateEval]) -> list[int]:
+    return [i for i, e in enumerate(evals) if e.feasible]
+
+
+class CostPolicy:
+    """The production policy: every hard constraint, then the lowest weighted cost."""
+
+    def __init__(self, params: CostParams, name: str = "cost") -> None:
+        self.name = name
+        self.params = params
+
+    def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
+        evals = evaluate_all(task, candidates, self.params, now)
+        ranked = sorted(_feasible(evals), key=lambda i: evals[i].score)
+        return make_decision(self.name, evals, ranked)
+
+
+SortKey = Callable[[Candidate, CandidateEval], tuple[float, ...]]
+
+
+class KeyedBaseline:
+    """A baseline ranking feasible candidates by a fixed key (ties: predicted latency).
+
+    Baselines ignore the weights, the deadline and the battery floor, but still respect the
+    task type's offload policy, liveness, staleness, capacity and type support.
+    """
+
+    def __init__(self, name: str, params: CostParams, key: SortKey) -> None:
+        self.name = name
+        self.params = params
+        self._key = key
+
+    def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
+        evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
+        key = self._key
+        ranked = sorted(_feasible(evals), key=lambda i: key(candidates[i], evals[i]))
+        return make_decision(self.name, evals, ranked)
+
+
+_PLACEMENT_RANK_CLOUD_FIRST = {Placement.CLOUD: 0, Placement.LOCAL: 1, Placement.NEIGHBOUR: 2}
+
+
+def _local_first(c: Candidate, e: CandidateEval) -> tuple[float, ...]:
+    return (0.0 if c.placement is Placement.LOCAL else 1.0, e.latency_mean_s)
+
+
+def _cloud_first(c: Candidate, e: CandidateEval) -> tuple[float, ...]:
+    return (float(_PLACEMENT_RANK_CLOUD_FIRST[c.placement]), e.latency_mean_s)
+
+
+def _least_loaded(c: Candidate, e: CandidateEval) -> tuple[float, ...]:
+    return ((c.running + c.queued) / max(1, c.slots), e.latency_mean_s)
+
+
+def _greedy_latency(c: Candidate, e: CandidateEval) -> tuple[float, ...]:
+    return (e.latency_mean_s,)
+
+
+class RandomPolicy:
+    """Uniformly random order over the baseline-feasible candidates (seeded generator)."""
+
+    def __init__(self, params: CostParams, rng: np.random.Generator) -> None:
+        self.name = "random"
+        self.params = params
+        self._rng = rng
+
+    def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
+        evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
+        feasible = _feasible(evals)
+        ranked = [feasible[int(i)] for i in self._rng.permutation(len(feasible))]
+        return make_decision(self.name, evals, ranked)
+
+
+class RoundRobinPolicy:
+    """Rotates over the baseline-feasible candidates, in node-id order, one step per task."""
+
+    def __init__(self, params: CostParams) -> None:
+        self.name = "round_robin"
+        self.params = params
+        self._next = 0
+
+    def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
+        evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
+        feasible = sorted(_feasible(evals), key=lambda i: candidates[i].node_id)
+        if feasible:
+            start = self._next % len(feasible)
+            feasible = feasible[start:] + feasible[:start]
+            self._next += 1
+        return make_decision(self.name, evals, feasible)
+
+
+def make_policy(name: str, params: CostParams, rng: np.random.Generator) -> Policy:
+    """The policy called `name` (one of POLICY_NAMES). Raises ValueError for unknown names."""
+    if name == "cost":
+        return CostPolicy(params)
+    if name == "random":
+        return RandomPolicy(params, rng)
+    if name == "round_robin":
+        return RoundRobinPolicy(params)
+    keys: dict[str, SortKey] = {
+        "local": _local_first,
+        "cloud": _cloud_first,
+        "least_loaded": _least_loaded,
+        "greedy_latency": _greedy_latency,
+    }
+    if name in keys:
+        return KeyedBaseline(name, params, keys[name])
+    raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(POLICY_NAMES)}")
