@@ -25,7 +25,7 @@ TASK_REJECT_REASONS = (
     "malformed", "schema", "oversize", "unknown_type", "queue_full", "deadline", "no_target",
     "shutting_down", "duplicate_in_flight",
 )
-DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full")
+DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full", "oversize")
 
 # Decisions take microseconds; tasks take milliseconds to minutes.
 DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)

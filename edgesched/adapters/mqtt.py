@@ -1,0 +1,474 @@
+"""MQTT adapter over aiomqtt: one owned connection, reconnects, subscriptions, bounded queues.
+
+This is the only module that imports aiomqtt (and paho). Everything above it sees
+`MqttClient`, `InboundMessage` and `edgesched.errors.MqttError`.
+
+Data path of an incoming message (no extra hop through aiomqtt's message iterator):
+paho reads it on the event loop -> `_DispatchQueue.put_nowait` drops it if it is larger than
+`max_payload_bytes`, matches its topic against the subscriptions and puts it into each matching
+subscription's own bounded queue (a full queue drops and counts it) -> one consumer loop per
+subscription awaits its handler. A slow handler therefore only backs up its own queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgesched.adapters.metrics import Metrics
+from edgesched.errors import MqttError
+
+log = logging.getLogger("edgesched.mqtt")
+
+Handler = Callable[["InboundMessage"], Awaitable[None]]
+ConnectHook = Callable[[], Awaitable[None]]
+
+_TOPIC_CACHE_LIMIT = 16_384
+_PUBLISH_TIMEOUT_S = 10.0
+_SUBSCRIBE_TIMEOUT_S = 10.0
+
+
+class RateLimitedLog:
+    """Logs one line per key at most every `every_s` seconds, with how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self._logger = logger
+        self._every_s = every_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        if len(self._last) > 1024:  # bounded: keys are meant to be few (reasons, not ids)
+            self._last.clear()
+            self._suppressed.clear()
+        suppressed = self._suppressed.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({suppressed} similar messages suppressed)" if suppressed else ""
+        self._logger.warning(msg + suffix, *args, exc_info=exc_info)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InboundMessage:
+    """One received MQTT message, detached from aiomqtt/paho types."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    received_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutboundMessage:
+    """A message to publish later, e.g. the Last Will (also published on a graceful stop)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MqttOptions:
+    """Connection parameters, taken from `settings.mqtt` by the composition root."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "edgesched"
+    protocol: str = "5"  # "5" or "3.1.1"
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 10
+    max_payload_bytes: int = 1 << 20
+    incoming_queue: int = 10_000
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic filter matching (`+`, `#`, shared subscriptions `$share/group/...`)."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2] if topic_filter.count("/") >= 2 else ""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    flt = topic_filter.split("/")
+    parts = topic.split("/")
+    for i, level in enumerate(flt):
+        if level == "#":
+            return True
+        if i >= len(parts):
+            return False
+        if level != "+" and level != parts[i]:
+            return False
+    return len(parts) == len(flt)
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter in its upper half: spread reconnect storms."""
+    cap = min(max_s, initial_s * 2.0 ** min(attempt, 30))
+    return cap / 2 + rng.random() * cap / 2
+
+
+class _Subscription:
+    """One topic filter, its bounded queue and the handler its consumer loop awaits."""
+
+    def __init__(self, topic_filter: str, handler: Handler, qos: int, queue_size: int) -> None:
+        self.topic_filter = topic_filter
+        self.handler = handler
+        self.qos = qos
+        self.queue: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=queue_size)
+        self.started = False
+
+
+class MqttClient:
+    """The node's one MQTT connection, as an async context manager.
+
+    Extension points for other components:
+
+    - `await subscribe(topic_filter, handler, qos=0, queue_size=None)`: `handler` is
+      `async (InboundMessage) -> None`, awaited by this subscription's own consumer loop from a
+      bounded queue (default size `mqtt.incoming_queue`); a full queue drops and counts
+      (`edgesched_mqtt_messages_dropped_total{reason="incoming_queue_full"}`). Subscribing is
+      allowed before or after the client is started; subscriptions are renewed on every connect.
+    - `await publish(topic, payload, qos=0, retain=False, response_topic=None,
+      correlation_data=None, user_properties=None)`; raises `MqttError` when not connected or
+      the broker does not acknowledge in time. MQTT v5 properties are left out on 3.1.1.
+    - `on_connect(hook)`: `async () -> None` awaited after every (re)connect, once the
+      subscriptions are renewed (e.g. to republish a retained state document).
+    - `connected`, `disconnected_for()`, `wait_connected()`.
+
+    With `will` set, the broker publishes it when the connection is lost, and a graceful stop
+    publishes it too before disconnecting.
+    """
+
+    def __init__(
+        self,
+        options: MqttOptions,
+        metrics: Metrics,
+        *,
+        will: OutboundMessage | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options
+        self._metrics = metrics
+        self._will = will
+        self._rng = rng or random.Random()
+        self._subs: list[_Subscription] = []
+        self._topic_cache: dict[str, tuple[_Subscription, ...]] = {}
+        self._hooks: list[ConnectHook] = []
+        self._client: aiomqtt.Client | None = None
+        self._connected_event = asyncio.Event()
+        self._disconnected_since: float | None = time.monotonic()
+        self._ever_connected = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ratelog = RateLimitedLog(log)
+
+    # ---- public API ---------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._connected_event.is_set()
+
+    def disconnected_for(self, now: float | None = None) -> float:
+        """Seconds since the connection was lost (or since start when never connected)."""
+        if self.connected or self._disconnected_since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self._disconnected_since
+
+    async def wait_connected(self) -> None:
+        await self._connected_event.wait()
+
+    def set_will(self, will: OutboundMessage | None) -> None:
+        """The Last Will for the next connection (and the graceful-stop message)."""
+        self._will = will
+
+    def on_connect(self, hook: ConnectHook) -> None:
+        """Run `hook` after every (re)connect; a failing hook is logged, never fatal."""
+        self._hooks.append(hook)
+
+    async def subscribe(
+        self, topic_filter: str, handler: Handler, *, qos: int = 0, queue_size: int | None = None
+    ) -> None:
+        """Deliver messages matching `topic_filter` to `handler` (see the class docstring)."""
+        sub = _Subscription(topic_filter, handler, qos, queue_size or self.options.incoming_queue)
+        self._subs.append(sub)
+        self._topic_cache.clear()
+        if self._tg is not None:
+            self._start_consumer(sub)
+        client = self._client
+        if client is not None and self.connected:
+            await self._subscribe_one(client, sub)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        user_properties: Sequence[tuple[str, str]] | None = None,
+        timeout_s: float = _PUBLISH_TIMEOUT_S,
+    ) -> None:
+        """Publish one message; raises `MqttError` when not connected or on failure."""
+        client = self._client
+        if client is None or not self.connected:
+            raise MqttError(f"cannot publish to {topic}: not connected to the broker")
+        props = self._properties(response_topic, correlation_data, user_properties)
+        try:
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, properties=props, timeout=timeout_s
+            )
+        except aiomqtt.MqttError as exc:
+            raise MqttError(f"publish to {topic} failed: {exc}") from exc
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> MqttClient:
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        for sub in self._subs:
+            self._start_consumer(sub)
+        self._tasks.append(self._tg.create_task(
+            self._connection_loop(), name="edgesched.mqtt.connection_loop"
+        ))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Graceful stop: publish the Will ourselves, disconnect, stop the loops."""
+        await self._publish_will()
+        # Cancelling the connection loop leaves aiomqtt's context: a clean DISCONNECT.
+        for task in self._tasks:
+            task.cancel()
+        for sub in self._subs:
+            sub.started = False
+        tg, self._tg, self._tasks = self._tg, None, []
+        if tg is not None:
+            await tg.__aexit__(None, None, None)
+
+    async def _publish_will(self) -> None:
+        if self._will is None or not self.connected:
+            return
+        try:
+            await self.publish(
+                self._will.topic, self._will.payload, qos=self._will.qos,
+                retain=self._will.retain, timeout_s=2.0,
+            )
+        except MqttError as exc:
+            log.warning("could not publish the offline state before disconnecting: %s", exc)
+
+    # ---- connection ---------------------------------------------------------------------
+    def _new_client(self) -> aiomqtt.Client:
+        opts = self.options
+        v5 = opts.protocol == "5"
+        will = None
+        if self._will is not None:
+            will = aiomqtt.Will(
+                topic=self._will.topic, payload=self._will.payload, qos=self._will.qos,
+                retain=self._will.retain,
+            )
+        return aiomqtt.Client(
+            opts.host,
+            opts.port,
+            username=opts.username,
+            password=opts.password,
+            identifier=opts.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=will,
+            clean_session=None if v5 else True,
+            keepalive=opts.keepalive_s,
+            timeout=max(5.0, float(opts.keepalive_s)),
+            queue_type=self._queue_factory(),
+            max_queued_outgoing_messages=opts.incoming_queue,
+        )
+
+    def _queue_factory(self) -> Any:
+        owner = self
+
+        class _Bound(_DispatchQueue):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(owner)
+
+        return _Bound
+
+    async def _connection_loop(self) -> None:
+        attempt = 0
+        opts = self.options
+        while True:
+            client = self._new_client()
+            try:
+                async with client:
+                    attempt = 0
+                    await self._on_connected(client)
+                    # Our dispatch queue never holds a message, so this only returns (raises)
+                    # when the connection is lost.
+                    async for _ in client.messages:
+                        pass
+            except aiomqtt.MqttError as exc:
+                self._on_lost(f"{exc}")
+            except OSError as exc:  # socket-level failures that slip past aiomqtt
+                self._on_lost(f"{exc}")
+            finally:
+                self._mark_disconnected()
+            delay = backoff_delay(attempt, opts.reconnect_initial_s, opts.reconnect_max_s,
+                                  self._rng)
+            attempt += 1
+            log.debug("reconnecting to %s:%d in %.2fs", opts.host, opts.port, delay)
+            await asyncio.sleep(delay)
+
+    async def _on_connected(self, client: aiomqtt.Client) -> None:
+        opts = self.options
+        self._client = client
+        for sub in self._subs:
+            await self._subscribe_one(client, sub)
+        self._connected_event.set()
+        self._disconnected_since = None
+        self._metrics.mqtt_connected.set(1)
+        if self._ever_connected:
+            self._metrics.mqtt_reconnects.inc()
+            log.info("reconnected to MQTT broker %s:%d", opts.host, opts.port)
+        else:
+            log.info("connected to MQTT broker %s:%d (MQTT %s, client id %s)",
+                     opts.host, opts.port, opts.protocol, opts.client_id)
+        self._ever_connected = True
+        for hook in list(self._hooks):
+            try:
+                await hook()
+            except MqttError as exc:
+                log.warning("on-connect hook %s failed: %s", getattr(hook, "__qualname__", hook),
+                            exc)
+
+    def _on_lost(self, reason: str) -> None:
+        opts = self.options
+        if self._client is not None and self._connected_event.is_set():
+            log.warning("lost connection to MQTT broker %s:%d: %s", opts.host, opts.port, reason)
+        else:
+            self._ratelog.warning("connect", "cannot connect to MQTT broker %s:%d: %s",
+                                  opts.host, opts.port, reason)
+
+    def _mark_disconnected(self) -> None:
+        if self._disconnected_since is None:
+            self._disconnected_since = time.monotonic()
+        self._client = None
+        self._connected_event.clear()
+        self._metrics.mqtt_connected.set(0)
+
+    async def _subscribe_one(self, client: aiomqtt.Client, sub: _Subscription) -> None:
+        try:
+            await client.subscribe(sub.topic_filter, qos=sub.qos, timeout=_SUBSCRIBE_TIMEOUT_S)
+        except aiomqtt.MqttError as exc:
+            raise MqttError(f"subscribe to {sub.topic_filter} failed: {exc}") from exc
+
+    def _properties(
+        self,
+        response_topic: str | None,
+        correlation_data: bytes | None,
+        user_properties: Sequence[tuple[str, str]] | None,
+    ) -> Properties | None:
+        if self.options.protocol != "5" or not (
+            response_topic or correlation_data or user_properties
+        ):
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if response_topic:
+            props.ResponseTopic = response_topic
+        if correlation_data is not None:
+            props.CorrelationData = correlation_data
+        if user_properties:
+            props.UserProperty = list(user_properties)
+        return props
+
+    # ---- incoming path ------------------------------------------------------------------
+    def _start_consumer(self, sub: _Subscription) -> None:
+        if sub.started or self._tg is None:
+            return
+        sub.started = True
+        self._tasks.append(
+            self._tg.create_task(self._consume_loop(sub), name="edgesched.mqtt.consume_loop")
+        )
+
+    async def _consume_loop(self, sub: _Subscription) -> None:
+        queue = sub.queue
+        handler = sub.handler
+        while True:
+            msg = await queue.get()
+            try:
+                await handler(msg)
+            except Exception:  # one bad message must not stop its subscription
+                self._ratelog.warning(
+                    f"handler:{sub.topic_filter}", "handler for %s failed on a message on %s",
+                    sub.topic_filter, msg.topic, exc_info=True,
+                )
+
+    def _matching(self, topic: str) -> tuple[_Subscription, ...]:
+        subs = self._topic_cache.get(topic)
+        if subs is None:
+            subs = tuple(s for s in self._subs if topic_matches(s.topic_filter, topic))
+            if len(self._topic_cache) >= _TOPIC_CACHE_LIMIT:
+                self._topic_cache.clear()
+            self._topic_cache[topic] = subs
+        return subs
+
+    def _deliver(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = b"" if payload is None else str(payload).encode()
+        topic = message.topic.value
+        if len(payload) > self.options.max_payload_bytes:
+            self._metrics.messages_dropped.labels(reason="oversize").inc()
+            self._ratelog.warning("oversize", "dropped a %d-byte message on %s: over "
+                                  "mqtt.max_payload_bytes=%d", len(payload), topic,
+                                  self.options.max_payload_bytes)
+            return
+        subs = self._matching(topic)
+        if not subs:
+            return
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        user_props = tuple(getattr(props, "UserProperty", ()) or ()) if props else ()
+        msg = InboundMessage(
+            topic=topic, payload=bytes(payload), qos=message.qos, retain=bool(message.retain),
+            response_topic=response_topic, correlation_data=correlation,
+            user_properties=user_props,
+        )
+        for sub in subs:
+            try:
+                sub.queue.put_nowait(msg)
+            except asyncio.QueueFull:
+                self._metrics.messages_dropped.labels(reason="incoming_queue_full").inc()
+                self._ratelog.warning(
+                    f"full:{sub.topic_filter}", "incoming queue of %s is full (%d): dropped a "
+                    "message on %s", sub.topic_filter, sub.queue.maxsize, topic,
+                )
+
+
+class _DispatchQueue(asyncio.Queue[aiomqtt.Message]):
+    """Stands in for aiomqtt's message queue: routes each message straight to subscriptions."""
+
+    def __init__(self, owner: MqttClient) -> None:
+        super().__init__(maxsize=0)
+        self._owner = owner
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        try:
+            self._owner._deliver(item)
+        except Exception:  # never let a bad message break paho's read loop
+            log.exception("could not dispatch a message on %s", item.topic)

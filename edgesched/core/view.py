@@ -1,0 +1,283 @@
+"""Cluster view: neighbour liveness with incarnations and a bounded device table (pure)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from edgesched.core.model import ClusterSnapshot, Liveness, NodeState
+
+# Ranges of the device measurement names the cost model recognises; other names only need
+# to be finite.
+RECOGNISED_RANGES: dict[str, tuple[float, float]] = {
+    "battery": (0.0, 1.0),
+    "uplink_bps": (0.0, math.inf),
+    "rtt_s": (0.0, 3600.0),
+    "power_w": (0.0, math.inf),
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ViewParams:
+    """How the view judges liveness and bounds its tables (all durations in seconds)."""
+
+    interval_s: float = 1.0
+    suspect_after_intervals: float = 3.0
+    offline_after_intervals: float = 10.0
+    max_nodes: int = 4096
+    forget_offline_after_s: float = 3600.0
+    max_devices: int = 10_000
+    device_ttl_s: float = 3600.0
+
+    @property
+    def suspect_after_s(self) -> float:
+        return self.interval_s * self.suspect_after_intervals
+
+    @property
+    def offline_after_s(self) -> float:
+        return self.interval_s * self.offline_after_intervals
+
+
+class Outcome(StrEnum):
+    """What the view did with one observation."""
+
+    APPLIED = "applied"
+    STALE_INCARNATION = "stale_incarnation"  # e.g. a late Will of an older run: ignored
+    TABLE_FULL = "table_full"
+    SELF = "self"  # about this node itself: not a neighbour
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeTelemetry:
+    """One node's periodic telemetry (CONTRACTS §4.2), already validated."""
+
+    incarnation: int
+    cpu_util: float = 0.0
+    running: int = 0
+    queued: int = 0
+    slots: int = 1
+    est_wait_s: float = 0.0
+    battery: float | None = None
+    power_w: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeAnnouncement:
+    """One node's retained state document (CONTRACTS §4.1), already validated."""
+
+    incarnation: int
+    online: bool
+    role: str = "edge"
+    task_types: frozenset[str] = frozenset()
+    slots: int = 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeviceRecord:
+    """Latest known value of every measurement of one device (conflated)."""
+
+    device_id: str
+    last_seen: float
+    values: Mapping[str, float]
+    ts: float | None = None  # the device's own timestamp of the latest sample, if any
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.last_seen)
+
+
+@dataclass(kw_only=True, slots=True)
+class _Neighbour:
+    state: NodeState
+    declared_offline: bool = False  # its own state doc (or Will) said offline
+    offline_since: float | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class _Device:
+    last_seen: float
+    values: dict[str, float] = field(default_factory=dict)
+    ts: float | None = None
+
+
+def _liveness(entry: _Neighbour, now: float, params: ViewParams) -> Liveness:
+    if entry.declared_offline:
+        return Liveness.OFFLINE
+    age = entry.state.age(now)
+    if age > params.offline_after_s:
+        return Liveness.OFFLINE
+    if age > params.suspect_after_s:
+        return Liveness.SUSPECT
+    return Liveness.ONLINE
+
+
+class ClusterView:
+    """Neighbours and devices as this node observes them; one writer, read by snapshots.
+
+    Liveness rules: an `online` state document or telemetry makes a node online; it turns
+    `suspect` after `suspect_after_intervals` telemetry intervals of silence and `offline`
+    after `offline_after_intervals`, or at once on an `offline` state document (its Will or a
+    graceful stop). Every observation carries the sender's incarnation: one older than the
+    newest seen is ignored, so a late Will never marks a restarted node offline; a newer one
+    starts afresh (a restarted node is online again).
+    """
+
+    def __init__(self, *, local_id: str, params: ViewParams) -> None:
+        self.local_id = local_id
+        self.params = params
+        self._nodes: dict[str, _Neighbour] = {}
+        self._devices: dict[str, _Device] = {}
+
+    # ---- node observations ------------------------------------------------------------
+    def observe_announcement(
+        self, node_id: str, doc: NodeAnnouncement, *, now: float
+    ) -> Outcome:
+        """Apply a state document (`online` or `offline`, possibly a Will)."""
+        if node_id == self.local_id:
+            return Outcome.SELF
+        entry = self._nodes.get(node_id)
+        if entry is not None and doc.incarnation < entry.state.incarnation:
+            return Outcome.STALE_INCARNATION
+        if entry is None:
+            if not self._make_room(now):
+                return Outcome.TABLE_FULL
+            entry = _Neighbour(state=NodeState(node_id=node_id))
+            self._nodes[node_id] = entry
+        same_run = doc.incarnation == entry.state.incarnation
+        if same_run and entry.declared_offline and doc.online:
+            return Outcome.STALE_INCARNATION  # an incarnation that said goodbye stays gone
+        entry.state = replace(
+            entry.state,
+            role=doc.role,
+            incarnation=doc.incarnation,
+            task_types=doc.task_types,
+            slots=doc.slots,
+            last_seen=now if doc.online else entry.state.last_seen,
+        )
+        entry.declared_offline = not doc.online
+        entry.offline_since = None if doc.online else now
+        return Outcome.APPLIED
+
+    def observe_telemetry(self, node_id: str, tel: NodeTelemetry, *, now: float) -> Outcome:
+        """Apply a periodic telemetry message: the node is alive and this loaded."""
+        if node_id == self.local_id:
+            return Outcome.SELF
+        entry = self._nodes.get(node_id)
+        if entry is not None:
+            if tel.incarnation < entry.state.incarnation:
+                return Outcome.STALE_INCARNATION
+            if tel.incarnation == entry.state.incarnation and entry.declared_offline:
+                return Outcome.STALE_INCARNATION
+        elif not self._make_room(now):
+            return Outcome.TABLE_FULL
+        else:
+            entry = _Neighbour(state=NodeState(node_id=node_id))
+            self._nodes[node_id] = entry
+        entry.state = replace(
+            entry.state,
+            incarnation=tel.incarnation,
+            last_seen=now,
+            cpu_util=tel.cpu_util,
+            running=tel.running,
+            queued=tel.queued,
+            slots=tel.slots,
+            est_wait_s=tel.est_wait_s,
+            battery=tel.battery,
+            power_w=tel.power_w,
+        )
+        entry.declared_offline = False
+        entry.offline_since = None
+        return Outcome.APPLIED
+
+    def _make_room(self, now: float) -> bool:
+        if len(self._nodes) < self.params.max_nodes:
+            return True
+        self.expire(now)
+        return len(self._nodes) < self.params.max_nodes
+
+    # ---- device observations ----------------------------------------------------------
+    def observe_device(
+        self,
+        device_id: str,
+        values: Mapping[str, float],
+        *,
+        now: float,
+        ts: float | None = None,
+    ) -> Outcome:
+        """Merge a device's latest values (conflated: the latest value per name wins)."""
+        dev = self._devices.get(device_id)
+        if dev is None:
+            if len(self._devices) >= self.params.max_devices:
+                self._expire_devices(now)
+                if len(self._devices) >= self.params.max_devices:
+                    return Outcome.TABLE_FULL
+            dev = _Device(last_seen=now)
+            self._devices[device_id] = dev
+        if ts is not None and dev.ts is not None and ts < dev.ts:
+            # An older sample arriving late only fills names not known yet.
+            for name, value in values.items():
+                dev.values.setdefault(name, value)
+        else:
+            dev.values.update(values)
+            if ts is not None:
+                dev.ts = ts
+        dev.last_seen = now
+        return Outcome.APPLIED
+
+    def device_value(self, device_id: str, name: str) -> float | None:
+        dev = self._devices.get(device_id)
+        return None if dev is None else dev.values.get(name)
+
+    # ---- housekeeping and reads -------------------------------------------------------
+    def expire(self, now: float) -> None:
+        """Forget devices past their TTL and nodes offline for longer than the limit."""
+        self._expire_devices(now)
+        limit = self.params.forget_offline_after_s
+        gone = [
+            node_id
+            for node_id, entry in self._nodes.items()
+            if _liveness(entry, now, self.params) is Liveness.OFFLINE
+            and now - (entry.offline_since or entry.state.last_seen) > limit
+        ]
+        for node_id in gone:
+            del self._nodes[node_id]
+
+    def _expire_devices(self, now: float) -> None:
+        ttl = self.params.device_ttl_s
+        stale = [k for k, dev in self._devices.items() if now - dev.last_seen > ttl]
+        for device_id in stale:
+            del self._devices[device_id]
+
+    def neighbours(self, now: float) -> tuple[NodeState, ...]:
+        """Every known neighbour with its liveness judged at `now`, sorted by node id."""
+        out = []
+        for node_id in sorted(self._nodes):
+            entry = self._nodes[node_id]
+            out.append(replace(entry.state, liveness=_liveness(entry, now, self.params)))
+        return tuple(out)
+
+    def devices(self, now: float) -> tuple[DeviceRecord, ...]:
+        """Every device seen within its TTL, most recently seen first."""
+        ttl = self.params.device_ttl_s
+        recs = [
+            DeviceRecord(device_id=k, last_seen=d.last_seen, values=dict(d.values), ts=d.ts)
+            for k, d in self._devices.items()
+            if now - d.last_seen <= ttl
+        ]
+        recs.sort(key=lambda rec: (-rec.last_seen, rec.device_id))
+        return tuple(recs)
+
+    @property
+    def device_count(self) -> int:
+        return len(self._devices)
+
+    def liveness_counts(self, now: float) -> dict[Liveness, int]:
+        counts = dict.fromkeys(Liveness, 0)
+        for entry in self._nodes.values():
+            counts[_liveness(entry, now, self.params)] += 1
+        return counts
+
+    def snapshot(self, local: NodeState, now: float) -> ClusterSnapshot:
+        """A consistent, immutable copy for one decision (or a batch of them)."""
+        return ClusterSnapshot(now=now, local=local, neighbours=self.neighbours(now))

@@ -1,0 +1,311 @@
+"""Composition root of `edgesched run`: builds the node's components and runs them until stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from edgesched import __version__
+from edgesched.adapters.http import HttpServer
+from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.mqtt import MqttClient, MqttOptions, OutboundMessage
+from edgesched.adapters.systemd import Notifier
+from edgesched.config import (
+    ProcessEnvironment,
+    Settings,
+    config_path_from_env,
+    load_settings,
+    read_process_environment,
+)
+from edgesched.core.model import ClusterSnapshot, PowerModel
+from edgesched.core.view import ClusterView, ViewParams
+from edgesched.node.telemetry import Identity, Load, TelemetryStage, Topics
+
+log = logging.getLogger("edgesched.service")
+
+MAX_STATUS_DEVICES = 1000  # /v1/status lists the most recently seen ones; the total is given
+
+
+class LoadSource(Protocol):
+    """Where this node's load comes from (the executor); `load()` must be cheap and sync."""
+
+    def load(self) -> Load: ...
+
+
+@dataclass
+class IdleLoadSource:
+    """The default until an executor is plugged in: nothing running, `slots` free."""
+
+    slots: int = 1
+
+    def load(self) -> Load:
+        return Load(running=0, queued=0, slots=self.slots, est_wait_s=0.0)
+
+
+def next_incarnation(state_dir: Path | None, *, wall_ms: int) -> int:
+    """A number larger than any earlier run's: persisted in `state_dir` when set.
+
+    It is `max(stored + 1, wall_ms)`, so it keeps growing across restarts whether the state
+    directory is lost (wall time still grows) or the clock steps back (the counter does).
+    """
+    if state_dir is None:
+        return wall_ms
+    path = state_dir / "incarnation"
+    try:
+        stored = int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        stored = 0
+    value = max(stored + 1, wall_ms)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{value}\n", encoding="ascii")
+    os.replace(tmp, path)
+    return value
+
+
+@dataclass
+class Runtime:
+    """Everything the node's components share; other components receive this object.
+
+    - `mqtt`: the `MqttClient` (subscribe/publish/on_connect), `http`: the `HttpServer`
+      (add_routes/register_status_provider/register_health_check, before start),
+    - `snapshot()`: a consistent `ClusterSnapshot` for decisions,
+    - `load_source`: replace with the executor (anything with `load() -> Load`),
+    - `on_device_values`: callbacks `(device_id, values, now)` for accepted device readings
+      (e.g. to feed link estimators), `metrics`, `settings`, `identity`, `topics`, `view`.
+    """
+
+    settings: Settings
+    metrics: Metrics
+    process_env: ProcessEnvironment
+    identity: Identity
+    topics: Topics
+    view: ClusterView
+    mqtt: MqttClient
+    http: HttpServer
+    notifier: Notifier
+    telemetry: TelemetryStage | None = None
+    load_source: LoadSource = field(default_factory=IdleLoadSource)
+    on_device_values: list[Callable[[str, Mapping[str, float], float], None]] = field(
+        default_factory=list
+    )
+    started_at: float = field(default_factory=time.monotonic)
+
+    def load(self) -> Load:
+        return self.load_source.load()
+
+    def snapshot(self) -> ClusterSnapshot:
+        now = time.monotonic()
+        assert self.telemetry is not None
+        return self.view.snapshot(self.telemetry.local_state(now), now)
+
+    def _device_values(self, device_id: str, values: Mapping[str, float], now: float) -> None:
+        for callback in self.on_device_values:
+            callback(device_id, values, now)
+
+    def status_doc(self) -> dict[str, Any]:
+        """The built-in part of `/v1/status` (CONTRACTS §3)."""
+        now = time.monotonic()
+        load = self.load()
+        devices = self.view.devices(now)
+        local = self.telemetry.local_state(now) if self.telemetry else None
+        return {
+            "node_id": self.identity.node_id,
+            "role": self.identity.role,
+            "incarnation": self.identity.incarnation,
+            "version": __version__,
+            "uptime_s": round(now - self.started_at, 3),
+            "mqtt": {
+                "connected": self.mqtt.connected,
+                "broker": f"{self.settings.mqtt.host}:{self.settings.mqtt.port}",
+                "disconnected_for_s": round(self.mqtt.disconnected_for(now), 3),
+            },
+            "local": {
+                "cpu_util": local.cpu_util if local else None,
+                "battery": local.battery if local else None,
+                "power_w": local.power_w if local else None,
+            },
+            "neighbours": [
+                {
+                    "node_id": n.node_id, "status": n.liveness.value,
+                    "last_seen_s": round(n.age(now), 3), "incarnation": n.incarnation,
+                    "role": n.role, "slots": n.slots, "running": n.running,
+                    "queued": n.queued, "est_wait_s": n.est_wait_s, "cpu_util": n.cpu_util,
+                    "battery": n.battery, "power_w": n.power_w,
+                    "task_types": sorted(n.task_types),
+                }
+                for n in self.view.neighbours(now)
+            ],
+            "devices": [
+                {"device_id": d.device_id, "last_seen_s": round(d.age(now), 3),
+                 "values": dict(d.values), "ts": d.ts}
+                for d in devices[:MAX_STATUS_DEVICES]
+            ],
+            "devices_total": len(devices),
+            "tasks": {"running": load.running, "queued": load.queued, "slots": load.slots,
+                      "est_wait_s": load.est_wait_s},
+        }
+
+    def mqtt_health(self) -> str | None:
+        """Unhealthy when an edge node has been off the broker for too long."""
+        limit = max(30.0, 3.0 * self.settings.mqtt.keepalive_s)
+        gone = self.mqtt.disconnected_for()
+        if gone > limit:
+            return f"MQTT broker disconnected for {gone:.0f}s (limit {limit:.0f}s)"
+        return None
+
+
+def mqtt_options(settings: Settings) -> MqttOptions:
+    m = settings.mqtt
+    return MqttOptions(
+        host=m.host, port=m.port, client_id=m.client_id or f"edgesched-{settings.node_id}",
+        protocol=m.protocol, username=m.username,
+        password=m.password.get_secret_value() if m.password is not None else None,
+        keepalive_s=m.keepalive_s, max_payload_bytes=m.max_payload_bytes,
+        incoming_queue=m.incoming_queue, reconnect_initial_s=m.reconnect_initial_s,
+        reconnect_max_s=m.reconnect_max_s,
+    )
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    process_env: ProcessEnvironment | None = None,
+) -> Runtime:
+    """Construct (not start) every component of the node from its settings."""
+    metrics = Metrics(registry)
+    env = process_env if process_env is not None else read_process_environment()
+    identity = Identity(
+        node_id=settings.node_id, role=settings.role,
+        incarnation=next_incarnation(settings.state_dir, wall_ms=int(time.time() * 1000)),
+        task_types=tuple(sorted(settings.enabled_task_types())),
+    )
+    topics = Topics(settings.mqtt.topic_prefix)
+    t = settings.telemetry
+    view = ClusterView(local_id=settings.node_id, params=ViewParams(
+        interval_s=t.interval_s, suspect_after_intervals=t.suspect_after_intervals,
+        offline_after_intervals=t.offline_after_intervals, max_devices=t.max_devices,
+        device_ttl_s=t.device_ttl_s,
+    ))
+    rt_holder: list[Runtime] = []
+    http = HttpServer(
+        host=settings.http.host, port=settings.http.port, metrics=metrics,
+        status=lambda: rt_holder[0].status_doc(), max_body_bytes=settings.http.max_body_bytes,
+    )
+    rt = Runtime(
+        settings=settings, metrics=metrics, process_env=env, identity=identity, topics=topics,
+        view=view, mqtt=MqttClient(mqtt_options(settings), metrics), http=http,
+        notifier=Notifier(env), load_source=IdleLoadSource(slots=settings.executor.slots),
+    )
+    rt_holder.append(rt)
+    rt.telemetry = _telemetry_stage(rt)
+    # The Will is the same state document with status offline (CONTRACTS §4.1).
+    rt.mqtt.set_will(OutboundMessage(topic=topics.node_state(identity.node_id),
+                                     payload=rt.telemetry.state_doc(online=False)))
+    if settings.role == "edge":
+        http.register_health_check("mqtt", rt.mqtt_health)
+    return rt
+
+
+def _telemetry_stage(rt: Runtime) -> TelemetryStage:
+    s = rt.settings
+    p = s.power
+    return TelemetryStage(
+        identity=rt.identity, topics=rt.topics, view=rt.view, metrics=rt.metrics, mqtt=rt.mqtt,
+        interval_s=s.telemetry.interval_s, max_payload_bytes=s.telemetry.max_payload_bytes,
+        mappings=s.devices.mappings, load=rt.load,
+        power=PowerModel(idle_w=p.idle_w, busy_w=p.busy_w, tx_w=p.tx_w, rx_w=p.rx_w),
+        battery_device=p.battery_device, on_device=rt._device_values,
+        observe=s.role == "edge",
+    )
+
+
+def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
+    """THE list of the node's components, entered in order and exited in reverse.
+
+    Exit order is the drain order: stop accepting HTTP, then (task pipeline goes here: stop
+    intake, finish or hand back in-flight work), then telemetry, then MQTT (which publishes
+    the offline state and disconnects), then the systemd notifier.
+    Add a component by appending its async context manager at the right place; construct it
+    with `rt` (it may call `rt.mqtt.subscribe`, `rt.http.add_routes`, ... in `__aenter__`
+    before HTTP starts, and set `rt.load_source`).
+    """
+    assert rt.telemetry is not None
+    return [
+        rt.notifier,  # watchdog pings from the event loop
+        # (H5) event-loop stall guard goes here
+        rt.mqtt,  # owns the connection; reconnects in the background
+        rt.telemetry,  # the single writer of the cluster view
+        # (H4) task pipeline goes here: intake -> decide -> dispatch -> reply -> feedback
+        rt.http,  # last in, first out: the API goes away before anything it reads
+    ]
+
+
+async def _first(*aws: Awaitable[Any]) -> None:
+    """Wait until the first of `aws` finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run(
+    settings: Settings,
+    shutdown_trigger: Awaitable[None],
+    *,
+    registry: CollectorRegistry | None = None,
+    process_env: ProcessEnvironment | None = None,
+    runtime_hook: Callable[[Runtime], None] | None = None,
+) -> int:
+    """Run the node until `shutdown_trigger` completes; returns the exit code.
+
+    `runtime_hook(rt)` is called once the runtime is built and before anything starts (tests
+    and embedding programs use it to reach the components).
+    """
+    rt = build_runtime(settings, registry=registry, process_env=process_env)
+    if runtime_hook is not None:
+        runtime_hook(rt)
+    stop = asyncio.ensure_future(shutdown_trigger)
+    try:
+        async with AsyncExitStack() as stack:
+            for component in components(rt):
+                await stack.enter_async_context(component)
+            if settings.role == "edge":  # a cloud node never waits for the broker
+                await _first(rt.mqtt.wait_connected(), asyncio.shield(stop))
+            if not stop.done():
+                rt.notifier.ready(f"node {rt.identity.node_id} serving on {rt.http.base_url}")
+                log.info("node %s (%s, incarnation %d) ready", rt.identity.node_id,
+                         rt.identity.role, rt.identity.incarnation)
+            await stop
+            log.info("shutting down")
+            rt.notifier.stopping()
+    finally:
+        stop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stop
+    log.info("stopped")
+    return 0
+
+
+async def run_command(args: argparse.Namespace, shutdown_trigger: Awaitable[None]) -> int:
+    """`edgesched run [--config PATH]`."""
+    from edgesched.cli import setup_logging
+
+    settings = load_settings(config_path_from_env(getattr(args, "config", None)))
+    setup_logging(getattr(args, "log_level", None) or settings.log.level, settings.log.format)
+    return await run(settings, shutdown_trigger)

@@ -1,0 +1,566 @@
+"""Telemetry stage: parses node/device telemetry into the cluster view and publishes our own.
+
+The stage is the single writer of the `ClusterView`. Parsing is strict and cheap to reject:
+the size is checked before any parsing, every number must be finite and, for the names the
+cost model recognises (`RECOGNISED_RANGES`), in range; each rejection is counted in
+`edgesched_telemetry_rejected_total{reason}` and logged rate-limited, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog, topic_matches
+from edgesched.adapters.procstat import CpuSampler
+from edgesched.config import DeviceMapping
+from edgesched.core.model import Liveness, NodeState, PowerModel
+from edgesched.core.view import (
+    RECOGNISED_RANGES,
+    ClusterView,
+    NodeAnnouncement,
+    NodeTelemetry,
+    Outcome,
+)
+from edgesched.errors import MqttError
+
+log = logging.getLogger("edgesched.telemetry")
+
+MAX_NAMES_PER_DEVICE = 64
+MAX_NAME_LENGTH = 64
+MAX_TASK_TYPES = 256
+SENML_RELATIVE_LIMIT = 2**28  # RFC 8428 §4.5.3: smaller times are relative to "now"
+
+# SenML units converted into the unit a recognised name is kept in.
+_UNIT_SCALE: dict[tuple[str, str], float] = {
+    ("battery", "%EL"): 0.01,
+    ("battery", "%"): 0.01,
+    ("rtt_s", "ms"): 0.001,
+    ("uplink_bps", "B/s"): 8.0,
+    ("uplink_bps", "kbit/s"): 1e3,
+    ("uplink_bps", "Mbit/s"): 1e6,
+}
+
+
+class Rejected(Exception):  # a value-like outcome, caught inside this module
+    """A telemetry message that is not accepted; `reason` is a metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class Load(NamedTuple):
+    """This node's load as the executor reports it."""
+
+    running: int = 0
+    queued: int = 0
+    slots: int = 1
+    est_wait_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Identity:
+    """Who this node is, as announced in its state document."""
+
+    node_id: str
+    role: str
+    incarnation: int
+    task_types: tuple[str, ...]
+
+
+class Topics:
+    """The topic names of CONTRACTS §4 under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def node_state(self, node_id: str) -> str:
+        return f"{self.prefix}/node/{node_id}/state"
+
+    def node_telemetry(self, node_id: str) -> str:
+        return f"{self.prefix}/node/{node_id}/telemetry"
+
+    def device_telemetry(self, device_id: str) -> str:
+        return f"{self.prefix}/device/{device_id}/telemetry"
+
+    def node_id_of(self, topic: str) -> str:
+        """The `{id}` level of `P/node/{id}/...` or `P/device/{id}/...`."""
+        rest = topic[len(self.prefix) + 1 :]
+        parts = rest.split("/")
+        return parts[1] if len(parts) >= 3 else ""
+
+
+# ---- parsing (pure functions) ----------------------------------------------------------
+def _reject_constant(name: str) -> float:
+    return float(name)  # NaN/Infinity parse, then fail the finiteness check with a reason
+
+
+def load_json(payload: bytes, limit: int) -> Any:
+    if len(payload) > limit:
+        raise Rejected("oversize", f"{len(payload)} bytes, limit telemetry.max_payload_bytes"
+                                   f"={limit}")
+    try:
+        return json.loads(payload, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected("malformed", f"not valid JSON: {exc}") from None
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Rejected("schema", f"{what} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise Rejected("not_finite", f"{what} must be finite, got {value!r}")
+    return number
+
+
+def _integer(value: Any, what: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Rejected("schema", f"{what} must be an integer, got {value!r}")
+    if value < minimum:
+        raise Rejected("out_of_range", f"{what} must be >= {minimum}, got {value}")
+    return value
+
+
+def _in_range(value: float, lo: float, hi: float, what: str) -> float:
+    if not lo <= value <= hi:
+        raise Rejected("out_of_range", f"{what}={value!r} is outside {lo}..{hi}")
+    return value
+
+
+def check_value(name: str, value: float) -> float:
+    """A finite number, and within the range of a recognised name."""
+    bounds = RECOGNISED_RANGES.get(name)
+    return value if bounds is None else _in_range(value, bounds[0], bounds[1], name)
+
+
+def _short_name(full: str) -> str:
+    name = full.rstrip(":/").replace("/", ":").rsplit(":", 1)[-1]
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise Rejected("schema", f"measurement name {full!r} is empty or too long")
+    return name
+
+
+def parse_json_object(doc: dict[str, Any]) -> tuple[dict[str, float], float | None, int]:
+    """`{"ts"?: number, "<name>": number, ...}` -> (values, ts, samples)."""
+    ts = _number(doc["ts"], "ts") if "ts" in doc else None
+    values: dict[str, float] = {}
+    for key, raw in doc.items():
+        if key == "ts":
+            continue
+        if not key or len(key) > MAX_NAME_LENGTH:
+            raise Rejected("schema", f"measurement name {key!r} is empty or too long")
+        values[key] = check_value(key, _number(raw, key))
+    if not values:
+        raise Rejected("schema", "no measurement in the object")
+    if len(values) > MAX_NAMES_PER_DEVICE:
+        raise Rejected("schema", f"more than {MAX_NAMES_PER_DEVICE} measurement names")
+    return values, ts, len(values)
+
+
+def parse_senml(
+    pack: list[Any], *, now_wall: float
+) -> tuple[dict[str, float], float | None, int]:
+    """A SenML pack (RFC 8428 JSON) -> (latest value per name, latest time, samples).
+
+    Base fields (`bn`, `bt`, `bu`, `bv`) apply to the records that follow them. A record's
+    value is `v` (+`bv`) or `vb` (as 1/0); `vs`/`vd` records count as samples but carry no
+    number to keep. Times below 2**28 are relative to now (RFC 8428 §4.5.3).
+    """
+    if not pack:
+        raise Rejected("schema", "empty SenML pack")
+    bn, bt, bu, bv = "", 0.0, None, 0.0
+    values: dict[str, float] = {}
+    times: dict[str, float] = {}
+    latest: float | None = None
+    for i, rec in enumerate(pack):
+        if not isinstance(rec, dict):
+            raise Rejected("schema", f"SenML record {i} is not an object")
+        if "bn" in rec:
+            bn = rec["bn"] if isinstance(rec["bn"], str) else _bad(i, "bn")
+        if "bt" in rec:
+            bt = _number(rec["bt"], f"record {i} bt")
+        if "bu" in rec:
+            bu = rec["bu"] if isinstance(rec["bu"], str) else _bad(i, "bu")
+        if "bv" in rec:
+            bv = _number(rec["bv"], f"record {i} bv")
+        n = rec.get("n", "")
+        if not isinstance(n, str):
+            _bad(i, "n")
+        t = bt + (_number(rec["t"], f"record {i} t") if "t" in rec else 0.0)
+        if abs(t) < SENML_RELATIVE_LIMIT:
+            t += now_wall
+        if "v" in rec:
+            value = _number(rec["v"], f"record {i} v") + bv
+        elif "vb" in rec:
+            if not isinstance(rec["vb"], bool):
+                _bad(i, "vb")
+            value = 1.0 if rec["vb"] else 0.0
+        elif "vs" in rec or "vd" in rec or "s" in rec:
+            continue
+        else:
+            raise Rejected("schema", f"SenML record {i} has no value (v, vb, vs, vd or s)")
+        name = _short_name(bn + n)
+        unit = rec.get("u", bu)
+        if isinstance(unit, str):
+            value *= _UNIT_SCALE.get((name, unit), 1.0)
+        value = check_value(name, value)
+        if name not in times or t >= times[name]:
+            values[name] = value
+            times[name] = t
+        latest = t if latest is None or t > latest else latest
+        if len(values) > MAX_NAMES_PER_DEVICE:
+            raise Rejected("schema", f"more than {MAX_NAMES_PER_DEVICE} measurement names")
+    return values, latest, len(pack)
+
+
+def _bad(index: int, field: str) -> Any:
+    raise Rejected("schema", f"SenML record {index}: field {field!r} has the wrong type")
+
+
+def parse_device_payload(
+    payload: bytes, *, limit: int, now_wall: float
+) -> tuple[dict[str, float], float | None, int]:
+    """A device telemetry payload (JSON object or SenML pack) -> (values, ts, samples)."""
+    doc = load_json(payload, limit)
+    if isinstance(doc, dict):
+        return parse_json_object(doc)
+    if isinstance(doc, list):
+        return parse_senml(doc, now_wall=now_wall)
+    raise Rejected("schema", "device telemetry must be a JSON object or a SenML array")
+
+
+def _header(doc: Any, node_id: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise Rejected("schema", "must be a JSON object")
+    if doc.get("v") != 1:
+        raise Rejected("schema", f"unsupported version v={doc.get('v')!r} (expected 1)")
+    if doc.get("node_id") != node_id:
+        raise Rejected("schema", f"node_id {doc.get('node_id')!r} does not match the topic")
+    return doc
+
+
+def parse_node_state(payload: bytes, node_id: str, *, limit: int) -> NodeAnnouncement:
+    """A state document (CONTRACTS §4.1)."""
+    doc = _header(load_json(payload, limit), node_id)
+    status = doc.get("status")
+    if status not in ("online", "offline"):
+        raise Rejected("schema", f"status must be online or offline, got {status!r}")
+    role = doc.get("role", "edge")
+    if role not in ("edge", "cloud"):
+        raise Rejected("schema", f"role must be edge or cloud, got {role!r}")
+    types = doc.get("task_types", [])
+    if not isinstance(types, list) or len(types) > MAX_TASK_TYPES or not all(
+        isinstance(t, str) for t in types
+    ):
+        raise Rejected("schema", "task_types must be a list of names")
+    return NodeAnnouncement(
+        incarnation=_integer(doc.get("incarnation"), "incarnation"),
+        online=status == "online",
+        role=role,
+        task_types=frozenset(types),
+        slots=_integer(doc.get("slots", 1), "slots"),
+    )
+
+
+def _optional_fraction(doc: dict[str, Any], key: str) -> float | None:
+    raw = doc.get(key)
+    return None if raw is None else _in_range(_number(raw, key), 0.0, 1.0, key)
+
+
+def parse_node_telemetry(payload: bytes, node_id: str, *, limit: int) -> NodeTelemetry:
+    """A node's periodic telemetry (CONTRACTS §4.2)."""
+    doc = _header(load_json(payload, limit), node_id)
+    power = doc.get("power_w")
+    return NodeTelemetry(
+        incarnation=_integer(doc.get("incarnation"), "incarnation"),
+        cpu_util=_in_range(_number(doc.get("cpu_util", 0.0), "cpu_util"), 0.0, 1.0, "cpu_util"),
+        running=_integer(doc.get("running", 0), "running"),
+        queued=_integer(doc.get("queued", 0), "queued"),
+        slots=_integer(doc.get("slots", 1), "slots"),
+        est_wait_s=_in_range(_number(doc.get("est_wait_s", 0.0), "est_wait_s"), 0.0, 1e9,
+                             "est_wait_s"),
+        battery=_optional_fraction(doc, "battery"),
+        power_w=None if power is None else _in_range(_number(power, "power_w"), 0, 1e6,
+                                                     "power_w"),
+    )
+
+
+def _dotted(doc: Any, path: str) -> Any:
+    for key in path.split("."):
+        if isinstance(doc, dict) and key in doc:
+            doc = doc[key]
+        elif isinstance(doc, list) and key.isdigit() and int(key) < len(doc):
+            doc = doc[int(key)]
+        else:
+            raise Rejected("schema", f"field {path!r} not found")
+    return doc
+
+
+def parse_mapped(payload: bytes, mapping: DeviceMapping, *, limit: int) -> float:
+    """The value a config mapping (`devices.mappings`) picks out of a foreign payload."""
+    if mapping.field is None:
+        if len(payload) > limit:
+            raise Rejected("oversize", f"{len(payload)} bytes, limit {limit}")
+        try:
+            raw: Any = float(payload.decode().strip())
+        except (ValueError, UnicodeDecodeError):
+            raise Rejected("malformed", "payload is not a number") from None
+    else:
+        raw = _dotted(load_json(payload, limit), mapping.field)
+    return check_value(mapping.name, _number(raw, mapping.field or "payload") * mapping.scale)
+
+
+# ---- the stage ---------------------------------------------------------------------------
+class TelemetryStage:
+    """Feeds the view from MQTT and publishes this node's state and telemetry.
+
+    Subscribes to `P/node/+/state`, `P/node/+/telemetry`, `P/device/+/telemetry` and every
+    `devices.mappings` topic; publishes the retained online state on every connect and
+    telemetry every `interval_s`. `mqtt` may be None (no broker configured for the role).
+    With `observe=False` (the cloud role) it only publishes. `on_device(device_id, values, now)`
+    is called after a device's values were accepted (e.g.
+    to feed link estimators).
+    """
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        topics: Topics,
+        view: ClusterView,
+        metrics: Metrics,
+        mqtt: MqttClient | None,
+        interval_s: float,
+        max_payload_bytes: int,
+        mappings: tuple[DeviceMapping, ...] = (),
+        load: Callable[[], Load] = Load,
+        power: PowerModel | None = None,
+        battery_device: str | None = None,
+        on_device: Callable[[str, Mapping[str, float], float], None] | None = None,
+        observe: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.identity = identity
+        self.topics = topics
+        self.view = view
+        self._metrics = metrics
+        self._mqtt = mqtt
+        self._interval_s = interval_s
+        self._limit = max_payload_bytes
+        self._mappings = mappings
+        self._load = load
+        self._power = power or PowerModel()
+        self._battery_device = battery_device
+        self._on_device = on_device
+        self._observe = observe
+        self._clock = clock
+        self._wall = wall
+        self._cpu = CpuSampler()
+        self._cpu_util = 0.0
+        self._stopping = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ratelog = RateLimitedLog(log)
+        self._kind_ok = {k: metrics.telemetry_messages.labels(kind=k) for k in
+                         ("node", "state", "device")}
+        self._rejects: dict[str, Any] = {}
+
+    # ---- documents we publish ----------------------------------------------------------
+    def state_doc(self, *, online: bool) -> bytes:
+        ident = self.identity
+        return json.dumps({
+            "v": 1, "node_id": ident.node_id, "status": "online" if online else "offline",
+            "role": ident.role, "incarnation": ident.incarnation, "ts": round(self._wall(), 3),
+            "task_types": list(ident.task_types), "slots": self._load().slots,
+        }).encode()
+
+    def telemetry_doc(self) -> bytes:
+        load = self._load()
+        return json.dumps({
+            "v": 1, "node_id": self.identity.node_id, "incarnation": self.identity.incarnation,
+            "ts": round(self._wall(), 3), "cpu_util": round(self._cpu_util, 4),
+            "running": load.running, "queued": load.queued, "slots": load.slots,
+            "est_wait_s": load.est_wait_s, "battery": self.battery(), "power_w": self.power_w(),
+        }).encode()
+
+    def battery(self) -> float | None:
+        if self._battery_device is None:
+            return None
+        return self.view.device_value(self._battery_device, "battery")
+
+    def power_w(self) -> float:
+        p = self._power
+        return round(p.idle_w + (p.busy_w - p.idle_w) * self._cpu_util, 3)
+
+    def local_state(self, now: float | None = None) -> NodeState:
+        """This node as a `NodeState` (for snapshots and the status page)."""
+        load = self._load()
+        return NodeState(
+            node_id=self.identity.node_id, role=self.identity.role,
+            liveness=Liveness.ONLINE, incarnation=self.identity.incarnation,
+            last_seen=self._clock() if now is None else now, slots=load.slots,
+            running=load.running, queued=load.queued, est_wait_s=load.est_wait_s,
+            cpu_util=self._cpu_util, battery=self.battery(), power_w=self.power_w(),
+            task_types=frozenset(self.identity.task_types),
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def __aenter__(self) -> TelemetryStage:
+        mqtt = self._mqtt
+        if mqtt is not None and self._observe:
+            t = self.topics
+            await mqtt.subscribe(f"{t.prefix}/node/+/state", self._on_state, qos=1)
+            await mqtt.subscribe(f"{t.prefix}/node/+/telemetry", self._on_node_telemetry)
+            await mqtt.subscribe(f"{t.prefix}/device/+/telemetry", self._on_device_message)
+            for flt in dict.fromkeys(m.topic for m in self._mappings):
+                await mqtt.subscribe(flt, self._on_mapped)
+        if mqtt is not None:
+            mqtt.on_connect(self.publish_online_state)
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        self._tasks = [
+            self._tg.create_task(self._publish_loop(), name="edgesched.telemetry.publish_loop"),
+            self._tg.create_task(self._housekeeping_loop(),
+                                 name="edgesched.telemetry.housekeeping_loop"),
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        tg, self._tg, self._tasks = self._tg, None, []
+        if tg is not None:
+            await tg.__aexit__(None, None, None)
+
+    async def publish_online_state(self) -> None:
+        """Retained online state (QoS 1); runs after every (re)connect."""
+        if self._mqtt is None or self._stopping:
+            return
+        await self._mqtt.publish(self.topics.node_state(self.identity.node_id),
+                                 self.state_doc(online=True), qos=1, retain=True)
+
+    async def _publish_loop(self) -> None:
+        next_at = self._clock()
+        while True:
+            self._cpu_util = self._cpu.sample()
+            mqtt = self._mqtt
+            if mqtt is not None and mqtt.connected:
+                try:
+                    await mqtt.publish(self.topics.node_telemetry(self.identity.node_id),
+                                       self.telemetry_doc())
+                except MqttError as exc:
+                    self._ratelog.warning("publish", "telemetry not published: %s", exc)
+            next_at += self._interval_s
+            delay = next_at - self._clock()
+            if delay < 0:  # fell behind (loop busy): skip the missed ticks, do not burst
+                next_at = self._clock()
+                delay = 0.0
+            await asyncio.sleep(delay)
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            now = self._clock()
+            self.view.expire(now)
+            for status, count in self.view.liveness_counts(now).items():
+                self._metrics.neighbours.labels(status=status.value).set(count)
+            await asyncio.sleep(self._interval_s)
+
+    # ---- handlers ----------------------------------------------------------------------
+    def _reject(self, rej: Rejected, topic: str) -> None:
+        counter = self._rejects.get(rej.reason)
+        if counter is None:
+            counter = self._rejects[rej.reason] = self._metrics.telemetry_rejected.labels(
+                reason=rej.reason)
+        counter.inc()
+        self._ratelog.warning(f"reject:{rej.reason}", "rejected telemetry on %s (%s): %s",
+                              topic, rej.reason, rej.detail)
+
+    async def _on_state(self, msg: InboundMessage) -> None:
+        if not msg.payload:
+            return  # a cleared retained message
+        node_id = self.topics.node_id_of(msg.topic)
+        try:
+            doc = parse_node_state(msg.payload, node_id, limit=self._limit)
+        except Rejected as rej:
+            self._reject(rej, msg.topic)
+            return
+        self._kind_ok["state"].inc()
+        if node_id == self.identity.node_id:
+            await self._on_own_state(doc)
+            return
+        outcome = self.view.observe_announcement(node_id, doc, now=self._clock())
+        if outcome is Outcome.TABLE_FULL:
+            self._ratelog.warning("nodes_full", "neighbour table full: ignored %s", node_id)
+
+    async def _on_own_state(self, doc: NodeAnnouncement) -> None:
+        mine = self.identity.incarnation
+        if doc.incarnation > mine:
+            self._ratelog.warning("conflict", "another process announces node id %s with a "
+                                  "newer incarnation %d (ours %d): node ids must be unique",
+                                  self.identity.node_id, doc.incarnation, mine)
+        elif not doc.online and not self._stopping and doc.incarnation < mine:
+            # A late Will of our previous run overwrote our retained online state: restore it.
+            log.info("a Will of our previous incarnation %d was published; re-announcing",
+                     doc.incarnation)
+            try:
+                await self.publish_online_state()
+            except MqttError as exc:
+                self._ratelog.warning("publish", "state not re-published: %s", exc)
+
+    async def _on_node_telemetry(self, msg: InboundMessage) -> None:
+        node_id = self.topics.node_id_of(msg.topic)
+        if node_id == self.identity.node_id:
+            return
+        try:
+            tel = parse_node_telemetry(msg.payload, node_id, limit=self._limit)
+        except Rejected as rej:
+            self._reject(rej, msg.topic)
+            return
+        self._kind_ok["node"].inc()
+        self.view.observe_telemetry(node_id, tel, now=self._clock())
+
+    async def _on_device_message(self, msg: InboundMessage) -> None:
+        device_id = self.topics.node_id_of(msg.topic)
+        try:
+            values, ts, samples = parse_device_payload(
+                msg.payload, limit=self._limit, now_wall=self._wall())
+        except Rejected as rej:
+            self._reject(rej, msg.topic)
+            return
+        self._apply_device(device_id, values, ts, samples, msg.topic)
+
+    def _apply_device(self, device_id: str, values: dict[str, float], ts: float | None,
+                      samples: int, topic: str) -> None:
+        now = self._clock()
+        if self.view.observe_device(device_id, values, now=now, ts=ts) is Outcome.TABLE_FULL:
+            self._reject(Rejected("unknown_device_limit",
+                                  f"device table full (telemetry.max_devices); {device_id} "
+                                  "ignored"), topic)
+            return
+        self._kind_ok["device"].inc()
+        self._metrics.telemetry_samples.inc(samples)
+        if self._on_device is not None:
+            self._on_device(device_id, values, now)
+
+    async def _on_mapped(self, msg: InboundMessage) -> None:
+        for mapping in self._mappings:
+            if not topic_matches(mapping.topic, msg.topic):
+                continue
+            try:
+                value = parse_mapped(msg.payload, mapping, limit=self._limit)
+            except Rejected as rej:
+                self._reject(rej, msg.topic)
+                continue
+            self._apply_device(mapping.device_id, {mapping.name: value}, None, 1, msg.topic)
