@@ -20,6 +20,7 @@ from edgesched import __version__
 from edgesched.adapters.http import HttpServer
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import MqttClient, MqttOptions, OutboundMessage
+from edgesched.adapters.stallguard import stall_guard_for
 from edgesched.adapters.systemd import Notifier
 from edgesched.config import (
     ProcessEnvironment,
@@ -245,7 +246,8 @@ def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
     assert rt.telemetry is not None
     return [
         rt.notifier,  # watchdog pings from the event loop
-        # (H5) event-loop stall guard goes here
+        # exits the process when the loop stalls and systemd's watchdog is not in charge
+        stall_guard_for(rt.settings, metrics=rt.metrics, env=rt.process_env),
         rt.mqtt,  # owns the connection; reconnects in the background
         rt.telemetry,  # the single writer of the cluster view
         # (H4) task pipeline goes here: intake -> decide -> dispatch -> reply -> feedback
