@@ -1,0 +1,206 @@
+"""`edgesched demo`: a whole edge cluster on this machine, driven through four phases."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgesched.adapters.embedded_broker import EmbeddedBroker
+from edgesched.demo.cluster import BrokerAddress, Cluster, ClusterSpec, load_cluster_spec
+from edgesched.demo.compare import compare
+from edgesched.demo.fleet import Fleet
+from edgesched.demo.live import LiveView, Monitor, Snapshot
+from edgesched.demo.phases import (
+    OVERLOADED,
+    VICTIM,
+    Phase,
+    PhaseKind,
+    generate,
+    plan_phases,
+)
+from edgesched.demo.report import print_summary
+from edgesched.demo.summary import summary_doc, write_json
+from edgesched.demo.wan import WanEmulator
+
+log = logging.getLogger("edgesched.demo")
+
+TOPIC_PREFIX = "edgesched"
+MESH_TIMEOUT_S = 20.0
+FINAL_WAIT_S = 30.0
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class DemoRun:
+    """State shared by the phase driver, the live view and the summary."""
+
+    duration_s: float
+    seed: int
+    spec: ClusterSpec
+    phases: tuple[Phase, ...]
+    broker_label: str = ""
+    phase: str = "starting"
+    headline: str = "starting nodes"
+    down_window: tuple[float, float] | None = None
+    monitor: Monitor | None = None
+    fleet: Fleet | None = None
+    lost: int = 0
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def snapshot(self) -> Snapshot:
+        assert self.monitor is not None
+        fleet = self.fleet
+        elapsed = fleet.elapsed() if fleet else 0.0
+        battery = {}
+        if fleet is not None:
+            battery = {n.node_id: fleet.battery_level(n.node_id)
+                       for n in self.spec.edges if n.battery is not None}
+        from edgesched.demo.summary import Tally
+        return Snapshot(
+            elapsed_s=elapsed, duration_s=self.duration_s, phase=self.phase,
+            headline=self.headline, nodes=list(self.monitor.views.values()),
+            tally=fleet.tally if fleet else Tally(),
+            outstanding=len(fleet.pending) if fleet else 0,
+            energy_j=self.monitor.edge_energy_j, battery=battery,
+        )
+
+
+async def demo_command(args: argparse.Namespace, shutdown_trigger: Awaitable[None]) -> int:
+    run = DemoRun(duration_s=float(args.duration), seed=int(args.seed), spec=load_cluster_spec(),
+                  phases=plan_phases(float(args.duration)))
+    body = asyncio.create_task(_demo(run, args), name="edgesched.demo.main")
+    stop = asyncio.ensure_future(shutdown_trigger)
+    try:
+        done, _ = await asyncio.wait({body, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if body not in done:
+            run.interrupted = True
+            print("\ninterrupted: stopping the fleet, the nodes and the broker ...",
+                  file=sys.stderr, flush=True)
+            body.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await body
+    finally:
+        stop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stop
+    return _finish(run, args)
+
+
+def _finish(run: DemoRun, args: argparse.Namespace) -> int:
+    if run.fleet is None or run.monitor is None:
+        return EXIT_INTERRUPTED if run.interrupted else 1
+    comparison = None if run.interrupted else compare(
+        run.spec, run.phases, seed=run.seed, down_window=run.down_window)
+    doc = summary_doc(
+        run.fleet.tally, lost=run.lost, energy_j=run.monitor.edge_energy_j,
+        duration_s=run.duration_s, seed=run.seed, broker=run.broker_label, comparison=comparison,
+    )
+    doc["interrupted"] = run.interrupted
+    print_summary(doc, run.notes)
+    if args.json_path:
+        write_json(args.json_path, doc)
+    return EXIT_INTERRUPTED if run.interrupted else 0
+
+
+@contextlib.asynccontextmanager
+async def _broker(run: DemoRun, args: argparse.Namespace) -> AsyncIterator[BrokerAddress]:
+    if args.broker is not None:
+        host, port = args.broker
+        run.broker_label = f"{host}:{port} (MQTT v5)"
+        yield BrokerAddress(host=host, port=port, protocol="5", topic_prefix=TOPIC_PREFIX)
+        return
+    async with EmbeddedBroker() as broker:
+        run.broker_label = f"embedded amqtt on 127.0.0.1:{broker.port} (MQTT 3.1.1)"
+        yield BrokerAddress(host=broker.host, port=broker.port, protocol="3.1.1",
+                            topic_prefix=TOPIC_PREFIX)
+
+
+async def _demo(run: DemoRun, args: argparse.Namespace) -> None:
+    """Broker → WAN relay → nodes → fleet, torn down in reverse order on every exit path."""
+    with tempfile.TemporaryDirectory(prefix="edgesched-demo-") as tmp:
+        async with _broker(run, args) as broker:
+            cluster = Cluster(run.spec, broker=broker, workdir=Path(tmp))
+            cloud_port = cluster.allocate_ports()[run.spec.cloud.node_id]
+            async with WanEmulator(cloud_port, run.spec.wan_normal) as wan, cluster:
+                cluster.write_configs(cloud_url_for_edges=wan.url)
+                print(f"edgesched demo: broker {run.broker_label}; starting "
+                      f"{len(run.spec.nodes)} nodes (logs in {tmp}) ...", flush=True)
+                await cluster.start_all()
+                run.monitor = Monitor(cluster)
+                await _wait_for_mesh(run, run.monitor)
+                await _drive(run, cluster, wan, broker)
+
+
+async def _wait_for_mesh(run: DemoRun, monitor: Monitor) -> None:
+    """Bounded wait until every edge node sees the other edges online."""
+    want = len(run.spec.edges) - 1
+    deadline = time.monotonic() + MESH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        await monitor.poll_once()
+        edges = [v for v in monitor.views.values() if v.role == "edge"]
+        if all(v.neighbours_online >= want for v in edges):
+            return
+        await asyncio.sleep(0.3)
+    run.notes.append(f"not every edge node saw all its neighbours within {MESH_TIMEOUT_S:.0f}s")
+
+
+async def _drive(run: DemoRun, cluster: Cluster, wan: WanEmulator, broker: BrokerAddress) -> None:
+    assert run.monitor is not None
+    schedule = generate(run.phases, np.random.default_rng(run.seed))
+    fleet = Fleet(broker=broker, spec=run.spec, schedule=schedule,
+                  energy_of=run.monitor.energy_of, fallback_node=OVERLOADED)
+    run.fleet = fleet
+    view = LiveView(run.snapshot)
+    async with fleet, asyncio.TaskGroup() as group:
+        poller = group.create_task(run.monitor.poll_loop(), name="edgesched.demo.poll_loop")
+        live = group.create_task(view.loop(), name="edgesched.demo.view_loop")
+        for phase in run.phases:
+            await _sleep_until(fleet, phase.start_s)
+            run.phase, run.headline = phase.kind.value, phase.headline
+            degraded = phase.kind is PhaseKind.WAN
+            fleet.wan = wan.conditions = run.spec.wan_degraded if degraded else run.spec.wan_normal
+            if phase.kind is PhaseKind.NODE_DOWN:
+                await _kill_and_restart(run, cluster, fleet, phase)
+        await fleet.submitting_done.wait()
+        run.phase, run.headline = "draining", "waiting for the last replies"
+        run.lost = await fleet.wait_outstanding(None, FINAL_WAIT_S)
+        await run.monitor.poll_once()
+        live.cancel()
+        poller.cancel()
+
+
+async def _sleep_until(fleet: Fleet, t: float) -> None:
+    delay = t - fleet.elapsed()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def _kill_and_restart(run: DemoRun, cluster: Cluster, fleet: Fleet, phase: Phase) -> None:
+    """Devices of the victim roam away; once its own work is answered, SIGKILL it, restart it.
+
+    Work other nodes offloaded to it is still in flight when it dies: their fallback chain
+    must answer it (that is what this phase shows).
+    """
+    fleet.paused.add(VICTIM)
+    await fleet.wait_outstanding(VICTIM, timeout_s=0.15 * phase.length_s)
+    await cluster.kill(VICTIM)
+    run.down_window = (fleet.elapsed(), phase.start_s + 0.6 * phase.length_s)
+    run.headline = f"{VICTIM} killed with SIGKILL; gateways fall back"
+    await _sleep_until(fleet, run.down_window[1])
+    run.headline = f"{VICTIM} restarting"
+    await cluster.start(VICTIM)
+    await cluster.wait_healthy(VICTIM)
+    run.down_window = (run.down_window[0], fleet.elapsed())
+    fleet.paused.discard(VICTIM)
+    run.headline = f"{VICTIM} back: it rejoins with a new incarnation"
