@@ -6,12 +6,25 @@ bounded and pre-initialised to zero so dashboards see a series before the first 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from edgesched import __version__
+from edgesched.core.model import Liveness, RejectReason
+
+if TYPE_CHECKING:
+    from edgesched.core.model import Decision
+    from edgesched.core.view import ClusterView
 
 PLACEMENTS = ("local", "neighbour", "cloud")
 STATUSES = ("ok", "failed", "rejected", "expired")
@@ -25,6 +38,7 @@ TASK_REJECT_REASONS = (
     "malformed", "schema", "oversize", "unknown_type", "queue_full", "deadline", "no_target",
     "shutting_down", "duplicate_in_flight",
 )
+CANDIDATE_REJECT_REASONS = tuple(reason.value for reason in RejectReason)
 DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full", "oversize")
 
 # Decisions take microseconds; tasks take milliseconds to minutes.
@@ -126,6 +140,21 @@ class Metrics:
             "How much later than scheduled the event loop ran the stall guard's heartbeat.",
             buckets=LOOP_LAG_BUCKETS, registry=r,
         )
+        self.candidates_rejected = Counter(
+            "edgesched_candidates_rejected",
+            "Candidates a decision ruled out, by placement and reason: why a task did not go "
+            "there.", ["placement", "reason"], registry=r,
+        )
+        self.neighbour_telemetry_max_age = Gauge(
+            "edgesched_neighbour_telemetry_max_age_seconds",
+            "Age of the oldest telemetry among neighbours not offline (0 without neighbours); "
+            "compare with policy.stale_after_s.", registry=r,
+        )
+        self.devices = Gauge(
+            "edgesched_devices", "Devices whose telemetry this node tracks now.", registry=r
+        )
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        ProcessCollector(registry=r)
         self._preinitialise()
 
     def _preinitialise(self) -> None:
@@ -144,7 +173,28 @@ class Metrics:
         for placement in PLACEMENTS:
             for status in STATUSES:
                 self.tasks_completed.labels(placement=placement, status=status)
+            for reason in CANDIDATE_REJECT_REASONS:
+                self.candidates_rejected.labels(placement=placement, reason=reason)
         self.mqtt_connected.set(0)
+
+    def count_rejected_candidates(self, decision: Decision) -> None:
+        """Count every candidate `decision` ruled out, by its placement and reason."""
+        for evaluation in decision.evaluations:
+            if not evaluation.feasible and evaluation.reason is not None:
+                self.candidates_rejected.labels(
+                    placement=evaluation.placement.value, reason=evaluation.reason.value
+                ).inc()
+
+    def bind_cluster_view(self, view: ClusterView, clock: Callable[[], float]) -> None:
+        """Gauges computed from the cluster view at scrape time (scrapes run in the loop)."""
+
+        def max_age() -> float:
+            now = clock()
+            ages = [n.age(now) for n in view.neighbours(now) if n.liveness is not Liveness.OFFLINE]
+            return max(ages, default=0.0)
+
+        self.neighbour_telemetry_max_age.set_function(max_age)
+        self.devices.set_function(lambda: view.device_count)
 
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""

@@ -200,6 +200,7 @@ def build_runtime(
         offline_after_intervals=t.offline_after_intervals, max_devices=t.max_devices,
         device_ttl_s=t.device_ttl_s,
     ))
+    metrics.bind_cluster_view(view, time.monotonic)  # telemetry age, device count at scrape
     rt_holder: list[Runtime] = []
     http = HttpServer(
         host=settings.http.host, port=settings.http.port, metrics=metrics,
