@@ -102,11 +102,19 @@ def load_cluster_spec(text: str | None = None) -> ClusterSpec:
         ))
     spec = ClusterSpec(
         nodes=tuple(nodes),
-        wan_normal=WanSpec(**doc["wan"]["normal"]),
-        wan_degraded=WanSpec(**doc["wan"]["degraded"]),
+        wan_normal=_wan(doc["wan"]["normal"]),
+        wan_degraded=_wan(doc["wan"]["degraded"]),
     )
     if sum(1 for n in spec.nodes if n.role == "cloud") != 1:
         raise ValueError("cluster.yaml must define exactly one cloud node")
+    return spec
+
+
+def _wan(raw: dict[str, Any]) -> WanSpec:
+    # float(): YAML 1.1 reads "2.0e7" (no exponent sign) as a string
+    spec = WanSpec(rtt_s=float(raw["rtt_s"]), uplink_bps=float(raw["uplink_bps"]))
+    if spec.rtt_s < 0 or spec.uplink_bps <= 0:
+        raise ValueError("wan: rtt_s must be >= 0 and uplink_bps > 0")
     return spec
 
 

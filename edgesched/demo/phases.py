@@ -112,7 +112,7 @@ STREAMS: tuple[Stream, ...] = (
            phases=_ALL, size=400),
     Stream(node_id=BATTERY_NODE, task_type="hash", rate_per_s=0.5, deadline_s=4.0,
            phases=_ALL, size=60_000),
-    Stream(node_id=OVERLOADED, task_type="sleep", rate_per_s=4.0, deadline_s=3.0,
+    Stream(node_id=OVERLOADED, task_type="sleep", rate_per_s=5.0, deadline_s=3.0,
            phases=(PhaseKind.OVERLOAD,), size=100),
     Stream(node_id=OVERLOADED, task_type="sleep", rate_per_s=1.5, deadline_s=3.0,
            phases=(PhaseKind.WAN, PhaseKind.NODE_DOWN), size=100),
