@@ -8,8 +8,10 @@ Execution work of `hash` and `matmul` is calibrated by timing them once on this 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -116,16 +118,33 @@ def build_scenario(
     }
 
 
+def _sim_api() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """`(load_scenario, run_scenario)` of the simulator's Python API, wherever it exports them."""
+    found: dict[str, Callable[..., Any]] = {}
+    for module_name in ("edgesched.sim", "edgesched.sim.scenario", "edgesched.sim.run",
+                        "edgesched.sim.runner", "edgesched.sim.report", "edgesched.sim.engine"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for name in ("load_scenario", "run_scenario"):
+            if name not in found and callable(getattr(module, name, None)):
+                found[name] = getattr(module, name)
+    if len(found) < 2:
+        return None
+    return found["load_scenario"], found["run_scenario"]
+
+
 def compare(
     spec: ClusterSpec, phases: tuple[Phase, ...], *, seed: int,
     down_window: tuple[float, float] | None,
 ) -> Comparison:
     """Run the scenario under `cost` and `local`; a Comparison saying why when it cannot."""
-    try:
-        from edgesched.sim import load_scenario, run_scenario  # type: ignore[attr-defined]
-    except ImportError as exc:
+    api = _sim_api()
+    if api is None:
         return Comparison(source=SOURCE, policies={},
-                          note=f"simulator not available in this build ({exc})")
+                          note="simulator not available in this build (no run_scenario)")
+    load_scenario, run_scenario = api
     mapping = build_scenario(spec, phases, seed=seed, down_window=down_window)
     try:
         report = run_scenario(load_scenario(mapping), list(POLICIES), seed)
