@@ -40,6 +40,10 @@ TASK_REJECT_REASONS = (
 )
 CANDIDATE_REJECT_REASONS = tuple(reason.value for reason in RejectReason)
 DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full", "oversize")
+# A task refused before any placement was tried (bad input, queue full) completes as "none".
+COMPLETION_PLACEMENTS = (*PLACEMENTS, "none")
+REPLY_DROP_REASONS = ("no_route", "publish_failed")
+OFFLOAD_IGNORE_REASONS = ("late", "malformed")
 
 # Decisions take microseconds; tasks take milliseconds to minutes.
 DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
@@ -153,6 +157,15 @@ class Metrics:
         self.devices = Gauge(
             "edgesched_devices", "Devices whose telemetry this node tracks now.", registry=r
         )
+        self.replies_dropped = Counter(
+            "edgesched_replies_dropped", "Task replies that could not be sent, by reason.",
+            ["reason"], registry=r,
+        )
+        self.offload_replies_ignored = Counter(
+            "edgesched_offload_replies_ignored",
+            "Neighbour offload replies ignored: late (the attempt was given up) or malformed.",
+            ["reason"], registry=r,
+        )
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
         ProcessCollector(registry=r)
         self._preinitialise()
@@ -170,6 +183,10 @@ class Metrics:
         each(self.telemetry_rejected, "reason", TELEMETRY_REJECT_REASONS)
         each(self.tasks_rejected, "reason", TASK_REJECT_REASONS)
         each(self.messages_dropped, "reason", DROP_REASONS)
+        each(self.replies_dropped, "reason", REPLY_DROP_REASONS)
+        each(self.offload_replies_ignored, "reason", OFFLOAD_IGNORE_REASONS)
+        for status in STATUSES:
+            self.tasks_completed.labels(placement="none", status=status)
         for placement in PLACEMENTS:
             for status in STATUSES:
                 self.tasks_completed.labels(placement=placement, status=status)
