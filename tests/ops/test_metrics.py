@@ -132,3 +132,10 @@ def test_cluster_view_gauges_read_at_scrape_time() -> None:
     assert sample("edgesched_devices") == 1
     clock[0] = 200.0  # both offline now: their age no longer counts
     assert sample("edgesched_neighbour_telemetry_max_age_seconds") == 0
+
+
+def test_docs_list_every_metric() -> None:
+    doc = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
+    for family in Metrics().registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in doc, f"docs/metrics.md does not describe {name}"
