@@ -37,6 +37,7 @@ log = logging.getLogger("edgesched.demo")
 TOPIC_PREFIX = "edgesched"
 MESH_TIMEOUT_S = 20.0
 FINAL_WAIT_S = 30.0
+DRAIN_BEFORE_KILL_S = 10.0
 EXIT_INTERRUPTED = 130
 
 
@@ -193,7 +194,9 @@ async def _kill_and_restart(run: DemoRun, cluster: Cluster, fleet: Fleet, phase:
     must answer it (that is what this phase shows).
     """
     fleet.paused.add(VICTIM)
-    await fleet.wait_outstanding(VICTIM, timeout_s=0.15 * phase.length_s)
+    left = await fleet.wait_outstanding(VICTIM, timeout_s=DRAIN_BEFORE_KILL_S)
+    if left:  # their origin node dies with them: they will show up as lost
+        run.notes.append(f"{left} task(s) submitted to {VICTIM} were unanswered when it was killed")
     await cluster.kill(VICTIM)
     run.down_window = (fleet.elapsed(), phase.start_s + 0.6 * phase.length_s)
     run.headline = f"{VICTIM} killed with SIGKILL; gateways fall back"
