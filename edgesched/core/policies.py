@@ -11,7 +11,7 @@ from edgesched.core.costmodel import (
     ALL_CONSTRAINTS,
     BASELINE_CONSTRAINTS,
     CostParams,
-    evaluate,
+    evaluate_fast,
 )
 from edgesched.core.model import (
     Candidate,
@@ -53,10 +53,7 @@ def evaluate_all(
 ) -> list[CandidateEval]:
     """Evaluate every candidate against the time left to the task's deadline at `now`."""
     remaining = task.remaining_s(now)
-    return [
-        evaluate(task, c, params, remaining_s=remaining, use_task_deadline=False, enforce=enforce)
-        for c in candidates
-    ]
+    return [evaluate_fast(task, c, params, remaining, enforce) for c in candidates]
 
 
 def make_decision(name: str, evals: Sequence[CandidateEval], ranked: Sequence[int]) -> Decision:
