@@ -169,6 +169,7 @@ class MqttClient:
         self.options = options
         self._metrics = metrics
         self._will = will
+        self._goodbye: Callable[[], OutboundMessage] | None = None
         self._rng = rng or random.Random()
         self._subs: list[_Subscription] = []
         self._topic_cache: dict[str, tuple[_Subscription, ...]] = {}
@@ -195,9 +196,16 @@ class MqttClient:
     async def wait_connected(self) -> None:
         await self._connected_event.wait()
 
-    def set_will(self, will: OutboundMessage | None) -> None:
-        """The Last Will for the next connection (and the graceful-stop message)."""
+    def set_will(
+        self,
+        will: OutboundMessage | None,
+        *,
+        goodbye: Callable[[], OutboundMessage] | None = None,
+    ) -> None:
+        """The Last Will for the next connection; `goodbye()` builds the message a graceful
+        stop publishes instead of the Will (default: the Will itself)."""
         self._will = will
+        self._goodbye = goodbye
 
     def on_connect(self, hook: ConnectHook) -> None:
         """Run `hook` after every (re)connect; a failing hook is logged, never fatal."""
@@ -264,13 +272,12 @@ class MqttClient:
             await tg.__aexit__(None, None, None)
 
     async def _publish_will(self) -> None:
-        if self._will is None or not self.connected:
+        msg = self._goodbye() if self._goodbye is not None else self._will
+        if msg is None or not self.connected:
             return
         try:
-            await self.publish(
-                self._will.topic, self._will.payload, qos=self._will.qos,
-                retain=self._will.retain, timeout_s=2.0,
-            )
+            await self.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
+                               timeout_s=2.0)
         except MqttError as exc:
             log.warning("could not publish the offline state before disconnecting: %s", exc)
 

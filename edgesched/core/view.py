@@ -54,6 +54,7 @@ class NodeTelemetry:
     """One node's periodic telemetry (CONTRACTS §4.2), already validated."""
 
     incarnation: int
+    ts: float = 0.0  # the sender's clock
     cpu_util: float = 0.0
     running: int = 0
     queued: int = 0
@@ -69,6 +70,7 @@ class NodeAnnouncement:
 
     incarnation: int
     online: bool
+    ts: float = 0.0  # the sender's clock (a Will carries the time its run started)
     role: str = "edge"
     task_types: frozenset[str] = frozenset()
     slots: int = 1
@@ -91,6 +93,7 @@ class DeviceRecord:
 class _Neighbour:
     state: NodeState
     declared_offline: bool = False  # its own state doc (or Will) said offline
+    offline_ts: float = 0.0  # the sender's `ts` in that offline doc
     offline_since: float | None = None
 
 
@@ -120,7 +123,11 @@ class ClusterView:
     after `offline_after_intervals`, or at once on an `offline` state document (its Will or a
     graceful stop). Every observation carries the sender's incarnation: one older than the
     newest seen is ignored, so a late Will never marks a restarted node offline; a newer one
-    starts afresh (a restarted node is online again).
+    starts afresh (a restarted node is online again). Within one incarnation the sender's
+    `ts` orders things: after an `offline` document only a message stamped later revives the
+    node. A Will is stamped with the start of its run, so a node whose Will fired while it was
+    still alive (broker restart, partition) comes back with its next message; a graceful stop
+    is stamped when it happens, so telemetry sent just before it cannot resurrect the node.
     """
 
     def __init__(self, *, local_id: str, params: ViewParams) -> None:
@@ -145,8 +152,8 @@ class ClusterView:
             entry = _Neighbour(state=NodeState(node_id=node_id))
             self._nodes[node_id] = entry
         same_run = doc.incarnation == entry.state.incarnation
-        if same_run and entry.declared_offline and doc.online:
-            return Outcome.STALE_INCARNATION  # an incarnation that said goodbye stays gone
+        if same_run and entry.declared_offline and doc.online and doc.ts <= entry.offline_ts:
+            return Outcome.STALE_INCARNATION  # older than its goodbye
         entry.state = replace(
             entry.state,
             role=doc.role,
@@ -157,6 +164,7 @@ class ClusterView:
         )
         entry.declared_offline = not doc.online
         entry.offline_since = None if doc.online else now
+        entry.offline_ts = 0.0 if doc.online else doc.ts
         return Outcome.APPLIED
 
     def observe_telemetry(self, node_id: str, tel: NodeTelemetry, *, now: float) -> Outcome:
@@ -167,8 +175,9 @@ class ClusterView:
         if entry is not None:
             if tel.incarnation < entry.state.incarnation:
                 return Outcome.STALE_INCARNATION
-            if tel.incarnation == entry.state.incarnation and entry.declared_offline:
-                return Outcome.STALE_INCARNATION
+            if (tel.incarnation == entry.state.incarnation and entry.declared_offline
+                    and tel.ts <= entry.offline_ts):
+                return Outcome.STALE_INCARNATION  # sent before its goodbye, delivered after
         elif not self._make_room(now):
             return Outcome.TABLE_FULL
         else:

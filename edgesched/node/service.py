@@ -31,6 +31,7 @@ from edgesched.config import (
 )
 from edgesched.core.model import ClusterSnapshot, PowerModel
 from edgesched.core.view import ClusterView, ViewParams
+from edgesched.node.pipeline import TaskPipeline
 from edgesched.node.telemetry import Identity, Load, TelemetryStage, Topics
 
 log = logging.getLogger("edgesched.service")
@@ -214,8 +215,12 @@ def build_runtime(
     rt_holder.append(rt)
     rt.telemetry = _telemetry_stage(rt)
     # The Will is the same state document with status offline (CONTRACTS §4.1).
-    rt.mqtt.set_will(OutboundMessage(topic=topics.node_state(identity.node_id),
-                                     payload=rt.telemetry.state_doc(online=False)))
+    stage = rt.telemetry
+    state_topic = topics.node_state(identity.node_id)
+    rt.mqtt.set_will(
+        OutboundMessage(topic=state_topic, payload=stage.state_doc(online=False)),
+        goodbye=lambda: OutboundMessage(topic=state_topic, payload=stage.state_doc(online=False)),
+    )
     if settings.role == "edge":
         http.register_health_check("mqtt", rt.mqtt_health)
     return rt
@@ -251,7 +256,7 @@ def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
         stall_guard_for(rt.settings, metrics=rt.metrics, env=rt.process_env),
         rt.mqtt,  # owns the connection; reconnects in the background
         rt.telemetry,  # the single writer of the cluster view
-        # (H4) task pipeline goes here: intake -> decide -> dispatch -> reply -> feedback
+        TaskPipeline(rt),  # intake -> decide -> dispatch -> reply -> feedback
         rt.http,  # last in, first out: the API goes away before anything it reads
     ]
 

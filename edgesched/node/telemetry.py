@@ -21,6 +21,7 @@ from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog, topic_matches
 from edgesched.adapters.procstat import CpuSampler
 from edgesched.config import DeviceMapping
+from edgesched.core.estimators import EstimatorBank
 from edgesched.core.model import Liveness, NodeState, PowerModel
 from edgesched.core.view import (
     RECOGNISED_RANGES,
@@ -266,6 +267,7 @@ def parse_node_state(payload: bytes, node_id: str, *, limit: int) -> NodeAnnounc
     return NodeAnnouncement(
         incarnation=_integer(doc.get("incarnation"), "incarnation"),
         online=status == "online",
+        ts=_number(doc.get("ts", 0.0), "ts"),
         role=role,
         task_types=frozenset(types),
         slots=_integer(doc.get("slots", 1), "slots"),
@@ -283,6 +285,7 @@ def parse_node_telemetry(payload: bytes, node_id: str, *, limit: int) -> NodeTel
     power = doc.get("power_w")
     return NodeTelemetry(
         incarnation=_integer(doc.get("incarnation"), "incarnation"),
+        ts=_number(doc.get("ts", 0.0), "ts"),
         cpu_util=_in_range(_number(doc.get("cpu_util", 0.0), "cpu_util"), 0.0, 1.0, "cpu_util"),
         running=_integer(doc.get("running", 0), "running"),
         queued=_integer(doc.get("queued", 0), "queued"),
@@ -377,11 +380,13 @@ class TelemetryStage:
         self._rejects: dict[str, Any] = {}
 
     # ---- documents we publish ----------------------------------------------------------
-    def state_doc(self, *, online: bool) -> bytes:
+    def state_doc(self, *, online: bool, ts: float | None = None) -> bytes:
+        """The state document; the Will is built at start, so its `ts` is the start time."""
         ident = self.identity
         return json.dumps({
             "v": 1, "node_id": ident.node_id, "status": "online" if online else "offline",
-            "role": ident.role, "incarnation": ident.incarnation, "ts": round(self._wall(), 3),
+            "role": ident.role, "incarnation": ident.incarnation,
+            "ts": round(self._wall() if ts is None else ts, 3),
             "task_types": list(ident.task_types), "slots": self._load().slots,
         }).encode()
 
@@ -510,9 +515,10 @@ class TelemetryStage:
             self._ratelog.warning("conflict", "another process announces node id %s with a "
                                   "newer incarnation %d (ours %d): node ids must be unique",
                                   self.identity.node_id, doc.incarnation, mine)
-        elif not doc.online and not self._stopping and doc.incarnation < mine:
-            # A late Will of our previous run overwrote our retained online state: restore it.
-            log.info("a Will of our previous incarnation %d was published; re-announcing",
+        elif not doc.online and not self._stopping:
+            # A Will (of a previous run, or of a connection of ours the broker gave up on)
+            # overwrote our retained online state while we are alive: restore it.
+            log.info("our retained state says offline (Will of incarnation %d); re-announcing",
                      doc.incarnation)
             try:
                 await self.publish_online_state()
@@ -564,3 +570,28 @@ class TelemetryStage:
                 self._reject(rej, msg.topic)
                 continue
             self._apply_device(mapping.device_id, {mapping.name: value}, None, 1, msg.topic)
+
+
+class LinkReadingFeeder:
+    """Feeds device link readings (`rtt_s`, `uplink_bps`) into an `EstimatorBank`.
+
+    Register it with `runtime.on_device_values.append(LinkReadingFeeder(bank))`. A reading of
+    device D updates the link estimator of target `targets.get(D, D)` (map a modem's device id
+    to `cloud`, say). A bandwidth reading is fed as one transfer lasting long enough to pass
+    the bank's minimum transfer size.
+    """
+
+    def __init__(self, bank: EstimatorBank, targets: Mapping[str, str] | None = None) -> None:
+        self._bank = bank
+        self._targets = dict(targets or {})
+
+    def __call__(self, device_id: str, values: Mapping[str, float], now: float) -> None:
+        target = self._targets.get(device_id, device_id)
+        rtt = values.get("rtt_s")
+        if rtt is not None:
+            self._bank.observe_rtt(target, rtt, now)
+        bps = values.get("uplink_bps")
+        if bps is not None and bps > 0:
+            min_bytes = self._bank.link_params.min_transfer_bytes
+            seconds = max(1.0, 8.0 * min_bytes / bps)
+            self._bank.observe_transfer(target, bps * seconds / 8.0, seconds, now)
