@@ -140,3 +140,24 @@ SYNC_RUNNERS: dict[str, Callable[[Any], Any]] = {
 def run_builtin_sync(name: str, value: Any) -> Any:
     """Entry point for a process-pool worker: run the built-in `name` on validated input."""
     return SYNC_RUNNERS[name](value)
+
+
+def work_units(name: str, value: Any) -> float | None:
+    """How much work a validated input asks for, in the unit the exec-time model is linear in.
+
+    The estimators model execution time as a + b·x; for these built-ins the work is not the
+    input's size but `rounds` (hash), n³/1000 (matmul) or the seconds themselves (sleep).
+    None = use the input size in bytes.
+    """
+    if name == "hash":
+        return float(value["rounds"])
+    if name == "matmul":
+        return float(value["n"]) ** 3 / 1000.0
+    if name == "sleep":
+        return float(value["seconds"]) * 1e6
+    return None
+
+
+def exact_seconds(name: str, value: Any) -> float | None:
+    """The execution time when it is known from the input alone (sleep), else None."""
+    return float(value["seconds"]) if name == "sleep" else None

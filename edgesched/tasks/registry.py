@@ -50,6 +50,21 @@ class TaskType:
     settings: TaskTypeSettings
     handler: Handler
 
+    @property
+    def builtin(self) -> str | None:
+        kind, _, rest = self.settings.handler.partition(":")
+        return rest if kind == "builtin" else None
+
+    def work(self, value: Any, input_bytes: float) -> float:
+        """The size the exec-time estimator is linear in (see builtins.work_units)."""
+        name = self.builtin
+        units = builtins.work_units(name, value) if name else None
+        return input_bytes if units is None else units
+
+    def exact_seconds(self, value: Any) -> float | None:
+        name = self.builtin
+        return builtins.exact_seconds(name, value) if name else None
+
 
 class BuiltinHandler:
     """One of the four built-ins; CPU-bound ones run in the process pool when one is given."""

@@ -1,0 +1,403 @@
+"""Decide and dispatch one task: cost policy, then local / neighbour / cloud with fallback.
+
+The whole life of an accepted task after intake: build candidates from the view snapshot and
+the estimators, let the policy rank them, try targets in order (core/fallback.py decides what
+is next and how long to wait), and turn the first success or the final failure into a Reply.
+Every completion feeds the estimators and the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from edgesched.adapters.cloud import CloudClient
+from edgesched.adapters.executor import DeadlineExpiredError, LocalExecutor, QueueFullError
+from edgesched.adapters.metrics import Metrics
+from edgesched.core.admission import admit
+from edgesched.core.candidates import CLOUD_ID, CloudTarget, build_candidates
+from edgesched.core.estimators import EstimatorBank
+from edgesched.core.fallback import FallbackParams, NextAttempt, Outcome, Terminal, next_attempt
+from edgesched.core.model import (
+    Candidate,
+    CandidateEval,
+    ClusterSnapshot,
+    Decision,
+    ExecEstimate,
+    OffloadPolicy,
+    Placement,
+    PowerModel,
+    TaskSpec,
+)
+from edgesched.core.policies import Policy
+from edgesched.errors import (
+    HandlerError,
+    HttpError,
+    InvalidTaskError,
+    MqttError,
+    TaskTimeoutError,
+)
+from edgesched.node import protocol as p
+from edgesched.node.offload import OffloadClient
+from edgesched.tasks.registry import TaskType
+
+log = logging.getLogger("edgesched.dispatch")
+
+MAX_ERROR_CHARS = 600
+
+
+class AttemptStatus(StrEnum):
+    OK = "ok"
+    REJECTED = "rejected"  # the target refused it (admission): try the next one
+    FAILED = "failed"  # the handler failed or the target broke: try the next one
+    TIMEOUT = "timeout"  # no answer in time: abandon, try the next one
+    EXPIRED = "expired"  # the deadline passed: terminal
+    INVALID = "invalid"  # the input is wrong for the handler: terminal `rejected`
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AttemptResult:
+    status: AttemptStatus
+    value: Any = p.MISSING
+    error: str | None = None
+    executed_by: str | None = None
+    wait_s: float = 0.0
+    exec_s: float = 0.0
+    remote_s: float = 0.0  # time the target reports for itself (cloud: its latency_s)
+    reject_code: p.RejectCode | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Job:
+    """An accepted task: the request, its configured type and validated input."""
+
+    request: p.SubmitRequest
+    task_type: TaskType
+    value: Any
+    received_at: float  # monotonic
+    deadline_s: float | None
+    work: float
+    exact_s: float | None
+
+    @property
+    def deadline_at(self) -> float | None:
+        return None if self.deadline_s is None else self.received_at + self.deadline_s
+
+
+@dataclass
+class DecisionRecord:
+    """One decision as /v1/status shows it (bounded list of the most recent)."""
+
+    task_id: str
+    task_type: str
+    policy: str
+    decided_at: float
+    evaluations: list[dict[str, Any]]
+    chosen: str | None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    status: str | None = None
+    predicted_s: float | None = None
+    actual_s: float | None = None
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.task_id, "type": self.task_type, "policy": self.policy,
+            "age_s": round(now - self.decided_at, 3), "chosen": self.chosen,
+            "candidates": self.evaluations, "attempts": self.attempts, "status": self.status,
+            "predicted_s": self.predicted_s, "actual_s": self.actual_s,
+        }
+
+
+def _round_eval(ev: CandidateEval) -> dict[str, Any]:
+    doc = ev.as_dict()
+    for key in ("latency_mean_s", "latency_q_s", "energy_j", "score"):
+        value = doc.get(key)
+        if isinstance(value, float):
+            doc[key] = round(value, 6) if math.isfinite(value) else None
+    return doc
+
+
+class Dispatcher:
+    """Places and runs accepted jobs; one per node, shared by intake and the offload server."""
+
+    def __init__(
+        self, *, node_id: str, role: str, executor: LocalExecutor, bank: EstimatorBank,
+        policy: Policy, fallback: FallbackParams, metrics: Metrics,
+        snapshot: Callable[[], ClusterSnapshot], local_power: PowerModel,
+        cloud: CloudClient | None = None, offload: OffloadClient | None = None,
+        clock: Callable[[], float] = time.monotonic, max_decisions: int = 50,
+    ) -> None:
+        self.node_id = node_id
+        self.role = role
+        self.executor = executor
+        self.bank = bank
+        self.policy = policy
+        self.fallback = fallback
+        self.metrics = metrics
+        self.snapshot = snapshot
+        self.local_power = local_power
+        self.cloud = cloud
+        self.cloud_target = CloudTarget() if cloud is not None else None
+        self.offload = offload
+        self.clock = clock
+        self.inflight: dict[str, int] = {}
+        self.decisions: deque[DecisionRecord] = deque(maxlen=max_decisions)
+        self.last_work: dict[str, float] = {}
+        self.prediction_errors: deque[tuple[str, float, float]] = deque(maxlen=2000)
+
+    # -- deciding -----------------------------------------------------------------------------
+
+    def spec(self, job: Job) -> TaskSpec:
+        settings = job.task_type.settings
+        return TaskSpec(
+            task_type=job.task_type.name, input_bytes=float(job.request.input_bytes),
+            output_bytes=float(settings.output_bytes), deadline_s=job.deadline_s,
+            priority=job.request.priority, origin_device=job.request.device_id,
+            offload=OffloadPolicy(settings.offload), submitted_at=job.received_at,
+        )
+
+    def exec_estimate(self, job: Job, node_id: str, now: float) -> ExecEstimate:
+        if job.exact_s is not None:  # e.g. sleep: the input says how long it takes
+            return ExecEstimate(mean_s=job.exact_s, std_s=0.02 * job.exact_s + 0.002)
+        return self.bank.exec_estimate(job.task_type.name, node_id, job.work, now)
+
+    def candidates(self, job: Job, spec: TaskSpec, now: float) -> list[Candidate]:
+        snap = self.snapshot()
+        cands = build_candidates(
+            spec, snap, self.bank, offload=spec.offload, cloud=self.cloud_target,
+            local_power=self.local_power, local_max_queue=self.executor.queue_size,
+            inflight=self.inflight,
+        )
+        # The estimators are linear in the task's work, not its byte size (builtins.work_units).
+        return [dataclasses.replace(c, exec=self.exec_estimate(job, c.node_id, now))
+                for c in cands]
+
+    def decide(self, job: Job) -> Decision:
+        now = self.clock()
+        spec = self.spec(job)
+        started = time.perf_counter()
+        decision = self.policy.decide(spec, self.candidates(job, spec, now), now)
+        self.metrics.decision_duration.observe(time.perf_counter() - started)
+        if decision.chosen is not None:
+            self.metrics.decisions.labels(placement=decision.chosen.placement.value).inc()
+        self.metrics.count_rejected_candidates(decision)
+        self.last_work[job.task_type.name] = job.work
+        return decision
+
+    # -- the whole chain ----------------------------------------------------------------------
+
+    async def place(self, job: Job) -> p.Reply:
+        """Decide, try targets in order, and return the one terminal reply."""
+        decision = self.decide(job)
+        record = DecisionRecord(
+            task_id=job.request.id, task_type=job.task_type.name, policy=decision.policy,
+            decided_at=self.clock(), evaluations=[_round_eval(e) for e in decision.evaluations],
+            chosen=decision.chosen.node_id if decision.chosen else None,
+        )
+        self.decisions.append(record)
+        tried: list[str] = []
+        results: list[tuple[CandidateEval, AttemptResult]] = []
+        while True:
+            step = next_attempt(
+                decision, tried=tried, elapsed_s=self.clock() - job.received_at,
+                deadline_s=job.deadline_s, local_allowed=True, params=self.fallback,
+            )
+            if isinstance(step, Terminal):
+                return self._give_up(job, step, results, record)
+            tried.append(step.target.node_id)
+            started = self.clock()
+            result = await self._attempt(job, step)
+            elapsed = self.clock() - started
+            results.append((step.target, result))
+            record.attempts.append({"node_id": step.target.node_id, "status": result.status.value,
+                                    "error": result.error, "duration_s": round(elapsed, 6)})
+            if result.status is AttemptStatus.OK:
+                self._feedback(job, step.target, result, elapsed, record)
+                return self._reply(job, p.Status.OK, step.target.placement, result, len(tried))
+            if result.status in (AttemptStatus.EXPIRED, AttemptStatus.INVALID):
+                status = (p.Status.EXPIRED if result.status is AttemptStatus.EXPIRED
+                          else p.Status.REJECTED)
+                record.status = status.value
+                return self._reply(job, status, step.target.placement, result, len(tried))
+
+    async def local_only(self, job: Job) -> p.Reply:
+        """Run here and nowhere else (the cloud tier's role): admission, executor, reply."""
+        started = self.clock()
+        result = await self.run_local(job)
+        self.observe_local(job, result)
+        if result.status is AttemptStatus.REJECTED:
+            self.metrics.tasks_rejected.labels(
+                reason=(result.reject_code or p.RejectCode.NO_TARGET).value).inc()
+        status = {AttemptStatus.OK: p.Status.OK, AttemptStatus.EXPIRED: p.Status.EXPIRED,
+                  AttemptStatus.REJECTED: p.Status.REJECTED,
+                  AttemptStatus.INVALID: p.Status.REJECTED}.get(result.status, p.Status.FAILED)
+        reply = self._reply(job, status, Placement.LOCAL, result, 1)
+        if status is p.Status.OK:
+            predicted = self.exec_estimate(job, self.node_id, started)
+            self.metrics.prediction_error.observe(self.clock() - started - predicted.mean_s)
+        return reply
+
+    def observe_local(self, job: Job, result: AttemptResult) -> None:
+        """Feed a local execution's time into this node's own estimator."""
+        if result.status is AttemptStatus.OK and job.exact_s is None:
+            self.bank.observe_exec(job.task_type.name, self.node_id, job.work, result.exec_s,
+                                   self.clock())
+
+    def _give_up(self, job: Job, step: Terminal,
+                 results: list[tuple[CandidateEval, AttemptResult]],
+                 record: DecisionRecord) -> p.Reply:
+        notes = "; ".join(f"{t.node_id}: {r.status.value}" + (f" ({r.error})" if r.error else "")
+                          for t, r in results)
+        error = step.reason + (f" [{notes}]" if notes else "")
+        if step.outcome is Outcome.EXPIRED:
+            status = p.Status.EXPIRED
+        elif all(r.status is AttemptStatus.REJECTED for _, r in results):
+            # Nobody ran it: the submission was refused, not failed.
+            status = p.Status.REJECTED
+            code = results[-1][1].reject_code if results else p.RejectCode.NO_TARGET
+            self.metrics.tasks_rejected.labels(
+                reason=(code or p.RejectCode.NO_TARGET).value).inc()
+        else:
+            status = p.Status.FAILED
+        record.status = status.value
+        last = results[-1] if results else None
+        return p.Reply(
+            id=job.request.id, status=status, error=error[:MAX_ERROR_CHARS],
+            placement=last[0].placement if last else None,
+            executed_by=None, latency_s=self.clock() - job.received_at, attempts=len(results),
+        )
+
+    def _reply(self, job: Job, status: p.Status, placement: Placement,
+               result: AttemptResult, attempts: int) -> p.Reply:
+        ok = status is p.Status.OK
+        return p.Reply(
+            id=job.request.id, status=status, result=result.value if ok else p.MISSING,
+            error=None if ok else (result.error or status.value)[:MAX_ERROR_CHARS],
+            placement=placement, executed_by=result.executed_by,
+            latency_s=self.clock() - job.received_at, attempts=attempts,
+        )
+
+    # -- attempts -----------------------------------------------------------------------------
+
+    async def _attempt(self, job: Job, step: NextAttempt) -> AttemptResult:
+        target = step.target
+        self.inflight[target.node_id] = self.inflight.get(target.node_id, 0) + 1
+        try:
+            if target.placement is Placement.LOCAL:
+                return await self.run_local(job)
+            if target.placement is Placement.NEIGHBOUR:
+                return await self._run_neighbour(job, target, step.timeout_s)
+            return await self._run_cloud(job, step.timeout_s)
+        finally:
+            left = self.inflight.get(target.node_id, 1) - 1
+            if left <= 0:
+                self.inflight.pop(target.node_id, None)
+            else:
+                self.inflight[target.node_id] = left
+
+    async def run_local(self, job: Job) -> AttemptResult:
+        """Admission control, then the local executor (also serves neighbours' offloads)."""
+        ex, now = self.executor, self.clock()
+        expected = self.exec_estimate(job, self.node_id, now).mean_s
+        deadline_at = job.deadline_at
+        verdict = admit(
+            slots=ex.slots, running=ex.running, queued=ex.queued, queue_limit=ex.queue_size,
+            exec_s=expected, wait_s=ex.estimated_wait(now),
+            remaining_s=None if deadline_at is None else deadline_at - now,
+        )
+        if not verdict.accepted:
+            code = p.RejectCode(verdict.reason.value) if verdict.reason else None
+            return AttemptResult(status=AttemptStatus.REJECTED, reject_code=code,
+                                 error=f"{self.node_id} admission: {verdict.detail}")
+        try:
+            out = await ex.run(job.task_type, job.value, expected_s=expected,
+                               priority=job.request.priority, deadline=deadline_at)
+        except QueueFullError as exc:
+            return AttemptResult(status=AttemptStatus.REJECTED, error=str(exc),
+                                 reject_code=p.RejectCode.QUEUE_FULL)
+        except DeadlineExpiredError as exc:
+            return AttemptResult(status=AttemptStatus.EXPIRED, error=str(exc))
+        except InvalidTaskError as exc:
+            return AttemptResult(status=AttemptStatus.INVALID, error=str(exc))
+        except (TaskTimeoutError, HandlerError) as exc:
+            return AttemptResult(status=AttemptStatus.FAILED, error=str(exc),
+                                 executed_by=self.node_id)
+        return AttemptResult(status=AttemptStatus.OK, value=out.value, executed_by=self.node_id,
+                             wait_s=out.wait_s, exec_s=out.exec_s)
+
+    def _remaining(self, job: Job) -> float | None:
+        at = job.deadline_at
+        return None if at is None else max(0.0, at - self.clock())
+
+    async def _run_neighbour(self, job: Job, target: CandidateEval,
+                             timeout_s: float) -> AttemptResult:
+        if self.offload is None:
+            return AttemptResult(status=AttemptStatus.FAILED, error="offload is not available")
+        expected = self.exec_estimate(job, target.node_id, self.clock()).mean_s
+        try:
+            reply = await self.offload.request(
+                target.node_id, job.request, deadline_s=self._remaining(job),
+                expected_s=expected, timeout_s=timeout_s)
+        except MqttError as exc:
+            return AttemptResult(status=AttemptStatus.FAILED, error=str(exc))
+        if reply is None:
+            return AttemptResult(status=AttemptStatus.TIMEOUT,
+                                 error=f"no reply from {target.node_id} in {timeout_s:.3g}s")
+        return _from_remote(reply.status, reply.result, reply.error,
+                            reply.executed_by or target.node_id, reply.wait_s, reply.exec_s,
+                            reply.wait_s + reply.exec_s)
+
+    async def _run_cloud(self, job: Job, timeout_s: float) -> AttemptResult:
+        assert self.cloud is not None
+        body = p.encode(job.request.as_submit(deadline_s=self._remaining(job)))
+        try:
+            doc = await self.cloud.submit(body, timeout_s=timeout_s)
+            reply = p.parse_reply(doc)
+        except HttpError as exc:
+            timed_out = "did not answer" in str(exc)
+            return AttemptResult(status=AttemptStatus.TIMEOUT if timed_out
+                                 else AttemptStatus.FAILED, error=str(exc))
+        except p.SubmissionError as exc:
+            return AttemptResult(status=AttemptStatus.FAILED, error=f"bad cloud reply: {exc}")
+        return _from_remote(reply.status, reply.result, reply.error,
+                            reply.executed_by or CLOUD_ID, 0.0, reply.latency_s,
+                            reply.latency_s)
+
+    # -- feedback -----------------------------------------------------------------------------
+
+    def _feedback(self, job: Job, target: CandidateEval, result: AttemptResult,
+                  elapsed: float, record: DecisionRecord) -> None:
+        now, name = self.clock(), job.task_type.name
+        if job.exact_s is None:
+            self.bank.observe_exec(name, target.node_id, job.work, result.exec_s, now)
+        if target.placement is not Placement.LOCAL:
+            network = max(0.0, elapsed - result.remote_s)
+            self.bank.observe_rtt(target.node_id, network, now)
+            nbytes = job.request.input_bytes + len(p.encode(result.value))
+            self.bank.observe_transfer(target.node_id, nbytes, network, now)
+        placement = target.placement.value
+        self.metrics.prediction_error.observe(elapsed - target.latency_mean_s)
+        self.metrics.energy.labels(placement=placement).inc(max(0.0, target.energy_j))
+        self.prediction_errors.append((name, target.latency_mean_s, elapsed))
+        record.status, record.predicted_s = "ok", round(target.latency_mean_s, 6)
+        record.actual_s = round(elapsed, 6)
+
+
+def _from_remote(status: p.Status, value: Any, error: str | None, by: str, wait_s: float,
+                 exec_s: float, remote_s: float) -> AttemptResult:
+    mapping = {p.Status.OK: AttemptStatus.OK, p.Status.REJECTED: AttemptStatus.REJECTED,
+               p.Status.FAILED: AttemptStatus.FAILED, p.Status.EXPIRED: AttemptStatus.EXPIRED}
+    result_status = mapping[status]
+    return AttemptResult(
+        status=result_status, value=value if result_status is AttemptStatus.OK else p.MISSING,
+        error=None if status is p.Status.OK else f"{by}: {error or status.value}",
+        executed_by=by, wait_s=wait_s, exec_s=exec_s, remote_s=remote_s,
+        reject_code=None,
+    )

@@ -1,0 +1,147 @@
+"""Task intake: MQTT `P/node/{id}/submit` and HTTP `POST /v1/tasks` into the pipeline.
+
+Both paths parse strictly (protocol.parse_submit); anything wrong is answered at once with a
+`rejected` reply that says what was wrong. MQTT replies go to the v5 Response Topic (echoing
+Correlation Data), else to the body's `reply_to` (echoing `correlation_id`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog
+from edgesched.errors import MqttError
+from edgesched.node import protocol as p
+
+log = logging.getLogger("edgesched.intake")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReplyRoute:
+    """Where the reply to one MQTT submission goes."""
+
+    topic: str
+    correlation_data: bytes | None = None  # MQTT v5 property, echoed
+    correlation_id: str | None = None  # body field, echoed (3.1.1 path)
+
+
+# Accept a parsed request; returns the future of its terminal reply, or raises SubmissionError.
+Accept = Callable[[p.SubmitRequest, float], asyncio.Future[p.Reply]]
+Spawn = Callable[[Awaitable[None], str], None]
+
+
+class Intake:
+    """Turns MQTT messages and HTTP requests into accepted jobs, and sends the replies."""
+
+    def __init__(self, *, mqtt: MqttClient, metrics: Metrics, accept: Accept, spawn: Spawn,
+                 known_types: Callable[[], frozenset[str]], max_payload_bytes: int,
+                 max_input_bytes: int) -> None:
+        self._mqtt = mqtt
+        self._metrics = metrics
+        self._accept = accept
+        self._spawn = spawn
+        self._known = known_types
+        self._max_bytes = max_payload_bytes
+        self._max_input = max_input_bytes
+        self._ratelog = RateLimitedLog(log)
+
+    def parse(self, payload: bytes) -> p.SubmitRequest:
+        return p.parse_submit(payload, max_bytes=self._max_bytes,
+                              max_input_bytes=self._max_input, known_types=self._known())
+
+    def submit(self, payload: bytes,
+               received_at: float) -> tuple[p.SubmitRequest, asyncio.Future[p.Reply]]:
+        """Parse and accept one submission; SubmissionError says why it was refused."""
+        self._metrics.tasks_submitted.inc()
+        try:
+            req = self.parse(payload)
+            return req, self._accept(req, received_at)
+        except p.SubmissionError as exc:
+            self._metrics.tasks_rejected.labels(reason=exc.reason.value).inc()
+            self._metrics.tasks_completed.labels(placement="none", status="rejected").inc()
+            self._ratelog.warning(f"reject-{exc.reason.value}", "rejected a submission: %s", exc)
+            raise
+
+    # -- MQTT ---------------------------------------------------------------------------------
+
+    async def on_mqtt_submit(self, msg: InboundMessage) -> None:
+        """Consumer of the submit topic: must return quickly (the job runs in the pipeline)."""
+        received = time.monotonic()
+        try:
+            req, future = self.submit(msg.payload, received)
+        except p.SubmissionError as exc:
+            route = self._route(msg, exc.reply_to, exc.correlation_id)
+            reply = p.Reply(id=exc.task_id or p.new_task_id(), status=p.Status.REJECTED,
+                            error=str(exc), latency_s=time.monotonic() - received,
+                            correlation_id=route.correlation_id if route else None)
+            await self.send(route, reply)
+            return
+        route = self._route(msg, req.reply_to, req.correlation_id)
+        self._spawn(self._reply_when_done(future, route), "edgesched.pipeline.reply")
+
+    @staticmethod
+    def _route(msg: InboundMessage, reply_to: str | None,
+               correlation_id: str | None) -> ReplyRoute | None:
+        if msg.response_topic:
+            return ReplyRoute(topic=msg.response_topic, correlation_data=msg.correlation_data,
+                              correlation_id=correlation_id)
+        if reply_to:
+            return ReplyRoute(topic=reply_to, correlation_id=correlation_id)
+        return None
+
+    async def _reply_when_done(self, future: asyncio.Future[p.Reply],
+                               route: ReplyRoute | None) -> None:
+        reply = await asyncio.shield(future)
+        if route is not None and route.correlation_id is not None:
+            reply = _with_correlation(reply, route.correlation_id)
+        await self.send(route, reply)
+
+    async def send(self, route: ReplyRoute | None, reply: p.Reply) -> None:
+        if route is None:
+            self._metrics.replies_dropped.labels(reason="no_route").inc()
+            self._ratelog.warning("no-route", "reply to task %s dropped: the submission named "
+                                  "no response topic and no reply_to", reply.id)
+            return
+        try:
+            await self._mqtt.publish(route.topic, reply.encode(), qos=1,
+                                     correlation_data=route.correlation_data)
+        except MqttError as exc:
+            self._metrics.replies_dropped.labels(reason="publish_failed").inc()
+            self._ratelog.warning("publish", "reply to task %s lost: %s", reply.id, exc)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def on_http_submit(self, request: web.Request) -> web.Response:
+        """POST /v1/tasks: waits for the terminal reply (200), 400 invalid, 413 oversize."""
+        received = time.monotonic()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._http_reject(p.SubmissionError(
+                p.RejectCode.OVERSIZE, f"body larger than {self._max_bytes} bytes"), received)
+        try:
+            _, future = self.submit(body, received)
+        except p.SubmissionError as exc:
+            return self._http_reject(exc, received)
+        reply = await asyncio.shield(future)
+        return web.Response(body=reply.encode(), content_type="application/json")
+
+    def _http_reject(self, exc: p.SubmissionError, received: float) -> web.Response:
+        reply = p.Reply(id=exc.task_id or p.new_task_id(), status=p.Status.REJECTED,
+                        error=str(exc), latency_s=time.monotonic() - received)
+        # Bad requests are HTTP errors; a refusal of a valid task is a reply like any other.
+        status = {p.RejectCode.OVERSIZE: 413, p.RejectCode.MALFORMED: 400,
+                  p.RejectCode.SCHEMA: 400, p.RejectCode.UNKNOWN_TYPE: 400}.get(exc.reason, 200)
+        return web.Response(status=status, body=reply.encode(), content_type="application/json")
+
+
+def _with_correlation(reply: p.Reply, correlation_id: str) -> p.Reply:
+    return dataclasses.replace(reply, correlation_id=correlation_id)

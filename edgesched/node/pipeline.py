@@ -1,0 +1,315 @@
+"""The task pipeline component: intake -> decide -> dispatch -> reply -> feedback.
+
+Plugged into the runtime's component list (service.components). It owns the local executor,
+the cloud client, the estimators and every in-flight task (as tasks of its TaskGroup), and
+guarantees one terminal reply per accepted task; a repeated task id gets the first outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiohttp import web
+
+from edgesched.adapters.cloud import CloudClient
+from edgesched.adapters.executor import LocalExecutor
+from edgesched.core.candidates import CLOUD_ID
+from edgesched.core.estimators import EstimatorBank, ExecPrior
+from edgesched.core.fallback import FallbackParams
+from edgesched.core.model import PowerModel
+from edgesched.core.policies import make_policy
+from edgesched.errors import InvalidTaskError
+from edgesched.node import protocol as p
+from edgesched.node.dispatch import AttemptStatus, Dispatcher, Job
+from edgesched.node.intake import Intake
+from edgesched.node.offload import OffloadClient, OffloadServer
+from edgesched.node.telemetry import Load
+from edgesched.tasks.registry import TaskRegistry
+
+if TYPE_CHECKING:
+    from edgesched.config import Settings
+    from edgesched.node.service import Runtime
+
+log = logging.getLogger("edgesched.pipeline")
+
+MAX_OUTCOMES = 10_000  # remembered replies for idempotent ids
+DRAIN_GRACE_S = 10.0  # how long a stopping node lets in-flight tasks finish
+STATUS_DECISIONS = 20
+
+
+def make_bank(settings: Settings) -> EstimatorBank:
+    """Estimators seeded with the configured priors (exec at speed 1, this node's speed)."""
+    priors = {name: ExecPrior(mean_s=spec.exec_prior_s, s_per_mb=spec.exec_prior_s_per_mb)
+              for name, spec in settings.task_types.items()}
+    return EstimatorBank(exec_priors=priors, speeds={settings.node_id: settings.executor.speed})
+
+
+class TaskBook:
+    """Idempotency: in-flight tasks by id, and a bounded LRU of finished replies."""
+
+    def __init__(self, max_outcomes: int = MAX_OUTCOMES) -> None:
+        self.inflight: dict[str, asyncio.Future[p.Reply]] = {}
+        self.outcomes: OrderedDict[str, p.Reply] = OrderedDict()
+        self.max_outcomes = max_outcomes
+
+    def existing(self, task_id: str) -> asyncio.Future[p.Reply] | None:
+        """The future of a task already seen (done when it finished), else None."""
+        if task_id in self.inflight:
+            return self.inflight[task_id]
+        reply = self.outcomes.get(task_id)
+        if reply is None:
+            return None
+        self.outcomes.move_to_end(task_id)
+        done: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
+        done.set_result(reply)
+        return done
+
+    def begin(self, task_id: str) -> asyncio.Future[p.Reply]:
+        future: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
+        self.inflight[task_id] = future
+        return future
+
+    def finish(self, task_id: str, reply: p.Reply) -> None:
+        future = self.inflight.pop(task_id, None)
+        self.outcomes[task_id] = reply
+        self.outcomes.move_to_end(task_id)
+        while len(self.outcomes) > self.max_outcomes:
+            self.outcomes.popitem(last=False)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+
+class TaskPipeline:
+    """Async context manager; construct it with the runtime before the HTTP server starts."""
+
+    def __init__(self, rt: Runtime) -> None:
+        s = rt.settings
+        self.rt = rt
+        self.settings = s
+        self.node_id = s.node_id
+        self.edge = s.role == "edge"
+        self.registry = TaskRegistry.from_settings(s.task_types)
+        self.executor = LocalExecutor(s.executor)
+        self.bank = make_bank(s)
+        self.book = TaskBook()
+        self.max_inflight = 4 * (s.executor.slots + s.executor.queue_size) + 64
+        self.closing = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        prefix = s.mqtt.topic_prefix
+        max_bytes = min(s.mqtt.max_payload_bytes, s.http.max_body_bytes)
+        self.cloud = CloudClient(s.cloud) if self.edge and s.cloud.url else None
+        self.offload_client = OffloadClient(
+            mqtt=rt.mqtt, prefix=prefix, node_id=self.node_id, metrics=rt.metrics,
+            max_payload_bytes=s.mqtt.max_payload_bytes) if self.edge else None
+        pw = s.power
+        self.dispatcher = Dispatcher(
+            node_id=self.node_id, role=s.role, executor=self.executor, bank=self.bank,
+            policy=make_policy(s.policy.name, s.policy.to_params(), np.random.default_rng()),
+            fallback=FallbackParams(max_attempts=s.offload.max_attempts,
+                                    timeout_margin_s=s.offload.timeout_margin_s,
+                                    min_timeout_s=s.offload.min_timeout_s),
+            metrics=rt.metrics, snapshot=rt.snapshot,
+            local_power=PowerModel(idle_w=pw.idle_w, busy_w=pw.busy_w, tx_w=pw.tx_w,
+                                   rx_w=pw.rx_w),
+            cloud=self.cloud, offload=self.offload_client,
+        )
+        self.intake = Intake(
+            mqtt=rt.mqtt, metrics=rt.metrics, accept=self.accept, spawn=self.spawn,
+            known_types=self.registry.names, max_payload_bytes=max_bytes,
+            max_input_bytes=s.executor.max_input_bytes)
+        self.offload_server = OffloadServer(
+            mqtt=rt.mqtt, prefix=prefix, node_id=self.node_id, metrics=rt.metrics,
+            max_payload_bytes=s.mqtt.max_payload_bytes,
+            max_input_bytes=s.executor.max_input_bytes, known_types=self.registry.names,
+            run=self.run_handed, spawn=self.spawn) if self.edge else None
+        self.submit_topic = p.submit_topic(prefix, self.node_id)
+        rt.http.add_routes([web.post("/v1/tasks", self.intake.on_http_submit)])
+        rt.http.register_status_provider("scheduler", self.status)
+        rt.load_source = self
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TaskPipeline:
+        await self.executor.__aenter__()
+        if self.cloud is not None:
+            await self.cloud.__aenter__()
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        m = self.rt.metrics
+        m.tasks_running.set_function(lambda: self.executor.running)
+        m.tasks_queued.set_function(lambda: self.executor.queued)
+        if self.edge:
+            assert self.offload_client is not None and self.offload_server is not None
+            await self.offload_client.start()
+            await self.offload_server.start()
+            await self.rt.mqtt.subscribe(self.submit_topic, self.intake.on_mqtt_submit, qos=1)
+        log.info("task pipeline ready: types %s, %d slots, policy %s",
+                 ", ".join(sorted(self.registry.names())), self.executor.slots,
+                 self.settings.policy.name)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Drain: refuse new work, let in-flight tasks finish (bounded), then stop the rest."""
+        self.closing = True
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            log.info("draining %d in-flight task(s) for up to %.0fs", len(pending),
+                     DRAIN_GRACE_S)
+            await asyncio.wait(pending, timeout=DRAIN_GRACE_S)
+        for task in self._tasks:
+            task.cancel()  # each answers its task `failed` (shutting down) as it stops
+        tg, self._tg = self._tg, None
+        try:
+            if tg is not None:
+                await tg.__aexit__(None, None, None)
+        finally:
+            if self.cloud is not None:
+                await self.cloud.__aexit__(None, None, None)
+            await self.executor.__aexit__(None, None, None)
+
+    def spawn(self, coro: Awaitable[None], name: str) -> None:
+        """Run `coro` in the pipeline's TaskGroup (it must not raise)."""
+        if self._tg is None:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            return
+        task = self._tg.create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Awaitable[None], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in one task must never take the pipeline down
+            log.exception("%s failed", name)
+
+    # -- LoadSource and status ----------------------------------------------------------------
+
+    def load(self) -> Load:
+        ex = self.executor
+        return Load(running=ex.running, queued=ex.queued, slots=ex.slots,
+                    est_wait_s=ex.estimated_wait())
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        d = self.dispatcher
+        nodes = [self.node_id] + [n.node_id for n in self.rt.view.neighbours(now)
+                                  if n.role == "edge"]
+        if self.cloud is not None:
+            nodes.append(CLOUD_ID)
+        estimates = {}
+        for name in sorted(self.registry.names()):
+            work = d.last_work.get(name, 0.0)
+            estimates[name] = {"work": work, "exec": {
+                node: _est(self.bank.exec_estimate(name, node, work, now)) for node in nodes}}
+        links = {n: _link(self.bank.link(n, now)) for n in nodes if n != self.node_id}
+        return {
+            "policy": self.settings.policy.name, "in_flight": len(self.book.inflight),
+            "estimates": estimates, "links": links,
+            "decisions": [r.as_dict(now) for r in list(d.decisions)[-STATUS_DECISIONS:]],
+        }
+
+    # -- accepting and running ----------------------------------------------------------------
+
+    def _job(self, req: p.SubmitRequest, received_at: float) -> Job:
+        task_type = self.registry.get(req.type)
+        try:
+            value = self.registry.validate(req.type, req.task_input())
+        except InvalidTaskError as exc:
+            raise p.SubmissionError(p.RejectCode.SCHEMA, str(exc), task_id=req.id,
+                                    reply_to=req.reply_to,
+                                    correlation_id=req.correlation_id) from None
+        deadline = req.deadline_s if req.deadline_s is not None else (
+            task_type.settings.deadline_s)
+        return Job(request=req, task_type=task_type, value=value, received_at=received_at,
+                   deadline_s=deadline, work=task_type.work(value, req.input_bytes),
+                   exact_s=task_type.exact_seconds(value))
+
+    def accept(self, req: p.SubmitRequest, received_at: float) -> asyncio.Future[p.Reply]:
+        """The future terminal reply of `req` (the first one's, for a repeated id)."""
+        seen = self.book.existing(req.id)
+        if seen is not None:
+            return seen
+        refuse = None
+        if self.closing or self._tg is None:
+            refuse = (p.RejectCode.SHUTTING_DOWN, "this node is shutting down")
+        elif len(self.book.inflight) >= self.max_inflight:
+            refuse = (p.RejectCode.QUEUE_FULL,
+                      f"{len(self.book.inflight)} tasks in flight; try again later")
+        if refuse is not None:
+            raise p.SubmissionError(refuse[0], refuse[1], task_id=req.id,
+                                    reply_to=req.reply_to, correlation_id=req.correlation_id)
+        job = self._job(req, received_at)
+        future = self.book.begin(req.id)
+        self.spawn(self._run(job), "edgesched.pipeline.task")
+        return future
+
+    async def _run(self, job: Job) -> None:
+        try:
+            if self.edge:
+                reply = await self.dispatcher.place(job)
+            else:
+                reply = await self.dispatcher.local_only(job)
+        except asyncio.CancelledError:
+            self._finish(job, self._failure(job, "the node shut down before the task finished"))
+            raise
+        except Exception as exc:
+            log.exception("task %s failed inside the pipeline", job.request.id)
+            reply = self._failure(job, f"internal error: {exc!r}")
+        self._finish(job, reply)
+
+    def _failure(self, job: Job, error: str) -> p.Reply:
+        return p.Reply(id=job.request.id, status=p.Status.FAILED, error=error,
+                       latency_s=time.monotonic() - job.received_at)
+
+    def _finish(self, job: Job, reply: p.Reply) -> None:
+        m = self.rt.metrics
+        placement = reply.placement.value if reply.placement else "none"
+        m.tasks_completed.labels(placement=placement, status=reply.status.value).inc()
+        if reply.status is p.Status.OK and reply.placement is not None:
+            m.task_latency.labels(placement=placement).observe(reply.latency_s)
+        late = job.deadline_s is not None and reply.latency_s > job.deadline_s
+        if reply.status is p.Status.EXPIRED or (reply.status is p.Status.OK and late):
+            m.deadline_misses.inc()
+        self.book.finish(job.request.id, reply)
+
+    async def run_handed(self, req: p.OffloadRequest) -> p.OffloadReply:
+        """A neighbour's task: run it here (admission first), never offload it again."""
+        task = req.task
+        corr = task.correlation_id or ""
+
+        def answer(status: p.Status, **kw: Any) -> p.OffloadReply:
+            return p.OffloadReply(id=task.id, correlation_id=corr, status=status,
+                                  executed_by=self.node_id, **kw)
+
+        if self.closing:
+            return answer(p.Status.REJECTED, error=f"{self.node_id} is shutting down")
+        try:
+            job = self._job(task, time.monotonic())
+        except p.SubmissionError as exc:
+            return answer(p.Status.REJECTED, error=str(exc))
+        result = await self.dispatcher.run_local(job)
+        self.dispatcher.observe_local(job, result)
+        status = {AttemptStatus.OK: p.Status.OK, AttemptStatus.REJECTED: p.Status.REJECTED,
+                  AttemptStatus.EXPIRED: p.Status.EXPIRED,
+                  AttemptStatus.INVALID: p.Status.REJECTED}.get(result.status, p.Status.FAILED)
+        return answer(status, result=result.value, error=result.error, wait_s=result.wait_s,
+                      exec_s=result.exec_s)
+
+
+def _est(estimate: Any) -> dict[str, float]:
+    return {"mean_s": round(estimate.mean_s, 6), "std_s": round(estimate.std_s, 6)}
+
+
+def _link(link: Any) -> dict[str, float]:
+    return {"rtt_s": round(link.rtt_s, 6), "rtt_std_s": round(link.rtt_std_s, 6),
+            "bandwidth_bps": round(link.bandwidth_bps, 1)}
