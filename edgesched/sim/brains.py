@@ -1,0 +1,232 @@
+"""What each simulated node knows and how it decides: the daemon's view, or the oracle's truth.
+
+`DaemonBrain` gives a node exactly what an edgesched daemon has: a `ClusterView` fed by the
+neighbours' periodic telemetry (so neighbour state is up to one interval old, and a dead node
+is noticed only by silence or its Will), an `EstimatorBank` that starts from priors and learns
+from the node's own completions, and a policy from the core. `OracleBrain` replaces the
+candidates with the true state of the world at decision time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING
+
+from edgesched.core.admission import admit
+from edgesched.core.candidates import CloudTarget, build_candidates
+from edgesched.core.costmodel import CostParams
+from edgesched.core.estimators import EstimatorBank, ExecPrior
+from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
+from edgesched.core.model import (
+    Candidate,
+    ClusterSnapshot,
+    Decision,
+    ExecEstimate,
+    LinkEstimate,
+    Liveness,
+    NodeState,
+    Placement,
+    TaskSpec,
+)
+from edgesched.core.policies import Policy
+from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
+from edgesched.sim.scenario import CLOUD_ID
+
+if TYPE_CHECKING:
+    from edgesched.sim.engine import Engine, Observation, SimNode, SimTask
+
+
+class DaemonBrain:
+    """One edge node's decision making, with only the information its daemon would have."""
+
+    def __init__(self, engine: Engine, node: SimNode, policy: Policy, params: CostParams,
+                 fallback: FallbackParams) -> None:
+        self.engine = engine
+        self.node = node
+        self.policy = policy
+        self.params = params
+        self.fallback = fallback
+        sc = engine.scenario
+        self._types = sc.task_types
+        self._type_names = frozenset(t.name for t in sc.task_types)
+        self._view_params = ViewParams(interval_s=sc.telemetry_interval_s)
+        self.cloud = None if engine.cloud is None else CloudTarget(
+            slots=sc.cloud.slots, money_cost=sc.cloud.cost_per_task)
+        self.inflight: dict[str, int] = {}  # sent since the target's last telemetry
+        self.cloud_inflight = 0
+        self._neighbours: tuple[NodeState, ...] | None = None
+        self.restarted(0.0)
+        for other in engine.nodes:
+            if other is not node:
+                self.announce(other, online=True, now=0.0)
+
+    def restarted(self, now: float) -> None:
+        """A (re)start: empty view, estimators back at their priors (they live in memory)."""
+        self.view = ClusterView(local_id=self.node.id, params=self._view_params)
+        priors = {t.name: ExecPrior(mean_s=self.engine.prior_exec(i), cv=0.5)
+                  for i, t in enumerate(self._types)}
+        # Priors, as an operator configures them: the node's own speed (executor.speed), and
+        # the nominal figures of its links (LAN, uplink). Neighbours' speeds arrive with their
+        # state documents (see `announce`); everything else is learned from completions.
+        self.bank = EstimatorBank(exec_priors=priors, speeds={self.node.id: self.node.speed},
+                                  link_priors=self._nominal_links())
+        self.inflight.clear()
+        self.cloud_inflight = 0
+        self._neighbours = None
+
+    def _nominal_links(self) -> dict[str, LinkEstimate]:
+        sc, me = self.engine.scenario, self.node.id
+        lan = LinkEstimate(rtt_s=sc.links.rtt_s, rtt_std_s=0.25 * sc.links.rtt_s,
+                           bandwidth_bps=sc.links.bandwidth_bps,
+                           bandwidth_std_bps=0.1 * sc.links.bandwidth_bps)
+        out = {n.id: lan for n in sc.nodes if n.id != me}
+        up = sc.node(me).uplink or sc.cloud
+        out[CLOUD_ID] = LinkEstimate(rtt_s=up.rtt_s, rtt_std_s=0.25 * up.rtt_s,
+                                     bandwidth_bps=up.bandwidth_bps,
+                                     bandwidth_std_bps=0.1 * up.bandwidth_bps)
+        return out
+
+    # ---- what the node hears --------------------------------------------------------------
+    def announce(self, other: SimNode, *, online: bool, now: float) -> None:
+        doc = NodeAnnouncement(incarnation=other.incarnation, online=online,
+                               task_types=self._type_names, slots=other.slots)
+        self.view.observe_announcement(other.id, doc, now=now)
+        if online:  # the state document's `speed` (executor.speed of that node)
+            self.bank.set_speed(other.id, other.speed)
+        self._neighbours = None
+
+    def telemetry(self, other: SimNode, tel: NodeTelemetry, now: float) -> None:
+        self.view.observe_telemetry(other.id, tel, now=now)
+        self.inflight.pop(other.id, None)
+        self._neighbours = None
+
+    def invalidate(self) -> None:
+        self._neighbours = None
+
+    # ---- deciding -------------------------------------------------------------------------
+    def local_state(self, now: float) -> NodeState:
+        node = self.node
+        return NodeState(
+            node_id=node.id, last_seen=now, slots=node.slots, running=len(node.running),
+            queued=len(node.queue), est_wait_s=node.est_wait_s(now),
+            battery=node.battery_level(now), task_types=self._type_names,
+        )
+
+    def candidates(self, task: SimTask, now: float) -> list[Candidate]:
+        if self._neighbours is None:
+            self._neighbours = self.view.neighbours(now)
+        snap = ClusterSnapshot(now=now, local=self.local_state(now), neighbours=self._neighbours)
+        inflight = dict(self.inflight)
+        inflight[CLOUD_ID] = self.cloud_inflight
+        return build_candidates(
+            task.spec, snap, self.bank, offload=task.spec.offload, cloud=self.cloud,
+            local_power=self.node.power, local_max_queue=self.node.queue_size,
+            inflight=inflight,
+        )
+
+    def decide(self, task: SimTask, now: float) -> Decision:
+        return self.policy.decide(task.spec, self.candidates(task, now), now)
+
+    def next_attempt(self, task: SimTask, now: float) -> NextAttempt | Terminal:
+        return next_attempt(
+            task.decision, tried=task.tried, elapsed_s=now - task.arrival,
+            deadline_s=task.spec.deadline_s,
+            local_allowed=True, params=self.fallback,
+        )
+
+    # ---- what the node learns -------------------------------------------------------------
+    def dispatched(self, target: str) -> None:
+        if target == CLOUD_ID:
+            self.cloud_inflight += 1
+        elif target != self.node.id:
+            self.inflight[target] = self.inflight.get(target, 0) + 1
+
+    def settled(self, target: str) -> None:
+        if target == CLOUD_ID:
+            self.cloud_inflight = max(0, self.cloud_inflight - 1)
+
+    def executed(self, type_name: str, input_bytes: float, exec_s: float, now: float) -> None:
+        """This node ran a task (its own or a neighbour's): it learns its own speed."""
+        self.bank.observe_exec(type_name, self.node.id, input_bytes, exec_s, now)
+
+    def observed(self, task: SimTask, target: SimNode, obs: Observation, now: float) -> None:
+        """A reply from a remote target: execution time, RTT and transfer throughput."""
+        if target is self.node:
+            return  # already learned in `executed`
+        bank, name = self.bank, self._types[task.ttype].name
+        bank.observe_exec(name, target.id, task.spec.input_bytes, obs.exec_s, now)
+        if obs.rtt_s is not None:
+            bank.observe_rtt(target.id, obs.rtt_s, now)
+        bank.observe_transfer(target.id, obs.up_bits / 8.0, obs.up_s, now)
+        bank.observe_transfer(target.id, obs.down_bits / 8.0, obs.down_s, now)
+
+    def own_exec_estimate(self, task: SimTask, now: float) -> float:
+        name = self._types[task.ttype].name
+        return self.bank.exec_estimate(name, self.node.id, task.spec.input_bytes, now).mean_s
+
+
+class OracleBrain(DaemonBrain):
+    """Decides on the truth: real execution times, current link states, exact queue waits."""
+
+    def candidates(self, task: SimTask, now: float) -> list[Candidate]:
+        eng, origin = self.engine, self.node
+        out = [self._true_candidate(task, origin, Placement.LOCAL, now)]
+        if task.spec.offload.allows(Placement.NEIGHBOUR):
+            out += [self._true_candidate(task, n, Placement.NEIGHBOUR, now)
+                    for n in eng.nodes if n is not origin and n.alive]
+        if eng.cloud is not None and task.spec.offload.allows(Placement.CLOUD):
+            out.append(self._true_candidate(task, eng.cloud, Placement.CLOUD, now))
+        return out
+
+    def _true_candidate(self, task: SimTask, node: SimNode, placement: Placement,
+                        now: float) -> Candidate:
+        origin = self.node
+        link_est = None
+        arrive_after = 0.0
+        if placement is not Placement.LOCAL:
+            link = self.engine.links[(origin.id, node.id)]
+            back = self.engine.links[(node.id, origin.id)]
+            # One bandwidth figure per candidate: the worse of the two directions' shares.
+            bw = min(link.share_bps(), back.share_bps())
+            link_est = LinkEstimate(rtt_s=link.rtt_s, bandwidth_bps=bw)
+            arrive_after = task.in_bits / link.share_bps() + link.rtt_s / 2.0
+        wait = max(0.0, true_slot_free_in(node, now) - arrive_after)
+        return Candidate(
+            node_id=node.id, placement=placement, liveness=Liveness.ONLINE,
+            slots=node.slots, running=len(node.running), queued=len(node.queue),
+            est_wait_s=wait, battery=node.battery_level(now), power=node.power, link=link_est,
+            exec=ExecEstimate(mean_s=task.work / node.speed),
+            money_cost=self.engine.scenario.cloud.cost_per_task if node.is_cloud else 0.0,
+            origin_power=origin.power, origin_battery=origin.battery_level(now),
+        )
+
+
+def true_slot_free_in(node: SimNode, now: float) -> float:
+    """Exactly how long until a task arriving now would start on `node` (FIFO, k slots)."""
+    if len(node.running) + len(node.queue) < node.slots:
+        return 0.0
+    free = [max(0.0, job.start + job.exec_s - now) for job in node.running]
+    free += [0.0] * (node.slots - len(free))
+    heapq.heapify(free)
+    for job in node.queue:
+        heapq.heappush(free, heapq.heappop(free) + job.exec_s)
+    return free[0]
+
+
+def admit_here(engine: Engine, node: SimNode, task: SimTask, now: float) -> bool:
+    """The target's admission control (core/admission.py), with the target's own estimates."""
+    if node.is_cloud:
+        exec_s = node.own_estimate(task.ttype, engine.prior_exec(task.ttype) / node.speed)
+    else:
+        exec_s = node.brain.own_exec_estimate(task, now)
+    remaining = None if task.deadline is None else task.deadline - now
+    verdict = admit(slots=node.slots, running=len(node.running), queued=len(node.queue),
+                    queue_limit=node.queue_size, exec_s=exec_s, remaining_s=remaining)
+    return verdict.accepted
+
+
+def task_spec(engine: Engine, task: SimTask) -> TaskSpec:
+    tt = engine.scenario.task_types[task.ttype]
+    return TaskSpec(task_type=tt.name, input_bytes=task.in_bits / 8.0,
+                    output_bytes=task.out_bits / 8.0, deadline_s=tt.deadline_s,
+                    offload=tt.offload, submitted_at=task.arrival)

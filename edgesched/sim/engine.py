@@ -1,0 +1,506 @@
+"""The discrete-event engine: nodes with slots and FIFO queues, shared links, outages, energy.
+
+One run = one policy over one task stream. Each edge node behaves like an edgesched daemon:
+it decides where its own submissions run (through a `Brain`, which calls the same core code
+the daemon calls), dispatches them, times out attempts, falls back, and learns from what it
+observes. Neighbours execute what they are sent and reply; the cloud is a big, remote node.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgesched.core.fallback import Terminal
+from edgesched.core.model import Placement, PowerModel
+from edgesched.core.view import NodeTelemetry
+from edgesched.sim.brains import admit_here, task_spec
+from edgesched.sim.links import Link, Transfer
+from edgesched.sim.scenario import CLOUD_ID, Scenario
+from edgesched.sim.workload import TaskStream
+
+WILL_DELAY_S = 15.0  # the broker publishes a dead node's Will after 1.5 x keepalive (10 s)
+
+
+class SimTask:
+    """One submitted task and the progress of its attempts."""
+
+    __slots__ = ("arrival", "attempt", "deadline", "decision", "done", "in_bits", "index",
+                 "origin",
+                 "out_bits", "placement", "predicted", "ranked", "reason", "spec", "started",
+                 "token", "tried", "ttype", "work")
+
+    def __init__(self, index: int, arrival: float, origin: SimNode, ttype: int, work: float,
+                 in_bytes: float, out_bytes: float, deadline: float | None) -> None:
+        self.index = index
+        self.arrival = arrival
+        self.origin = origin
+        self.ttype = ttype
+        self.work = work
+        self.in_bits = 8.0 * in_bytes
+        self.out_bits = 8.0 * out_bytes
+        self.deadline = deadline  # absolute time, or None
+        self.spec: Any = None  # the core TaskSpec, built by the brain
+        self.decision: Any = None  # the core Decision taken at submission
+        self.attempt = 0
+        self.token = 0
+        self.done = False
+        self.placement: str | None = None
+        self.predicted = 0.0
+        self.reason: str | None = None  # why the latest attempt failed
+        self.started = 0.0  # when the current attempt was dispatched
+        self.tried: list[str] = []
+
+
+class Job:
+    """One attempt of a task executing (or queued) on one node."""
+
+    __slots__ = ("est", "exec_s", "start", "task", "token", "up_bits", "up_s", "wait_s")
+
+    def __init__(self, task: SimTask, token: int, exec_s: float) -> None:
+        self.task = task
+        self.token = token
+        self.exec_s = exec_s
+        self.start = 0.0
+        self.wait_s = 0.0  # time spent queued on the executing node
+        self.est = 0.0  # the executing node's own estimate of exec_s (for its est_wait_s)
+        self.up_bits = 0.0  # the input transfer, as the origin measured it
+        self.up_s = 0.0
+
+
+@dataclass(kw_only=True, slots=True)
+class SimNode:
+    """An edge node (or the cloud tier) and everything the engine tracks about it."""
+
+    index: int
+    id: str
+    is_cloud: bool
+    speed: float
+    slots: int
+    queue_size: int
+    power: PowerModel
+    battery_capacity_j: float | None = None
+    battery_initial: float = 1.0
+    alive: bool = True
+    incarnation: int = 1
+    running: list[Job] = field(default_factory=list)
+    queue: deque[Job] = field(default_factory=deque)
+    energy_j: float = 0.0  # marginal compute + radio energy (what the report counts)
+    busy_s: float = 0.0  # slot-seconds of finished execution, for cpu_util
+    busy_mark: float = 0.0  # busy slot-seconds at the last telemetry
+    dead_battery: bool = False
+    pending: set[SimTask] = field(default_factory=set)  # tasks submitted here, not finished
+    brain: Any = None
+    exec_mean: dict[int, float] = field(default_factory=dict)  # own measured exec time by type
+    queued_est_s: float = 0.0  # sum of own estimates of queued jobs' exec time
+
+    def battery_level(self, now: float) -> float | None:
+        """Charge 0..1: initial minus idle drain minus the marginal energy spent so far."""
+        if self.battery_capacity_j is None:
+            return None
+        used = self.power.idle_w * now + self.energy_j
+        return max(0.0, self.battery_initial - used / self.battery_capacity_j)
+
+    def own_estimate(self, ttype: int, default: float) -> float:
+        return self.exec_mean.get(ttype, default)
+
+    def est_wait_s(self, now: float) -> float:
+        """This node's own estimate of the wait before a new task gets a slot."""
+        if len(self.running) < self.slots:
+            return 0.0
+        left = 0.0
+        for job in self.running:
+            left += max(0.0, job.est - (now - job.start))
+        return (left + self.queued_est_s) / self.slots
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Observation:
+    """What the origin learns from one completed attempt (what a reply lets a daemon measure)."""
+
+    exec_s: float
+    wait_s: float
+    rtt_s: float | None = None
+    up_bits: float = 0.0
+    up_s: float = 0.0
+    down_bits: float = 0.0
+    down_s: float = 0.0
+
+
+@dataclass(kw_only=True, slots=True)
+class Outcome:
+    """Per-task results collected by a run, turned into the report by `report.py`."""
+
+    latency: list[float] = field(default_factory=list)
+    completed_in_time: int = 0
+    placements: dict[str, int] = field(
+        default_factory=lambda: {"local": 0, "neighbour": 0, "cloud": 0})
+    failures: dict[str, int] = field(default_factory=dict)
+    prediction_error: list[float] = field(default_factory=list)
+
+    def fail(self, reason: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+
+
+class Engine:
+    """Runs one policy over one task stream; `run()` returns the collected Outcome."""
+
+    def __init__(self, scenario: Scenario, stream: TaskStream,
+                 make_brain: Callable[[Engine, SimNode], Any],
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.scenario = scenario
+        self.stream = stream
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        self._seq = 0
+        self.outcome = Outcome()
+        self._progress = progress
+        self.nodes = [self._make_node(i, spec) for i, spec in enumerate(scenario.nodes)]
+        self.by_id = {n.id: n for n in self.nodes}
+        self.cloud: SimNode | None = None
+        if scenario.cloud.enabled:
+            c = scenario.cloud
+            self.cloud = SimNode(index=len(self.nodes), id=CLOUD_ID, is_cloud=True,
+                                 speed=c.speed, slots=c.slots, queue_size=1 << 30,
+                                 power=PowerModel(idle_w=0, busy_w=0, tx_w=0, rx_w=0))
+            self.by_id[CLOUD_ID] = self.cloud
+        self.links: dict[tuple[str, str], Link] = {}
+        self._build_links()
+        self._priors = [t.prior_s if t.prior_s is not None else t.work.expected
+                        for t in scenario.task_types]
+        for node in self.nodes:
+            node.brain = make_brain(self, node)
+
+    # ---- construction -------------------------------------------------------------------
+    def _make_node(self, index: int, spec: Any) -> SimNode:
+        return SimNode(
+            index=index, id=spec.id, is_cloud=False, speed=spec.speed, slots=spec.slots,
+            queue_size=spec.queue_size, power=spec.power,
+            battery_capacity_j=spec.battery.capacity_j if spec.battery else None,
+            battery_initial=spec.battery.initial if spec.battery else 1.0,
+        )
+
+    def _build_links(self) -> None:
+        sc = self.scenario
+        for a in self.nodes:
+            for b in self.nodes:
+                if a is not b:
+                    self.links[(a.id, b.id)] = Link(self, a, b, sc.links.rtt_s,
+                                                    sc.links.bandwidth_bps)
+            if self.cloud is not None:
+                up = sc.node(a.id).uplink or sc.cloud
+                self.links[(a.id, CLOUD_ID)] = Link(self, a, self.cloud, up.rtt_s,
+                                                    up.bandwidth_bps)
+                self.links[(CLOUD_ID, a.id)] = Link(self, self.cloud, a, up.rtt_s,
+                                                    up.bandwidth_bps)
+
+    def prior_exec(self, ttype: int) -> float:
+        """Execution time at speed 1 the operator configured for a type (exec_prior_s)."""
+        return self._priors[ttype]
+
+    # ---- event heap ---------------------------------------------------------------------
+    def schedule(self, at: float, fn: Callable[[Any], None], arg: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, fn, arg))
+
+    def run(self) -> Outcome:
+        self._schedule_conditions()
+        st = self.stream
+        times = st.time.tolist()
+        n = len(times)
+        i = 0
+        heap = self._heap
+        pop = heapq.heappop
+        while i < n or heap:
+            if i < n and (not heap or times[i] <= heap[0][0]):
+                self.now = times[i]
+                self._arrive(i)
+                i += 1
+                if self._progress is not None and i % 4096 == 0:
+                    self._progress(i)
+                continue
+            at, _, fn, arg = pop(heap)
+            if at > self._horizon and i >= n:
+                break
+            self.now = at
+            fn(arg)
+        self._finish_leftovers()
+        return self.outcome
+
+    def _schedule_conditions(self) -> None:
+        sc = self.scenario
+        # Telemetry ticks keep going a while past the last arrival so every task drains.
+        self._horizon = sc.duration_s * 4 + 600.0
+        interval = sc.telemetry_interval_s
+        for node in self.nodes:
+            phase = interval * (node.index + 0.5) / max(1, len(self.nodes))
+            self.schedule(phase, self._telemetry_tick, node)
+            for out in sc.node(node.id).down:
+                self.schedule(out.at_s, self._node_down, node)
+                self.schedule(out.at_s + out.for_s, self._node_up, node)
+        for ev in sc.events:
+            self.schedule(ev.at_s, self._link_event, ev)
+
+    def _finish_leftovers(self) -> None:
+        for node in self.nodes:
+            for task in list(node.pending):
+                self._fail(task, "unfinished")
+
+    # ---- conditions ---------------------------------------------------------------------
+    def _link_event(self, ev: Any) -> None:
+        for key in ((ev.node, ev.to), (ev.to, ev.node)):
+            link = self.links.get(key)
+            if link is not None:
+                link.set_state(ev.rtt_s, ev.bandwidth_bps)
+
+    def _telemetry_tick(self, node: SimNode) -> None:
+        if self.now < self._horizon and (node.pending or self._live_work()):
+            self.schedule(self.now + self.scenario.telemetry_interval_s,
+                          self._telemetry_tick, node)
+        level = node.battery_level(self.now)
+        if node.alive and level is not None and level <= 0.0:
+            node.dead_battery = True
+            self._node_down(node)
+            return
+        if node.alive:
+            tel = self._telemetry_of(node, level)
+            for other in self.nodes:
+                if other is not node and other.alive:
+                    other.brain.telemetry(node, tel, self.now)
+
+    def _telemetry_of(self, node: SimNode, battery: float | None) -> NodeTelemetry:
+        """What the node publishes (CONTRACTS §4.2): its load as it knows it, right now."""
+        interval = self.scenario.telemetry_interval_s
+        busy = node.busy_s + sum(self.now - job.start for job in node.running)
+        util = (busy - node.busy_mark) / (interval * node.slots)
+        node.busy_mark = busy
+        return NodeTelemetry(
+            incarnation=node.incarnation, cpu_util=min(1.0, max(0.0, util)),
+            running=len(node.running), queued=len(node.queue), slots=node.slots,
+            est_wait_s=node.est_wait_s(self.now), battery=battery,
+        )
+
+    def _live_work(self) -> bool:
+        return any(n.pending for n in self.nodes) or self._arrivals_left()
+
+    def _arrivals_left(self) -> bool:
+        return bool(self.stream.time.shape[0]) and self.now < float(self.stream.time[-1])
+
+    def _node_down(self, node: SimNode) -> None:
+        if not node.alive:
+            return
+        node.alive = False
+        node.incarnation += 1  # work in flight to or from the old incarnation is lost
+        for job in node.running:
+            node.energy_j += node.power.compute_energy_j(self.now - job.start)
+        node.running.clear()
+        node.queue.clear()
+        node.queued_est_s = 0.0
+        for task in list(node.pending):
+            self._fail(task, "origin_down")
+        self.schedule(self.now + WILL_DELAY_S, self._will, node)
+
+    def _will(self, node: SimNode) -> None:
+        if node.alive:
+            return
+        for other in self.nodes:
+            if other.alive:
+                other.brain.announce(node, online=False, now=self.now)
+
+    def _node_up(self, node: SimNode) -> None:
+        if node.alive or node.dead_battery:
+            return
+        node.alive = True
+        node.brain.restarted(self.now)
+        for other in self.nodes:
+            if other is not node and other.alive:
+                other.brain.announce(node, online=True, now=self.now)
+
+    # ---- task life cycle ----------------------------------------------------------------
+    def _arrive(self, i: int) -> None:
+        st = self.stream
+        origin = self.nodes[int(st.origin[i])]
+        ttype = int(st.ttype[i])
+        tt = self.scenario.task_types[ttype]
+        deadline = None if tt.deadline_s is None else self.now + tt.deadline_s
+        task = SimTask(i, self.now, origin, ttype, float(st.work[i]), float(st.input_bytes[i]),
+                       float(st.output_bytes[i]), deadline)
+        if not origin.alive:
+            self._fail(task, "origin_down")
+            return
+        task.spec = task_spec(self, task)
+        origin.pending.add(task)
+        task.decision = origin.brain.decide(task, self.now)
+        self._next_attempt(task)
+
+    def _next_attempt(self, task: SimTask) -> None:
+        """Ask the core's fallback chain what to try next, as the daemon does."""
+        step = task.origin.brain.next_attempt(task, self.now)
+        if isinstance(step, Terminal):
+            self._fail(task, _failure_bucket(step, task))
+            return
+        target = step.target
+        node = self.by_id[target.node_id]
+        task.tried.append(node.id)
+        task.attempt += 1
+        task.token += 1
+        task.started = self.now
+        task.predicted = target.latency_mean_s
+        task.origin.brain.dispatched(node.id)
+        if node is task.origin:
+            if not self._admit(node, task, task.token):
+                task.reason = "rejected"
+                self._next_attempt(task)
+            return
+        link = self.links[(task.origin.id, node.id)]
+        tr = link.start(task.in_bits, self._input_sent, (task, task.token, node,
+                                                        task.origin.incarnation))
+        self.schedule(self.now + step.timeout_s, self._timeout, (task, task.token, node, tr))
+
+    def _input_sent(self, tr: Transfer) -> None:
+        task, token, node, origin_inc = tr.payload
+        origin = task.origin
+        duration = self.now - tr.started
+        rtt = self.links[(origin.id, node.id)].rtt_s
+        info = (task, token, node, origin_inc, tr.bits, duration)
+        self.schedule(self.now + rtt / 2.0, self._input_arrived, info)
+
+    def _input_arrived(self, info: tuple[Any, ...]) -> None:
+        task, token, node, origin_inc, bits, up_s = info
+        if not node.alive or task.origin.incarnation != origin_inc:
+            return  # lost: the origin's attempt timeout will notice
+        if not self._admit(node, task, token, (bits, up_s)):
+            rtt = self.links[(node.id, task.origin.id)].rtt_s
+            self.schedule(self.now + rtt / 2.0, self._rejected, (task, token, node))
+
+    def _rejected(self, info: tuple[SimTask, int, SimNode]) -> None:
+        task, token, node = info
+        if task.done or token != task.token or not task.origin.alive:
+            return
+        task.origin.brain.settled(node.id)
+        task.reason = "rejected"
+        self._next_attempt(task)
+
+    def _timeout(self, info: tuple[SimTask, int, SimNode, Transfer]) -> None:
+        task, token, node, tr = info
+        if task.done or token != task.token:
+            return
+        self.links[(task.origin.id, node.id)].cancel(tr)  # stop sending what nobody awaits
+        task.origin.brain.settled(node.id)
+        task.reason = "timeout"
+        self._next_attempt(task)
+
+    # ---- execution ----------------------------------------------------------------------
+    def _admit(self, node: SimNode, task: SimTask, token: int,
+               upload: tuple[float, float] | None = None) -> bool:
+        """The target's admission control (the core's), then a slot or the FIFO queue."""
+        if not admit_here(self, node, task, self.now):
+            return False
+        job = Job(task, token, task.work / node.speed)
+        job.start = self.now  # queued since; replaced when it starts running
+        job.est = self._own_estimate(node, task)
+        if upload is not None:
+            job.up_bits, job.up_s = upload
+        if len(node.running) < node.slots:
+            self._start(node, job)
+        else:
+            node.queue.append(job)
+            node.queued_est_s += job.est
+        return True
+
+    def _own_estimate(self, node: SimNode, task: SimTask) -> float:
+        if node.is_cloud:
+            return node.own_estimate(task.ttype, self.prior_exec(task.ttype) / node.speed)
+        return float(node.brain.own_exec_estimate(task, self.now))
+
+    def _start(self, node: SimNode, job: Job) -> None:
+        job.wait_s = self.now - job.start
+        job.start = self.now
+        node.running.append(job)
+        self.schedule(self.now + job.exec_s, self._exec_done, (node, job, node.incarnation))
+
+    def _exec_done(self, info: tuple[SimNode, Job, int]) -> None:
+        node, job, inc = info
+        if inc != node.incarnation:
+            return  # the node went down meanwhile; the job was lost
+        node.running.remove(job)
+        node.busy_s += job.exec_s
+        task = job.task
+        if node.is_cloud:  # the cloud tier's executor learns its own speed too
+            prev = node.exec_mean.get(task.ttype)
+            node.exec_mean[task.ttype] = job.exec_s if prev is None else (
+                prev + 0.1 * (job.exec_s - prev))
+        else:
+            node.energy_j += node.power.compute_energy_j(job.exec_s)
+            node.brain.executed(task.spec.task_type, task.spec.input_bytes, job.exec_s, self.now)
+        while node.queue and len(node.running) < node.slots:
+            nxt = node.queue.popleft()
+            node.queued_est_s = max(0.0, node.queued_est_s - nxt.est)
+            self._start(node, nxt)
+        wait = job.wait_s
+        if node is task.origin:
+            self._complete(task, job.token, node, Observation(exec_s=job.exec_s, wait_s=wait))
+            return
+        link = self.links[(node.id, task.origin.id)]
+        link.start(task.out_bits, self._output_sent, (task, job, node, inc, wait))
+
+    def _output_sent(self, tr: Transfer) -> None:
+        task, job, node, inc, wait = tr.payload
+        duration = self.now - tr.started
+        origin = task.origin
+        rtt = self.links[(node.id, origin.id)].rtt_s
+        self.schedule(self.now + rtt / 2.0, self._output_arrived,
+                      (task, job, node, inc, wait, tr.bits, duration, origin.incarnation))
+
+    def _output_arrived(self, info: tuple[Any, ...]) -> None:
+        task, job, node, inc, wait, bits, down_s, origin_inc = info
+        if node.incarnation != inc or task.origin.incarnation != origin_inc:
+            return  # sender died mid-reply, or the origin restarted: the reply is lost
+        up_bits, up_s = job.up_bits, job.up_s
+        rtt = self.links[(task.origin.id, node.id)].rtt_s
+        obs = Observation(exec_s=job.exec_s, wait_s=wait, rtt_s=rtt, up_bits=up_bits,
+                          up_s=up_s, down_bits=bits, down_s=down_s)
+        self._complete(task, job.token, node, obs)
+
+    def _complete(self, task: SimTask, token: int, node: SimNode, obs: Observation) -> None:
+        if task.done or token != task.token:
+            return  # the attempt was abandoned (timed out): the daemon ignores its reply
+        task.origin.brain.settled(node.id)
+        task.origin.brain.observed(task, node, obs, self.now)
+        task.done = True
+        task.origin.pending.discard(task)
+        latency = self.now - task.arrival
+        out = self.outcome
+        out.latency.append(latency)
+        if task.deadline is None or self.now <= task.deadline + 1e-9:
+            out.completed_in_time += 1
+        if node.is_cloud:
+            placement = Placement.CLOUD.value
+        elif node is task.origin:
+            placement = Placement.LOCAL.value
+        else:
+            placement = Placement.NEIGHBOUR.value
+        out.placements[placement] += 1
+        out.prediction_error.append(self.now - task.started - task.predicted)
+
+    def _fail(self, task: SimTask, reason: str) -> None:
+        if task.done:
+            return
+        task.done = True
+        task.origin.pending.discard(task)
+        self.outcome.fail(reason)
+
+
+
+def _failure_bucket(step: Terminal, task: SimTask) -> str:
+    """A short, bounded failure label for the report (the core's reason text is detailed)."""
+    if step.outcome.value == "expired":
+        return "expired"
+    if step.reason.startswith("gave up"):
+        return "max_attempts"
+    if step.reason.startswith("all targets failed"):
+        return f"all_targets_failed_{task.reason or 'unknown'}"
+    return "no_feasible_target"
