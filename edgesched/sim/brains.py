@@ -213,15 +213,12 @@ def true_slot_free_in(node: SimNode, now: float) -> float:
     return free[0]
 
 
-def admit_here(engine: Engine, node: SimNode, task: SimTask, now: float) -> bool:
-    """The target's admission control (core/admission.py), with the target's own estimates."""
-    if node.is_cloud:
-        exec_s = node.own_estimate(task.ttype, engine.prior_exec(task.ttype) / node.speed)
-    else:
-        exec_s = node.brain.own_exec_estimate(task, now)
+def admit_here(node: SimNode, task: SimTask, exec_s: float, now: float) -> bool:
+    """The target's admission control (core/admission.py), with the target's own estimate."""
     remaining = None if task.deadline is None else task.deadline - now
     verdict = admit(slots=node.slots, running=len(node.running), queued=len(node.queue),
-                    queue_limit=node.queue_size, exec_s=exec_s, remaining_s=remaining)
+                    queue_limit=node.queue_size, exec_s=exec_s, wait_s=node.est_wait_s(now),
+                    remaining_s=remaining)
     return verdict.accepted
 
 

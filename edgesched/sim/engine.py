@@ -397,11 +397,12 @@ class Engine:
     def _admit(self, node: SimNode, task: SimTask, token: int,
                upload: tuple[float, float] | None = None) -> bool:
         """The target's admission control (the core's), then a slot or the FIFO queue."""
-        if not admit_here(self, node, task, self.now):
+        est = self._own_estimate(node, task)
+        if not admit_here(node, task, est, self.now):
             return False
         job = Job(task, token, task.work / node.speed)
         job.start = self.now  # queued since; replaced when it starts running
-        job.est = self._own_estimate(node, task)
+        job.est = est
         if upload is not None:
             job.up_bits, job.up_s = upload
         if len(node.running) < node.slots:
@@ -501,6 +502,6 @@ def _failure_bucket(step: Terminal, task: SimTask) -> str:
         return "expired"
     if step.reason.startswith("gave up"):
         return "max_attempts"
-    if step.reason.startswith("all targets failed"):
-        return f"all_targets_failed_{task.reason or 'unknown'}"
+    if step.reason.startswith("all targets failed"):  # the last attempt's fate says why
+        return {"rejected": "rejected", "timeout": "timed_out"}.get(task.reason or "", "failed")
     return "no_feasible_target"

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgesched.core.costmodel import CostParams
 from edgesched.core.fallback import FallbackParams
-from edgesched.errors import ScenarioError
+from edgesched.errors import UsageError
 from edgesched.sim.brains import DaemonBrain, OracleBrain
 from edgesched.sim.engine import Engine, Outcome, SimNode
 from edgesched.sim.policies import ALL_POLICY_NAMES, OraclePolicy, make_sim_policy
@@ -47,13 +47,13 @@ def run_policy(scenario: Scenario, policy: str, stream: TaskStream, seed: int,
 
 
 def check_policies(policies: Sequence[str] | None) -> list[str]:
-    """The policies to run (all of them by default); ScenarioError for unknown names."""
+    """The policies to run (all of them by default); UsageError for unknown names."""
     if not policies:
         return list(ALL_POLICY_NAMES)
     unknown = [p for p in policies if p not in ALL_POLICY_NAMES]
     if unknown:
-        raise ScenarioError([("--policy", f"unknown policy {p!r}; one of "
-                              f"{', '.join(ALL_POLICY_NAMES)}") for p in unknown])
+        raise UsageError(f"unknown policy {', '.join(map(repr, unknown))}; valid names: "
+                         f"{', '.join(ALL_POLICY_NAMES)}")
     return list(dict.fromkeys(policies))
 
 
