@@ -22,7 +22,7 @@ from edgesched.adapters.executor import LocalExecutor
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.fallback import FallbackParams
-from edgesched.core.model import PowerModel
+from edgesched.core.model import LinkEstimate, PowerModel
 from edgesched.core.policies import make_policy
 from edgesched.errors import InvalidTaskError
 from edgesched.node import protocol as p
@@ -43,11 +43,20 @@ DRAIN_GRACE_S = 10.0  # how long a stopping node lets in-flight tasks finish
 STATUS_DECISIONS = 20
 
 
+# Before anything is measured: edge neighbours share a LAN, the cloud is across a WAN.
+NEIGHBOUR_LINK_PRIOR = LinkEstimate(rtt_s=0.005, rtt_std_s=0.003, bandwidth_bps=1e8,
+                                    bandwidth_std_bps=2e7)
+CLOUD_LINK_PRIOR = LinkEstimate(rtt_s=0.05, rtt_std_s=0.02, bandwidth_bps=2e7,
+                                bandwidth_std_bps=5e6)
+
+
 def make_bank(settings: Settings) -> EstimatorBank:
     """Estimators seeded with the configured priors (exec at speed 1, this node's speed)."""
     priors = {name: ExecPrior(mean_s=spec.exec_prior_s, s_per_mb=spec.exec_prior_s_per_mb)
               for name, spec in settings.task_types.items()}
-    return EstimatorBank(exec_priors=priors, speeds={settings.node_id: settings.executor.speed})
+    return EstimatorBank(exec_priors=priors, speeds={settings.node_id: settings.executor.speed},
+                         link_priors={CLOUD_ID: CLOUD_LINK_PRIOR},
+                         default_link_prior=NEIGHBOUR_LINK_PRIOR)
 
 
 class TaskBook:

@@ -1,0 +1,121 @@
+"""One real edge node: a hash task through mosquitto_rr, POST /v1/tasks and `edgesched submit`;
+repeated ids; malformed submissions rejected with reasons beside concurrent valid work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.e2e.client import TaskClient, expected_digest, expected_trace
+from tests.support.broker import Mosquitto
+from tests.support.nodes import REPO
+
+pytestmark = pytest.mark.e2e
+
+HASH_INPUT = {"data": "edge", "rounds": 1234}
+
+
+def post(url: str, body: bytes, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+@pytest.fixture
+def node(mosquitto: Mosquitto, node_factory: Any) -> Any:
+    return node_factory("gw-1", broker=mosquitto, overrides={
+        "executor": {"slots": 2, "max_input_bytes": 4096},
+        "http": {"max_body_bytes": 16384},
+    })
+
+
+def test_hash_three_ways(mosquitto: Mosquitto, node: Any) -> None:
+    digest = expected_digest(**HASH_INPUT)
+    submit = json.dumps({"v": 1, "type": "hash", "input": HASH_INPUT})
+    rr = subprocess.run(
+        ["mosquitto_rr", "-p", str(mosquitto.port), "-t", "edgesched/node/gw-1/submit",
+         "-e", "rr/reply", "-q", "1", "-W", "15", "-m", submit],
+        capture_output=True, timeout=30, check=True)
+    reply = json.loads(rr.stdout)
+    assert (reply["status"], reply["result"]) == ("ok", {"digest": digest})
+    assert (reply["placement"], reply["executed_by"], reply["attempts"]) == ("local", "gw-1", 1)
+    assert set(reply) == {"v", "id", "status", "result", "placement", "executed_by",
+                          "latency_s", "attempts"}
+
+    status, reply = post(node.base_url + "/v1/tasks", submit.encode())
+    assert (status, reply["status"], reply["result"]) == (200, "ok", {"digest": digest})
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "edgesched", "submit", "--node", "gw-1", "--type", "hash",
+         "--input", json.dumps(HASH_INPUT), "--broker", mosquitto.address, "--timeout", "20"],
+        capture_output=True, timeout=40, cwd=REPO)
+    assert cli.returncode == 0, cli.stderr.decode()
+    assert json.loads(cli.stdout)["result"] == {"digest": digest}
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "edgesched", "submit", "--node", "gw-1", "--type", "nope",
+         "--broker", mosquitto.address, "--timeout", "20"],
+        capture_output=True, timeout=40, cwd=REPO)
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["status"] == "rejected"
+
+
+def test_http_rejections(node: Any) -> None:
+    url = node.base_url + "/v1/tasks"
+    cases = [
+        (b"{nope", 400, "not valid UTF-8 JSON"),
+        (b'{"type": "warp"}', 400, "unknown task type 'warp'"),
+        (b'{"type": "hash", "input": {"data": 1, "rounds": 1}}', 400, "data must be a string"),
+        (json.dumps({"type": "echo", "input": "x" * 5000}).encode(), 413, "limit is 4096"),
+        (json.dumps({"type": "echo", "input": "x" * 20000}).encode(), 413, "larger than"),
+    ]
+    for body, code, fragment in cases:
+        status, reply = post(url, body)
+        assert (status, reply["status"]) == (code, "rejected"), reply
+        assert fragment in reply["error"]
+    assert node.metric("edgesched_tasks_rejected_total", reason="unknown_type") == 1
+
+
+async def test_duplicate_ids_and_malformed_beside_valid_work(node: Any,
+                                                             mosquitto: Mosquitto) -> None:
+    async with TaskClient(mosquitto) as client:
+        sleep_doc = {"v": 1, "id": "dup-1", "type": "sleep", "input": {"seconds": 0.5}}
+        first = await client.submit("gw-1", sleep_doc)
+        attached = await client.submit("gw-1", sleep_doc, v5=False)  # in flight: attaches
+        valid = [await client.submit("gw-1", {"type": "matmul", "input": {"n": 40, "seed": i}},
+                                     v5=i % 2 == 0) for i in range(20)]
+        bad = {
+            await client.submit("gw-1", b"\xff not json"): "not valid UTF-8 JSON",
+            await client.submit("gw-1", {"type": "teleport"}): "unknown task type",
+            await client.submit("gw-1", {"type": "hash", "input": {"data": "x",
+                                                                    "rounds": "9"}}):
+                "rounds must be an integer",
+            await client.submit("gw-1", {"type": "sleep", "input": {"seconds": True}}):
+                "seconds must be a number",
+            await client.submit("gw-1", {"type": "echo", "input": "y" * 8000}): "limit is 4096",
+            await client.submit("gw-1", {"type": "echo", "priority": "high"}): "priority",
+        }
+        replies = await client.wait_all([first, attached, *valid, *bad], within_s=30)
+        assert replies[first]["status"] == "ok"
+        assert replies[attached] == {**replies[first], "correlation_id": attached}
+        again = await client.submit("gw-1", sleep_doc)  # finished: the same outcome again
+        assert (await client.wait_all([again], within_s=10))[again] == replies[first]
+        for i, key in enumerate(valid):
+            assert replies[key]["status"] == "ok"
+            assert replies[key]["result"]["trace"] == pytest.approx(expected_trace(40, i))
+        for key, fragment in bad.items():
+            assert replies[key]["status"] == "rejected"
+            assert fragment in replies[key]["error"], replies[key]
+    assert all(len(v) == 1 for v in client.replies.values())
+    assert node.metric("edgesched_tasks_completed_total", placement="local",
+                       status="ok") == 21  # 20 matmul + the sleep, run once
