@@ -18,19 +18,23 @@ MB = 1_000_000.0
 
 
 def _staleness_weight(age_s: float, decay_s: float) -> float:
-    """Weight kept by learned state after `age_s` without observations (1 = fresh)."""
+    """Weight kept by learned state after `age_s` without observations (1 = fresh).
+
+    exp(-(age/decay)²): flat while observations are merely a little apart (a 1 s gap must not
+    pull a well-measured link towards a far-off prior), 0.37 at one `decay_s`, ~0 at three.
+    """
     if decay_s <= 0.0 or not math.isfinite(decay_s):
         return 1.0
-    return math.exp(-max(0.0, age_s) / decay_s)
+    r = max(0.0, age_s) / decay_s
+    return math.exp(-r * r)
 
 
 def _blend(w: float, mean: float, std: float, prior_mean: float, prior_std: float) -> tuple[
     float, float
 ]:
-    """Mean and std of the mixture w·learned + (1-w)·prior."""
+    """Mean and std moved from the learned values towards the prior's by weight 1 - w."""
     m = w * mean + (1.0 - w) * prior_mean
     var = w * std * std + (1.0 - w) * prior_std * prior_std
-    var += w * (1.0 - w) * (mean - prior_mean) ** 2
     return m, math.sqrt(max(0.0, var))
 
 
@@ -90,7 +94,7 @@ class LinkParams:
     outlier_k: float = 4.0
     shift_after: int = 3
     min_transfer_bytes: int = 4096  # smaller transfers measure latency, not bandwidth
-    decay_s: float = 300.0  # staleness: learned state keeps exp(-age/decay_s) of its weight
+    decay_s: float = 300.0  # staleness: learned state keeps exp(-(age/decay_s)²) of its weight
 
 
 class LinkEstimator:

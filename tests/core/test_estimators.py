@@ -1,0 +1,152 @@
+"""Online estimators: convergence on noisy streams, outliers, staleness, bounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgesched.core.estimators import (
+    EstimatorBank,
+    ExecPrior,
+    ExecTimeEstimator,
+    LinkEstimator,
+    RobustEwma,
+)
+from edgesched.core.model import LinkEstimate
+
+PRIOR = LinkEstimate(rtt_s=0.5, rtt_std_s=0.1, bandwidth_bps=1e6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.001, 1.0), st.floats(0.0, 0.3), st.integers(0, 2**32 - 1))
+def test_rtt_converges_to_the_true_mean(true_rtt: float, cv: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    est = LinkEstimator(PRIOR)
+    for i, x in enumerate(rng.normal(true_rtt, cv * true_rtt, 400).clip(0.0)):
+        est.observe_rtt(float(x), float(i))
+    snap = est.snapshot(400.0)
+    assert snap.rtt_s == pytest.approx(true_rtt, rel=0.1 + cv / 2, abs=1e-4)
+    assert snap.rtt_std_s <= 3 * cv * true_rtt + 0.01 * true_rtt + 1e-3
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(1e5, 1e9), st.floats(0.0, 0.3), st.integers(0, 2**32 - 1))
+def test_bandwidth_converges(true_bps: float, cv: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    est = LinkEstimator(PRIOR)
+    for i in range(300):
+        nbytes = float(rng.uniform(1e4, 1e6))
+        seconds = 8 * nbytes / true_bps * max(0.05, 1 + cv * rng.standard_normal())
+        est.observe_transfer(nbytes, seconds, float(i))
+    # The time per bit is what gets averaged, so transfer-time predictions are unbiased.
+    assert 1 / est.snapshot(300.0).bandwidth_bps == pytest.approx(1 / true_bps, rel=0.1 + cv / 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.01, 2.0), st.floats(0.0, 1.0), st.floats(0.0, 0.3),
+       st.integers(0, 2**32 - 1))
+def test_exec_time_converges_to_a_plus_b_size(a: float, b: float, cv: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    est = ExecTimeEstimator(ExecPrior(mean_s=1.0, s_per_mb=0.0))
+    for i in range(500):
+        size = float(rng.uniform(0, 4e6))
+        true = a + b * size / 1e6
+        est.observe(size, max(0.0, true * (1 + cv * rng.standard_normal())), float(i))
+    for size in (0.5e6, 2e6, 3.5e6):
+        true = a + b * size / 1e6
+        pred = est.predict(size, 500.0)
+        assert pred.mean_s == pytest.approx(true, rel=0.1 + cv / 2, abs=0.02)
+    # The spread tracks the noise (not the prior's 50 %).
+    assert est.predict(2e6, 500.0).std_s <= 2 * cv * (a + 4 * b) + 0.05
+
+
+def test_exec_prior_until_measured_then_learned() -> None:
+    est = ExecTimeEstimator(ExecPrior(mean_s=0.2, s_per_mb=0.1, cv=0.5))
+    first = est.predict(2e6, 0.0)
+    assert (first.mean_s, first.std_s) == pytest.approx((0.4, 0.2))
+    for i in range(100):
+        est.observe(1e6, 1.0, float(i))
+    assert est.predict(1e6, 100.0).mean_s == pytest.approx(1.0, rel=0.02)
+
+
+def test_same_size_stream_does_not_wind_up() -> None:
+    est = ExecTimeEstimator(ExecPrior(mean_s=0.2))
+    for i in range(5000):
+        est.observe(1e6, 0.5, float(i))
+    assert max(est.p11, est.p22) <= 1.0 + 1e-12
+    assert est.predict(1e6, 5000.0).mean_s == pytest.approx(0.5, rel=1e-3)
+    assert math.isfinite(est.predict(10e6, 5000.0).mean_s)
+
+
+def test_one_outlier_barely_moves_the_estimates() -> None:
+    link = LinkEstimator(PRIOR)
+    ex = ExecTimeEstimator(ExecPrior(mean_s=0.1))
+    for i in range(50):
+        link.observe_rtt(0.010 + 0.001 * (i % 3), float(i))
+        ex.observe(1e5, 0.10 + 0.01 * (i % 3), float(i))
+    link.observe_rtt(5.0, 50.0)
+    ex.observe(1e5, 30.0, 50.0)
+    assert link.snapshot(50.0).rtt_s < 0.015
+    assert ex.predict(1e5, 50.0).mean_s < 0.2
+
+
+def test_a_level_shift_is_learned() -> None:
+    ewma = RobustEwma()
+    for _ in range(50):
+        ewma.update(0.01)
+    for _ in range(60):
+        ewma.update(0.4)
+    assert ewma.mean == pytest.approx(0.4, rel=0.05)
+
+
+def test_staleness_decays_back_to_the_prior() -> None:
+    link = LinkEstimator(PRIOR)
+    for i in range(50):
+        link.observe_rtt(0.01, float(i))
+    assert link.snapshot(50.0).rtt_s == pytest.approx(0.01, rel=0.05)
+    old = link.snapshot(50.0 + 10 * link.params.decay_s)
+    assert old.rtt_s == pytest.approx(PRIOR.rtt_s, rel=0.01)
+    mid = link.snapshot(50.0 + link.params.decay_s)
+    assert 0.01 < mid.rtt_s < PRIOR.rtt_s
+    assert mid.rtt_std_s > link.snapshot(50.0).rtt_std_s  # less sure as it ages
+
+
+def test_invalid_observations_are_ignored_and_counted() -> None:
+    bank = EstimatorBank()
+    assert not bank.observe_rtt("gw-2", math.nan, 0.0)
+    assert not bank.observe_rtt("gw-2", -1.0, 0.0)
+    assert not bank.observe_exec("t", "gw-2", 1e3, math.inf, 0.0)
+    assert not bank.observe_transfer("gw-2", 1e6, 0.0, 0.0)
+    assert bank.rejected == 4
+    assert not bank.observe_transfer("gw-2", 100.0, 0.001, 0.0)  # too small to measure bw
+    assert bank.rejected == 4
+    assert bank.link("gw-2", 0.0) == bank.default_link_prior
+
+
+def test_bank_priors_scale_with_speed() -> None:
+    bank = EstimatorBank(exec_priors={"detect": ExecPrior(mean_s=0.2, s_per_mb=0.1)},
+                         speeds={"cloud": 8.0})
+    assert bank.exec_estimate("detect", "cloud", 2e6, 0.0).mean_s == pytest.approx(0.05)
+    assert bank.exec_estimate("detect", "gw-1", 2e6, 0.0).mean_s == pytest.approx(0.4)
+    assert bank.exec_estimate("other", "gw-1", 0.0, 0.0).mean_s == pytest.approx(0.05)
+    bank.set_link_prior("cloud", PRIOR)
+    assert bank.link("cloud", 0.0) == PRIOR
+    with pytest.raises(ValueError):
+        bank.set_speed("x", 0.0)
+
+
+def test_bank_is_bounded_lru() -> None:
+    bank = EstimatorBank(max_keys=8)
+    for i in range(100):
+        bank.observe_exec("t", f"n{i}", 1e3, 0.1, float(i))
+        bank.observe_rtt(f"n{i}", 0.01, float(i))
+    assert len(bank) == 16
+    assert bank.evictions == 2 * 92
+    bank.observe_exec("t", "n92", 1e3, 0.1, 100.0)  # touch the oldest, then add one more
+    bank.observe_exec("t", "new", 1e3, 0.1, 100.0)
+    assert bank.exec_estimate("t", "n92", 1e3, 100.0).mean_s == pytest.approx(0.1, rel=0.5)
+    assert ("t", "n93") not in bank._exec
