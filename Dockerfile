@@ -40,7 +40,9 @@ VOLUME ["/var/lib/edgesched"]
 USER 10001:10001
 EXPOSE 8470
 STOPSIGNAL SIGTERM
+# No --url: the address comes from the config (0.0.0.0 is asked on 127.0.0.1), so it follows
+# http.port when EDGESCHED_HTTP__PORT or a mounted config changes it.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["edgesched", "healthcheck", "--url", "http://127.0.0.1:8470", "--timeout", "4"]
+    CMD ["edgesched", "healthcheck", "--timeout", "4"]
 ENTRYPOINT ["edgesched"]
 CMD ["run"]
