@@ -1,0 +1,142 @@
+"""Decision speed: single decisions (cost policy) and the numpy batch path, per candidate count.
+
+Goals (issue 3): single decision p50 <= 10 us and p99 <= 100 us at 8 candidates; batched
+<= 1 us per task at >= 256 tasks. Also prints, measured in the same run, a reference: the
+cost of building one frozen CandidateEval the ordinary way and of one numpy ufunc call, so
+the figures can be read against this machine's speed.
+
+    .venv/bin/python benchmarks/bench_decide.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from edgesched.core.batch import BatchView, decide_batch
+from edgesched.core.costmodel import CostParams
+from edgesched.core.model import (
+    Candidate,
+    CandidateEval,
+    ExecEstimate,
+    LinkEstimate,
+    Placement,
+    PowerModel,
+    TaskSpec,
+)
+from edgesched.core.policies import make_policy
+
+TASK = TaskSpec(task_type="detect", input_bytes=200_000, output_bytes=1_000, deadline_s=0.5)
+
+
+def candidates(n: int) -> list[Candidate]:
+    """A local node, n-2 neighbours with differing queues, and the cloud."""
+    origin = PowerModel(idle_w=3.0, busy_w=6.0, tx_w=1.5, rx_w=1.0)
+    out = [Candidate(node_id="gw-0", placement=Placement.LOCAL, slots=2, running=2, queued=1,
+                     est_wait_s=0.1, wait_std_s=0.05, power=origin, battery=0.6,
+                     exec=ExecEstimate(mean_s=0.2, std_s=0.06))]
+    for i in range(1, n - 1):
+        out.append(Candidate(
+            node_id=f"gw-{i}", placement=Placement.NEIGHBOUR, slots=2, running=i % 3,
+            est_wait_s=0.02 * (i % 5), wait_std_s=0.01 * (i % 5), power=PowerModel(),
+            link=LinkEstimate(rtt_s=0.004, rtt_std_s=0.001, bandwidth_bps=1e8,
+                              bandwidth_std_bps=1e7),
+            exec=ExecEstimate(mean_s=0.2, std_s=0.06), origin_power=origin, origin_battery=0.6,
+        ))
+    out.append(Candidate(
+        node_id="cloud", placement=Placement.CLOUD, slots=64,
+        link=LinkEstimate(rtt_s=0.08, rtt_std_s=0.01, bandwidth_bps=2e7, bandwidth_std_bps=2e6),
+        exec=ExecEstimate(mean_s=0.025, std_s=0.008), origin_power=origin, origin_battery=0.6,
+    ))
+    return out
+
+
+def timings_ns(fn: Callable[[], object], repeat: int) -> list[int]:
+    for _ in range(min(200, repeat)):  # warm up
+        fn()
+    out = []
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            t0 = time.perf_counter_ns()
+            fn()
+            out.append(time.perf_counter_ns() - t0)
+    finally:
+        gc.enable()
+    out.sort()
+    return out
+
+
+def pct(sorted_ns: list[int], q: float) -> float:
+    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1e3
+
+
+def bench_single(repeat: int) -> None:
+    policy = make_policy("cost", CostParams(), np.random.default_rng(0))
+    print("single decision (cost policy, plain Python, full Decision with every evaluation)")
+    print(f"  {'candidates':>10} {'decisions/s':>12} {'p50 us':>8} {'p99 us':>8}")
+    for n in (2, 8, 32):
+        cands = candidates(n)
+        ns = timings_ns(lambda c=cands: policy.decide(TASK, c, 0.0), repeat)
+        rate = 1e9 / (sum(ns) / len(ns))
+        print(f"  {n:>10} {rate:>12,.0f} {pct(ns, 0.5):>8.1f} {pct(ns, 0.99):>8.1f}")
+
+
+def bench_batch(repeat: int) -> None:
+    params = CostParams()
+    rng = np.random.default_rng(1)
+    print("batched (numpy; view built once per burst, then n tasks decided together)")
+    print(f"  {'candidates':>10} {'tasks':>6} {'us/task':>8} {'+view us/task':>14} "
+          f"{'tasks/s':>12} {'1-task batch us':>16}")
+    for n in (2, 8, 32):
+        cands = candidates(n)
+        for tasks in (1, 256, 1024):
+            inp = rng.uniform(1e4, 1e6, tasks)
+            out = rng.uniform(1e2, 1e4, tasks)
+            rem = rng.uniform(0.2, 2.0, tasks)
+            view = BatchView.from_candidates(cands, params)
+            reps = max(20, repeat // max(1, tasks // 8))
+            ns = timings_ns(lambda v=view, i=inp, o=out, r=rem: decide_batch(
+                v, params, input_bytes=i, output_bytes=o, remaining_s=r), reps)
+            view_ns = timings_ns(lambda c=cands: BatchView.from_candidates(c, params),
+                                 max(20, reps // 10))
+            per = pct(ns, 0.5) / tasks
+            with_view = (pct(ns, 0.5) + pct(view_ns, 0.5)) / tasks
+            if tasks == 1:
+                print(f"  {n:>10} {tasks:>6} {'':>8} {'':>14} {'':>12} {pct(ns, 0.5):>16.1f}")
+            else:
+                print(f"  {n:>10} {tasks:>6} {per:>8.3f} {with_view:>14.3f} {1e6 / per:>12,.0f}")
+
+
+def bench_reference(repeat: int) -> None:
+    def dataclass_eval() -> CandidateEval:
+        return CandidateEval(node_id="x", placement=Placement.LOCAL, latency_mean_s=1.0,
+                             latency_q_s=1.0, energy_j=1.0, money=0.0, score=1.0,
+                             feasible=True)
+
+    a = np.ones(8)
+    print("reference on this machine, same run")
+    print(f"  frozen CandidateEval(...) built normally: p50 "
+          f"{pct(timings_ns(dataclass_eval, repeat), 0.5):.2f} us")
+    print(f"  one numpy ufunc call on 8 floats (np.add): p50 "
+          f"{pct(timings_ns(lambda: np.add(a, a), repeat), 0.5):.2f} us")
+    print(f"  empty Python call: p50 {pct(timings_ns(lambda: None, repeat), 0.5):.2f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20_000, help="timed calls per figure")
+    args = parser.parse_args()
+    bench_single(args.repeat)
+    bench_batch(args.repeat)
+    bench_reference(args.repeat)
+    print("goals: single p50 <= 10 us, p99 <= 100 us at 8 candidates; batch <= 1 us/task "
+          "at >= 256 tasks")
+
+
+if __name__ == "__main__":
+    main()
