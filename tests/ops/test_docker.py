@@ -5,8 +5,9 @@ its builder stage on this machine: the host's Python stands in for the base imag
 container path the Dockerfile names (/opt/edgesched, /src, /etc/edgesched, ...) lives under a
 scratch root. The RUN commands run verbatim through /bin/sh. Then the runtime stage's COPYs are
 applied and the installed `edgesched` runs `version` and `check-config` with the image's config
-and environment. A broken install step, a missing file in the build context, or a config that
-does not validate fails the test.
+and environment, then runs as the container would (ENTRYPOINT + CMD, against a real mosquitto)
+until the image's own HEALTHCHECK command says healthy. A broken install step, a missing file in
+the build context, a config that does not validate or a wrong HEALTHCHECK fails the test.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,8 @@ from tests.ops.dockerfile import (
     expand,
     parse,
 )
+from tests.support.broker import Mosquitto, free_port
+from tests.support.nodes import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -168,7 +172,7 @@ class Replay:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_build_steps_replayed(tmp_path: Path) -> None:
+def test_build_steps_replayed(tmp_path: Path, mosquitto: Mosquitto) -> None:
     stages = parse(DOCKERFILE)
     builder, runtime = stages[0], stages[-1]
     shim = tmp_path / "base-image-bin"
@@ -196,6 +200,49 @@ def test_build_steps_replayed(tmp_path: Path) -> None:
     assert "host: 0.0.0.0" in checked.stdout, "http.host must be 0.0.0.0 in a container"
     assert "s3cret" not in checked.stdout
     assert "password: '********'" in checked.stdout, "the Docker secret is picked up, masked"
+    (secrets / "mqtt_password").unlink()  # the test broker takes anonymous clients
+    _run_like_a_container(image, runtime, mosquitto)
+
+
+def _run_like_a_container(image: Replay, runtime: Stage, broker: Mosquitto) -> None:
+    """ENTRYPOINT + CMD with the image's environment; then its HEALTHCHECK must say healthy."""
+    entrypoint = runtime.all("ENTRYPOINT")[-1].exec_form() or []
+    cmd = runtime.all("CMD")[-1].exec_form() or []
+    health = _healthcheck_argv(runtime.all("HEALTHCHECK")[-1].args)
+    state_dir = image.host("/var/lib/edgesched")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # What `docker run -e ...` would set: the broker's address, a free port (the host may
+    # already use 8470), and the state volume's place under our scratch root.
+    env = image.env | {
+        "EDGESCHED_NODE_ID": "gw-image", "EDGESCHED_MQTT__HOST": broker.host,
+        "EDGESCHED_MQTT__PORT": str(broker.port), "EDGESCHED_HTTP__PORT": str(free_port()),
+        "EDGESCHED_STATE_DIR": str(state_dir),
+    }
+    argv = [_on_path(entrypoint[0], env), *entrypoint[1:], *cmd]
+    daemon = subprocess.Popen(argv, env=env, cwd=image.root, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        def healthy() -> bool:
+            assert daemon.poll() is None, f"the image's daemon exited {daemon.returncode}"
+            probe = subprocess.run([_on_path(health[0], env), *health[1:]], env=env,
+                                   capture_output=True, text=True, timeout=30, check=False)
+            return probe.returncode == 0
+
+        wait_until(healthy, 30, interval=0.3, what="the image's HEALTHCHECK passes")
+        assert (state_dir / "incarnation").is_file(), "state_dir is used"
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        output = daemon.communicate(timeout=10)[0]
+    assert '"level": "error"' not in output, output[-3000:]
+
+
+def _on_path(name: str, env: dict[str, str]) -> str:
+    found = shutil.which(name, path=env["PATH"])
+    assert found, f"{name} is not on the image's PATH"
+    return found
 
 
 def _image_run(image: Replay, argv: list[str]) -> subprocess.CompletedProcess[str]:
