@@ -256,6 +256,9 @@ class PolicySettings(_Section):
     latency_quantile: float = Field(0.95, gt=0.5, lt=1)
     stale_after_s: float = Field(5.0, gt=0)
     suspect_penalty_s: float = Field(0.25, ge=0, description="score penalty, suspect target")
+    deadline_best_effort: bool = Field(
+        False, description="when no target can meet a deadline, try the least late anyway"
+    )
 
     @field_validator("name")
     @classmethod
@@ -278,6 +281,7 @@ class PolicySettings(_Section):
             latency_quantile=self.latency_quantile,
             stale_after_s=self.stale_after_s,
             suspect_penalty_s=self.suspect_penalty_s,
+            deadline_best_effort=self.deadline_best_effort,
         )
 
 

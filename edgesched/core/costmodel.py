@@ -84,6 +84,9 @@ class CostParams:
     latency_quantile: float = 0.95  # deadlines are judged on this quantile of latency
     stale_after_s: float = 5.0  # candidate state older than this is not trusted
     suspect_penalty_s: float = 0.25  # score penalty for a suspect (missed heartbeats) target
+    # When no candidate is predicted to meet the deadline: False = nothing is chosen (the task
+    # is refused), True = try the least late ones (Decision.best_effort).
+    deadline_best_effort: bool = False
     z: float = field(init=False, default=0.0)  # z-score of latency_quantile (derived)
 
     def __post_init__(self) -> None:
@@ -134,6 +137,7 @@ class CostParams:
             latency_quantile=self.latency_quantile,
             stale_after_s=self.stale_after_s,
             suspect_penalty_s=self.suspect_penalty_s,
+            deadline_best_effort=self.deadline_best_effort,
         )
 
 

@@ -223,6 +223,9 @@ class Decision:
     chosen: CandidateEval | None
     fallbacks: tuple[CandidateEval, ...]
     evaluations: tuple[CandidateEval, ...]
+    # True when no candidate was predicted to meet the deadline and the policy, configured to
+    # try anyway, ranked those that failed only on the deadline by their latency quantile.
+    best_effort: bool = False
 
     @property
     def feasible(self) -> bool:

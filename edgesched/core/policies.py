@@ -56,7 +56,9 @@ def evaluate_all(
     return [evaluate_fast(task, c, params, remaining, enforce) for c in candidates]
 
 
-def make_decision(name: str, evals: Sequence[CandidateEval], ranked: Sequence[int]) -> Decision:
+def make_decision(
+    name: str, evals: Sequence[CandidateEval], ranked: Sequence[int], best_effort: bool = False
+) -> Decision:
     """A Decision whose preference order is `ranked` (indices into `evals`, feasible only)."""
     order = [evals[i] for i in ranked]
     return Decision(
@@ -64,6 +66,7 @@ def make_decision(name: str, evals: Sequence[CandidateEval], ranked: Sequence[in
         chosen=order[0] if order else None,
         fallbacks=tuple(order[1:]),
         evaluations=tuple(evals),
+        best_effort=best_effort,
     )
 
 
@@ -81,6 +84,11 @@ class CostPolicy:
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now)
         ranked = sorted(_feasible(evals), key=lambda i: evals[i].score)
+        if not ranked and self.params.deadline_best_effort:
+            late = [i for i, e in enumerate(evals) if e.reason is RejectReason.DEADLINE]
+            if late:
+                late.sort(key=lambda i: evals[i].latency_q_s)
+                return make_decision(self.name, evals, late, best_effort=True)
         return make_decision(self.name, evals, ranked)
 
 

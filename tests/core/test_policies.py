@@ -89,3 +89,16 @@ def test_elapsed_time_counts_against_the_deadline() -> None:
     assert d.feasible
     d = pol("cost").decide(t, [local()], 10.9)
     assert not d.feasible and d.evaluations[0].reason is not None
+
+
+def test_best_effort_tries_the_least_late_when_nothing_meets_the_deadline() -> None:
+    t = task(deadline_s=0.1)
+    cands = [local(est_wait_s=0.5), cloud(), neighbour("gw-3", liveness=Liveness.OFFLINE)]
+    strict = pol("cost").decide(t, cands, 0.0)
+    assert strict.chosen is None and not strict.best_effort
+    tolerant = make_policy("cost", CostParams(deadline_best_effort=True), RNG(0))
+    d = tolerant.decide(t, cands, 0.0)
+    assert d.best_effort
+    assert [e.node_id for e in d.ranked()] == ["cloud", "gw-1"]  # by latency quantile
+    # Never the offline one; and with a feasible target there is no best effort.
+    assert not tolerant.decide(task(deadline_s=0.5), cands, 0.0).best_effort
