@@ -255,10 +255,12 @@ class Dispatcher:
                  record: DecisionRecord) -> p.Reply:
         notes = "; ".join(f"{t.node_id}: {r.status.value}" + (f" ({r.error})" if r.error else "")
                           for t, r in results)
-        error = step.reason + (f" [{notes}]" if notes else "")
+        refused = bool(results) and all(r.status is AttemptStatus.REJECTED for _, r in results)
+        head = "no target could take it" if refused else step.reason
+        error = head + (f" [{notes}]" if notes else "")
         if step.outcome is Outcome.EXPIRED:
             status = p.Status.EXPIRED
-        elif all(r.status is AttemptStatus.REJECTED for _, r in results):
+        elif refused or not results:
             # Nobody ran it: the submission was refused, not failed.
             status = p.Status.REJECTED
             code = results[-1][1].reject_code if results else p.RejectCode.NO_TARGET
@@ -315,7 +317,7 @@ class Dispatcher:
         if not verdict.accepted:
             code = p.RejectCode(verdict.reason.value) if verdict.reason else None
             return AttemptResult(status=AttemptStatus.REJECTED, reject_code=code,
-                                 error=f"{self.node_id} admission: {verdict.detail}")
+                                 error=f"{code.value if code else 'refused'}: {verdict.detail}")
         try:
             out = await ex.run(job.task_type, job.value, expected_s=expected,
                                priority=job.request.priority, deadline=deadline_at)
