@@ -52,8 +52,12 @@ class DaemonBrain:
         self._view_params = ViewParams(interval_s=sc.telemetry_interval_s)
         self.cloud = None if engine.cloud is None else CloudTarget(
             slots=sc.cloud.slots, money_cost=sc.cloud.cost_per_task)
-        self.inflight: dict[str, int] = {}  # sent since the target's last telemetry
-        self.cloud_inflight = 0
+        # Attempts outstanding per remote target that its latest telemetry cannot show yet
+        # (sent after it was published), so a burst does not herd onto one neighbour; those
+        # sent earlier are already in its running/queued counts. The cloud sends no telemetry:
+        # every outstanding attempt counts.
+        self.inflight: dict[str, int] = {}
+        self.tel_epoch: dict[str, int] = {}
         self._neighbours: tuple[NodeState, ...] | None = None
         self.restarted(0.0)
         for other in engine.nodes:
@@ -71,7 +75,6 @@ class DaemonBrain:
         self.bank = EstimatorBank(exec_priors=priors, speeds={self.node.id: self.node.speed},
                                   link_priors=self._nominal_links())
         self.inflight.clear()
-        self.cloud_inflight = 0
         self._neighbours = None
 
     def _nominal_links(self) -> dict[str, LinkEstimate]:
@@ -97,8 +100,17 @@ class DaemonBrain:
 
     def telemetry(self, other: SimNode, tel: NodeTelemetry, now: float) -> None:
         self.view.observe_telemetry(other.id, tel, now=now)
+        self.tel_epoch[other.id] = self.tel_epoch.get(other.id, 0) + 1
         self.inflight.pop(other.id, None)
         self._neighbours = None
+
+    def uplink_reading(self, bps: float, rtt_s: float, now: float) -> None:
+        """Device telemetry `uplink_bps`/`rtt_s` about the cloud link, fed into the estimators
+        the way the daemon's LinkReadingFeeder does (node/telemetry.py)."""
+        self.bank.observe_rtt(CLOUD_ID, rtt_s, now)
+        min_bytes = self.bank.link_params.min_transfer_bytes
+        seconds = max(1.0, 8.0 * min_bytes / bps)
+        self.bank.observe_transfer(CLOUD_ID, bps * seconds / 8.0, seconds, now)
 
     def invalidate(self) -> None:
         self._neighbours = None
@@ -116,12 +128,10 @@ class DaemonBrain:
         if self._neighbours is None:
             self._neighbours = self.view.neighbours(now)
         snap = ClusterSnapshot(now=now, local=self.local_state(now), neighbours=self._neighbours)
-        inflight = dict(self.inflight)
-        inflight[CLOUD_ID] = self.cloud_inflight
         return build_candidates(
             task.spec, snap, self.bank, offload=task.spec.offload, cloud=self.cloud,
             local_power=self.node.power, local_max_queue=self.node.queue_size,
-            inflight=inflight,
+            inflight=self.inflight,
         )
 
     def decide(self, task: SimTask, now: float) -> Decision:
@@ -135,15 +145,21 @@ class DaemonBrain:
         )
 
     # ---- what the node learns -------------------------------------------------------------
-    def dispatched(self, target: str) -> None:
-        if target == CLOUD_ID:
-            self.cloud_inflight += 1
-        elif target != self.node.id:
-            self.inflight[target] = self.inflight.get(target, 0) + 1
+    def dispatched(self, target: str) -> int:
+        """Count an attempt to `target`; returns the telemetry epoch to pass to `settled`."""
+        if target == self.node.id:  # this node's own queue is in its live local state
+            return -1
+        self.inflight[target] = self.inflight.get(target, 0) + 1
+        return self.tel_epoch.get(target, 0)
 
-    def settled(self, target: str) -> None:
-        if target == CLOUD_ID:
-            self.cloud_inflight = max(0, self.cloud_inflight - 1)
+    def settled(self, target: str, epoch: int) -> None:
+        if epoch != self.tel_epoch.get(target, 0) or target == self.node.id:
+            return  # already shown by (and forgotten at) a newer telemetry sample
+        left = self.inflight.get(target, 0) - 1
+        if left <= 0:
+            self.inflight.pop(target, None)
+        else:
+            self.inflight[target] = left
 
     def executed(self, type_name: str, input_bytes: float, exec_s: float, now: float) -> None:
         """This node ran a task (its own or a neighbour's): it learns its own speed."""

@@ -28,7 +28,7 @@ WILL_DELAY_S = 15.0  # the broker publishes a dead node's Will after 1.5 x keepa
 class SimTask:
     """One submitted task and the progress of its attempts."""
 
-    __slots__ = ("arrival", "attempt", "deadline", "decision", "done", "in_bits", "index",
+    __slots__ = ("arrival", "attempt", "deadline", "decision", "done", "epoch", "in_bits", "index",
                  "origin",
                  "out_bits", "placement", "predicted", "ranked", "reason", "spec", "started",
                  "token", "tried", "ttype", "work")
@@ -53,6 +53,7 @@ class SimTask:
         self.reason: str | None = None  # why the latest attempt failed
         self.started = 0.0  # when the current attempt was dispatched
         self.tried: list[str] = []
+        self.epoch = 0  # the origin's telemetry epoch of the target when dispatched
 
 
 class Job:
@@ -243,6 +244,11 @@ class Engine:
                 self.schedule(out.at_s + out.for_s, self._node_up, node)
         for ev in sc.events:
             self.schedule(ev.at_s, self._link_event, ev)
+        if self.cloud is not None:
+            for node in self.nodes:
+                up = sc.node(node.id).uplink
+                if up is not None and up.monitor_every_s:
+                    self.schedule(up.monitor_every_s, self._uplink_reading, node)
 
     def _finish_leftovers(self) -> None:
         for node in self.nodes:
@@ -255,6 +261,15 @@ class Engine:
             link = self.links.get(key)
             if link is not None:
                 link.set_state(ev.rtt_s, ev.bandwidth_bps)
+
+    def _uplink_reading(self, node: SimNode) -> None:
+        """The node's modem reports its uplink's current capacity and RTT (device telemetry)."""
+        every = self.scenario.node(node.id).uplink.monitor_every_s  # type: ignore[union-attr]
+        if self.now < self._horizon and self._live_work():
+            self.schedule(self.now + float(every or 1.0), self._uplink_reading, node)
+        if node.alive:
+            link = self.links[(node.id, CLOUD_ID)]
+            node.brain.uplink_reading(link.bandwidth_bps, link.rtt_s, self.now)
 
     def _telemetry_tick(self, node: SimNode) -> None:
         if self.now < self._horizon and (node.pending or self._live_work()):
@@ -349,7 +364,7 @@ class Engine:
         task.token += 1
         task.started = self.now
         task.predicted = target.latency_mean_s
-        task.origin.brain.dispatched(node.id)
+        task.epoch = task.origin.brain.dispatched(node.id)
         if node is task.origin:
             if not self._admit(node, task, task.token):
                 task.reason = "rejected"
@@ -380,7 +395,7 @@ class Engine:
         task, token, node = info
         if task.done or token != task.token or not task.origin.alive:
             return
-        task.origin.brain.settled(node.id)
+        task.origin.brain.settled(node.id, task.epoch)
         task.reason = "rejected"
         self._next_attempt(task)
 
@@ -389,7 +404,7 @@ class Engine:
         if task.done or token != task.token:
             return
         self.links[(task.origin.id, node.id)].cancel(tr)  # stop sending what nobody awaits
-        task.origin.brain.settled(node.id)
+        task.origin.brain.settled(node.id, task.epoch)
         task.reason = "timeout"
         self._next_attempt(task)
 
@@ -469,7 +484,7 @@ class Engine:
     def _complete(self, task: SimTask, token: int, node: SimNode, obs: Observation) -> None:
         if task.done or token != task.token:
             return  # the attempt was abandoned (timed out): the daemon ignores its reply
-        task.origin.brain.settled(node.id)
+        task.origin.brain.settled(node.id, task.epoch)
         task.origin.brain.observed(task, node, obs, self.now)
         task.done = True
         task.origin.pending.discard(task)

@@ -83,6 +83,9 @@ class Dist:
 class LinkSpec:
     rtt_s: float
     bandwidth_bps: float
+    # A device (modem, LTE router) reporting this uplink's bandwidth and RTT every so often,
+    # as device telemetry (`uplink_bps`, `rtt_s`); None = no such device.
+    monitor_every_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -296,12 +299,18 @@ def _dist(c: _Checker, raw: Any, key: str) -> Dist:
     return Dist(kind=kind, **values)
 
 
-def _link(c: _Checker, raw: Any, key: str, default: LinkSpec | None) -> LinkSpec:
-    data = c.mapping(raw, key, ("rtt_s", "bandwidth_bps"))
+def _link(c: _Checker, raw: Any, key: str, default: LinkSpec | None, *,
+          monitor: bool = False) -> LinkSpec:
+    keys = ("rtt_s", "bandwidth_bps", "monitor_every_s") if monitor else ("rtt_s",
+                                                                        "bandwidth_bps")
+    data = c.mapping(raw, key, keys)
     d = default or LinkSpec(rtt_s=0.004, bandwidth_bps=1e8)
+    every = data.get("monitor_every_s")
     return LinkSpec(
         rtt_s=c.number(data, key, "rtt_s", d.rtt_s, minimum=0.0),
         bandwidth_bps=c.number(data, key, "bandwidth_bps", d.bandwidth_bps, positive=True),
+        monitor_every_s=None if every is None
+        else c.number(data, key, "monitor_every_s", positive=True),
     )
 
 
@@ -356,7 +365,8 @@ def _node(c: _Checker, raw: Any, key: str) -> NodeSpec:
         queue_size=c.integer(data, key, "queue_size", 256, minimum=0),
         power=_power(c, data.get("power"), _join(key, "power")),
         battery=battery,
-        uplink=None if uplink is None else _link(c, uplink, _join(key, "uplink"), None),
+        uplink=None if uplink is None else _link(c, uplink, _join(key, "uplink"), None,
+                                                 monitor=True),
         down=tuple(sorted(outages, key=lambda o: o.at_s)),
     )
 
