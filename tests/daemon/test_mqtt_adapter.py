@@ -1,0 +1,212 @@
+"""The MQTT adapter against a real mosquitto: pub/sub, v5 properties, 3.1.1, bounds, reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.mqtt import (
+    InboundMessage,
+    MqttClient,
+    MqttOptions,
+    OutboundMessage,
+    backoff_delay,
+    topic_matches,
+)
+from edgesched.errors import MqttError
+from tests.support.broker import Mosquitto
+
+
+def client(broker: Mosquitto, name: str, **kw: object) -> tuple[MqttClient, Metrics]:
+    metrics = Metrics(CollectorRegistry())
+    opts = MqttOptions(host=broker.host, port=broker.port, client_id=name, keepalive_s=2,
+                       reconnect_initial_s=0.05, reconnect_max_s=0.3, **kw)  # type: ignore[arg-type]
+    return MqttClient(opts, metrics), metrics
+
+
+async def collect(mqtt: MqttClient, flt: str, **kw: object) -> asyncio.Queue[InboundMessage]:
+    box: asyncio.Queue[InboundMessage] = asyncio.Queue()
+
+    async def handler(msg: InboundMessage) -> None:
+        await box.put(msg)
+
+    await mqtt.subscribe(flt, handler, **kw)  # type: ignore[arg-type]
+    return box
+
+
+async def test_v5_roundtrip_with_properties(mosquitto: Mosquitto) -> None:
+    a, _ = client(mosquitto, "a")
+    b, _ = client(mosquitto, "b")
+    async with a, b:
+        await asyncio.wait_for(a.wait_connected(), 5)
+        await asyncio.wait_for(b.wait_connected(), 5)
+        box = await collect(b, "t/+/x", qos=1)
+        await a.publish("t/1/x", b"hello", qos=1, response_topic="r/1",
+                        correlation_data=b"\x01\x02", user_properties=[("k", "v")])
+        msg = await asyncio.wait_for(box.get(), 5)
+    assert (msg.topic, msg.payload, msg.qos) == ("t/1/x", b"hello", 1)
+    assert msg.response_topic == "r/1" and msg.correlation_data == b"\x01\x02"
+    assert msg.user_properties == (("k", "v"),)
+    assert msg.received_at > 0
+
+
+async def test_mqtt_311_roundtrip(mosquitto: Mosquitto) -> None:
+    a, _ = client(mosquitto, "a311", protocol="3.1.1")
+    async with a:
+        await asyncio.wait_for(a.wait_connected(), 5)
+        box = await collect(a, "t/#")
+        await a.publish("t/y", b"1", qos=1, response_topic="ignored-on-311")
+        msg = await asyncio.wait_for(box.get(), 5)
+    assert msg.payload == b"1" and msg.response_topic is None
+
+
+async def test_slow_handler_drops_are_counted_and_do_not_stall_others(
+    mosquitto: Mosquitto,
+) -> None:
+    a, metrics = client(mosquitto, "slow", max_payload_bytes=256)
+    gate = asyncio.Event()
+
+    async def slow(msg: InboundMessage) -> None:
+        await gate.wait()
+
+    async with a:
+        await asyncio.wait_for(a.wait_connected(), 5)
+        await a.subscribe("slow/#", slow, queue_size=16)
+        fast = await collect(a, "fast/#")
+        for i in range(100):
+            await a.publish("slow/x", str(i).encode())
+        await a.publish("fast/x", b"still here")
+        await a.publish("fast/x", b"y" * 1000)  # over max_payload_bytes: dropped unread
+        await a.publish("fast/x", b"after")
+        assert (await asyncio.wait_for(fast.get(), 5)).payload == b"still here"
+        assert (await asyncio.wait_for(fast.get(), 5)).payload == b"after"
+        gate.set()
+    dropped = metrics.registry.get_sample_value(
+        "edgesched_mqtt_messages_dropped_total", {"reason": "incoming_queue_full"})
+    assert dropped is not None and 100 - 17 <= dropped <= 100 - 16
+    assert metrics.registry.get_sample_value(
+        "edgesched_mqtt_messages_dropped_total", {"reason": "oversize"}) == 1
+
+
+async def test_handler_exception_does_not_stop_the_subscription(mosquitto: Mosquitto) -> None:
+    a, _ = client(mosquitto, "boom")
+    seen: list[bytes] = []
+
+    async def handler(msg: InboundMessage) -> None:
+        if msg.payload == b"bad":
+            raise ValueError("boom")
+        seen.append(msg.payload)
+
+    async with a:
+        await asyncio.wait_for(a.wait_connected(), 5)
+        await a.subscribe("e", handler)
+        for payload in (b"bad", b"good"):
+            await a.publish("e", payload, qos=1)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+    assert seen == [b"good"]
+
+
+async def test_publish_while_disconnected_raises(mosquitto: Mosquitto) -> None:
+    a, _ = client(mosquitto, "x")
+    with pytest.raises(MqttError, match="not connected"):
+        await a.publish("t", b"1")
+
+
+async def test_reconnect_resubscribes_runs_hooks_and_counts(mosquitto: Mosquitto) -> None:
+    a, metrics = client(mosquitto, "re")
+    connects = 0
+
+    async def hook() -> None:
+        nonlocal connects
+        connects += 1
+
+    a.on_connect(hook)
+    async with a:
+        await asyncio.wait_for(a.wait_connected(), 5)
+        box = await collect(a, "after/#")
+        await asyncio.to_thread(mosquitto.stop)
+        for _ in range(100):
+            if not a.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert not a.connected and a.disconnected_for() >= 0
+        assert metrics.registry.get_sample_value("edgesched_mqtt_connected") == 0
+        await asyncio.to_thread(mosquitto.start)
+        await asyncio.wait_for(a.wait_connected(), 10)
+        await a.publish("after/x", b"1", qos=1)
+        assert (await asyncio.wait_for(box.get(), 5)).payload == b"1"
+    assert connects == 2
+    assert metrics.registry.get_sample_value("edgesched_mqtt_reconnects_total") == 1
+
+
+async def test_will_on_kill_and_goodbye_on_graceful_stop(mosquitto: Mosquitto) -> None:
+    watcher, _ = client(mosquitto, "watcher")
+    a, _ = client(mosquitto, "mortal")
+    a.set_will(OutboundMessage(topic="state/a", payload=b"will"),
+               goodbye=lambda: OutboundMessage(topic="state/a", payload=b"goodbye"))
+    async with watcher:
+        await asyncio.wait_for(watcher.wait_connected(), 5)
+        box = await collect(watcher, "state/a", qos=1)
+        async with a:
+            await asyncio.wait_for(a.wait_connected(), 5)
+        msg = await asyncio.wait_for(box.get(), 5)
+    assert msg.payload == b"goodbye"
+
+
+def password_file(user: str, password: str) -> tuple[Path, Path]:
+    # mosquitto started as root reads its password file after dropping to its own user:
+    # the file must be readable from outside pytest's private tmp_path.
+    pwdir = Path(tempfile.mkdtemp(prefix="es-pw-"))
+    pwdir.chmod(0o755)
+    pwfile = pwdir / "passwd"
+    pwfile.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(pwfile), user, password], check=True,
+                   timeout=10)
+    return pwdir, pwfile
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd")
+async def test_username_password(tmp_path: Path) -> None:
+    pwdir, pwfile = password_file("node", "s3cret")
+    broker = Mosquitto(workdir=tmp_path, extra_conf=f"allow_anonymous false\n"
+                                                    f"password_file {pwfile}\n")
+    try:
+        broker.start()
+        good, _ = client(broker, "good", username="node", password="s3cret")
+        bad, _ = client(broker, "bad", username="node", password="wrong")
+        async with good, bad:
+            await asyncio.wait_for(good.wait_connected(), 5)
+            await asyncio.sleep(0.5)
+            assert good.connected and not bad.connected
+    finally:
+        broker.stop()
+        shutil.rmtree(pwdir, ignore_errors=True)
+
+
+def test_topic_matching() -> None:
+    assert topic_matches("a/+/c", "a/b/c")
+    assert not topic_matches("a/+/c", "a/b/d")
+    assert topic_matches("a/#", "a") and topic_matches("a/#", "a/b/c")
+    assert not topic_matches("a/+", "a/b/c")
+    assert topic_matches("$share/g/a/+", "a/b")
+    assert not topic_matches("#", "$SYS/x")
+
+
+def test_backoff_is_capped_jittered_and_growing() -> None:
+    import random
+
+    rng = random.Random(1)
+    delays = [backoff_delay(i, 0.5, 30.0, rng) for i in range(12)]
+    assert 0.25 <= delays[0] <= 0.5
+    assert all(15.0 <= d <= 30.0 for d in delays[7:])
+    assert len(set(delays)) == len(delays)  # jitter
