@@ -55,8 +55,11 @@ def test_unit_declares_the_required_settings() -> None:
     assert service["WatchdogSec"], "WatchdogSec= set"
     assert any(cmd.endswith("edgesched check-config") for cmd in service["ExecStartPre"])
     assert any("EDGESCHED_STATE_DIR=%S/edgesched" in env for env in service["Environment"])
-    names = {cred.lstrip("-").partition(":")[0] for cred in service["LoadCredential"]}
-    assert names == {"mqtt_password", "cloud_token"}, "names the config picks up implicitly"
+    creds = dict(cred.partition(":")[::2] for cred in service["LoadCredential"])
+    assert set(creds) == {"mqtt_password", "cloud_token"}, "names the config picks up implicitly"
+    # By credential name (searched in /etc/credstore/...), a missing secret does not fail the
+    # start; an absolute path that does not exist would (status 243/CREDENTIALS).
+    assert all(source and not source.startswith("/") for source in creds.values()), creds
     # configparser is a second, independent reading: the file is well-formed INI.
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.read_string(UNIT.read_text(encoding="utf-8"))
