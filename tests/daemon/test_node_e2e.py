@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Mosquitto
-from tests.support.nodes import wait_until
+from tests.support.nodes import REPO, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -152,4 +153,17 @@ def test_cloud_role_starts_without_a_broker(node_factory) -> None:
                                   "reconnect_max_s": 0.5}})
     doc = node.status()
     assert doc["role"] == "cloud" and doc["mqtt"]["connected"] is False
+    assert doc["tasks"]["running"] == 0
+
+    # the CLI clients of the HTTP API
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edgesched", *args], capture_output=True,
+                              text=True, timeout=30, cwd=REPO)
+
+    ok = cli("healthcheck", "--url", node.base_url)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "ok")
+    status = cli("status", "--url", node.base_url)
+    assert status.returncode == 0 and json.loads(status.stdout)["node_id"] == "cloud-1"
     assert node.terminate() == 0
+    down = cli("healthcheck", "--url", node.base_url, "--timeout", "2")
+    assert down.returncode == 1 and "unhealthy" in down.stderr
