@@ -63,10 +63,31 @@ def _supports(node: NodeState, task_type: str) -> bool:
 
 
 def _wait(node: NodeState, extra: int, ex: ExecEstimate) -> tuple[float, float]:
-    wait, std = queue_wait(node.slots, node.running + extra, node.queued, ex.mean_s, ex.std_s)
-    if node.est_wait_s > wait:  # the node's own estimate knows its real queue mix
-        return node.est_wait_s, max(std, 0.5 * node.est_wait_s)
+    running, queued = max(0, node.running) + extra, max(0, node.queued)
+    wait, std = queue_wait(node.slots, running, queued, ex.mean_s, ex.std_s)
+    reported = _finite_or(node.est_wait_s, 0.0)
+    if reported > wait:  # the node's own estimate knows its real queue mix
+        return reported, max(std, 0.5 * reported)
     return wait, std
+
+
+def _finite_or(value: float, default: float) -> float:
+    return value if math.isfinite(value) and value >= 0.0 else default
+
+
+def _battery(node: NodeState) -> float | None:
+    """A reported charge, or None when missing or nonsense (one bad reading must not make the
+    whole decision fail; the view is where bad telemetry gets counted and refused)."""
+    b = node.battery
+    return b if b is not None and math.isfinite(b) and 0.0 <= b <= 1.0 else None
+
+
+def _age(node: NodeState, now: float) -> float:
+    """Seconds since last heard; an unknown `last_seen` counts as too old to trust."""
+    age = now - node.last_seen
+    if math.isnan(age):
+        return math.inf
+    return max(0.0, age)
 
 
 def local_candidate(
@@ -77,11 +98,11 @@ def local_candidate(
     ex = bank.exec_estimate(task.task_type, node.node_id, task.input_bytes, now)
     wait, wait_std = _wait(node, extra, ex)
     return Candidate(
-        node_id=node.node_id, placement=Placement.LOCAL, slots=node.slots,
-        running=node.running + extra, queued=node.queued, est_wait_s=min(wait, 1e9),
-        wait_std_s=wait_std, battery=node.battery, power=power, exec=ex,
-        supports_type=_supports(node, task.task_type), max_queue=max_queue,
-        origin_power=power, origin_battery=node.battery,
+        node_id=node.node_id, placement=Placement.LOCAL, slots=max(0, node.slots),
+        running=max(0, node.running) + extra, queued=max(0, node.queued),
+        est_wait_s=min(wait, 1e9), wait_std_s=min(wait_std, 1e9), battery=_battery(node),
+        power=power, exec=ex, supports_type=_supports(node, task.task_type),
+        max_queue=max_queue, origin_power=power, origin_battery=_battery(node),
     )
 
 
@@ -94,11 +115,12 @@ def neighbour_candidate(
     wait, wait_std = _wait(node, extra, ex)
     return Candidate(
         node_id=node.node_id, placement=Placement.NEIGHBOUR, liveness=node.liveness,
-        age_s=node.age(now), slots=node.slots, running=node.running + extra,
-        queued=node.queued, est_wait_s=min(wait, 1e9), wait_std_s=wait_std,
-        battery=node.battery, power=power, link=bank.link(node.node_id, now), exec=ex,
+        age_s=min(_age(node, now), 1e12), slots=max(0, node.slots),
+        running=max(0, node.running) + extra, queued=max(0, node.queued),
+        est_wait_s=min(wait, 1e9), wait_std_s=min(wait_std, 1e9), battery=_battery(node),
+        power=power, link=bank.link(node.node_id, now), exec=ex,
         supports_type=_supports(node, task.task_type), origin_power=origin_power,
-        origin_battery=local.battery, excluded=excluded,
+        origin_battery=_battery(local), excluded=excluded,
     )
 
 
@@ -113,7 +135,7 @@ def cloud_candidate(
         node_id=cloud.node_id, placement=Placement.CLOUD, slots=cloud.slots, running=inflight,
         est_wait_s=wait, wait_std_s=wait_std, power=cloud.power,
         link=bank.link(cloud.node_id, now), exec=ex, money_cost=cloud.money_cost,
-        origin_power=origin_power, origin_battery=local.battery,
+        origin_power=origin_power, origin_battery=_battery(local),
     )
 
 

@@ -15,6 +15,12 @@ from edgesched.core.model import ExecEstimate, LinkEstimate, require_finite
 
 _MDEV_TO_STD = math.sqrt(math.pi / 2.0)  # std of a normal = 1.2533 x its mean absolute deviation
 MB = 1_000_000.0
+# Physical bounds: an observation outside them is a bug or an attack, not a measurement, and
+# accepting it could overflow the arithmetic. Predictions are clamped to them as well.
+MAX_SECONDS = 1e6  # ~11 days
+MAX_BYTES = 1e12
+MIN_S_PER_BIT = 1e-13  # 10 Tbit/s
+MAX_S_PER_BIT = 1.0  # 1 bit/s
 
 
 def _staleness_weight(age_s: float, decay_s: float) -> float:
@@ -116,7 +122,7 @@ class LinkEstimator:
 
     def observe_rtt(self, seconds: float, now: float) -> bool:
         """Feed one round-trip time; False (ignored) when it is not a finite value >= 0."""
-        if not (math.isfinite(seconds) and seconds >= 0.0 and math.isfinite(now)):
+        if not (0.0 <= seconds <= MAX_SECONDS and math.isfinite(now)):
             return False
         self._rtt.update(seconds)
         self._rtt_at = now
@@ -124,10 +130,10 @@ class LinkEstimator:
 
     def observe_transfer(self, nbytes: float, seconds: float, now: float) -> bool:
         """Feed one transfer of `nbytes` taking `seconds` (excluding the RTT)."""
-        ok = math.isfinite(nbytes) and math.isfinite(seconds) and math.isfinite(now)
-        if not ok or seconds <= 0.0 or nbytes < self.params.min_transfer_bytes:
+        ok = nbytes <= MAX_BYTES and 0.0 < seconds <= MAX_SECONDS and math.isfinite(now)
+        if not ok or not nbytes >= self.params.min_transfer_bytes:
             return False
-        self._spb.update(seconds / (8.0 * nbytes))
+        self._spb.update(min(MAX_S_PER_BIT, max(MIN_S_PER_BIT, seconds / (8.0 * nbytes))))
         self._bw_at = now
         return True
 
@@ -144,7 +150,8 @@ class LinkEstimator:
             prior_spb = 1.0 / bw
             prior_spb_std = bw_std / (bw * bw)
             spb, spb_std = _blend(w, self._spb.mean, self._spb.std, prior_spb, prior_spb_std)
-            bw, bw_std = 1.0 / spb, spb_std / (spb * spb)
+            spb = min(MAX_S_PER_BIT, max(MIN_S_PER_BIT, spb))
+            bw, bw_std = 1.0 / spb, min(spb_std / (spb * spb), 1.0 / MIN_S_PER_BIT)
         return LinkEstimate(
             rtt_s=rtt, rtt_std_s=rtt_std, bandwidth_bps=bw, bandwidth_std_bps=bw_std
         )
@@ -210,8 +217,8 @@ class ExecTimeEstimator:
 
     def observe(self, input_bytes: float, seconds: float, now: float) -> bool:
         """Feed one measured execution; False (ignored) for non-finite or negative values."""
-        ok = math.isfinite(input_bytes) and math.isfinite(seconds) and math.isfinite(now)
-        if not ok or input_bytes < 0.0 or seconds < 0.0:
+        ok = 0.0 <= input_bytes <= MAX_BYTES and 0.0 <= seconds <= MAX_SECONDS
+        if not ok or not math.isfinite(now):
             return False
         x = input_bytes / MB
         err = self._clip(seconds - (self.a + self.b * x))
@@ -260,10 +267,10 @@ class ExecTimeEstimator:
 
     def predict(self, input_bytes: float, now: float) -> ExecEstimate:
         """Mean and std of the execution time for an input of `input_bytes`."""
-        x = max(0.0, input_bytes) / MB
+        x = min(MAX_BYTES, max(0.0, input_bytes)) / MB
         prior = self.prior
-        prior_mean = prior.mean_s + prior.s_per_mb * x
-        prior_std = prior.cv * prior_mean
+        prior_mean = min(MAX_SECONDS, prior.mean_s + prior.s_per_mb * x)
+        prior_std = min(MAX_SECONDS, prior.cv * prior_mean)
         if self.n == 0:
             return ExecEstimate(mean_s=prior_mean, std_s=prior_std)
         mean = max(0.0, self.a + self.b * x)
@@ -273,7 +280,7 @@ class ExecTimeEstimator:
             std = max(std, prior_std)
         w = _staleness_weight(now - self._at, self.params.decay_s)
         mean, std = _blend(w, mean, std, prior_mean, prior_std)
-        return ExecEstimate(mean_s=mean, std_s=std)
+        return ExecEstimate(mean_s=min(mean, MAX_SECONDS), std_s=min(std, MAX_SECONDS))
 
 
 class EstimatorBank:
@@ -382,8 +389,9 @@ class EstimatorBank:
         est = self._exec_for(task_type, node_id, create=False)
         if est is None:  # no observation yet: the prior, without allocating an estimator
             prior = self.exec_prior(task_type, node_id)
-            mean = prior.mean_s + prior.s_per_mb * max(0.0, input_bytes) / MB
-            return ExecEstimate(mean_s=mean, std_s=prior.cv * mean)
+            size = min(MAX_BYTES, max(0.0, input_bytes))
+            mean = min(MAX_SECONDS, prior.mean_s + prior.s_per_mb * size / MB)
+            return ExecEstimate(mean_s=mean, std_s=min(MAX_SECONDS, prior.cv * mean))
         return est.predict(input_bytes, now)
 
     def link(self, target: str, now: float) -> LinkEstimate:

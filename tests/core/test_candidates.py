@@ -7,6 +7,7 @@ import math
 import pytest
 
 from edgesched.core.candidates import CloudTarget, build_candidates, queue_wait
+from edgesched.core.costmodel import CostParams, evaluate
 from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.model import (
     ClusterSnapshot,
@@ -94,3 +95,14 @@ def test_reported_wait_wins_when_longer() -> None:
     snap = ClusterSnapshot(now=100.0, local=snap.local, neighbours=(busy,))
     (_, n2) = build_candidates(task(), snap, bank())
     assert n2.est_wait_s == 3.0
+
+
+def test_nonsense_node_state_does_not_break_the_decision() -> None:
+    bad = NodeState(node_id="gw-9", slots=-1, running=-3, queued=-1, last_seen=math.nan,
+                    est_wait_s=math.nan, battery=7.0)
+    snap = ClusterSnapshot(now=100.0, local=NodeState(node_id="gw-1", battery=math.inf,
+                                                      last_seen=100.0), neighbours=(bad,))
+    loc, n9 = build_candidates(task(), snap, bank())
+    assert loc.battery is None and n9.battery is None and n9.origin_battery is None
+    assert n9.slots == 0 and n9.age_s > 5.0  # unusable, but no crash
+    assert not evaluate(task(), n9, CostParams()).feasible

@@ -150,3 +150,21 @@ def test_bank_is_bounded_lru() -> None:
     bank.observe_exec("t", "new", 1e3, 0.1, 100.0)
     assert bank.exec_estimate("t", "n92", 1e3, 100.0).mean_s == pytest.approx(0.1, rel=0.5)
     assert ("t", "n93") not in bank._exec
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(finite, finite, finite), max_size=30), finite, finite)
+def test_no_observation_stream_breaks_an_estimator(stream, size, now) -> None:
+    """Whatever finite numbers arrive, the answers stay finite and valid (never raise)."""
+    bank = EstimatorBank()
+    for a, b, t in stream:
+        bank.observe_exec("t", "n", a, b, t)
+        bank.observe_rtt("n", b, t)
+        bank.observe_transfer("n", a, b, t)
+    est = bank.exec_estimate("t", "n", size, now)
+    link = bank.link("n", now)
+    assert math.isfinite(est.mean_s) and math.isfinite(est.std_s)
+    assert math.isfinite(link.rtt_s) and link.bandwidth_bps > 0
