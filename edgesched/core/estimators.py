@@ -383,6 +383,29 @@ class EstimatorBank:
             self.rejected += 1
         return ok
 
+    def observe_exchange(self, target: str, nbytes: float, seconds: float, now: float) -> bool:
+        """One request/response with `target`: `nbytes` moved (both ways) in `seconds` of
+        network time (the whole round trip minus the remote's own queue and execution time).
+
+        One figure holds both the RTT and the transfer time; it is split with the current
+        estimates: a small exchange (< `min_transfer_bytes`) is an RTT sample once its
+        predicted transfer time is taken off; a larger one is a bandwidth sample once the
+        current RTT estimate is taken off (skipped when that leaves less than a quarter of
+        the time: the RTT estimate, not the link, explains it).
+        """
+        ok = 0.0 <= nbytes <= MAX_BYTES and 0.0 <= seconds <= MAX_SECONDS
+        if not ok or not math.isfinite(now):
+            self.rejected += 1
+            return False
+        link = self.link(target, now)
+        if nbytes < self.link_params.min_transfer_bytes:
+            transfer = 8.0 * nbytes / link.bandwidth_bps
+            return self.observe_rtt(target, max(0.0, seconds - transfer), now)
+        transfer = seconds - link.rtt_s
+        if transfer < 0.25 * seconds:
+            return False
+        return self.observe_transfer(target, nbytes, transfer, now)
+
     def exec_estimate(
         self, task_type: str, node_id: str, input_bytes: float, now: float
     ) -> ExecEstimate:

@@ -168,3 +168,17 @@ def test_no_observation_stream_breaks_an_estimator(stream, size, now) -> None:
     link = bank.link("n", now)
     assert math.isfinite(est.mean_s) and math.isfinite(est.std_s)
     assert math.isfinite(link.rtt_s) and link.bandwidth_bps > 0
+
+
+def test_exchanges_split_into_rtt_and_bandwidth() -> None:
+    """Whole round trips of mixed sizes over a 20 ms, 10 Mbit/s link teach both figures."""
+    bank = EstimatorBank(default_link_prior=LinkEstimate(rtt_s=0.1, bandwidth_bps=1e6))
+    rng = np.random.default_rng(3)
+    for i in range(600):
+        nbytes = float(rng.choice([200.0, 500.0, 2e5, 1e6]))
+        seconds = 0.02 + 8 * nbytes / 1e7
+        assert bank.observe_exchange("gw-2", nbytes, seconds, float(i)) or nbytes >= 4096
+    link = bank.link("gw-2", 600.0)
+    assert link.rtt_s == pytest.approx(0.02, rel=0.1)
+    assert link.bandwidth_bps == pytest.approx(1e7, rel=0.1)
+    assert not bank.observe_exchange("gw-2", math.nan, 1.0, 0.0)
