@@ -148,6 +148,10 @@ class Daemon(Subscriber):
     def samples(self) -> int:
         return int(self._metric("edgesched_telemetry_samples_total"))
 
+    def dropped(self) -> int:
+        return int(self._metric("edgesched_mqtt_messages_dropped_total",
+                                '{reason="incoming_queue_full"}'))
+
     def stop(self) -> None:
         self.node.terminate()
 
@@ -253,6 +257,8 @@ def sweep(sub: Subscriber, broker: Mosquitto, workdir: Path, kind: str, rates: l
             samples = sub.samples()
             extra = "" if samples is None or samples_before is None else (
                 f"  samples {samples - samples_before:>8}")
+            if isinstance(sub, Daemon) and not got >= n:
+                extra += f"  (queue drops so far {sub.dropped()})"
             rows.append(f"    {sub.name:<14} target {rate:>8.0f}/s  published {achieved:>8.0f}/s"
                         f"  received {got:>7}/{n}{extra}  {'ok' if lossless else 'LOSS'}")
             if not lossless:
@@ -304,8 +310,12 @@ def summarise(results: dict[str, dict[str, float]]) -> None:
         print(f"  {kind:<9} {cells}")
         daemon, bare = row.get("edgesched run", 0.0), row.get("bare aiomqtt", 0.0)
         ratio = daemon / bare if bare else float("nan")
-        print(f"  {'':<9} daemon/bare aiomqtt = {ratio:.2f} (goal >= 0.90); daemon samples/s"
-              f" = {daemon * per_msg:,.0f}" + (" (goal >= 100,000)" if per_msg == 100 else ""))
+        if kind == "json":
+            print(f"  {'':<9} daemon/bare aiomqtt = {ratio:.2f} (goal >= 0.90)")
+        else:
+            print(f"  {'':<9} daemon samples/s = {daemon * per_msg:,.0f} (goal >= 100,000); "
+                  f"daemon/bare = {ratio:.2f} (the bare subscriber does not parse the 100 "
+                  "records)")
 
 
 if __name__ == "__main__":
