@@ -167,6 +167,11 @@ async def _drive(run: DemoRun, cluster: Cluster, wan: WanEmulator, broker: Broke
         poller = group.create_task(run.monitor.poll_loop(), name="edgesched.demo.poll_loop")
         live = group.create_task(view.loop(), name="edgesched.demo.view_loop")
         for phase in run.phases:
+            if phase.kind is PhaseKind.NODE_DOWN:
+                # The victim's devices roam away a little early, so that its own work is
+                # answered by the time the phase starts and the kill lands on time.
+                await _sleep_until(fleet, phase.start_s - min(3.0, 0.1 * run.duration_s))
+                fleet.paused.add(VICTIM)
             await _sleep_until(fleet, phase.start_s)
             run.phase, run.headline = phase.kind.value, phase.headline
             degraded = phase.kind is PhaseKind.WAN
@@ -188,22 +193,27 @@ async def _sleep_until(fleet: Fleet, t: float) -> None:
 
 
 async def _kill_and_restart(run: DemoRun, cluster: Cluster, fleet: Fleet, phase: Phase) -> None:
-    """Devices of the victim roam away; once its own work is answered, SIGKILL it, restart it.
+    """Once the victim's own devices' work is answered, SIGKILL it; restart it mid-phase.
 
     Work other nodes offloaded to it is still in flight when it dies: their fallback chain
     must answer it (that is what this phase shows).
     """
     fleet.paused.add(VICTIM)
+    waited = fleet.elapsed()
     left = await fleet.wait_outstanding(VICTIM, timeout_s=DRAIN_BEFORE_KILL_S)
     if left:  # their origin node dies with them: they will show up as lost
         run.notes.append(f"{left} task(s) submitted to {VICTIM} were unanswered when it was killed")
+    log.info("%s drained in %.1fs; killing it", VICTIM, fleet.elapsed() - waited)
     await cluster.kill(VICTIM)
-    run.down_window = (fleet.elapsed(), phase.start_s + 0.6 * phase.length_s)
+    killed_at = fleet.elapsed()
+    run.down_window = (killed_at, max(killed_at, phase.start_s + 0.5 * phase.length_s))
     run.headline = f"{VICTIM} killed with SIGKILL; gateways fall back"
     await _sleep_until(fleet, run.down_window[1])
     run.headline = f"{VICTIM} restarting"
     await cluster.start(VICTIM)
     await cluster.wait_healthy(VICTIM)
-    run.down_window = (run.down_window[0], fleet.elapsed())
+    run.down_window = (killed_at, fleet.elapsed())
     fleet.paused.discard(VICTIM)
     run.headline = f"{VICTIM} back: it rejoins with a new incarnation"
+    run.notes.append(f"{VICTIM} was killed (SIGKILL) at t={killed_at:.1f}s and healthy again "
+                     f"at t={run.down_window[1]:.1f}s")

@@ -151,4 +151,8 @@ def compare(
     except Exception as exc:  # the comparison is an extra; the demo's own results stand
         log.warning("simulator comparison failed: %s", exc)
         return Comparison(source=SOURCE, policies={}, note=f"simulator failed: {exc}")
-    return Comparison(source=SOURCE, policies=dict(report.get("policies", {})))
+    return Comparison(
+        source=SOURCE, policies=dict(report.get("policies", {})),
+        note=(f"{report.get('tasks', '?')} simulated tasks; 'local' is the local-first baseline "
+              "(another target only when this node cannot take the task at all)"),
+    )

@@ -78,6 +78,8 @@ def print_summary(doc: dict[str, Any], notes: list[str], console: Console | None
     comparison = doc.get("comparison")
     if comparison and comparison.get("policies"):
         console.print(_comparison_table(comparison))
+        if comparison.get("note"):
+            console.print(f"({comparison['note']})")
     elif comparison:
         console.print(f"cost vs always-local: {comparison.get('note') or 'not available'}")
     for note in notes:
