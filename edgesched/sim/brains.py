@@ -13,7 +13,13 @@ import heapq
 from typing import TYPE_CHECKING
 
 from edgesched.core.admission import admit
-from edgesched.core.candidates import CloudTarget, build_candidates
+from edgesched.core.candidates import (
+    CloudTarget,
+    build_candidates,
+    cloud_candidate,
+    local_candidate,
+    neighbour_candidate,
+)
 from edgesched.core.costmodel import CostParams
 from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
@@ -26,11 +32,15 @@ from edgesched.core.model import (
     Liveness,
     NodeState,
     Placement,
+    PowerModel,
     TaskSpec,
 )
 from edgesched.core.policies import Policy
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
 from edgesched.sim.scenario import CLOUD_ID
+
+UNKNOWN_POWER = PowerModel()  # what build_candidates assumes for a neighbour's power model
+MEMO_TTL_S = 0.25  # how long a memoised remote candidate may be reused (simulated seconds)
 
 if TYPE_CHECKING:
     from edgesched.sim.engine import Engine, Observation, SimNode, SimTask
@@ -59,6 +69,8 @@ class DaemonBrain:
         self.inflight: dict[str, int] = {}
         self.tel_epoch: dict[str, int] = {}
         self._neighbours: tuple[NodeState, ...] | None = None
+        self._neighbours_at = 0.0
+        self._memo: dict[str, dict[tuple[object, ...], tuple[Candidate, float]]] = {}
         self.restarted(0.0)
         for other in engine.nodes:
             if other is not node:
@@ -76,6 +88,7 @@ class DaemonBrain:
                                   link_priors=self._nominal_links())
         self.inflight.clear()
         self._neighbours = None
+        self._memo.clear()
 
     def _nominal_links(self) -> dict[str, LinkEstimate]:
         sc, me = self.engine.scenario, self.node.id
@@ -97,11 +110,13 @@ class DaemonBrain:
         if online:  # the state document's `speed` (executor.speed of that node)
             self.bank.set_speed(other.id, other.speed)
         self._neighbours = None
+        self._memo.pop(other.id, None)
 
     def telemetry(self, other: SimNode, tel: NodeTelemetry, now: float) -> None:
         self.view.observe_telemetry(other.id, tel, now=now)
         self.tel_epoch[other.id] = self.tel_epoch.get(other.id, 0) + 1
         self.inflight.pop(other.id, None)
+        self._memo.pop(other.id, None)
         self._neighbours = None
 
     def uplink_reading(self, bps: float, rtt_s: float, now: float) -> None:
@@ -111,6 +126,7 @@ class DaemonBrain:
         min_bytes = self.bank.link_params.min_transfer_bytes
         seconds = max(1.0, 8.0 * min_bytes / bps)
         self.bank.observe_transfer(CLOUD_ID, bps * seconds / 8.0, seconds, now)
+        self._memo.pop(CLOUD_ID, None)
 
     def invalidate(self) -> None:
         self._neighbours = None
@@ -125,9 +141,57 @@ class DaemonBrain:
         )
 
     def candidates(self, task: SimTask, now: float) -> list[Candidate]:
-        if self._neighbours is None:
+        """The core's candidates for this task, as `build_candidates` makes them.
+
+        Remote candidates are memoised: they change only when telemetry arrives, an
+        estimator learns, the in-flight count changes (all part of the key or clearing the
+        memo), or as time passes (entries live MEMO_TTL_S of simulated time). The local
+        candidate is always built afresh: its queue changes with every event.
+        """
+        if self._neighbours is None or now - self._neighbours_at > MEMO_TTL_S:
             self._neighbours = self.view.neighbours(now)
-        snap = ClusterSnapshot(now=now, local=self.local_state(now), neighbours=self._neighbours)
+            self._neighbours_at = now
+        spec, node = task.spec, self.node
+        local = self.local_state(now)
+        out = [local_candidate(spec, local, self.bank, now, power=node.power,
+                               max_queue=node.queue_size)]
+        offload = spec.offload
+        if offload.allows(Placement.NEIGHBOUR):
+            for other in self._neighbours:
+                if other.role == "edge" and other.node_id != local.node_id:
+                    out.append(self._remote(spec, other, local, now))
+        if self.cloud is not None and offload.allows(Placement.CLOUD):
+            out.append(self._remote(spec, None, local, now))
+        return out
+
+    def _remote(self, spec: TaskSpec, other: NodeState | None, local: NodeState,
+                now: float) -> Candidate:
+        target = CLOUD_ID if other is None else other.node_id
+        memo = self._memo.get(target)
+        if memo is None:
+            memo = self._memo[target] = {}
+        key = (spec.task_type, spec.input_bytes, self.inflight.get(target, 0), local.battery)
+        hit = memo.get(key)
+        if hit is not None and now - hit[1] <= MEMO_TTL_S:
+            return hit[0]
+        if other is None:
+            assert self.cloud is not None
+            cand = cloud_candidate(spec, self.cloud, local, self.bank, now,
+                                   origin_power=self.node.power,
+                                   inflight=self.inflight.get(CLOUD_ID, 0))
+        else:
+            cand = neighbour_candidate(spec, other, local, self.bank, now,
+                                       power=UNKNOWN_POWER, origin_power=self.node.power,
+                                       extra=self.inflight.get(target, 0))
+        if len(memo) > 1024:
+            memo.clear()
+        memo[key] = (cand, now)
+        return cand
+
+    def fresh_candidates(self, task: SimTask, now: float) -> list[Candidate]:
+        """`build_candidates` itself, unmemoised (the tests compare the two)."""
+        snap = ClusterSnapshot(now=now, local=self.local_state(now),
+                               neighbours=self.view.neighbours(now))
         return build_candidates(
             task.spec, snap, self.bank, offload=task.spec.offload, cloud=self.cloud,
             local_power=self.node.power, local_max_queue=self.node.queue_size,
@@ -175,6 +239,7 @@ class DaemonBrain:
             bank.observe_rtt(target.id, obs.rtt_s, now)
         bank.observe_transfer(target.id, obs.up_bits / 8.0, obs.up_s, now)
         bank.observe_transfer(target.id, obs.down_bits / 8.0, obs.down_s, now)
+        self._memo.pop(target.id, None)  # what it learned changes that target's candidate
 
     def own_exec_estimate(self, task: SimTask, now: float) -> float:
         name = self._types[task.ttype].name

@@ -1,0 +1,86 @@
+"""Simulator speed: simulated tasks per second, per policy, on a 100k-task scenario.
+
+Goal (issue 8): >= 20k simulated tasks/s per policy on the project's 2-core machine, so a
+100k-task scenario with every policy finishes in well under a minute (`edgesched simulate`
+runs the policies one after the other; this script does the same and prints the total).
+Also prints, measured in the same run, a reference: the time of one bare `heapq` push+pop
+pair, so the figures can be read against this machine's speed.
+
+    .venv/bin/python benchmarks/bench_sim.py [--tasks N] [--policy NAME]...
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import time
+from typing import Any
+
+from edgesched.sim.policies import ALL_POLICY_NAMES
+from edgesched.sim.runner import run_policy
+from edgesched.sim.scenario import load_scenario
+from edgesched.sim.workload import draw_stream
+
+GOAL_TASKS_PER_S = 20_000
+
+
+def scenario(tasks: int) -> dict[str, Any]:
+    """Four gateways, one of them hot, a cloud; `tasks` arrivals in expectation."""
+    rate = 50.0  # tasks/s over the cluster
+    node = {"speed": 1.0, "slots": 2,
+            "power": {"idle_w": 3.0, "busy_w": 7.0, "tx_w": 1.5, "rx_w": 1.0}}
+    return {
+        "version": 1, "name": "bench_100k", "seed": 1, "duration_s": tasks / rate,
+        "cloud": {"rtt_s": 0.08, "bandwidth_bps": 2e7, "speed": 4.0, "slots": 64},
+        "links": {"rtt_s": 0.004, "bandwidth_bps": 1e8},
+        "nodes": [{"id": f"gw-{i}", **node} for i in range(4)],
+        "task_types": [{"name": "detect", "work": {"dist": "lognormal", "mean": 0.1, "cv": 0.3},
+                        "input_bytes": 100_000, "output_bytes": 1000, "deadline_s": 0.5}],
+        "arrivals": [
+            {"node": "gw-0", "type": "detect", "process": "poisson", "rate_per_s": 26.0},
+            {"node": "gw-1", "type": "detect", "process": "poisson", "rate_per_s": 8.0},
+            {"node": "gw-2", "type": "detect", "process": "bursty", "rate_per_s": 4.0,
+             "burst_rate_per_s": 20.0, "burst_every_s": 60.0, "burst_for_s": 5.0},
+            {"node": "gw-3", "type": "detect", "process": "poisson", "rate_per_s": 8.0},
+        ],
+    }
+
+
+def heap_reference(n: int = 200_000) -> float:
+    """Seconds per heappush + heappop pair on this machine."""
+    heap: list[tuple[float, int]] = []
+    started = time.perf_counter()
+    for i in range(n):
+        heapq.heappush(heap, (float(i % 977), i))
+        if len(heap) > 64:
+            heapq.heappop(heap)
+    return (time.perf_counter() - started) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--policy", action="append", dest="policies")
+    args = parser.parse_args()
+    sc = load_scenario(scenario(args.tasks))
+    stream = draw_stream(sc, sc.seed)
+    print(f"scenario: {len(sc.nodes)} edge nodes + cloud, {len(stream)} tasks")
+    print(f"reference: heapq push+pop pair = {heap_reference() * 1e9:.0f} ns")
+    total = 0.0
+    worst = float("inf")
+    for name in args.policies or ALL_POLICY_NAMES:
+        started = time.perf_counter()
+        outcome, _ = run_policy(sc, name, stream, sc.seed)
+        elapsed = time.perf_counter() - started
+        total += elapsed
+        rate = len(stream) / elapsed
+        worst = min(worst, rate)
+        print(f"{name:16s} {rate:9.0f} tasks/s  ({elapsed:5.2f} s, "
+              f"{len(outcome.latency)} completed)")
+    verdict = "meets" if worst >= GOAL_TASKS_PER_S else "MISSES"
+    print(f"slowest policy: {worst:.0f} tasks/s ({verdict} the goal of {GOAL_TASKS_PER_S})")
+    print(f"all policies: {total:.1f} s for {len(stream)} tasks each")
+
+
+if __name__ == "__main__":
+    main()
