@@ -242,7 +242,8 @@ def publish(port: int, kind: str, rate: float, count: int) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
 
 
-def step(sub: Subscriber, port: int, kind: str, rate: float, n: int) -> tuple[bool, str]:
+def step(sub: Subscriber, port: int, kind: str, rate: float, n: int
+         ) -> tuple[bool, float, str]:
     before, samples_before = sub.count(), sub.samples()
     achieved = publish(port, kind, rate, n)
     got = settle(sub.count, before + n) - before
@@ -252,8 +253,9 @@ def step(sub: Subscriber, port: int, kind: str, rate: float, n: int) -> tuple[bo
         f"  samples {samples - samples_before:>8}")
     if isinstance(sub, Daemon) and not lossless:
         extra += f"  (queue drops so far {sub.dropped()})"
-    return lossless, (f"    {sub.name:<14} target {rate:>8.0f}/s  published {achieved:>8.0f}/s"
-                      f"  received {got:>7}/{n}{extra}  {'ok' if lossless else 'LOSS'}")
+    row = (f"    {sub.name:<14} target {rate:>8.0f}/s  published {achieved:>8.0f}/s"
+           f"  received {got:>7}/{n}{extra}  {'ok' if lossless else 'LOSS'}")
+    return lossless, achieved, row
 
 
 def sweep(sub: Subscriber, broker: Mosquitto, workdir: Path, kind: str, rates: list[float],
@@ -266,15 +268,15 @@ def sweep(sub: Subscriber, broker: Mosquitto, workdir: Path, kind: str, rates: l
     try:
         for rate in rates:
             n = int(rate * duration)
-            lossless, row = step(sub, broker.port, kind, rate, n)
+            lossless, achieved, row = step(sub, broker.port, kind, rate, n)
             rows.append(row)
             if not lossless:
                 time.sleep(1.0)
-                lossless, row = step(sub, broker.port, kind, rate, n)
+                lossless, achieved, row = step(sub, broker.port, kind, rate, n)
                 rows.append(row + " (retry)")
             if not lossless:
                 break
-            best = rate
+            best = max(best, min(rate, achieved))  # the publisher may fall short
     finally:
         sub.stop()
     return best, rows
