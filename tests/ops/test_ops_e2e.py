@@ -101,7 +101,7 @@ def test_stall_guard_stands_down_under_systemd_watchdog(
 def _saturate(node: NodeProcess, seconds: float) -> threading.Thread:
     """Occupy the node's only slot with a local sleep task."""
     thread = post_in_background(node, {"type": "hold", "input": {"seconds": seconds}})
-    wait_until(lambda: node.status()["tasks"]["running"] >= 1, 10, what=f"{node.node_id} busy")
+    wait_until(lambda: node.status()["tasks"]["running"] >= 1, 20, what=f"{node.node_id} busy")
     return thread
 
 
@@ -123,15 +123,15 @@ def test_scrape_after_every_placement_passes_promtool(
             "cloud": {"url": cloud.base_url}}
     a: NodeProcess = node_factory("gw-a", broker=mosquitto, overrides=edge)
     b: NodeProcess = node_factory("gw-b", broker=mosquitto, overrides=edge)
-    wait_until(lambda: a.neighbour_status().get("gw-b") == "online", 10, what="a sees b")
+    wait_until(lambda: a.neighbour_status().get("gw-b") == "online", 20, what="a sees b")
 
     placements = [post_task(a, {"type": "echo", "input": {"n": 1}})["placement"]]
-    _saturate(a, 8.0)
-    wait_until(lambda: _seen_busy(b, "gw-a"), 5, what="b sees a busy")
+    _saturate(a, 15.0)
+    wait_until(lambda: _seen_busy(b, "gw-a"), 15, what="b sees a busy")
     reply = post_task(a, {"type": "nbecho", "input": {"n": 2}})
     placements.append(reply["placement"])
-    _saturate(b, 6.0)
-    wait_until(lambda: _seen_busy(a, "gw-b"), 5, what="a sees b busy")
+    _saturate(b, 15.0)
+    wait_until(lambda: _seen_busy(a, "gw-b"), 15, what="a sees b busy")
     reply = post_task(a, {"type": "echo", "input": {"n": 3}})
     placements.append(reply["placement"])
     assert placements == ["local", "neighbour", "cloud"], placements
