@@ -48,11 +48,15 @@ class RobustEwma:
     """SRTT/RTTVAR-style smoothed mean and mean deviation, with clipped outliers.
 
     An error beyond `outlier_k` deviations is clipped to that bound, so one wild sample moves
-    the mean only a little; `shift_after` outliers in a row on the same side are taken as a real
-    level shift and accepted whole.
+    the mean only a little; `shift_after` outliers in a row on the same side are a real level
+    shift (a link degrading, a route change): the estimate restarts at the streak's average
+    instead of crawling there by alpha-sized steps, each of them clipped again.
     """
 
-    __slots__ = ("_streak", "alpha", "beta", "mdev", "mean", "n", "outlier_k", "shift_after")
+    __slots__ = (
+        "_streak", "_streak_sum", "alpha", "beta", "mdev", "mean", "n", "outlier_k",
+        "shift_after",
+    )
 
     def __init__(
         self, *, alpha: float = 0.125, beta: float = 0.25, outlier_k: float = 4.0,
@@ -64,6 +68,7 @@ class RobustEwma:
         self.mdev = 0.0
         self.n = 0
         self._streak = 0  # signed count of consecutive outliers
+        self._streak_sum = 0.0  # of their values
 
     def update(self, x: float) -> None:
         if self.n == 0:
@@ -73,11 +78,20 @@ class RobustEwma:
         bound = self.outlier_k * max(self.mdev, 0.01 * abs(self.mean), 1e-12)
         if abs(err) > bound:
             side = 1 if err > 0 else -1
-            self._streak = self._streak + side if self._streak * side > 0 else side
-            if abs(self._streak) < self.shift_after:
-                err = math.copysign(bound, err)
+            if self._streak * side > 0:
+                self._streak += side
+                self._streak_sum += x
             else:
+                self._streak, self._streak_sum = side, x
+            if abs(self._streak) >= self.shift_after:
+                level = self._streak_sum / abs(self._streak)
+                # Unsure of the new level's spread yet: start wide, let beta shrink it.
+                self.mdev = max(self.mdev, abs(level - self.mean) / 4.0)
+                self.mean = level
                 self._streak = 0
+                self.n += 1
+                return
+            err = math.copysign(bound, err)
         else:
             self._streak = 0
         self.mdev += self.beta * (abs(err) - self.mdev)
@@ -213,6 +227,7 @@ class ExecTimeEstimator:
         self.res_var = (prior.cv * max(prior.mean_s, 1e-6)) ** 2
         self.n = 0
         self._streak = 0
+        self._streak_err = 0.0  # sum of the current outlier streak's errors
         self._at = -math.inf
 
     def observe(self, input_bytes: float, seconds: float, now: float) -> bool:
@@ -251,10 +266,20 @@ class ExecTimeEstimator:
             self._streak = 0
             return err
         side = 1 if err > 0 else -1
-        self._streak = self._streak + side if self._streak * side > 0 else side
+        if self._streak * side > 0:
+            self._streak += side
+            self._streak_err += err
+        else:
+            self._streak, self._streak_err = side, err
         if abs(self._streak) >= p.shift_after:
+            # A level shift (the node got slower or faster): move the intercept by the
+            # streak's average error at once and re-open the covariance to learn the rest.
+            jump = self._streak_err / abs(self._streak)
+            self.a += jump
+            self.p11, self.p12, self.p22 = self._cap, 0.0, self._cap
+            self.res_var = max(self.res_var, (jump / 4.0) ** 2)
             self._streak = 0
-            return err
+            return err - jump
         return math.copysign(bound, err)
 
     def _cap_covariance(self) -> None:
