@@ -123,7 +123,10 @@ def test_systemd_notify_ready_watchdog_stopping(mosquitto: Mosquitto, node_facto
                             env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
         got: list[str] = []
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and got.count("WATCHDOG=1") < 3:
+        def pings_after_ready() -> int:
+            return got[got.index("READY=1"):].count("WATCHDOG=1") if "READY=1" in got else 0
+
+        while time.monotonic() < deadline and pings_after_ready() < 2:
             with contextlib.suppress(TimeoutError):
                 got.append(sock.recv(4096).decode().split("\n")[0])
         t0 = time.monotonic()
@@ -137,10 +140,9 @@ def test_systemd_notify_ready_watchdog_stopping(mosquitto: Mosquitto, node_facto
         sock.close()
         shutil.rmtree(sockdir, ignore_errors=True)
     assert "READY=1" in got and "STOPPING=1" in got, got
-    assert got.count("WATCHDOG=1") >= 3, got
     ready, stopping = got.index("READY=1"), got.index("STOPPING=1")
     assert ready < stopping
-    assert any(m == "WATCHDOG=1" for m in got[ready:stopping])
+    assert got[ready:stopping].count("WATCHDOG=1") >= 2, got  # periodic, from the loop
     assert set(got) <= {"READY=1", "WATCHDOG=1", "STOPPING=1"}
 
 
