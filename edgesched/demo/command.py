@@ -101,6 +101,8 @@ async def demo_command(args: argparse.Namespace, shutdown_trigger: Awaitable[Non
 def _finish(run: DemoRun, args: argparse.Namespace) -> int:
     if run.fleet is None or run.monitor is None:
         return EXIT_INTERRUPTED if run.interrupted else 1
+    if run.interrupted:  # in flight when stopped: no terminal outcome was seen
+        run.lost = len(run.fleet.pending)
     comparison = None if run.interrupted else compare(
         run.spec, run.phases, seed=run.seed, down_window=run.down_window)
     doc = summary_doc(
