@@ -378,7 +378,11 @@ class Dispatcher:
                   elapsed: float, record: DecisionRecord) -> None:
         now, name = self.clock(), job.task_type.name
         if job.exact_s is None:
-            self.bank.observe_exec(name, target.node_id, job.work, result.exec_s, now)
+            # Locally the whole attempt but the queueing counts as execution: the pool's IPC
+            # and the executor's bookkeeping are part of what a local placement costs.
+            local = target.placement is Placement.LOCAL
+            seconds = max(0.0, elapsed - result.wait_s) if local else result.exec_s
+            self.bank.observe_exec(name, target.node_id, job.work, seconds, now)
         if target.placement is not Placement.LOCAL:
             network = max(0.0, elapsed - result.remote_s)
             self.bank.observe_rtt(target.node_id, network, now)
