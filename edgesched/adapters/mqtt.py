@@ -328,7 +328,7 @@ class MqttClient:
                     # when the connection is lost.
                     async for _ in client.messages:
                         pass
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, MqttError) as exc:  # ours: a failed (re)subscribe
                 self._on_lost(f"{exc}")
             except OSError as exc:  # socket-level failures that slip past aiomqtt
                 self._on_lost(f"{exc}")
@@ -358,9 +358,8 @@ class MqttClient:
         for hook in list(self._hooks):
             try:
                 await hook()
-            except MqttError as exc:
-                log.warning("on-connect hook %s failed: %s", getattr(hook, "__qualname__", hook),
-                            exc)
+            except Exception:  # a component's hook must not take the connection down
+                log.exception("on-connect hook %s failed", getattr(hook, "__qualname__", hook))
 
     def _on_lost(self, reason: str) -> None:
         opts = self.options
@@ -379,9 +378,15 @@ class MqttClient:
 
     async def _subscribe_one(self, client: aiomqtt.Client, sub: _Subscription) -> None:
         try:
-            await client.subscribe(sub.topic_filter, qos=sub.qos, timeout=_SUBSCRIBE_TIMEOUT_S)
+            granted = await client.subscribe(sub.topic_filter, qos=sub.qos,
+                                             timeout=_SUBSCRIBE_TIMEOUT_S)
         except aiomqtt.MqttError as exc:
             raise MqttError(f"subscribe to {sub.topic_filter} failed: {exc}") from exc
+        codes = [getattr(code, "value", code) for code in granted]
+        if any(isinstance(code, int) and code >= 0x80 for code in codes):
+            # e.g. a broker ACL: not fatal for the node, but nothing will arrive there
+            log.error("the broker refused the subscription to %s (reason codes %s): check its "
+                      "ACL for this node", sub.topic_filter, codes)
 
     def _properties(
         self,

@@ -163,11 +163,16 @@ async def test_will_on_kill_and_goodbye_on_graceful_stop(mosquitto: Mosquitto) -
     assert msg.payload == b"goodbye"
 
 
+def shared_dir(prefix: str) -> Path:
+    """A directory mosquitto can read: started as root, it reads password and ACL files after
+    dropping to its own user, so they cannot live in pytest's private tmp_path."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
 def password_file(user: str, password: str) -> tuple[Path, Path]:
-    # mosquitto started as root reads its password file after dropping to its own user:
-    # the file must be readable from outside pytest's private tmp_path.
-    pwdir = Path(tempfile.mkdtemp(prefix="es-pw-"))
-    pwdir.chmod(0o755)
+    pwdir = shared_dir("es-pw-")
     pwfile = pwdir / "passwd"
     pwfile.touch()
     subprocess.run(["mosquitto_passwd", "-b", str(pwfile), user, password], check=True,
@@ -210,3 +215,4 @@ def test_backoff_is_capped_jittered_and_growing() -> None:
     assert 0.25 <= delays[0] <= 0.5
     assert all(15.0 <= d <= 30.0 for d in delays[7:])
     assert len(set(delays)) == len(delays)  # jitter
+
