@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -129,7 +129,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class BrokerAddress:
     host: str
     port: int
-    protocol: str  # "5" or "3.1.1"
+    protocol: Literal["5", "3.1.1"]
     topic_prefix: str
 
 

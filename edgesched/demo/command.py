@@ -29,8 +29,9 @@ from edgesched.demo.phases import (
     plan_phases,
 )
 from edgesched.demo.report import print_summary
-from edgesched.demo.summary import summary_doc, write_json
+from edgesched.demo.summary import Tally, summary_doc, write_json
 from edgesched.demo.wan import WanEmulator
+from edgesched.errors import EdgeschedError, MqttError
 
 log = logging.getLogger("edgesched.demo")
 
@@ -67,7 +68,6 @@ class DemoRun:
         if fleet is not None:
             battery = {n.node_id: fleet.battery_level(n.node_id)
                        for n in self.spec.edges if n.battery is not None}
-        from edgesched.demo.summary import Tally
         return Snapshot(
             elapsed_s=elapsed, duration_s=self.duration_s, phase=self.phase,
             headline=self.headline, nodes=list(self.monitor.views.values()),
@@ -90,12 +90,27 @@ async def demo_command(args: argparse.Namespace, shutdown_trigger: Awaitable[Non
                   file=sys.stderr, flush=True)
             body.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await body
+            await _first_error(body)
     finally:
         stop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stop
     return _finish(run, args)
+
+
+async def _first_error(body: asyncio.Task[None]) -> None:
+    """Await the demo; an edgesched error inside its task groups surfaces as itself, so the
+    CLI prints one clear line (and its exit code) instead of an exception group."""
+    try:
+        await body
+    except BaseExceptionGroup as group:
+        found = group.subgroup(lambda e: isinstance(e, EdgeschedError))
+        if found is None:
+            raise
+        first: BaseException = found
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 def _finish(run: DemoRun, args: argparse.Namespace) -> int:
@@ -120,6 +135,7 @@ def _finish(run: DemoRun, args: argparse.Namespace) -> int:
 async def _broker(run: DemoRun, args: argparse.Namespace) -> AsyncIterator[BrokerAddress]:
     if args.broker is not None:
         host, port = args.broker
+        await _reachable(host, port)
         run.broker_label = f"{host}:{port} (MQTT v5)"
         yield BrokerAddress(host=host, port=port, protocol="5", topic_prefix=TOPIC_PREFIX)
         return
@@ -127,6 +143,17 @@ async def _broker(run: DemoRun, args: argparse.Namespace) -> AsyncIterator[Broke
         run.broker_label = f"embedded amqtt on 127.0.0.1:{broker.port} (MQTT 3.1.1)"
         yield BrokerAddress(host=broker.host, port=broker.port, protocol="3.1.1",
                             topic_prefix=TOPIC_PREFIX)
+
+
+async def _reachable(host: str, port: int) -> None:
+    """Fail fast, with the address, when --broker points at nothing."""
+    try:
+        async with asyncio.timeout(5.0):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        raise MqttError(f"cannot reach the MQTT broker at {host}:{port} (--broker): "
+                        f"{exc or 'timed out'}") from None
+    writer.close()
 
 
 async def _demo(run: DemoRun, args: argparse.Namespace) -> None:

@@ -55,7 +55,7 @@ class Fleet:
         self.submitting_done = asyncio.Event()
         self._run = uuid.uuid4().hex[:8]
         self._reply_topic = f"{broker.topic_prefix}/demo/{self._run}/reply"
-        self._link = FleetLink(broker.host, broker.port, protocol=broker.protocol,  # type: ignore[arg-type]
+        self._link = FleetLink(broker.host, broker.port, protocol=broker.protocol,
                                client_id=f"edgesched-demo-fleet-{self._run}")
         self._group: asyncio.TaskGroup | None = None
         self._seq = 0
