@@ -3,6 +3,7 @@ repeated ids; malformed submissions rejected with reasons beside concurrent vali
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from tests.e2e.client import TaskClient, expected_digest, expected_trace
 from tests.support.broker import Mosquitto
-from tests.support.nodes import REPO
+from tests.support.nodes import REPO, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -119,3 +120,13 @@ async def test_duplicate_ids_and_malformed_beside_valid_work(node: Any,
     assert all(len(v) == 1 for v in client.replies.values())
     assert node.metric("edgesched_tasks_completed_total", placement="local",
                        status="ok") == 21  # 20 matmul + the sleep, run once
+
+
+async def test_sigterm_lets_in_flight_tasks_finish(node: Any, mosquitto: Mosquitto) -> None:
+    async with TaskClient(mosquitto) as client:
+        key = await client.submit("gw-1", {"type": "sleep", "input": {"seconds": 2}})
+        await asyncio.to_thread(wait_until, lambda: node.status()["tasks"]["running"] == 1, 10)
+        code = await asyncio.to_thread(node.terminate, 15)
+        reply = (await client.wait_all([key], within_s=5))[key]
+    assert code == 0
+    assert (reply["status"], reply["result"]) == ("ok", {"slept": 2.0})
