@@ -10,7 +10,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from edgesched.core.costmodel import BASELINE_CONSTRAINTS, CostParams, evaluate, predict
+from edgesched.core.costmodel import (
+    BASELINE_CONSTRAINTS,
+    CostParams,
+    check,
+    evaluate,
+    predict,
+    weighted_cost,
+)
 from edgesched.core.model import (
     Candidate,
     ExecEstimate,
@@ -113,7 +120,11 @@ def test_cost_choice_is_the_lowest_score(t, cands, params, data) -> None:
         ev = evaluate(t, c, params)
         p = predict(t, c, params)
         assert ev.latency_mean_s == pytest.approx(p.latency_mean_s)
+        assert ev.latency_q_s == pytest.approx(p.latency_q_s)
         assert ev.energy_j == pytest.approx(p.energy_j)
+        if ev.feasible:
+            assert ev.score == pytest.approx(weighted_cost(c, p, params))
+        assert ev.reason == check(c, params, p.latency_q_s, t.deadline_s, t)
 
 
 WORSEN = {
