@@ -9,13 +9,14 @@ import logging
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgesched.adapters.embedded_broker import EmbeddedBroker
+from edgesched.adapters.embedded_broker import EmbeddedBroker, FleetLink
 from edgesched.demo.cluster import BrokerAddress, Cluster, ClusterSpec, load_cluster_spec
 from edgesched.demo.compare import compare
 from edgesched.demo.fleet import Fleet
@@ -136,13 +137,32 @@ async def _broker(run: DemoRun, args: argparse.Namespace) -> AsyncIterator[Broke
     if args.broker is not None:
         host, port = args.broker
         await _reachable(host, port)
-        run.broker_label = f"{host}:{port} (MQTT v5)"
-        yield BrokerAddress(host=host, port=port, protocol="5", topic_prefix=TOPIC_PREFIX)
+        # A shared broker may carry real edgesched traffic: the demo's nodes and devices use
+        # their own topic prefix, so neither side sees the other.
+        prefix = f"{TOPIC_PREFIX}-demo-{uuid.uuid4().hex[:6]}"
+        run.broker_label = f"{host}:{port} (MQTT v5, topic prefix {prefix})"
+        address = BrokerAddress(host=host, port=port, protocol="5", topic_prefix=prefix)
+        try:
+            yield address
+        finally:
+            await _clear_retained(address, [n.node_id for n in run.spec.nodes])
         return
     async with EmbeddedBroker() as broker:
         run.broker_label = f"embedded amqtt on 127.0.0.1:{broker.port} (MQTT 3.1.1)"
         yield BrokerAddress(host=broker.host, port=broker.port, protocol="3.1.1",
                             topic_prefix=TOPIC_PREFIX)
+
+
+async def _clear_retained(broker: BrokerAddress, node_ids: list[str]) -> None:
+    """Leave no retained node-state documents of this run behind on someone else's broker."""
+    try:
+        async with asyncio.timeout(5.0), FleetLink(broker.host, broker.port,
+                                                   protocol=broker.protocol) as link:
+            for node_id in node_ids:
+                await link.publish(f"{broker.topic_prefix}/node/{node_id}/state", b"",
+                                   qos=1, retain=True)
+    except (MqttError, TimeoutError) as exc:
+        log.warning("could not clear the demo's retained state topics: %s", exc)
 
 
 async def _reachable(host: str, port: int) -> None:

@@ -59,6 +59,13 @@ def test_demo_against_mosquitto_v5(tmp_path: Path, mosquitto: Mosquitto) -> None
     doc, stdout = _run_demo(tmp_path, "--broker", mosquitto.address)
     _check(doc, stdout)
     assert "MQTT v5" in doc["broker"]
+    # nothing of the run is left retained on the user's broker
+    left = subprocess.run(
+        ["mosquitto_sub", "-h", mosquitto.host, "-p", str(mosquitto.port), "-t", "#", "-v",
+         "--retained-only", "-W", "2"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert "/state" not in left.stdout, left.stdout
 
 
 def _alive(pid: int) -> bool:
