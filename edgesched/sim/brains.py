@@ -71,6 +71,7 @@ class DaemonBrain:
         self._neighbours: tuple[NodeState, ...] | None = None
         self._neighbours_at = 0.0
         self._memo: dict[str, dict[tuple[object, ...], tuple[Candidate, float]]] = {}
+        self._own_cache: tuple[tuple[str, float, float], float] | None = None
         self.restarted(0.0)
         for other in engine.nodes:
             if other is not node:
@@ -89,6 +90,7 @@ class DaemonBrain:
         self.inflight.clear()
         self._neighbours = None
         self._memo.clear()
+        self._own_cache = None
 
     def _nominal_links(self) -> dict[str, LinkEstimate]:
         sc, me = self.engine.scenario, self.node.id
@@ -155,6 +157,7 @@ class DaemonBrain:
         local = self.local_state(now)
         out = [local_candidate(spec, local, self.bank, now, power=node.power,
                                max_queue=node.queue_size)]
+        self._own_cache = ((spec.task_type, spec.input_bytes, now), out[0].exec.mean_s)
         offload = spec.offload
         if offload.allows(Placement.NEIGHBOUR):
             for other in self._neighbours:
@@ -228,6 +231,7 @@ class DaemonBrain:
     def executed(self, type_name: str, input_bytes: float, exec_s: float, now: float) -> None:
         """This node ran a task (its own or a neighbour's): it learns its own speed."""
         self.bank.observe_exec(type_name, self.node.id, input_bytes, exec_s, now)
+        self._own_cache = None
 
     def observed(self, task: SimTask, target: SimNode, obs: Observation, now: float) -> None:
         """A reply from a remote target: execution time, RTT and transfer throughput."""
@@ -242,8 +246,12 @@ class DaemonBrain:
         self._memo.pop(target.id, None)  # what it learned changes that target's candidate
 
     def own_exec_estimate(self, task: SimTask, now: float) -> float:
-        name = self._types[task.ttype].name
-        return self.bank.exec_estimate(name, self.node.id, task.spec.input_bytes, now).mean_s
+        spec = task.spec
+        key = (spec.task_type, spec.input_bytes, now)
+        if self._own_cache is not None and self._own_cache[0] == key:
+            return self._own_cache[1]  # just computed for the local candidate, same inputs
+        return self.bank.exec_estimate(spec.task_type, self.node.id, spec.input_bytes,
+                                       now).mean_s
 
 
 class OracleBrain(DaemonBrain):

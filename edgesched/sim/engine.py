@@ -156,7 +156,7 @@ class Engine:
         self.stream = stream
         self.now = 0.0
         self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
-        self._seq = 0
+        self.seq = 0
         self.outcome = Outcome()
         self._progress = progress
         self.nodes = [self._make_node(i, spec) for i, spec in enumerate(scenario.nodes)]
@@ -204,8 +204,8 @@ class Engine:
 
     # ---- event heap ---------------------------------------------------------------------
     def schedule(self, at: float, fn: Callable[[Any], None], arg: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, fn, arg))
+        self.seq += 1
+        heapq.heappush(self._heap, (at, self.seq, fn, arg))
 
     def run(self) -> Outcome:
         self._schedule_conditions()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from typing import Any
 
@@ -11,27 +12,32 @@ EPS_BITS = 1e-6
 class Transfer:
     """One message crossing a link; `done(transfer)` runs when its last bit has been sent."""
 
-    __slots__ = ("bits", "done", "payload", "remaining", "started")
+    __slots__ = ("bits", "cancelled", "done", "payload", "started", "tag")
 
     def __init__(self, bits: float, done: Callable[[Transfer], None], payload: Any,
                  now: float) -> None:
         self.bits = bits
-        self.remaining = bits
         self.done = done
         self.payload = payload
         self.started = now
+        self.tag = 0.0  # the link's per-flow service level at which this transfer completes
+        self.cancelled = False
 
 
 class Link:
     """One direction of a link, processor-sharing its bandwidth among active transfers.
 
     Each of k concurrent transfers gets bandwidth/k (how TCP flows share a bottleneck, to a
-    first approximation). The link keeps one pending completion event in the engine's heap;
-    a `version` number makes events scheduled before a change harmless.
+    first approximation). Because every active transfer is served at the same rate, the link
+    tracks one number, the service each flow has received since the link was created
+    (`service`, in bits); a transfer finishes when `service` reaches its `tag` (service at
+    its start + its size). Events therefore cost O(log k), not O(k). The link keeps one
+    pending completion event in the engine's heap; a `version` number makes superseded
+    events harmless.
     """
 
-    __slots__ = ("active", "bandwidth_bps", "dst", "engine", "last", "name", "rtt_s", "src",
-                 "version")
+    __slots__ = ("_heap", "active", "bandwidth_bps", "dst", "engine", "last", "name", "rtt_s",
+                 "service", "src", "version")
 
     def __init__(self, engine: Any, src: Any, dst: Any, rtt_s: float,
                  bandwidth_bps: float) -> None:
@@ -41,16 +47,16 @@ class Link:
         self.name = f"{src.id}->{dst.id}"
         self.rtt_s = rtt_s
         self.bandwidth_bps = bandwidth_bps
-        self.active: list[Transfer] = []
+        self.active = 0
+        self.service = 0.0
+        self._heap: list[tuple[float, int, Transfer]] = []
         self.last = 0.0
         self.version = 0
 
     def _advance(self, now: float) -> None:
         if self.active and now > self.last:
             dt = now - self.last
-            sent = dt * self.bandwidth_bps / len(self.active)
-            for tr in self.active:
-                tr.remaining -= sent
+            self.service += dt * self.bandwidth_bps / self.active
             # One radio, busy while anything is being sent: energy is per busy second, not
             # per transfer (concurrent transfers share the airtime).
             if not self.src.is_cloud:
@@ -61,10 +67,13 @@ class Link:
 
     def _reschedule(self, now: float) -> None:
         self.version += 1
-        if self.active:
-            least = min(tr.remaining for tr in self.active)
-            finish = now + max(0.0, least) * len(self.active) / self.bandwidth_bps
-            self.engine.schedule(finish, self._on_event, self.version)
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        if heap:
+            left = max(0.0, heap[0][0] - self.service)
+            self.engine.schedule(now + left * self.active / self.bandwidth_bps, self._on_event,
+                                 self.version)
 
     def start(self, bits: float, done: Callable[[Transfer], None], payload: Any) -> Transfer:
         now = self.engine.now
@@ -73,31 +82,44 @@ class Link:
             self.engine.schedule(now, done, tr)
             return tr
         self._advance(now)
-        self.active.append(tr)
+        tr.tag = self.service + bits
+        self.engine.seq += 1
+        heapq.heappush(self._heap, (tr.tag, self.engine.seq, tr))
+        self.active += 1
         self._reschedule(now)
         return tr
+
+    def remaining_bits(self, tr: Transfer) -> float:
+        return max(0.0, tr.tag - self.service)
 
     def _on_event(self, version: int) -> None:
         if version != self.version:
             return  # superseded by a later change of this link
         now = self.engine.now
         self._advance(now)
-        finished = [tr for tr in self.active if tr.remaining <= EPS_BITS * max(1.0, tr.bits)]
-        if not finished:  # rounding: finish the closest one
-            finished = [min(self.active, key=lambda tr: tr.remaining)]
-        ids = {id(tr) for tr in finished}
-        self.active = [tr for tr in self.active if id(tr) not in ids]
+        heap = self._heap
+        finished: list[Transfer] = []
+        limit = self.service + EPS_BITS * max(1.0, self.service)
+        while heap and (heap[0][0] <= limit or heap[0][2].cancelled or not finished):
+            tr = heapq.heappop(heap)[2]
+            if not tr.cancelled:
+                finished.append(tr)  # the first one is due now even if rounding says not
+        self.active -= len(finished)
         self._reschedule(now)
         for tr in finished:
             tr.done(tr)
 
     def cancel(self, tr: Transfer) -> None:
         """Abort a transfer (the sender gave up, e.g. an HTTP request that timed out)."""
-        if tr in self.active:
-            now = self.engine.now
-            self._advance(now)
-            self.active.remove(tr)
-            self._reschedule(now)
+        if tr.cancelled or tr.tag <= self.service or tr.bits <= EPS_BITS:
+            return  # unknown here, or already finished
+        now = self.engine.now
+        self._advance(now)
+        if tr.tag <= self.service:
+            return
+        tr.cancelled = True
+        self.active -= 1
+        self._reschedule(now)
 
     def set_state(self, rtt_s: float | None, bandwidth_bps: float | None) -> None:
         """A link event: new RTT and/or bandwidth from now on (transfers in flight adapt)."""
@@ -111,4 +133,4 @@ class Link:
 
     def share_bps(self) -> float:
         """Bandwidth a new transfer would get right now (what the oracle knows)."""
-        return self.bandwidth_bps / (len(self.active) + 1)
+        return self.bandwidth_bps / (self.active + 1)

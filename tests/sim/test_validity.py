@@ -51,6 +51,7 @@ class _Clock:
 
     def __init__(self) -> None:
         self.now = 0.0
+        self.seq = 0
         self.events: list[tuple[float, Any, Any]] = []
 
     def schedule(self, at: float, fn: Any, arg: Any) -> None:
@@ -96,3 +97,15 @@ def test_a_link_event_slows_transfers_in_flight() -> None:
     clock.schedule(0.5, lambda _: link.set_state(None, 0.25e6), None)
     clock.run()
     assert abs(done[0] - (0.5 + 0.5e6 / 0.25e6)) < 1e-9
+
+
+def test_a_cancelled_transfer_frees_its_share() -> None:
+    clock = _Clock()
+    link = Link(clock, _End(False), _End(False), rtt_s=0.0, bandwidth_bps=1e6)
+    done: dict[str, float] = {}
+    link.start(1e6, lambda tr: done.setdefault("a", clock.now), None)
+    doomed = link.start(1e6, lambda tr: done.setdefault("b", clock.now), None)
+    clock.schedule(0.5, lambda _: link.cancel(doomed), None)
+    clock.run()
+    assert "b" not in done
+    assert abs(done["a"] - (0.5 + 0.75)) < 1e-9  # 0.25 Mbit shared, then 0.75 Mbit alone
