@@ -2,14 +2,17 @@
 
 `BatchView.from_candidates` turns the candidate list of one task type into per-target arrays;
 `decide_batch` then scores every (task, target) pair with the same formulas as
-`costmodel.evaluate` and picks each task's lowest-cost feasible target. The tasks are decided
-independently against the same view (as many single decisions at one instant would be): the
-load the batch itself adds is not fed back; callers account for it between batches, e.g.
-through `build_candidates(inflight=...)`.
+`costmodel.evaluate` and picks each task's lowest-cost feasible target. By default the tasks
+are decided independently against the same view (as many single decisions at one instant
+would be), fully vectorised. With `spread=True` (a burst) they are decided in order and each
+one sees the queue the earlier ones built: a target's k-th task beyond its free slots waits
+k·exec/slots longer, in the score and in the deadline check. That pass is a plain-Python
+loop over n·m numbers (exact, but several times slower per task).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,6 +65,8 @@ class BatchView:
     w_origin: FloatArray  # energy weights by battery
     w_target: FloatArray
     fixed_cost: FloatArray  # money and suspect penalty, already weighted
+    free_slots: IntArray  # tasks the target can start at once (spread mode)
+    step_s: FloatArray  # extra wait per task queued beyond them: exec / slots
 
     @classmethod
     def from_candidates(
@@ -87,6 +92,11 @@ class BatchView:
             static_ok=np.asarray([_static_ok(c, params) for c in candidates], dtype=bool),
             exec_s_per_mb=slope,
             ref_mb=ref_input_bytes / MB,
+            free_slots=np.asarray(
+                [max(0, c.slots - c.running - c.queued) for c in candidates], dtype=np.int64),
+            step_s=np.asarray(
+                [c.exec.mean_s / c.slots if c.slots > 0 else np.inf for c in candidates],
+                dtype=np.float64),
             **arrays,
         )
 
@@ -137,7 +147,8 @@ class BatchDecision:
     latency_mean_s: FloatArray  # n x m
     latency_q_s: FloatArray  # n x m
     energy_j: FloatArray  # n x m
-    feasible: BoolArray  # n x m
+    feasible: BoolArray  # n x m, against the view alone
+    extra_wait_s: FloatArray  # n: queueing behind earlier tasks of the batch (spread mode)
 
     def chosen_ids(self, view: BatchView) -> list[str | None]:
         return [view.node_ids[i] if i >= 0 else None for i in self.chosen.tolist()]
@@ -151,9 +162,10 @@ def decide_batch(
     output_bytes: FloatArray,
     remaining_s: FloatArray | None = None,
     offload: IntArray | None = None,
+    spread: bool = False,
 ) -> BatchDecision:
     """Decide n tasks against one view. `remaining_s` uses NaN for "no deadline"; `offload`
-    holds `offload_codes` (default: anywhere)."""
+    holds `offload_codes` (default: anywhere); `spread` feeds the batch's own load back."""
     n, m = len(input_bytes), len(view.node_ids)
     mb = (np.asarray(input_bytes, dtype=np.float64) / MB)[:, None]
     up = 8.0 * np.asarray(input_bytes, dtype=np.float64)[:, None] * view.s_per_bit
@@ -174,12 +186,43 @@ def decide_batch(
         rem = np.asarray(remaining_s, dtype=np.float64)[:, None]
         ok = ok & ~(q > rem)  # NaN (no deadline) compares False: never violated
     score = np.where(ok, score, np.inf)
+    extra = np.zeros(n)
     if m == 0:
         chosen = np.full(n, -1, dtype=np.int64)
+    elif spread:
+        chosen, extra = _spread(view, params, score, q, remaining_s)
     else:
         best = np.argmin(score, axis=1)
         chosen = np.where(np.isfinite(score[np.arange(n), best]), best, -1).astype(np.int64)
     return BatchDecision(
         chosen=chosen, score=score, latency_mean_s=mean, latency_q_s=q,
-        energy_j=e_origin + e_target, feasible=ok,
+        energy_j=e_origin + e_target, feasible=ok, extra_wait_s=extra,
     )
+
+
+def _spread(
+    view: BatchView, params: CostParams, score: FloatArray, q: FloatArray,
+    remaining_s: FloatArray | None,
+) -> tuple[IntArray, FloatArray]:
+    """Sequential greedy: task i takes its best target given the queue tasks 0..i-1 built."""
+    n, m = score.shape
+    rows, qrows = score.tolist(), q.tolist()
+    rem = [math.inf] * n if remaining_s is None else [
+        math.inf if math.isnan(r) else r for r in np.asarray(remaining_s, dtype=float).tolist()]
+    free, step = view.free_slots.tolist(), view.step_s.tolist()
+    taken = [0] * m
+    w_t = params.latency_weight
+    chosen, extra = [-1] * n, [0.0] * n
+    for i in range(n):
+        row, qrow, r = rows[i], qrows[i], rem[i]
+        best, best_score, best_wait = -1, math.inf, 0.0
+        for j in range(m):
+            over = taken[j] - free[j] + 1
+            wait = step[j] * over if over > 0 else 0.0
+            s = row[j] + w_t * wait
+            if s < best_score and qrow[j] + wait <= r:
+                best, best_score, best_wait = j, s, wait
+        if best >= 0:
+            taken[best] += 1
+            chosen[i], extra[i] = best, best_wait
+    return np.asarray(chosen, dtype=np.int64), np.asarray(extra, dtype=np.float64)
