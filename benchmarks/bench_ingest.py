@@ -287,7 +287,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per rate step")
     parser.add_argument("--quick", action="store_true", help="fewer rate steps")
     args = parser.parse_args()
-    json_rates = [5000, 10000, 20000, 30000, 40000, 50000, 60000, 80000]
+    json_rates = [5000, 10000, 15000, 20000, 25000, 30000, 40000, 50000, 60000, 80000]
     pack_rates = [500, 1000, 2000, 3000, 4000, 5000, 6000, 8000]
     if args.quick:
         json_rates, pack_rates = [5000, 10000, 20000], [500, 1000, 2000]
