@@ -20,7 +20,7 @@ from aiohttp import web
 from edgesched.adapters.cloud import CloudClient
 from edgesched.adapters.executor import LocalExecutor
 from edgesched.core.candidates import CLOUD_ID
-from edgesched.core.estimators import EstimatorBank, ExecPrior
+from edgesched.core.estimators import EstimatorBank, ExecParams, ExecPrior
 from edgesched.core.fallback import FallbackParams
 from edgesched.core.model import LinkEstimate, PowerModel
 from edgesched.core.policies import make_policy
@@ -50,13 +50,18 @@ CLOUD_LINK_PRIOR = LinkEstimate(rtt_s=0.05, rtt_std_s=0.02, bandwidth_bps=2e7,
                                 bandwidth_std_bps=5e6)
 
 
+# A node shares its CPU with whatever else runs on the box: execution times drift with that
+# load, so the daemon remembers ~10 samples (the core's default, ~50, lags a drifting host).
+EXEC_PARAMS = ExecParams(forgetting=0.9)
+
+
 def make_bank(settings: Settings) -> EstimatorBank:
     """Estimators seeded with the configured priors (exec at speed 1, this node's speed)."""
     priors = {name: ExecPrior(mean_s=spec.exec_prior_s, s_per_mb=spec.exec_prior_s_per_mb)
               for name, spec in settings.task_types.items()}
     return EstimatorBank(exec_priors=priors, speeds={settings.node_id: settings.executor.speed},
                          link_priors={CLOUD_ID: CLOUD_LINK_PRIOR},
-                         default_link_prior=NEIGHBOUR_LINK_PRIOR)
+                         default_link_prior=NEIGHBOUR_LINK_PRIOR, exec_params=EXEC_PARAMS)
 
 
 class TaskBook:
