@@ -36,7 +36,7 @@ def devices(node) -> dict[str, dict[str, float]]:
 
 def test_device_telemetry_and_rejections(mosquitto: Mosquitto, node_factory) -> None:
     node = node_factory("gw-1", broker=mosquitto, overrides={
-        "telemetry": {"max_payload_bytes": 1024},
+        "telemetry": {"max_payload_bytes": 1024, "max_devices": 4},
         "devices": {"mappings": [{"topic": "bms/soc", "device_id": "bms", "name": "battery",
                                   "scale": 0.01}]},
     })
@@ -63,6 +63,13 @@ def test_device_telemetry_and_rejections(mosquitto: Mosquitto, node_factory) -> 
     for reason in bad:
         assert node.metric("edgesched_telemetry_rejected_total", reason=reason) == 1, reason
     assert "bad" not in devices(node)
+    # the device table is bounded (max_devices: 4): a fifth device is refused and counted
+    pub(mosquitto, "edgesched/device/cam-5/telemetry", '{"battery": 0.3}')
+    wait_until(lambda: node.metric("edgesched_telemetry_rejected_total",
+                                   reason="unknown_device_limit") == 1, 5, what="table full")
+    pub(mosquitto, "edgesched/device/cam-1/telemetry", '{"battery": 0.7}')  # known: updated
+    wait_until(lambda: devices(node)["cam-1"]["battery"] == 0.7, 5, what="cam-1 updated")
+    assert node.status()["devices_total"] == 4
     assert node.running
 
 
