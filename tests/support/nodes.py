@@ -46,11 +46,12 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "") -> Any:
     """Poll `predicate()` until it returns something truthy; raise after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    while True:  # evaluated at least once, even when the deadline has already passed
         last = predicate()
         if last:
             return last
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
     raise TimeoutError(f"not true after {timeout}s: {what or predicate} (last: {last!r})")
 
