@@ -118,7 +118,10 @@ def load_json(payload: bytes, limit: int) -> Any:
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Rejected("schema", f"{what} must be a number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond any double
+        number = math.inf
     if not math.isfinite(number):
         raise Rejected("not_finite", f"{what} must be finite, got {value!r}")
     return number
@@ -202,16 +205,14 @@ def parse_senml(
         if type(n) is not str:
             _bad(i, "n")
         raw_t = rec.get("t", 0.0)
-        t = bt + (raw_t if type(raw_t) is float or type(raw_t) is int
-                  else _senml_number(raw_t, i, "t"))
+        t = bt + (raw_t if type(raw_t) is float else _senml_number(raw_t, i, "t"))
         if -SENML_RELATIVE_LIMIT < t < SENML_RELATIVE_LIMIT:
             t += now_wall
         elif not isfinite(t):
             raise Rejected("not_finite", f"record {i} time must be finite")
         raw = rec.get("v")
         if raw is not None:
-            value = (raw if type(raw) is float or type(raw) is int
-                     else _senml_number(raw, i, "v")) + bv
+            value = (raw if type(raw) is float else _senml_number(raw, i, "v")) + bv
             if not isfinite(value):
                 raise Rejected("not_finite", f"record {i} v must be finite, got {raw!r}")
         elif "vb" in rec:
@@ -242,6 +243,11 @@ def parse_senml(
 
 
 def _senml_number(value: Any, index: int, field: str) -> float:
+    if type(value) is int:  # common (times, counts): convert without building a message
+        try:
+            return float(value)
+        except OverflowError:
+            pass
     return _number(value, f"record {index} {field}")
 
 

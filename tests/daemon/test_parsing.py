@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from edgesched.adapters.metrics import TELEMETRY_REJECT_REASONS
 from edgesched.config import DeviceMapping
 from edgesched.node.telemetry import (
     Rejected,
@@ -69,6 +72,9 @@ def test_senml_pack_of_100_records_is_100_samples() -> None:
         (b'{"battery": NaN}', "not_finite"),
         (b'{"battery": Infinity}', "not_finite"),
         (b'{"x": 1e999}', "not_finite"),
+        (b'{"battery": 1' + b"0" * 400 + b"}", "not_finite"),
+        (b'[{"n": "x", "v": 1' + b"0" * 400 + b"}]", "not_finite"),
+        (b'[{"n": "x", "v": 1, "t": 1' + b"0" * 400 + b"}]", "not_finite"),
         (b'[{"n": "x", "v": NaN}]', "not_finite"),
         ({"battery": 1.5}, "out_of_range"),
         ({"rtt_s": -1}, "out_of_range"),
@@ -152,3 +158,37 @@ def test_config_mappings() -> None:
     with pytest.raises(Rejected) as info:
         parse_mapped(b'{"link": {}}', nested, limit=4096)
     assert info.value.reason == "schema"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8)
+    | st.integers(min_value=10**308, max_value=10**400),  # beyond any double
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.sampled_from(["bn", "bt", "bu", "bv", "n", "t", "v", "vb", "vs", "u",
+                                       "ts", "battery", "v", "node_id", "incarnation", "status"]),
+                      children, max_size=6),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_any_json_is_accepted_or_rejected_never_crashes(doc: object) -> None:
+    raw = json.dumps(doc).encode()
+    for parse_one in (
+        lambda: parse_device_payload(raw, limit=65536, now_wall=NOW),
+        lambda: parse_node_state(raw, "gw-1", limit=65536),
+        lambda: parse_node_telemetry(raw, "gw-1", limit=65536),
+    ):
+        try:
+            parse_one()
+        except Rejected as rej:
+            assert rej.reason in TELEMETRY_REJECT_REASONS
+
+
+@given(st.binary(max_size=64))
+def test_any_bytes_are_accepted_or_rejected(raw: bytes) -> None:
+    try:
+        parse_device_payload(raw, limit=65536, now_wall=NOW)
+    except Rejected as rej:
+        assert rej.reason in TELEMETRY_REJECT_REASONS
