@@ -127,11 +127,11 @@ def _number(value: Any, what: str) -> float:
     return number
 
 
-def _integer(value: Any, what: str, minimum: int = 0) -> int:
+def _integer(value: Any, what: str, minimum: int = 0, maximum: int = 1 << 31) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise Rejected("schema", f"{what} must be an integer, got {value!r}")
-    if value < minimum:
-        raise Rejected("out_of_range", f"{what} must be >= {minimum}, got {value}")
+        raise Rejected("schema", f"{what} must be an integer, got {value!r:.40}")
+    if not minimum <= value <= maximum:
+        raise Rejected("out_of_range", f"{what} must be within {minimum}..{maximum}")
     return value
 
 
@@ -292,7 +292,7 @@ def parse_node_state(payload: bytes, node_id: str, *, limit: int) -> NodeAnnounc
     ):
         raise Rejected("schema", "task_types must be a list of names")
     return NodeAnnouncement(
-        incarnation=_integer(doc.get("incarnation"), "incarnation"),
+        incarnation=_integer(doc.get("incarnation"), "incarnation", maximum=1 << 63),
         online=status == "online",
         ts=_number(doc.get("ts", 0.0), "ts"),
         role=role,
@@ -311,7 +311,7 @@ def parse_node_telemetry(payload: bytes, node_id: str, *, limit: int) -> NodeTel
     doc = _header(load_json(payload, limit), node_id)
     power = doc.get("power_w")
     return NodeTelemetry(
-        incarnation=_integer(doc.get("incarnation"), "incarnation"),
+        incarnation=_integer(doc.get("incarnation"), "incarnation", maximum=1 << 63),
         ts=_number(doc.get("ts", 0.0), "ts"),
         cpu_util=_in_range(_number(doc.get("cpu_util", 0.0), "cpu_util"), 0.0, 1.0, "cpu_util"),
         running=_integer(doc.get("running", 0), "running"),

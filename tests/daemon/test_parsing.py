@@ -123,6 +123,7 @@ def test_node_state() -> None:
         ({"v": 2}, "gw-1", "schema"),
         ({"status": "sleeping"}, "gw-1", "schema"),
         ({"incarnation": -1}, "gw-1", "out_of_range"),
+        ({"slots": 10**40}, "gw-1", "out_of_range"),
         ({"incarnation": "7"}, "gw-1", "schema"),
         ({"task_types": "echo"}, "gw-1", "schema"),
     ],
