@@ -11,7 +11,7 @@ from edgesched.core.costmodel import (
     ALL_CONSTRAINTS,
     BASELINE_CONSTRAINTS,
     CostParams,
-    evaluate_fast,
+    evaluate_many,
 )
 from edgesched.core.model import (
     Candidate,
@@ -52,8 +52,7 @@ def evaluate_all(
     enforce: frozenset[RejectReason] = ALL_CONSTRAINTS,
 ) -> list[CandidateEval]:
     """Evaluate every candidate against the time left to the task's deadline at `now`."""
-    remaining = task.remaining_s(now)
-    return [evaluate_fast(task, c, params, remaining, enforce) for c in candidates]
+    return evaluate_many(task, candidates, params, task.remaining_s(now), enforce)
 
 
 def make_decision(
