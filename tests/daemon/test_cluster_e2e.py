@@ -67,3 +67,17 @@ def test_three_nodes_see_each_other_die_and_come_back(mosquitto: Mosquitto, node
     assert nodes["b"].terminate() == 0
     assert time.monotonic() - t0 < 10
     wait_until(sees(nodes["a"], ["b"], "offline"), 2.0, what="a sees b offline after SIGTERM")
+
+
+def test_mqtt_311_nodes_see_each_other_and_the_will(mosquitto: Mosquitto, node_factory) -> None:
+    overrides = {"telemetry": {"interval_s": INTERVAL, "offline_after_intervals": 100},
+                 "mqtt": {"keepalive_s": KEEPALIVE, "protocol": "3.1.1"}}
+    a = node_factory("a311", broker=mosquitto, overrides=overrides)
+    b = node_factory("b311", broker=mosquitto, overrides=overrides)
+    wait_until(sees(a, ["b311"], "online"), 10, what="a311 sees b311")
+    wait_until(sees(b, ["a311"], "online"), 10, what="b311 sees a311")
+    b.kill()
+    killed = time.monotonic()
+    # silence alone would take 100 intervals: only the Will can make this deadline
+    wait_until(sees(a, ["b311"], "offline"), 1.5 * KEEPALIVE + 1.0 - (time.monotonic() - killed),
+               what="a311 sees b311 offline by its Will")
