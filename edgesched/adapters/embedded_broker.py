@@ -1,25 +1,16 @@
-"""An in-process MQTT 3.1.1 broker (amqtt) on a free loopback port, and a small demo MQTT link.
+"""An in-process MQTT 3.1.1 broker (amqtt) on a free loopback port, for `edgesched demo`.
 
-`edgesched demo` runs a whole cluster on one machine without asking the user to install a
-broker: `EmbeddedBroker` starts amqtt inside the demo's event loop. `FleetLink` is the demo
-fleet's MQTT client (devices publishing telemetry and submitting tasks, replies coming back);
-it lives here because adapters are the only code allowed to import aiomqtt.
+The demo runs a whole cluster on one machine without asking the user to install a broker:
+`EmbeddedBroker` starts amqtt inside the demo's event loop; nodes and the demo's device fleet
+connect to it with MQTT 3.1.1 through the ordinary MQTT adapter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
-
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from typing import Any
 
 from edgesched.errors import MqttError
 
@@ -82,100 +73,3 @@ class EmbeddedBroker:
     @property
     def address(self) -> tuple[str, int]:
         return self.host, self.port
-
-
-@dataclass(frozen=True, kw_only=True)
-class Incoming:
-    """One message received by a `FleetLink`."""
-
-    topic: str
-    payload: bytes
-    correlation_data: bytes | None
-
-
-class FleetLink:
-    """A plain MQTT client for the demo fleet: publish, subscribe, and receive, v3.1.1 or v5.
-
-    With protocol "5", `publish(..., response_topic=, correlation_data=)` sets the MQTT v5
-    properties a node replies to; with "3.1.1" the caller puts `reply_to`/`correlation_id`
-    in the JSON body instead.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        protocol: Literal["5", "3.1.1"],
-        client_id: str | None = None,
-        queue_size: int = 10_000,
-    ) -> None:
-        self.protocol = protocol
-        version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
-        self._client = aiomqtt.Client(
-            host,
-            port,
-            identifier=client_id or f"edgesched-demo-{uuid.uuid4().hex[:8]}",
-            protocol=version,
-            keepalive=30,
-            max_queued_incoming_messages=queue_size,
-        )
-        self._where = f"{host}:{port}"
-
-    async def __aenter__(self) -> FleetLink:
-        try:
-            await self._client.__aenter__()
-        except aiomqtt.MqttError as exc:
-            raise MqttError(f"cannot connect to the MQTT broker at {self._where}: {exc}") from exc
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
-            await self._client.__aexit__(exc_type, exc, tb)
-
-    async def subscribe(self, topic: str, qos: int = 1) -> None:
-        try:
-            await self._client.subscribe(topic, qos=qos)
-        except aiomqtt.MqttError as exc:
-            raise MqttError(f"subscribe to {topic!r} failed: {exc}") from exc
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 0,
-        retain: bool = False,
-        response_topic: str | None = None,
-        correlation_data: bytes | None = None,
-    ) -> None:
-        properties = None
-        if self.protocol == "5" and (response_topic or correlation_data):
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if response_topic:
-                properties.ResponseTopic = response_topic
-            if correlation_data:
-                properties.CorrelationData = correlation_data
-        try:
-            await self._client.publish(
-                topic, payload, qos=qos, retain=retain, properties=properties, timeout=10
-            )
-        except aiomqtt.MqttError as exc:
-            raise MqttError(f"publish to {topic!r} failed: {exc}") from exc
-
-    async def messages(self) -> AsyncIterator[Incoming]:
-        """Every received message, until the connection ends (then MqttError)."""
-        try:
-            async for message in self._client.messages:
-                payload = message.payload
-                data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-                props = message.properties
-                corr = getattr(props, "CorrelationData", None) if props is not None else None
-                yield Incoming(topic=str(message.topic), payload=bytes(data), correlation_data=corr)
-        except aiomqtt.MqttError as exc:
-            raise MqttError(f"MQTT connection to {self._where} lost: {exc}") from exc

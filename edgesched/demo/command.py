@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesched.adapters.embedded_broker import EmbeddedBroker, FleetLink
+from edgesched.adapters.embedded_broker import EmbeddedBroker
+from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.mqtt import MqttClient, MqttOptions
 from edgesched.demo.cluster import BrokerAddress, Cluster, ClusterSpec, load_cluster_spec
 from edgesched.demo.compare import compare
 from edgesched.demo.fleet import Fleet
@@ -155,12 +157,14 @@ async def _broker(run: DemoRun, args: argparse.Namespace) -> AsyncIterator[Broke
 
 async def _clear_retained(broker: BrokerAddress, node_ids: list[str]) -> None:
     """Leave no retained node-state documents of this run behind on someone else's broker."""
+    options = MqttOptions(host=broker.host, port=broker.port, protocol=broker.protocol,
+                          client_id=f"edgesched-demo-cleanup-{uuid.uuid4().hex[:8]}")
     try:
-        async with asyncio.timeout(5.0), FleetLink(broker.host, broker.port,
-                                                   protocol=broker.protocol) as link:
+        async with asyncio.timeout(5.0), MqttClient(options, Metrics()) as client:
+            await client.wait_connected()
             for node_id in node_ids:
-                await link.publish(f"{broker.topic_prefix}/node/{node_id}/state", b"",
-                                   qos=1, retain=True)
+                await client.publish(f"{broker.topic_prefix}/node/{node_id}/state", b"",
+                                     qos=1, retain=True)
     except (MqttError, TimeoutError) as exc:
         log.warning("could not clear the demo's retained state topics: %s", exc)
 

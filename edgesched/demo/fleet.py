@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from edgesched.adapters.embedded_broker import FleetLink, Incoming
+from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.mqtt import InboundMessage, MqttClient, MqttOptions
 from edgesched.demo.cluster import BrokerAddress, ClusterSpec, WanSpec
 from edgesched.demo.phases import Submission
 from edgesched.demo.summary import Tally
+from edgesched.errors import MqttError
 
 log = logging.getLogger("edgesched.demo.fleet")
 
 TELEMETRY_INTERVAL_S = 1.0
+CONNECT_TIMEOUT_S = 10.0
 MIN_BATTERY = 0.05
 
 
@@ -55,21 +58,28 @@ class Fleet:
         self.submitting_done = asyncio.Event()
         self._run = uuid.uuid4().hex[:8]
         self._reply_topic = f"{broker.topic_prefix}/demo/{self._run}/reply"
-        self._link = FleetLink(broker.host, broker.port, protocol=broker.protocol,
-                               client_id=f"edgesched-demo-fleet-{self._run}")
+        self._mqtt = MqttClient(
+            MqttOptions(host=broker.host, port=broker.port, protocol=broker.protocol,
+                        client_id=f"edgesched-demo-fleet-{self._run}", keepalive_s=30),
+            Metrics(),  # the fleet's own registry: it is not a node, nothing scrapes it
+        )
         self._group: asyncio.TaskGroup | None = None
         self._seq = 0
         self._stop = asyncio.Event()
-        self._reply_task: asyncio.Task[None] | None = None
+        self.publish_failures = 0
 
     async def __aenter__(self) -> Fleet:
-        await self._link.__aenter__()
-        await self._link.subscribe(self._reply_topic, qos=1)
+        await self._mqtt.subscribe(self._reply_topic, self._on_reply, qos=1)
+        await self._mqtt.__aenter__()
+        try:
+            await asyncio.wait_for(self._mqtt.wait_connected(), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            await self._mqtt.__aexit__(None, None, None)
+            raise MqttError(f"the demo fleet could not connect to the MQTT broker at "
+                            f"{self.broker.host}:{self.broker.port}") from None
         self.started_at = time.monotonic()
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
-        self._reply_task = self._group.create_task(self._reply_loop(),
-                                                   name="edgesched.demo.reply_loop")
         self._group.create_task(self._telemetry_loop(), name="edgesched.demo.telemetry_loop")
         self._group.create_task(self._submit_loop(), name="edgesched.demo.submit_loop")
         return self
@@ -81,12 +91,10 @@ class Fleet:
         group, self._group = self._group, None
         try:
             if group is not None:
-                self._stop.set()  # submit and telemetry loops end; the reply loop is cancelled
-                if self._reply_task is not None:
-                    self._reply_task.cancel()
+                self._stop.set()  # the submit and telemetry loops end at once
                 await group.__aexit__(exc_type, exc, tb)
         finally:
-            await self._link.__aexit__(exc_type, exc, tb)
+            await self._mqtt.__aexit__(exc_type, exc, tb)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started_at
@@ -124,11 +132,15 @@ class Fleet:
             body["correlation_id"] = task_id
         self.pending[task_id] = Pending(submission=sub, node_id=node, sent_at=time.monotonic())
         self.tally.submitted += 1
-        await self._link.publish(
-            f"{self.broker.topic_prefix}/node/{node}/submit", json.dumps(body).encode(), qos=1,
-            response_topic=self._reply_topic if self.broker.protocol == "5" else None,
-            correlation_data=task_id.encode() if self.broker.protocol == "5" else None,
-        )
+        try:
+            await self._mqtt.publish(
+                f"{self.broker.topic_prefix}/node/{node}/submit", json.dumps(body).encode(),
+                qos=1, response_topic=self._reply_topic, correlation_data=task_id.encode(),
+            )
+        except MqttError as exc:
+            # It may still have reached the node; if no reply comes it is counted as lost.
+            self.publish_failures += 1
+            log.warning("submitting %s to %s failed: %s", task_id, node, exc)
 
     def outstanding_on(self, node_id: str) -> int:
         return sum(1 for p in self.pending.values() if p.node_id == node_id)
@@ -145,12 +157,7 @@ class Fleet:
 
     # -- replies -------------------------------------------------------------------------------
 
-    async def _reply_loop(self) -> None:
-        async for incoming in self._link.messages():
-            if incoming.topic == self._reply_topic:
-                self._on_reply(incoming)
-
-    def _on_reply(self, incoming: Incoming) -> None:
+    async def _on_reply(self, incoming: InboundMessage) -> None:
         try:
             reply = json.loads(incoming.payload)
             task_id = str(reply.get("id") or reply.get("correlation_id") or
@@ -178,7 +185,10 @@ class Fleet:
         while True:
             for device_id, values in self.device_readings().items():
                 topic = f"{self.broker.topic_prefix}/device/{device_id}/telemetry"
-                await self._link.publish(topic, json.dumps(values).encode(), qos=0)
+                try:
+                    await self._mqtt.publish(topic, json.dumps(values).encode(), qos=0)
+                except MqttError as exc:  # telemetry is periodic: the next round replaces it
+                    log.debug("device telemetry not published: %s", exc)
             if await self._stopped_within(TELEMETRY_INTERVAL_S):
                 return
 
