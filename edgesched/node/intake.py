@@ -23,6 +23,8 @@ from edgesched.node import protocol as p
 
 log = logging.getLogger("edgesched.intake")
 
+REPLY_RECONNECT_WAIT_S = 30.0
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ReplyRoute:
@@ -111,8 +113,8 @@ class Intake:
                                   "no response topic and no reply_to", reply.id)
             return
         try:
-            await self._mqtt.publish(route.topic, reply.encode(), qos=1,
-                                     correlation_data=route.correlation_data)
+            await publish_reliably(self._mqtt, route.topic, reply.encode(),
+                                   correlation_data=route.correlation_data)
         except MqttError as exc:
             self._metrics.replies_dropped.labels(reason="publish_failed").inc()
             self._ratelog.warning("publish", "reply to task %s lost: %s", reply.id, exc)
@@ -141,6 +143,24 @@ class Intake:
         status = {p.RejectCode.OVERSIZE: 413, p.RejectCode.MALFORMED: 400,
                   p.RejectCode.SCHEMA: 400, p.RejectCode.UNKNOWN_TYPE: 400}.get(exc.reason, 200)
         return web.Response(status=status, body=reply.encode(), content_type="application/json")
+
+
+async def publish_reliably(mqtt: MqttClient, topic: str, payload: bytes, *,
+                           correlation_data: bytes | None = None) -> None:
+    """Publish at QoS 1; when the broker is gone, wait (bounded) for the reconnect and retry
+    once, so a short broker outage does not cost a task its only reply."""
+    try:
+        await mqtt.publish(topic, payload, qos=1, correlation_data=correlation_data)
+        return
+    except MqttError:
+        if mqtt.connected:
+            raise
+    try:
+        async with asyncio.timeout(REPLY_RECONNECT_WAIT_S):
+            await mqtt.wait_connected()
+    except TimeoutError:
+        raise MqttError(f"not connected to the broker for {REPLY_RECONNECT_WAIT_S:g}s") from None
+    await mqtt.publish(topic, payload, qos=1, correlation_data=correlation_data)
 
 
 def _with_correlation(reply: p.Reply, correlation_id: str) -> p.Reply:

@@ -19,6 +19,7 @@ from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog
 from edgesched.errors import MqttError
 from edgesched.node import protocol as p
+from edgesched.node.intake import publish_reliably
 
 log = logging.getLogger("edgesched.offload")
 
@@ -145,7 +146,7 @@ class OffloadServer:
 
     async def _send(self, topic: str, reply: p.OffloadReply) -> None:
         try:
-            await self._mqtt.publish(topic, p.encode(reply.to_dict()), qos=1)
+            await publish_reliably(self._mqtt, topic, p.encode(reply.to_dict()))
         except MqttError as exc:
             self._metrics.replies_dropped.labels(reason="publish_failed").inc()
             self._ratelog.warning("offload-reply", "cannot send offload reply: %s", exc)

@@ -82,6 +82,14 @@ async def test_placement_saturation_and_mixed_load(mosquitto: Mosquitto,
             check_result(replies[key], want)
         placements = {r["executed_by"] for r in replies.values()}
         print("mixed load ran on", sorted(placements))
+        sched = nodes["A"].status()["scheduler"]
+        assert set(sched["estimates"]["hash"]["exec"]) == {"A", "B", "cloud"}
+        assert 0 < len(sched["decisions"]) <= 20
+        last = sched["decisions"][-1]
+        assert {c["node_id"] for c in last["candidates"]} == {"A", "B", "cloud"}
+        assert {"latency_mean_s", "latency_q_s", "energy_j", "score", "feasible",
+                "reason"} <= set(last["candidates"][0])
+        assert nodes["A"].metric("edgesched_latency_prediction_error_seconds_count")
 
         # 2. A's slots full of local-only holds: further tasks go to B or the cloud.
         holds = [await client.submit("A", {"type": "hold", "input": {"seconds": 12}})

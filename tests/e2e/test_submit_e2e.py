@@ -130,3 +130,15 @@ async def test_sigterm_lets_in_flight_tasks_finish(node: Any, mosquitto: Mosquit
         reply = (await client.wait_all([key], within_s=5))[key]
     assert code == 0
     assert (reply["status"], reply["result"]) == ("ok", {"slept": 2.0})
+
+
+async def test_reply_survives_a_broker_restart(node: Any, mosquitto: Mosquitto) -> None:
+    async with TaskClient(mosquitto) as client:
+        key = await client.submit("gw-1", {"type": "sleep", "input": {"seconds": 4}})
+        await asyncio.to_thread(wait_until, lambda: node.status()["tasks"]["running"] == 1, 10)
+        mosquitto.stop()
+        await asyncio.sleep(0.5)
+        mosquitto.start()
+        reply = (await client.wait_all([key], within_s=20))[key]
+    assert (reply["status"], reply["result"]) == ("ok", {"slept": 4.0})
+    assert len(client.replies[key]) == 1
