@@ -24,6 +24,7 @@ from edgesched.node import protocol as p
 log = logging.getLogger("edgesched.intake")
 
 REPLY_RECONNECT_WAIT_S = 30.0
+MAX_PENDING_REJECTS = 1000  # rejection replies in flight before intake answers inline
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,6 +55,7 @@ class Intake:
         self._max_bytes = max_payload_bytes
         self._max_input = max_input_bytes
         self._ratelog = RateLimitedLog(log)
+        self._pending_rejects = 0
 
     def parse(self, payload: bytes) -> p.SubmitRequest:
         return p.parse_submit(payload, max_bytes=self._max_bytes,
@@ -84,7 +86,12 @@ class Intake:
             reply = p.Reply(id=exc.task_id or p.new_task_id(), status=p.Status.REJECTED,
                             error=str(exc), latency_s=time.monotonic() - received,
                             correlation_id=route.correlation_id if route else None)
-            await self.send(route, reply)
+            if self._pending_rejects >= MAX_PENDING_REJECTS:
+                await self.send(route, reply)  # a flood of bad input: push back on it
+            else:
+                # Answer off the consumer loop so valid submissions behind it are not delayed.
+                self._pending_rejects += 1
+                self._spawn(self._send_reject(route, reply), "edgesched.pipeline.reject")
             return
         route = self._route(msg, req.reply_to, req.correlation_id)
         self._spawn(self._reply_when_done(future, route), "edgesched.pipeline.reply")
@@ -98,6 +105,12 @@ class Intake:
         if reply_to:
             return ReplyRoute(topic=reply_to, correlation_id=correlation_id)
         return None
+
+    async def _send_reject(self, route: ReplyRoute | None, reply: p.Reply) -> None:
+        try:
+            await self.send(route, reply)
+        finally:
+            self._pending_rejects -= 1
 
     async def _reply_when_done(self, future: asyncio.Future[p.Reply],
                                route: ReplyRoute | None) -> None:
