@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -246,6 +247,10 @@ class MqttClient:
                 topic, payload, qos=qos, retain=retain, properties=props, timeout=timeout_s
             )
         except aiomqtt.MqttError as exc:
+            if getattr(exc, "rc", None) == paho.MQTT_ERR_QUEUE_SIZE:
+                self._metrics.messages_dropped.labels(reason="outgoing_queue_full").inc()
+                self._ratelog.warning("outgoing", "outgoing queue full (%d): not published to "
+                                      "%s", self.options.incoming_queue, topic)
             raise MqttError(f"publish to {topic} failed: {exc}") from exc
 
     # ---- lifecycle ----------------------------------------------------------------------

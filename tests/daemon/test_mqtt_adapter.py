@@ -216,3 +216,25 @@ def test_backoff_is_capped_jittered_and_growing() -> None:
     assert all(15.0 <= d <= 30.0 for d in delays[7:])
     assert len(set(delays)) == len(delays)  # jitter
 
+
+
+async def test_outgoing_queue_is_bounded_and_counted(mosquitto: Mosquitto) -> None:
+    import os
+    import signal
+
+    a, metrics = client(mosquitto, "out", incoming_queue=16)
+    async with a:
+        await asyncio.wait_for(a.wait_connected(), 5)
+        assert mosquitto.proc is not None
+        os.kill(mosquitto.proc.pid, signal.SIGSTOP)  # no PUBACK comes back: QoS 1 piles up
+        try:
+            results = await asyncio.gather(
+                *(a.publish("t", b"x", qos=1, timeout_s=1.0) for _ in range(40)),
+                return_exceptions=True,
+            )
+        finally:
+            os.kill(mosquitto.proc.pid, signal.SIGCONT)
+    assert all(isinstance(r, MqttError) for r in results)  # edgesched's error, never aiomqtt's
+    dropped = metrics.registry.get_sample_value(
+        "edgesched_mqtt_messages_dropped_total", {"reason": "outgoing_queue_full"})
+    assert dropped == 40 - 16  # paho holds at most 16 (queued + in flight) unacknowledged
