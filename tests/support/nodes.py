@@ -161,12 +161,12 @@ class NodeProcess:
                     return float(sample.value)
         return None
 
-    def terminate(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to `timeout`, then SIGKILL; returns the exit code."""
+    def terminate(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+        """SIGTERM (or `sig`), wait up to `timeout`, then SIGKILL; returns the exit code."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
