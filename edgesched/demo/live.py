@@ -127,7 +127,10 @@ def render(snap: Snapshot) -> Group:
                 "battery"):
         nodes.add_column(col)
     for v in snap.nodes:
-        alive = Text("up", "green") if v.up else Text("DOWN", "bold red")
+        if not v.up:
+            alive = Text("DOWN", "bold red")
+        else:
+            alive = Text("up", "green") if v.mqtt_connected else Text("up, no MQTT", "yellow")
         battery = snap.battery.get(v.node_id)
         nodes.add_row(
             f"{v.node_id}", v.role, alive, f"{v.running}/{v.slots}", str(v.queued),

@@ -64,13 +64,6 @@ def plan_phases(duration_s: float) -> tuple[Phase, ...]:
     return tuple(phases)
 
 
-def phase_at(phases: tuple[Phase, ...], t: float) -> Phase:
-    for phase in phases:
-        if t < phase.end_s:
-            return phase
-    return phases[-1]
-
-
 @dataclass(frozen=True, kw_only=True)
 class Submission:
     """One task the fleet submits: when, to which node, and what."""

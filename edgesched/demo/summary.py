@@ -65,10 +65,6 @@ class Tally:
             if error:
                 self.errors[error[:80]] += 1
 
-    @property
-    def answered(self) -> int:
-        return sum(self.statuses.values())
-
 
 @dataclass(frozen=True, kw_only=True)
 class Comparison:
