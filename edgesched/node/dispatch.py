@@ -31,6 +31,8 @@ from edgesched.core.model import (
     ClusterSnapshot,
     Decision,
     ExecEstimate,
+    Liveness,
+    NodeState,
     OffloadPolicy,
     Placement,
     PowerModel,
@@ -343,18 +345,39 @@ class Dispatcher:
         if self.offload is None:
             return AttemptResult(status=AttemptStatus.FAILED, error="offload is not available")
         expected = self.exec_estimate(job, target.node_id, self.clock()).mean_s
+        gone = self._gone_watch(target.node_id)
         try:
             reply = await self.offload.request(
                 target.node_id, job.request, deadline_s=self._remaining(job),
-                expected_s=expected, timeout_s=timeout_s)
+                expected_s=expected, timeout_s=timeout_s, gone=gone)
         except MqttError as exc:
             return AttemptResult(status=AttemptStatus.FAILED, error=str(exc))
         if reply is None:
-            return AttemptResult(status=AttemptStatus.TIMEOUT,
-                                 error=f"no reply from {target.node_id} in {timeout_s:.3g}s")
+            why = (f"{target.node_id} went offline or restarted" if gone()
+                   else f"no reply from {target.node_id} in {timeout_s:.3g}s")
+            return AttemptResult(status=AttemptStatus.TIMEOUT, error=why)
         return _from_remote(reply.status, reply.result, reply.error,
                             reply.executed_by or target.node_id, reply.wait_s, reply.exec_s,
                             reply.wait_s + reply.exec_s)
+
+    def _gone_watch(self, node_id: str) -> Callable[[], bool]:
+        """True once the view says `node_id` is offline or runs a new incarnation (the task
+        it was running is lost either way)."""
+
+        def state() -> NodeState | None:
+            return next((n for n in self.snapshot().neighbours if n.node_id == node_id), None)
+
+        first = state()
+        incarnation = first.incarnation if first else None
+
+        def gone() -> bool:
+            now = state()
+            if now is None:
+                return False  # not heard of yet: only the timeout can tell
+            return now.liveness is Liveness.OFFLINE or (
+                incarnation is not None and now.incarnation != incarnation)
+
+        return gone
 
     async def _run_cloud(self, job: Job, timeout_s: float) -> AttemptResult:
         assert self.cloud is not None

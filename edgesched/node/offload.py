@@ -25,6 +25,7 @@ log = logging.getLogger("edgesched.offload")
 
 MAX_PENDING = 10_000
 SEEN_REQUESTS = 4096
+GONE_POLL_S = 0.25
 
 
 class OffloadClient:
@@ -54,8 +55,10 @@ class OffloadClient:
     async def request(
         self, target: str, task: p.SubmitRequest, *, deadline_s: float | None,
         expected_s: float | None, timeout_s: float,
+        gone: Callable[[], bool] | None = None,
     ) -> p.OffloadReply | None:
-        """The neighbour's reply, or None when none came within `timeout_s`.
+        """The neighbour's reply, or None when none came within `timeout_s` or `gone()`
+        (checked every GONE_POLL_S: the target went offline) turned true first.
 
         Raises MqttError when the request cannot be published.
         """
@@ -71,7 +74,7 @@ class OffloadClient:
             await self._mqtt.publish(p.offload_topic(self._prefix, target), p.encode(doc), qos=1,
                                      timeout_s=max(0.1, min(timeout_s, 10.0)))
             async with asyncio.timeout(timeout_s):
-                return await future
+                return await _unless_gone(future, gone)
         except TimeoutError:
             return None
         finally:
@@ -91,6 +94,20 @@ class OffloadClient:
             log.debug("late offload reply for %s ignored", reply.correlation_id)
             return
         future.set_result(reply)
+
+
+async def _unless_gone(future: asyncio.Future[p.OffloadReply],
+                       gone: Callable[[], bool] | None) -> p.OffloadReply | None:
+    """The reply, or None as soon as `gone()` says the target died (no need to wait out the
+    whole timeout for a node whose Will or silence already told us)."""
+    if gone is None:
+        return await future
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=GONE_POLL_S)
+        if done:
+            return future.result()
+        if gone():
+            return None
 
 
 RunHandedTask = Callable[[p.OffloadRequest], Awaitable[p.OffloadReply]]

@@ -131,13 +131,13 @@ async def test_placement_saturation_and_mixed_load(mosquitto: Mosquitto,
 
 
 async def test_neighbour_killed_mid_task(mosquitto: Mosquitto, node_factory: Any) -> None:
-    nodes = cluster(mosquitto, node_factory)
+    nodes = cluster(mosquitto, node_factory)  # keepalive 2 s: B's Will comes ~3 s after death
     async with TaskClient(mosquitto) as client:
         holds = [await client.submit("A", {"type": "hold", "input": {"seconds": 20}})
                  for _ in range(2)]
         wait_until(lambda: nodes["A"].status()["tasks"]["running"] == 2, 5, what="A saturated")
         work = [await client.submit("A", {"type": "sleep", "input": {"seconds": 4},
-                                          "deadline_s": 15}) for _ in range(3)]
+                                          "deadline_s": 20}) for _ in range(3)]
         wait_until(lambda: nodes["B"].status()["tasks"]["running"] >= 1, 5, what="B busy")
         nodes["B"].kill()
         killed = time.monotonic()
@@ -152,7 +152,11 @@ async def test_neighbour_killed_mid_task(mosquitto: Mosquitto, node_factory: Any
         # The tasks B was running were re-run on the cloud (the deadline allowed it).
         assert sum(r["attempts"] > 1 for r in got.values()) >= 1
         assert all(r["status"] == "ok" for r in got.values())
-        assert time.monotonic() - killed < 15
+        # A gave up on B when B's Will said it was gone, before the attempt's ~4.6 s timeout.
+        attempts = [a for d in nodes["A"].status()["scheduler"]["decisions"]
+                    for a in d["attempts"] if a["node_id"] == "B"]
+        assert any("went offline" in (a["error"] or "") for a in attempts), attempts
+        assert time.monotonic() - killed < 16
         for key in holds:
             client.replies.pop(key, None)  # still holding A's slots; not part of this check
     assert all(len(v) == 1 for v in client.replies.values())
