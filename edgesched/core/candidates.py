@@ -62,10 +62,27 @@ def _supports(node: NodeState, task_type: str) -> bool:
     return not node.task_types or task_type in node.task_types
 
 
-def _wait(node: NodeState, extra: int, ex: ExecEstimate) -> tuple[float, float]:
-    running, queued = max(0, node.running) + extra, max(0, node.queued)
-    wait, std = queue_wait(node.slots, running, queued, ex.mean_s, ex.std_s)
+def _wait(node: NodeState, extra: int, ex: ExecEstimate, age: float = 0.0) -> tuple[float, float]:
+    """Queue wait on `node` for one more task, `extra` of ours not in its report yet.
+
+    A report `age` seconds old is aged: the tasks it counted have been worked on since, so the
+    reported backlog relaxes towards the node's average load (cpu_util x slots) with the
+    execution time as time constant, and the node's own wait estimate counts down by `age`.
+    Without this, a neighbour seen busy in a report taken mid-burst looks busy for a whole
+    telemetry interval, however short its tasks.
+    """
+    running, queued = max(0, node.running), max(0, node.queued)
     reported = _finite_or(node.est_wait_s, 0.0)
+    if not (age > 0.0 and math.isfinite(age) and node.slots > 0 and ex.mean_s > 0.0):
+        wait, std = queue_wait(node.slots, running + extra, queued, ex.mean_s, ex.std_s)
+    else:
+        average = min(1.0, max(0.0, _finite_or(node.cpu_util, 0.0))) * node.slots
+        backlog = running + queued
+        now_backlog = average + (backlog - average) * math.exp(-age / ex.mean_s)
+        ahead = now_backlog + extra - node.slots + 1
+        wait = max(0.0, ahead) * ex.mean_s / node.slots
+        std = max(0.5 * wait, math.sqrt(max(0.0, ahead)) * ex.std_s / node.slots)
+        reported = max(0.0, reported - age)
     if reported > wait:  # the node's own estimate knows its real queue mix
         return reported, max(std, 0.5 * reported)
     return wait, std
@@ -94,9 +111,19 @@ def local_candidate(
     task: TaskSpec, node: NodeState, bank: EstimatorBank, now: float, *,
     power: PowerModel, max_queue: int | None = None, extra: int = 0,
 ) -> Candidate:
-    """This node as a candidate (no transfer; its own state is never stale)."""
+    """This node as a candidate (no transfer; its own state is never stale).
+
+    The executor's own wait estimate (FIFO over the expected remaining times of what it runs
+    and queues) is used when it has one: it knows how far along the running tasks are, which
+    the count model cannot (with every slot busy the count model assumes a whole execution
+    time per slot ahead, and would send work away from a node about to free a slot).
+    """
     ex = bank.exec_estimate(task.task_type, node.node_id, task.input_bytes, now)
-    wait, wait_std = _wait(node, extra, ex)
+    own = _finite_or(node.est_wait_s, 0.0)
+    if own > 0.0 and extra == 0:
+        wait, wait_std = own, 0.5 * own
+    else:
+        wait, wait_std = _wait(node, extra, ex)
     return Candidate(
         node_id=node.node_id, placement=Placement.LOCAL, slots=max(0, node.slots),
         running=max(0, node.running) + extra, queued=max(0, node.queued),
@@ -112,7 +139,7 @@ def neighbour_candidate(
 ) -> Candidate:
     """An edge neighbour as a candidate, as last heard from (`age_s` says how long ago)."""
     ex = bank.exec_estimate(task.task_type, node.node_id, task.input_bytes, now)
-    wait, wait_std = _wait(node, extra, ex)
+    wait, wait_std = _wait(node, extra, ex, _age(node, now))
     return Candidate(
         node_id=node.node_id, placement=Placement.NEIGHBOUR, liveness=node.liveness,
         age_s=min(_age(node, now), 1e12), slots=max(0, node.slots),

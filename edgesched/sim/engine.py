@@ -109,13 +109,19 @@ class SimNode:
         return self.exec_mean.get(ttype, default)
 
     def est_wait_s(self, now: float) -> float:
-        """This node's own estimate of the wait before a new task gets a slot."""
-        if len(self.running) < self.slots:
+        """This node's own estimate of the wait before a new task gets a slot: FIFO over the
+        expected run times, as the daemon's executor computes it (`estimated_wait`)."""
+        running = self.running
+        if len(running) < self.slots and not self.queue:
             return 0.0
-        left = 0.0
-        for job in self.running:
-            left += max(0.0, job.est - (now - job.start))
-        return (left + self.queued_est_s) / self.slots
+        free = [max(0.0, job.est - (now - job.start)) for job in running]
+        if self.slots == 1:
+            return (free[0] if free else 0.0) + self.queued_est_s
+        free += [0.0] * (self.slots - len(free))
+        heapq.heapify(free)
+        for job in self.queue:
+            heapq.heapreplace(free, free[0] + job.est)
+        return free[0]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -12,7 +12,7 @@ EPS_BITS = 1e-6
 class Transfer:
     """One message crossing a link; `done(transfer)` runs when its last bit has been sent."""
 
-    __slots__ = ("bits", "cancelled", "done", "payload", "started", "tag")
+    __slots__ = ("bits", "cancelled", "done", "finished", "payload", "started", "tag")
 
     def __init__(self, bits: float, done: Callable[[Transfer], None], payload: Any,
                  now: float) -> None:
@@ -22,6 +22,7 @@ class Transfer:
         self.started = now
         self.tag = 0.0  # the link's per-flow service level at which this transfer completes
         self.cancelled = False
+        self.finished = False
 
 
 class Link:
@@ -103,6 +104,7 @@ class Link:
         while heap and (heap[0][0] <= limit or heap[0][2].cancelled or not finished):
             tr = heapq.heappop(heap)[2]
             if not tr.cancelled:
+                tr.finished = True
                 finished.append(tr)  # the first one is due now even if rounding says not
         self.active -= len(finished)
         self._reschedule(now)
@@ -111,12 +113,10 @@ class Link:
 
     def cancel(self, tr: Transfer) -> None:
         """Abort a transfer (the sender gave up, e.g. an HTTP request that timed out)."""
-        if tr.cancelled or tr.tag <= self.service or tr.bits <= EPS_BITS:
-            return  # unknown here, or already finished
+        if tr.cancelled or tr.finished or tr.bits <= EPS_BITS:
+            return  # already over
         now = self.engine.now
         self._advance(now)
-        if tr.tag <= self.service:
-            return
         tr.cancelled = True
         self.active -= 1
         self._reschedule(now)

@@ -109,3 +109,12 @@ def test_a_cancelled_transfer_frees_its_share() -> None:
     clock.run()
     assert "b" not in done
     assert abs(done["a"] - (0.5 + 0.75)) < 1e-9  # 0.25 Mbit shared, then 0.75 Mbit alone
+
+
+def test_cancelling_a_finished_transfer_changes_nothing() -> None:
+    clock = _Clock()
+    link = Link(clock, _End(False), _End(False), rtt_s=0.0, bandwidth_bps=1e6)
+    tr = link.start(1e5, lambda tr: None, None)
+    clock.run()
+    link.cancel(tr)
+    assert link.active == 0 and link.share_bps() == 1e6
