@@ -173,10 +173,12 @@ class Fleet:
         if not isinstance(latency, int | float) or not math.isfinite(latency):
             latency = time.monotonic() - pending.sent_at
         sub = pending.submission
+        attempts = reply.get("attempts")
         self.tally.record(
             phase=sub.phase.value, task_type=sub.task_type, status=str(reply.get("status")),
             placement=reply.get("placement"), executed_by=reply.get("executed_by"),
             latency_s=float(latency), deadline_s=sub.deadline_s, error=reply.get("error"),
+            attempts=attempts if isinstance(attempts, int) else 1,
         )
 
     # -- device telemetry ----------------------------------------------------------------------

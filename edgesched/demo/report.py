@@ -74,6 +74,9 @@ def print_summary(doc: dict[str, Any], notes: list[str], console: Console | None
                   f"p95 {_fmt(lat['p95'], ' s')}, p99 {_fmt(lat['p99'], ' s')}; "
                   f"deadline misses {doc['deadline_misses']}; "
                   f"edge energy {doc['energy_j']:.1f} J (from the nodes' /metrics)")
+    console.print(f"answered after a fallback (more than one attempt): "
+                  f"{doc['answered_after_fallback']}; submissions of roaming devices: "
+                  f"{doc['redirected_submissions']}")
     console.print(_phase_table(doc))
     comparison = doc.get("comparison")
     if comparison and comparison.get("policies"):

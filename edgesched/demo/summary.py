@@ -38,14 +38,17 @@ class Tally:
     duplicates: int = 0
     malformed: int = 0
     redirected: int = 0
+    fallbacks: int = 0  # answered after more than one attempt (a target failed or timed out)
     errors: Counter[str] = field(default_factory=Counter)
 
     def record(
         self, *, phase: str, task_type: str, status: str, placement: str | None,
         executed_by: str | None, latency_s: float | None, deadline_s: float | None,
-        error: str | None = None,
+        error: str | None = None, attempts: int = 1,
     ) -> None:
         status = status if status in STATUSES else "failed"
+        if attempts > 1:
+            self.fallbacks += 1
         self.statuses[status] += 1
         if status == "ok":
             where = placement if placement in PLACEMENTS else "unknown"
@@ -105,6 +108,7 @@ def summary_doc(
         "executed_by": dict(tally.executed_by),
         "duplicate_replies": tally.duplicates,
         "redirected_submissions": tally.redirected,
+        "answered_after_fallback": tally.fallbacks,
     }
     if comparison is not None:
         doc["comparison"] = {"source": comparison.source, "note": comparison.note,
