@@ -94,12 +94,12 @@ def test_ctrl_c_stops_every_node(tmp_path: Path) -> None:
             if re.search(r"\[\s*\d+\.\ds ", line) or time.monotonic() > deadline:
                 break
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 130, f"exit {proc.returncode}\n{stdout[-3000:]}\n{stderr[-5000:]}"
     pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)", stderr)]
     assert len(pids) == 4, stderr
     gone_by = time.monotonic() + 10
