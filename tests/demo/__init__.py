@@ -1,0 +1,1 @@
+"""Tests of `edgesched demo`: its parts, and whole runs against real brokers and nodes."""
