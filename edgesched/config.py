@@ -182,6 +182,10 @@ class DeviceMapping(_Section):
 
 class DeviceSettings(_Section):
     mappings: tuple[DeviceMapping, ...] = ()
+    uplink_device: str | None = Field(
+        None, description="device whose uplink_bps/rtt_s readings measure this node's link "
+        "to the cloud (fed into the cloud link estimate)"
+    )
 
 
 class TaskTypeSettings(_Section):

@@ -29,10 +29,11 @@ from edgesched.config import (
     load_settings,
     read_process_environment,
 )
+from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.model import ClusterSnapshot, PowerModel
 from edgesched.core.view import ClusterView, ViewParams
 from edgesched.node.pipeline import TaskPipeline
-from edgesched.node.telemetry import Identity, Load, TelemetryStage, Topics
+from edgesched.node.telemetry import Identity, LinkReadingFeeder, Load, TelemetryStage, Topics
 
 log = logging.getLogger("edgesched.service")
 
@@ -250,13 +251,17 @@ def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
     before HTTP starts, and set `rt.load_source`).
     """
     assert rt.telemetry is not None
+    pipeline = TaskPipeline(rt)
+    uplink = rt.settings.devices.uplink_device
+    if uplink:  # the modem/uplink monitor's readings are this node's link to the cloud
+        rt.on_device_values.append(LinkReadingFeeder(pipeline.bank, {uplink: CLOUD_ID}))
     return [
         rt.notifier,  # watchdog pings from the event loop
         # exits the process when the loop stalls and systemd's watchdog is not in charge
         stall_guard_for(rt.settings, metrics=rt.metrics, env=rt.process_env),
         rt.mqtt,  # owns the connection; reconnects in the background
         rt.telemetry,  # the single writer of the cluster view
-        TaskPipeline(rt),  # intake -> decide -> dispatch -> reply -> feedback
+        pipeline,  # intake -> decide -> dispatch -> reply -> feedback
         rt.http,  # last in, first out: the API goes away before anything it reads
     ]
 

@@ -602,18 +602,21 @@ class TelemetryStage:
 class LinkReadingFeeder:
     """Feeds device link readings (`rtt_s`, `uplink_bps`) into an `EstimatorBank`.
 
-    Register it with `runtime.on_device_values.append(LinkReadingFeeder(bank))`. A reading of
-    device D updates the link estimator of target `targets.get(D, D)` (map a modem's device id
-    to `cloud`, say). A bandwidth reading is fed as one transfer lasting long enough to pass
-    the bank's minimum transfer size.
+    Register it with `runtime.on_device_values.append(LinkReadingFeeder(bank, targets))`.
+    Only devices named in `targets` are fed: a reading of device D updates the link estimator
+    of target `targets[D]` (e.g. `{"gw-1-modem": "cloud"}`); other devices are ignored, so a
+    fleet of sensors cannot crowd the bank's bounded table of real links. A bandwidth reading
+    is fed as one transfer lasting long enough to pass the bank's minimum transfer size.
     """
 
-    def __init__(self, bank: EstimatorBank, targets: Mapping[str, str] | None = None) -> None:
+    def __init__(self, bank: EstimatorBank, targets: Mapping[str, str]) -> None:
         self._bank = bank
-        self._targets = dict(targets or {})
+        self._targets = dict(targets)
 
     def __call__(self, device_id: str, values: Mapping[str, float], now: float) -> None:
-        target = self._targets.get(device_id, device_id)
+        target = self._targets.get(device_id)
+        if target is None:
+            return
         rtt = values.get("rtt_s")
         if rtt is not None:
             self._bank.observe_rtt(target, rtt, now)

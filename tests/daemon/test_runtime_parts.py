@@ -7,6 +7,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from edgesched.adapters.procstat import CpuSampler, read_cpu_times
 from edgesched.adapters.systemd import Notifier
 from edgesched.config import read_process_environment
@@ -64,3 +66,31 @@ def test_notifier_is_a_noop_without_systemd() -> None:
     other_pid = read_process_environment({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000",
                                           "WATCHDOG_PID": str(os.getpid() + 1)})
     assert Notifier(other_pid).watchdog_interval_s is None  # the watchdog is someone else's
+
+
+def test_link_reading_feeder_feeds_only_mapped_devices() -> None:
+    from edgesched.core.estimators import EstimatorBank
+    from edgesched.node.telemetry import LinkReadingFeeder
+
+    bank = EstimatorBank()
+    prior = bank.link("cloud", 0.0)
+    feed = LinkReadingFeeder(bank, {"modem": "cloud"})
+    for i in range(20):
+        feed("modem", {"rtt_s": 0.2, "uplink_bps": 1e6}, float(i))
+        feed("sensor-7", {"rtt_s": 5.0, "uplink_bps": 10.0}, float(i))
+    learned = bank.link("cloud", 20.0)
+    assert learned.rtt_s == pytest.approx(0.2, rel=0.2) and learned.rtt_s != prior.rtt_s
+    assert learned.bandwidth_bps == pytest.approx(1e6, rel=0.2)
+    assert len(bank) == 1  # sensor-7 got no estimator
+
+
+def test_uplink_device_is_wired_to_the_cloud_link(tmp_path: Path) -> None:
+    from edgesched.config import load_settings
+    from edgesched.node.service import build_runtime, components
+    from edgesched.node.telemetry import LinkReadingFeeder
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("node_id: n1\nhttp: {port: 0}\ndevices: {uplink_device: modem}\n")
+    rt = build_runtime(load_settings(cfg), process_env=read_process_environment({}))
+    components(rt)
+    assert any(isinstance(cb, LinkReadingFeeder) for cb in rt.on_device_values)
