@@ -35,6 +35,7 @@ class NodeView:
     slots: int = 0
     neighbours_online: int = 0
     mqtt_connected: bool = False
+    battery: float | None = None  # as the node itself reports it (its battery device's reading)
     energy_j: float = 0.0  # across restarts (a restarted node's counters start again at 0)
     _energy_banked: float = 0.0
     _energy_last: float = 0.0
@@ -96,6 +97,8 @@ def _apply_status(view: NodeView, status: Any) -> None:
     view.running = int(tasks.get("running") or 0)
     view.queued = int(tasks.get("queued") or 0)
     view.mqtt_connected = bool((status.get("mqtt") or {}).get("connected"))
+    battery = (status.get("local") or {}).get("battery")
+    view.battery = float(battery) if isinstance(battery, int | float) else None
     neighbours = status.get("neighbours") or []
     view.neighbours_online = sum(
         1 for n in neighbours if isinstance(n, dict) and n.get("status") == "online")
@@ -131,7 +134,7 @@ def render(snap: Snapshot) -> Group:
             alive = Text("DOWN", "bold red")
         else:
             alive = Text("up", "green") if v.mqtt_connected else Text("up, no MQTT", "yellow")
-        battery = snap.battery.get(v.node_id)
+        battery = v.battery if v.battery is not None else snap.battery.get(v.node_id)
         nodes.add_row(
             f"{v.node_id}", v.role, alive, f"{v.running}/{v.slots}", str(v.queued),
             str(v.neighbours_online) if v.role == "edge" else "-", f"{v.energy_j:7.1f}",
