@@ -15,6 +15,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,17 +99,28 @@ class LocalExecutor:
 
     async def __aenter__(self) -> LocalExecutor:
         if self._use_pool:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["edgesched.tasks.builtins"])
-            self._pool = ProcessPoolExecutor(
-                max_workers=self._workers, mp_context=ctx, initializer=_warm_worker
-            )
+            self._pool = self._new_pool()
             loop = asyncio.get_running_loop()
             # Start every worker now so the first CPU-bound task does not pay for it.
             await asyncio.gather(
                 *(loop.run_in_executor(self._pool, _noop) for _ in range(self._workers))
             )
         return self
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["edgesched.tasks.builtins"])
+        return ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx,
+                                   initializer=_warm_worker)
+
+    def _replace_broken_pool(self, broken: ProcessPoolExecutor | None) -> None:
+        """A worker died (crash, OOM kill): the pool refuses all work from then on, so the
+        tasks it held fail and a fresh pool takes the next ones."""
+        if broken is None or self._pool is not broken:
+            return  # already replaced by a sibling task
+        log.warning("a process-pool worker died; starting a new pool")
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
 
     async def __aexit__(self, *exc: object) -> None:
         pool, self._pool = self._pool, None
@@ -225,13 +237,17 @@ class LocalExecutor:
 
     async def _execute(self, task_type: TaskType, value: Any) -> Any:
         limit = task_type.settings.timeout_s
+        pool = self._pool
         try:
             async with asyncio.timeout(limit):
-                result = await task_type.handler.run(value, pool=self._pool)
+                result = await task_type.handler.run(value, pool=pool)
         except TimeoutError:
             raise TaskTimeoutError(f"{task_type.name} ran past its {limit:g}s timeout") from None
         except TaskError:
             raise
+        except BrokenProcessPool as exc:
+            self._replace_broken_pool(pool)
+            raise HandlerError(f"{task_type.name}: its worker process died ({exc})") from exc
         except Exception as exc:  # a handler bug must fail its task, never the node
             raise HandlerError(f"{task_type.name} handler failed: {exc!r}") from exc
         _check_json(task_type.name, result)

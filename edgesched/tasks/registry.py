@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -124,8 +125,8 @@ class PythonHandler:
                 return await self.fn(value)
             # A sync handler may block; a thread keeps the event loop responsive.
             return await asyncio.to_thread(self.fn, value)
-        except (EdgeschedError, asyncio.CancelledError):
-            raise
+        except (EdgeschedError, asyncio.CancelledError, BrokenProcessPool):
+            raise  # the executor handles a dead pool worker
         except Exception as exc:
             raise HandlerError(f"{self.module}:{self.function} raised {exc!r}") from exc
 

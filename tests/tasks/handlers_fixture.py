@@ -27,3 +27,9 @@ def picky(value: Any) -> Any:
 
 def not_json(value: Any) -> Any:
     return {"x": {1, 2}}
+
+
+def die(value: Any) -> Any:
+    import os
+
+    os._exit(3)  # a worker that crashes hard (as on a segfault or an OOM kill)

@@ -177,3 +177,13 @@ async def test_priority_jumps_the_queue(executor: LocalExecutor) -> None:
             await asyncio.sleep(0.001)
             tg.create_task(job("high", 5))
     assert order.index("high") < order.index("low")
+
+
+async def test_a_dead_worker_fails_its_task_and_the_pool_recovers(
+        executor: LocalExecutor) -> None:
+    reg = registry(die={"handler": f"python:{FIXTURE}:die", "cpu_bound": True})
+    with pytest.raises(HandlerError, match="worker process died"):
+        await executor.run(reg.get("die"), {}, expected_s=0.0)
+    value = reg.validate("hash", {"data": "ok", "rounds": 3})
+    out = await executor.run(reg.get("hash"), value, expected_s=0.0)
+    assert out.value == {"digest": hash_digest("ok", 3)}
