@@ -243,9 +243,9 @@ def _telemetry_stage(rt: Runtime) -> TelemetryStage:
 def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
     """THE list of the node's components, entered in order and exited in reverse.
 
-    Exit order is the drain order: stop accepting HTTP, then (task pipeline goes here: stop
-    intake, finish or hand back in-flight work), then telemetry, then MQTT (which publishes
-    the offline state and disconnects), then the systemd notifier.
+    Exit order is the drain order: stop accepting HTTP, then the task pipeline (stop intake,
+    finish or hand back in-flight work), then telemetry, then MQTT (which publishes the
+    offline state and disconnects), then the stall guard and the systemd notifier.
     Add a component by appending its async context manager at the right place; construct it
     with `rt` (it may call `rt.mqtt.subscribe`, `rt.http.add_routes`, ... in `__aenter__`
     before HTTP starts, and set `rt.load_source`).
