@@ -82,10 +82,14 @@ class DaemonBrain:
         self.view = ClusterView(local_id=self.node.id, params=self._view_params)
         priors = {t.name: ExecPrior(mean_s=self.engine.prior_exec(i), cv=0.5)
                   for i, t in enumerate(self._types)}
-        # Priors, as an operator configures them: the node's own speed (executor.speed), and
-        # the nominal figures of its links (LAN, uplink). Neighbours' speeds arrive with their
-        # state documents (see `announce`); everything else is learned from completions.
-        self.bank = EstimatorBank(exec_priors=priors, speeds={self.node.id: self.node.speed},
+        # Priors, as an operator configures them: the node's own speed (executor.speed), the
+        # cloud tier's relative speed, and the nominal figures of its links (LAN, uplink).
+        # Neighbours' speeds arrive with their state documents (see `announce`); everything
+        # else is learned from completions.
+        speeds = {self.node.id: self.node.speed}
+        if self.engine.cloud is not None:
+            speeds[CLOUD_ID] = self.engine.cloud.speed
+        self.bank = EstimatorBank(exec_priors=priors, speeds=speeds,
                                   link_priors=self._nominal_links())
         self.inflight.clear()
         self._neighbours = None
