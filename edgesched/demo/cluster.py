@@ -26,6 +26,9 @@ log = logging.getLogger("edgesched.demo.cluster")
 
 HEALTHY_TIMEOUT_S = 45.0
 STOP_GRACE_S = 8.0
+START_ATTEMPTS = 3
+_START_MARK = "--- demo: start #"
+_PORT_TAKEN = "address already in use"
 
 
 class ClusterError(EdgeschedError):
@@ -173,10 +176,12 @@ class NodeProcess:
         return self.proc is not None and self.proc.returncode is None
 
     def log_tail(self, lines: int = 15) -> str:
+        """The end of this node's log since its latest start."""
         try:
             text = self.log_path.read_text("utf-8", errors="replace")
         except OSError:
             return "(no log)"
+        text = text.rsplit(_START_MARK, 1)[-1]
         return "\n".join(text.splitlines()[-lines:])
 
 
@@ -193,6 +198,7 @@ class Cluster:
         self.workdir = workdir
         self.nodes: dict[str, NodeProcess] = {}
         self._ports: dict[str, int] = {}
+        self._cloud_url: str | None = None
 
     def http_port(self, node_id: str) -> int:
         return self.nodes[node_id].http_port
@@ -207,18 +213,40 @@ class Cluster:
         if not self._ports:
             self.allocate_ports()
         ports = self._ports
-        cloud_url = cloud_url_for_edges or f"http://127.0.0.1:{ports[self.spec.cloud.node_id]}"
+        self._cloud_url = (cloud_url_for_edges or
+                           f"http://127.0.0.1:{ports[self.spec.cloud.node_id]}")
         for node in self.spec.nodes:
-            state_dir = self.workdir / node.node_id
-            state_dir.mkdir(parents=True, exist_ok=True)
-            doc = node_config(node, http_port=ports[node.node_id], broker=self.broker,
-                              cloud_url=cloud_url, state_dir=state_dir)
-            path = self.workdir / f"{node.node_id}.yaml"
-            path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+            path = self._write_config(node, ports[node.node_id])
             self.nodes[node.node_id] = NodeProcess(
                 spec=node, config_path=path, log_path=self.workdir / f"{node.node_id}.log",
                 http_port=ports[node.node_id],
             )
+
+    def _write_config(self, node: NodeSpec, http_port: int) -> Path:
+        state_dir = self.workdir / node.node_id
+        state_dir.mkdir(parents=True, exist_ok=True)
+        doc = node_config(node, http_port=http_port, broker=self.broker,
+                          cloud_url=self._cloud_url, state_dir=state_dir)
+        path = self.workdir / f"{node.node_id}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        return path
+
+    async def start_healthy(self, node_id: str) -> None:
+        """Start a node and wait until healthy; if its HTTP port was taken meanwhile (the
+        port was only free when chosen), move it to another free port and try again."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            await self.start(node_id)
+            try:
+                await self.wait_healthy(node_id)
+                return
+            except ClusterError:
+                node = self.nodes[node_id]
+                if attempt == START_ATTEMPTS or _PORT_TAKEN not in node.log_tail(60):
+                    raise
+            node.http_port = self._ports[node_id] = free_port()
+            self._write_config(node.spec, node.http_port)
+            log.warning("%s: its HTTP port was taken; retrying on port %d", node_id,
+                        node.http_port)
 
     async def __aenter__(self) -> Cluster:
         return self
@@ -237,7 +265,7 @@ class Cluster:
         if node.log_file is None:
             node.log_file = node.log_path.open("ab")
         node.starts += 1
-        node.log_file.write(f"--- demo: start #{node.starts} ---\n".encode())
+        node.log_file.write(f"{_START_MARK}{node.starts} ---\n".encode())
         node.log_file.flush()
         node.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgesched", "run", "--config", str(node.config_path),
@@ -274,12 +302,10 @@ class Cluster:
             f"its log ({node.log_path}):\n{node.log_tail()}")
 
     async def start_all(self) -> None:
-        for node_id in self.nodes:
-            await self.start(node_id)
         async with asyncio.TaskGroup() as group:
             for node_id in self.nodes:
-                group.create_task(self.wait_healthy(node_id),
-                                  name=f"edgesched.demo.healthy_{node_id}")
+                group.create_task(self.start_healthy(node_id),
+                                  name=f"edgesched.demo.start_{node_id}")
 
     async def kill(self, node_id: str) -> None:
         """SIGKILL: no graceful offline state, no drain — as a power cut would."""

@@ -191,6 +191,7 @@ async def _demo(run: DemoRun, args: argparse.Namespace) -> None:
                 print(f"edgesched demo: broker {run.broker_label}; starting "
                       f"{len(run.spec.nodes)} nodes (logs in {tmp}) ...", flush=True)
                 await cluster.start_all()
+                wan.target_port = cluster.http_port(run.spec.cloud.node_id)  # in case it moved
                 run.monitor = Monitor(cluster)
                 await _wait_for_mesh(run, run.monitor)
                 await _drive(run, cluster, wan, broker)
@@ -263,8 +264,7 @@ async def _kill_and_restart(run: DemoRun, cluster: Cluster, fleet: Fleet, phase:
     run.headline = f"{VICTIM} killed with SIGKILL; gateways fall back"
     await _sleep_until(fleet, run.down_window[1])
     run.headline = f"{VICTIM} restarting"
-    await cluster.start(VICTIM)
-    await cluster.wait_healthy(VICTIM)
+    await cluster.start_healthy(VICTIM)
     run.down_window = (killed_at, fleet.elapsed())
     fleet.paused.discard(VICTIM)
     run.headline = f"{VICTIM} back: it rejoins with a new incarnation"

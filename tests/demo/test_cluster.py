@@ -38,3 +38,27 @@ async def test_a_node_with_a_bad_config_fails_with_its_log(tmp_path: Path) -> No
     assert "exited (code 78)" in message
     assert "executor.slots" in message  # the node's own config error, from its log
     assert not cluster.nodes["cloud"].alive
+
+
+async def test_a_node_whose_port_was_taken_moves_to_a_free_one(tmp_path: Path) -> None:
+    import socket
+
+    from edgesched.adapters.embedded_broker import EmbeddedBroker
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        async with EmbeddedBroker() as mqtt:
+            broker = BrokerAddress(host="127.0.0.1", port=mqtt.port, protocol="3.1.1",
+                                   topic_prefix="t")
+            cluster = Cluster(_spec({}), broker=broker, workdir=tmp_path)
+            cluster.allocate_ports()
+            cluster._ports["cloud"] = taken  # as if someone bound it after we chose it
+            cluster.write_configs()
+            async with cluster:
+                await cluster.start_healthy("cloud")
+                assert cluster.http_port("cloud") != taken
+                assert cluster.nodes["cloud"].alive
+                assert cluster.nodes["cloud"].starts == 2
+            assert not cluster.nodes["cloud"].alive
