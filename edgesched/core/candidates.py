@@ -20,6 +20,7 @@ from edgesched.core.model import (
 )
 
 CLOUD_ID = "cloud"
+DEFAULT_POWER = PowerModel()  # frozen: one shared instance, not one per candidate per task
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -190,7 +191,7 @@ def build_candidates(
     now, local = snapshot.now, snapshot.local
     inflight = inflight or {}
     powers = powers or {}
-    lp = local_power or PowerModel()
+    lp = local_power or DEFAULT_POWER
     out = [
         local_candidate(task, local, bank, now, power=lp, max_queue=local_max_queue,
                         extra=inflight.get(local.node_id, 0))
@@ -200,7 +201,7 @@ def build_candidates(
             if node.role != "edge" or node.node_id == local.node_id:
                 continue
             out.append(neighbour_candidate(
-                task, node, local, bank, now, power=powers.get(node.node_id, PowerModel()),
+                task, node, local, bank, now, power=powers.get(node.node_id, DEFAULT_POWER),
                 origin_power=lp, extra=inflight.get(node.node_id, 0),
                 excluded=node.node_id in exclude,
             ))

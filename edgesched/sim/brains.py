@@ -10,15 +10,12 @@ candidates with the true state of the world at decision time.
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgesched.core.admission import admit
 from edgesched.core.candidates import (
     CloudTarget,
     build_candidates,
-    cloud_candidate,
-    local_candidate,
-    neighbour_candidate,
 )
 from edgesched.core.costmodel import CostParams
 from edgesched.core.estimators import EstimatorBank, ExecPrior
@@ -32,15 +29,69 @@ from edgesched.core.model import (
     Liveness,
     NodeState,
     Placement,
-    PowerModel,
     TaskSpec,
 )
 from edgesched.core.policies import Policy
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
 from edgesched.sim.scenario import CLOUD_ID
 
-UNKNOWN_POWER = PowerModel()  # what build_candidates assumes for a neighbour's power model
-MEMO_TTL_S = 0.25  # how long a memoised remote candidate may be reused (simulated seconds)
+MEMO_TTL_S = 0.25  # how long an estimate may be reused without new observations (sim. s)
+
+
+class MemoBank(EstimatorBank):
+    """The core EstimatorBank, reusing an answer until it learns something new about that key
+    or MEMO_TTL_S of simulated time passes. Between observations an estimate changes only by
+    its staleness decay (time constants of 300-600 s), so reuse changes nothing measurable,
+    and it spares the same computation for every candidate of every task."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._exec_memo: dict[tuple[str, str], dict[float, tuple[ExecEstimate, float]]] = {}
+        self._link_memo: dict[str, tuple[LinkEstimate, float]] = {}
+        self.bypass = False  # True: answer like the plain EstimatorBank (tests compare)
+
+    def exec_estimate(self, task_type: str, node_id: str, input_bytes: float,
+                      now: float) -> ExecEstimate:
+        if self.bypass:
+            return super().exec_estimate(task_type, node_id, input_bytes, now)
+        memo = self._exec_memo.get((task_type, node_id))
+        if memo is None:
+            memo = self._exec_memo[(task_type, node_id)] = {}
+        hit = memo.get(input_bytes)
+        if hit is not None and 0.0 <= now - hit[1] <= MEMO_TTL_S:
+            return hit[0]
+        est = super().exec_estimate(task_type, node_id, input_bytes, now)
+        if len(memo) > 1024:  # many input sizes: bound the memory
+            memo.clear()
+        memo[input_bytes] = (est, now)
+        return est
+
+    def link(self, target: str, now: float) -> LinkEstimate:
+        if self.bypass:
+            return super().link(target, now)
+        hit = self._link_memo.get(target)
+        if hit is not None and 0.0 <= now - hit[1] <= MEMO_TTL_S:
+            return hit[0]
+        est = super().link(target, now)
+        self._link_memo[target] = (est, now)
+        return est
+
+    def observe_exec(self, task_type: str, node_id: str, input_bytes: float, seconds: float,
+                     now: float) -> bool:
+        self._exec_memo.pop((task_type, node_id), None)
+        return super().observe_exec(task_type, node_id, input_bytes, seconds, now)
+
+    def observe_rtt(self, target: str, seconds: float, now: float) -> bool:
+        self._link_memo.pop(target, None)
+        return super().observe_rtt(target, seconds, now)
+
+    def observe_transfer(self, target: str, nbytes: float, seconds: float, now: float) -> bool:
+        self._link_memo.pop(target, None)
+        return super().observe_transfer(target, nbytes, seconds, now)
+
+    def set_speed(self, node_id: str, speed: float) -> None:
+        self._exec_memo.clear()
+        super().set_speed(node_id, speed)
 
 if TYPE_CHECKING:
     from edgesched.sim.engine import Engine, Observation, SimNode, SimTask
@@ -70,7 +121,6 @@ class DaemonBrain:
         self.tel_epoch: dict[str, int] = {}
         self._neighbours: tuple[NodeState, ...] | None = None
         self._neighbours_at = 0.0
-        self._memo: dict[str, dict[tuple[object, ...], tuple[Candidate, float]]] = {}
         self._own_cache: tuple[tuple[str, float, float], float] | None = None
         self.restarted(0.0)
         for other in engine.nodes:
@@ -89,11 +139,10 @@ class DaemonBrain:
         speeds = {self.node.id: self.node.speed}
         if self.engine.cloud is not None:
             speeds[CLOUD_ID] = self.engine.cloud.speed
-        self.bank = EstimatorBank(exec_priors=priors, speeds=speeds,
-                                  link_priors=self._nominal_links())
+        self.bank = MemoBank(exec_priors=priors, speeds=speeds,
+                             link_priors=self._nominal_links())
         self.inflight.clear()
         self._neighbours = None
-        self._memo.clear()
         self._own_cache = None
 
     def _nominal_links(self) -> dict[str, LinkEstimate]:
@@ -116,13 +165,11 @@ class DaemonBrain:
         if online:  # the state document's `speed` (executor.speed of that node)
             self.bank.set_speed(other.id, other.speed)
         self._neighbours = None
-        self._memo.pop(other.id, None)
 
     def telemetry(self, other: SimNode, tel: NodeTelemetry, now: float) -> None:
         self.view.observe_telemetry(other.id, tel, now=now)
         self.tel_epoch[other.id] = self.tel_epoch.get(other.id, 0) + 1
         self.inflight.pop(other.id, None)
-        self._memo.pop(other.id, None)
         self._neighbours = None
 
     def uplink_reading(self, bps: float, rtt_s: float, now: float) -> None:
@@ -132,7 +179,6 @@ class DaemonBrain:
         min_bytes = self.bank.link_params.min_transfer_bytes
         seconds = max(1.0, 8.0 * min_bytes / bps)
         self.bank.observe_transfer(CLOUD_ID, bps * seconds / 8.0, seconds, now)
-        self._memo.pop(CLOUD_ID, None)
 
     def invalidate(self) -> None:
         self._neighbours = None
@@ -147,63 +193,35 @@ class DaemonBrain:
         )
 
     def candidates(self, task: SimTask, now: float) -> list[Candidate]:
-        """The core's candidates for this task, as `build_candidates` makes them.
-
-        Remote candidates are memoised: they change only when telemetry arrives, an
-        estimator learns, the in-flight count changes (all part of the key or clearing the
-        memo), or as time passes (entries live MEMO_TTL_S of simulated time). The local
-        candidate is always built afresh: its queue changes with every event.
-        """
+        """The core's candidates for this task (`build_candidates`), from a snapshot whose
+        neighbour list is rebuilt when telemetry arrives (or every MEMO_TTL_S, for liveness)
+        and an estimator bank that reuses its answers until it learns something."""
         if self._neighbours is None or now - self._neighbours_at > MEMO_TTL_S:
             self._neighbours = self.view.neighbours(now)
             self._neighbours_at = now
-        spec, node = task.spec, self.node
         local = self.local_state(now)
-        out = [local_candidate(spec, local, self.bank, now, power=node.power,
-                               max_queue=node.queue_size)]
+        snap = ClusterSnapshot(now=now, local=local, neighbours=self._neighbours)
+        spec, node = task.spec, self.node
+        out = build_candidates(
+            spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
+            local_power=node.power, local_max_queue=node.queue_size, inflight=self.inflight,
+        )
         self._own_cache = ((spec.task_type, spec.input_bytes, now), out[0].exec.mean_s)
-        offload = spec.offload
-        if offload.allows(Placement.NEIGHBOUR):
-            for other in self._neighbours:
-                if other.role == "edge" and other.node_id != local.node_id:
-                    out.append(self._remote(spec, other, local, now))
-        if self.cloud is not None and offload.allows(Placement.CLOUD):
-            out.append(self._remote(spec, None, local, now))
         return out
 
-    def _remote(self, spec: TaskSpec, other: NodeState | None, local: NodeState,
-                now: float) -> Candidate:
-        target = CLOUD_ID if other is None else other.node_id
-        memo = self._memo.get(target)
-        if memo is None:
-            memo = self._memo[target] = {}
-        key = (spec.task_type, spec.input_bytes, self.inflight.get(target, 0), local.battery)
-        hit = memo.get(key)
-        if hit is not None and now - hit[1] <= MEMO_TTL_S:
-            return hit[0]
-        if other is None:
-            assert self.cloud is not None
-            cand = cloud_candidate(spec, self.cloud, local, self.bank, now,
-                                   origin_power=self.node.power,
-                                   inflight=self.inflight.get(CLOUD_ID, 0))
-        else:
-            cand = neighbour_candidate(spec, other, local, self.bank, now,
-                                       power=UNKNOWN_POWER, origin_power=self.node.power,
-                                       extra=self.inflight.get(target, 0))
-        if len(memo) > 1024:
-            memo.clear()
-        memo[key] = (cand, now)
-        return cand
-
     def fresh_candidates(self, task: SimTask, now: float) -> list[Candidate]:
-        """`build_candidates` itself, unmemoised (the tests compare the two)."""
+        """`build_candidates` on a fresh snapshot and unmemoised estimates (tests compare)."""
         snap = ClusterSnapshot(now=now, local=self.local_state(now),
                                neighbours=self.view.neighbours(now))
-        return build_candidates(
-            task.spec, snap, self.bank, offload=task.spec.offload, cloud=self.cloud,
-            local_power=self.node.power, local_max_queue=self.node.queue_size,
-            inflight=self.inflight,
-        )
+        self.bank.bypass = True
+        try:
+            return build_candidates(
+                task.spec, snap, self.bank, offload=task.spec.offload, cloud=self.cloud,
+                local_power=self.node.power, local_max_queue=self.node.queue_size,
+                inflight=self.inflight,
+            )
+        finally:
+            self.bank.bypass = False
 
     def decide(self, task: SimTask, now: float) -> Decision:
         return self.policy.decide(task.spec, self.candidates(task, now), now)
@@ -247,7 +265,6 @@ class DaemonBrain:
             bank.observe_rtt(target.id, obs.rtt_s, now)
         bank.observe_transfer(target.id, obs.up_bits / 8.0, obs.up_s, now)
         bank.observe_transfer(target.id, obs.down_bits / 8.0, obs.down_s, now)
-        self._memo.pop(target.id, None)  # what it learned changes that target's candidate
 
     def own_exec_estimate(self, task: SimTask, now: float) -> float:
         spec = task.spec

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from edgesched.sim.brains import MEMO_TTL_S
 from edgesched.sim.engine import Engine
 from edgesched.sim.runner import _brain_factory, run_policy, run_scenario
 from edgesched.sim.scenario import load_scenario
@@ -105,12 +104,12 @@ def test_energy_is_marginal_compute_plus_radio() -> None:
 
 
 def _same(memo: Any, fresh: Any) -> bool:
-    """Equal but for what MEMO_TTL_S of elapsed time may change: age and estimator decay."""
+    """Equal but for what MEMO_TTL_S of estimator staleness decay may change (very little)."""
     close = math.isclose
     exact = ("node_id", "placement", "liveness", "slots", "running", "queued", "battery",
              "supports_type", "excluded", "power", "origin_power", "money_cost")
     return (all(getattr(memo, f) == getattr(fresh, f) for f in exact)
-            and 0.0 <= fresh.age_s - memo.age_s <= MEMO_TTL_S + 1e-9
+            and memo.age_s == fresh.age_s
             and close(memo.est_wait_s, fresh.est_wait_s, rel_tol=1e-2, abs_tol=1e-9)
             and close(memo.exec.mean_s, fresh.exec.mean_s, rel_tol=1e-2)
             and (memo.link is None) == (fresh.link is None)
@@ -130,7 +129,6 @@ def test_memoised_candidates_equal_build_candidates() -> None:
         nonlocal checked
         memo, fresh = brain.candidates(task, now), brain.fresh_candidates(task, now)
         assert len(memo) == len(fresh) == 4
-        assert memo[0] == fresh[0]  # the local candidate is never memoised
         for m, f in zip(memo, fresh, strict=True):
             assert _same(m, f), (m, f)
         checked += 1
