@@ -57,6 +57,7 @@ class DemoRun:
     phase: str = "starting"
     headline: str = "starting nodes"
     down_window: tuple[float, float] | None = None
+    roam_window: tuple[float, float] | None = None  # the victim's devices submit elsewhere
     monitor: Monitor | None = None
     fleet: Fleet | None = None
     lost: int = 0
@@ -122,7 +123,8 @@ def _finish(run: DemoRun, args: argparse.Namespace) -> int:
     if run.interrupted:  # in flight when stopped: no terminal outcome was seen
         run.lost = len(run.fleet.pending)
     comparison = None if run.interrupted else compare(
-        run.spec, run.phases, seed=run.seed, down_window=run.down_window)
+        run.spec, run.phases, seed=run.seed, down_window=run.down_window,
+        roam_window=run.roam_window)
     doc = summary_doc(
         run.fleet.tally, lost=run.lost, energy_j=run.monitor.edge_energy_j,
         duration_s=run.duration_s, seed=run.seed, broker=run.broker_label, comparison=comparison,
@@ -226,6 +228,7 @@ async def _drive(run: DemoRun, cluster: Cluster, wan: WanEmulator, broker: Broke
                 # answered by the time the phase starts and the kill lands on time.
                 await _sleep_until(fleet, phase.start_s - min(3.0, 0.1 * run.duration_s))
                 fleet.paused.add(VICTIM)
+                run.roam_window = (fleet.elapsed(), run.duration_s)
             await _sleep_until(fleet, phase.start_s)
             run.phase, run.headline = phase.kind.value, phase.headline
             degraded = phase.kind is PhaseKind.WAN
@@ -267,6 +270,8 @@ async def _kill_and_restart(run: DemoRun, cluster: Cluster, fleet: Fleet, phase:
     await cluster.start_healthy(VICTIM)
     run.down_window = (killed_at, fleet.elapsed())
     fleet.paused.discard(VICTIM)
+    if run.roam_window is not None:
+        run.roam_window = (run.roam_window[0], fleet.elapsed())
     run.headline = f"{VICTIM} back: it rejoins with a new incarnation"
     run.notes.append(f"{VICTIM} was killed (SIGKILL) at t={killed_at:.1f}s and healthy again "
                      f"at t={run.down_window[1]:.1f}s")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgesched.demo.cluster import ClusterSpec
-from edgesched.demo.phases import STREAMS, VICTIM, Phase, PhaseKind, Stream
+from edgesched.demo.phases import OVERLOADED, STREAMS, VICTIM, Phase, PhaseKind, Stream
 from edgesched.demo.summary import Comparison
 
 log = logging.getLogger("edgesched.demo.compare")
@@ -59,21 +59,67 @@ def _type_name(stream: Stream) -> str:
     return f"{stream.task_type}-{stream.size}"
 
 
-def _arrival(stream: Stream, phases: tuple[Phase, ...], total_s: float) -> dict[str, Any]:
-    active = [p for p in phases if p.kind in stream.phases]
-    base = {"node": stream.node_id, "type": _type_name(stream)}
-    if len(active) == len(phases):
-        return {**base, "process": "poisson", "rate_per_s": stream.rate_per_s}
-    # A stream active in a contiguous run of phases is a single "burst" over that window.
-    start, end = active[0].start_s, active[-1].end_s
-    return {**base, "process": "bursty", "rate_per_s": 0.0,
-            "burst_rate_per_s": stream.rate_per_s, "burst_every_s": total_s * 10,
-            "burst_for_s": end - start, "burst_offset_s": start}
+Window = tuple[float, float]
+
+
+def _windows(stream: Stream, phases: tuple[Phase, ...]) -> list[Window]:
+    """The contiguous time windows in which a stream submits."""
+    out: list[Window] = []
+    for phase in phases:
+        if phase.kind not in stream.phases:
+            continue
+        if out and out[-1][1] == phase.start_s:
+            out[-1] = (out[-1][0], phase.end_s)
+        else:
+            out.append((phase.start_s, phase.end_s))
+    return out
+
+
+def _cut(windows: list[Window], hole: Window) -> list[Window]:
+    out = []
+    for start, end in windows:
+        for a, b in ((start, min(end, hole[0])), (max(start, hole[1]), end)):
+            if b > a:
+                out.append((a, b))
+    return out
+
+
+def _clip(windows: list[Window], keep: Window) -> list[Window]:
+    clipped = [(max(a, keep[0]), min(b, keep[1])) for a, b in windows]
+    return [(a, b) for a, b in clipped if b > a]
+
+
+def _arrivals(
+    stream: Stream, node_id: str, windows: list[Window], total_s: float,
+) -> list[dict[str, Any]]:
+    base = {"node": node_id, "type": _type_name(stream)}
+    if windows == [(0.0, total_s)]:
+        return [{**base, "process": "poisson", "rate_per_s": stream.rate_per_s}]
+    # One "burst" per window, repeating too rarely to happen twice within the run.
+    return [{**base, "process": "bursty", "rate_per_s": 0.0,
+             "burst_rate_per_s": stream.rate_per_s, "burst_every_s": total_s * 10,
+             "burst_for_s": end - start, "burst_offset_s": start} for start, end in windows]
+
+
+def _all_arrivals(
+    phases: tuple[Phase, ...], roam: Window | None,
+) -> list[dict[str, Any]]:
+    """Every stream as scenario arrivals; while the victim's devices roam, its streams
+    arrive at the node they roam to, as in the demo."""
+    total = phases[-1].end_s
+    out = []
+    for stream in STREAMS:
+        windows = _windows(stream, phases)
+        if stream.node_id == VICTIM and roam is not None:
+            out += _arrivals(stream, OVERLOADED, _clip(windows, roam), total)
+            windows = _cut(windows, roam)
+        out += _arrivals(stream, stream.node_id, windows, total)
+    return out
 
 
 def build_scenario(
     spec: ClusterSpec, phases: tuple[Phase, ...], *, seed: int,
-    down_window: tuple[float, float] | None,
+    down_window: tuple[float, float] | None, roam_window: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """A CONTRACTS §5 scenario mapping equivalent to the demo run."""
     total = phases[-1].end_s
@@ -113,7 +159,7 @@ def build_scenario(
                   "speed": cloud.speed, "slots": cloud.slots, "cost_per_task": 0.0},
         "links": {"rtt_s": 0.002, "bandwidth_bps": 1.0e9},
         "nodes": nodes, "task_types": types,
-        "arrivals": [_arrival(s, phases, total) for s in STREAMS],
+        "arrivals": _all_arrivals(phases, roam_window),
         "events": events,
     }
 
@@ -137,7 +183,7 @@ def _sim_api() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
 
 def compare(
     spec: ClusterSpec, phases: tuple[Phase, ...], *, seed: int,
-    down_window: tuple[float, float] | None,
+    down_window: tuple[float, float] | None, roam_window: tuple[float, float] | None = None,
 ) -> Comparison:
     """Run the scenario under `cost` and `local`; a Comparison saying why when it cannot."""
     api = _sim_api()
@@ -145,7 +191,8 @@ def compare(
         return Comparison(source=SOURCE, policies={},
                           note="simulator not available in this build (no run_scenario)")
     load_scenario, run_scenario = api
-    mapping = build_scenario(spec, phases, seed=seed, down_window=down_window)
+    mapping = build_scenario(spec, phases, seed=seed, down_window=down_window,
+                             roam_window=roam_window)
     try:
         report = run_scenario(load_scenario(mapping), list(POLICIES), seed)
     except Exception as exc:  # the comparison is an extra; the demo's own results stand

@@ -93,9 +93,20 @@ def test_metric_sum_adds_every_label_set_only_of_that_metric() -> None:
 def test_scenario_mirrors_the_demo_cluster() -> None:
     spec = load_cluster_spec()
     phases = plan_phases(20.0)
-    scenario = build_scenario(spec, phases, seed=4, down_window=(16.0, 18.0))
+    scenario = build_scenario(spec, phases, seed=4, down_window=(16.0, 18.0),
+                              roam_window=(14.0, 19.0))
     assert {n["id"] for n in scenario["nodes"]} == {n.node_id for n in spec.edges}
     victim = next(n for n in scenario["nodes"] if n["id"] == "edge-box")
     assert victim["down"] == [{"at_s": 16.0, "for_s": 2.0}]
     assert any(a["process"] == "bursty" for a in scenario["arrivals"])
     assert len(scenario["events"]) == 2 * len(spec.edges)
+    # while the victim's devices roam, its streams arrive at gw-fast, as in the demo
+    victim = [a for a in scenario["arrivals"] if a["node"] == "edge-box"]
+    roamed = [a for a in scenario["arrivals"] if a["node"] == "gw-fast"
+              and a.get("burst_offset_s") == 14.0]
+    assert roamed and all(a["burst_for_s"] == 5.0 for a in roamed)
+    assert all(a["process"] == "bursty" for a in victim)
+    assert {(a["burst_offset_s"], a["burst_for_s"]) for a in victim} == {(0.0, 14.0), (19.0, 1.0)}
+    from edgesched.sim.scenario import load_scenario
+
+    assert load_scenario(scenario).duration_s == 20.0  # the simulator accepts it
