@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from edgesched.sim.runner import check_policies, run_scenario
 from edgesched.sim.scenario import load_scenario
 
 LONG_RUN_TASKS = 50_000  # show a progress bar past this many task-runs even off a terminal
+PARALLEL_TASK_RUNS = 200_000  # past this many task-runs, use a process per core
 
 
 @contextmanager
@@ -70,8 +72,12 @@ def simulate_command(args: argparse.Namespace) -> int:
         require_matplotlib()
     started = time.perf_counter()
     expected = _expected_tasks(scenario)
+    # Long comparisons run policies side by side on the available cores.
+    workers = min(os.cpu_count() or 1, len(policies)) if expected * len(policies) >= (
+        PARALLEL_TASK_RUNS) else 1
     with _progress(expected, len(policies)) as progress:
-        report = run_scenario(scenario, policies, args.seed, on_progress=progress)
+        report = run_scenario(scenario, policies, args.seed, on_progress=progress,
+                              workers=workers)
     print_report(report, time.perf_counter() - started)
     if args.json_path:
         _write(Path(args.json_path), json.dumps(report, indent=2) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -57,29 +58,52 @@ def check_policies(policies: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(policies))
 
 
+def _summary(scenario: Scenario, name: str, stream: TaskStream, seed: int,
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    outcome, engine = run_policy(scenario, name, stream, seed, progress)
+    energy = sum(n.energy_j for n in engine.nodes)
+    return policy_summary(outcome, len(stream), energy)
+
+
+def _summary_in_worker(args: tuple[Scenario, str, int]) -> dict[str, Any]:
+    scenario, name, seed = args  # the stream is redrawn: same seed, same stream
+    return _summary(scenario, name, draw_stream(scenario, seed), seed)
+
+
 def run_scenario(
     scenario: Scenario | str | Mapping[str, Any],
     policies: Sequence[str] | None = None,
     seed: int | None = None,
     *,
     on_progress: Callable[[str, int, int], None] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run each policy on the same task stream; the CONTRACTS §5 report as a plain dict.
 
-    `on_progress(policy, tasks_done, tasks_total)` is called now and then during each run.
+    `on_progress(policy, tasks_done, tasks_total)` is called now and then during each run
+    (with `workers > 1`, once per policy when it finishes). `workers > 1` runs policies in
+    that many processes; the results are identical, only the wall time changes.
     """
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     names = check_policies(policies)
     seed = scenario.seed if seed is None else seed
     stream = draw_stream(scenario, seed)
+    total = len(stream)
     summaries: dict[str, dict[str, Any]] = {}
-    for name in names:
-        progress = None
-        if on_progress is not None:
-            def progress(done: int, _name: str = name) -> None:
-                on_progress(_name, done, len(stream))
-        outcome, engine = run_policy(scenario, name, stream, seed, progress)
-        energy = sum(n.energy_j for n in engine.nodes)
-        summaries[name] = policy_summary(outcome, len(stream), energy)
-    return build_report(scenario, seed, len(stream), summaries)
+    if workers > 1 and len(names) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(names))) as pool:
+            futures = {pool.submit(_summary_in_worker, (scenario, n, seed)): n for n in names}
+            for fut in as_completed(futures):
+                summaries[futures[fut]] = fut.result()
+                if on_progress is not None:
+                    on_progress(futures[fut], total, total)
+        summaries = {n: summaries[n] for n in names}
+    else:
+        for name in names:
+            progress = None
+            if on_progress is not None:
+                def progress(done: int, _name: str = name) -> None:
+                    on_progress(_name, done, total)
+            summaries[name] = _summary(scenario, name, stream, seed, progress)
+    return build_report(scenario, seed, total, summaries)

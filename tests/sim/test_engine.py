@@ -137,3 +137,9 @@ def test_memoised_candidates_equal_build_candidates() -> None:
     brain.decide = decide
     engine.run()
     assert checked > 1000
+
+
+def test_parallel_workers_give_the_same_report() -> None:
+    sc = load_scenario(_cluster(duration_s=40))
+    policies = ["cost", "random", "oracle"]
+    assert run_scenario(sc, policies, workers=2) == run_scenario(sc, policies)
