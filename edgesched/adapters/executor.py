@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -56,6 +57,11 @@ class LoadReport:
 
 
 def _warm_worker() -> None:
+    # Ctrl-C in a terminal and systemd's control-group kill signal every process of the
+    # group; the daemon drains and shuts the pool down itself, so a worker that died on the
+    # signal first would only turn that orderly stop into a BrokenProcessPool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Import the heavy modules once per worker, not on the first task.
     import edgesched.tasks.builtins  # noqa: F401
 

@@ -56,6 +56,9 @@ class Mosquitto:
             "allow_anonymous true\n"
             "persistence false\n"
             "max_keepalive 65535\n"
+            # as recommended for production brokers in docs/running.md: small request/reply
+            # messages must not wait for delayed ACKs
+            "set_tcp_nodelay true\n"
             f"log_dest file {self.workdir / f'mosquitto-{self.port}.log'}\n"
             + self.extra_conf
         )
