@@ -125,3 +125,15 @@ def test_load_from_a_mapping() -> None:
                         "task_types": [{"name": "t", "work": 0.1}],
                         "arrivals": [{"node": "a", "type": "t", "rate_per_s": 1}]})
     assert sc.nodes[0].slots == 1 and sc.arrivals[0].process == "poisson"
+
+
+def test_cloud_false_means_no_cloud_tier() -> None:
+    from edgesched.sim.runner import run_scenario
+
+    report = run_scenario({"version": 1, "duration_s": 20, "cloud": False,
+                           "nodes": [{"id": "a"}, {"id": "b"}],
+                           "task_types": [{"name": "t", "work": 0.1, "deadline_s": 1}],
+                           "arrivals": [{"node": "a", "type": "t", "rate_per_s": 5}]},
+                          ["cost", "cloud"])
+    for pol in report["policies"].values():
+        assert pol["placements"]["cloud"] == 0 and pol["completed"] == report["tasks"]
