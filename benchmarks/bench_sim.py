@@ -68,7 +68,9 @@ def main() -> None:
     sc = load_scenario(scenario(args.tasks))
     stream = draw_stream(sc, sc.seed)
     print(f"scenario: {len(sc.nodes)} edge nodes + cloud, {len(stream)} tasks")
-    print(f"reference: heapq push+pop pair = {heap_reference() * 1e9:.0f} ns")
+    print(f"reference: heapq push+pop pair = {heap_reference() * 1e9:.0f} ns; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+          "(figures are only meaningful on a quiet machine)")
     total = 0.0
     worst = float("inf")
     for name in args.policies or ALL_POLICY_NAMES:
