@@ -339,6 +339,8 @@ class Engine:
         for other in self.nodes:
             if other is not node and other.alive:
                 other.brain.announce(node, online=True, now=self.now)
+                # ... and it receives the others' retained state documents on subscribing.
+                node.brain.announce(other, online=True, now=self.now)
 
     # ---- task life cycle ----------------------------------------------------------------
     def _arrive(self, i: int) -> None:

@@ -61,8 +61,12 @@ def check_policies(policies: Sequence[str] | None) -> list[str]:
 def _summary(scenario: Scenario, name: str, stream: TaskStream, seed: int,
              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     outcome, engine = run_policy(scenario, name, stream, seed, progress)
-    energy = sum(n.energy_j for n in engine.nodes)
-    return policy_summary(outcome, len(stream), energy)
+    summary = policy_summary(outcome, len(stream), sum(n.energy_j for n in engine.nodes))
+    # Extensions: where the energy went, and what is left in each battery at the end.
+    summary["energy_j_by_node"] = {n.id: round(n.energy_j, 3) for n in engine.nodes}
+    batteries = {n.id: n.battery_level(engine.now) for n in engine.nodes}
+    summary["battery_at_end"] = {k: round(v, 4) for k, v in batteries.items() if v is not None}
+    return summary
 
 
 def _summary_in_worker(args: tuple[Scenario, str, int]) -> dict[str, Any]:
