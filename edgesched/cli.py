@@ -213,22 +213,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         fn = _resolve(target)
         code = run_async(fn, args) if is_async else fn(args)
         return int(code)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        return EXIT_CONFIG
-    except UsageError as exc:
-        print(f"edgesched: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StallError as exc:
-        print(f"edgesched: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
     except EdgeschedError as exc:
-        print(f"edgesched {args.command}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _report(exc, args.command)
+    except BaseExceptionGroup as group:
+        # A component failing inside the runtime's TaskGroup arrives wrapped; the user wants
+        # its one-line reason and exit code, not the group's traceback.
+        leaf = _first_edgesched_error(group)
+        if leaf is None:
+            raise
+        return _report(leaf, args.command)
     except KeyboardInterrupt:
         return 130
 
+
+def _first_edgesched_error(group: BaseExceptionGroup[Any]) -> EdgeschedError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, EdgeschedError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_edgesched_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+def _report(exc: EdgeschedError, command: str) -> int:
+    """Print an expected failure as one line (config errors: one line per problem)."""
+    if isinstance(exc, ConfigError):
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_CONFIG
+    if isinstance(exc, UsageError):
+        print(f"edgesched: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, StallError):
+        print(f"edgesched: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"edgesched {command}: {exc}", file=sys.stderr)
+    return EXIT_FAILURE
 
 if __name__ == "__main__":
     raise SystemExit(main())
