@@ -165,6 +165,7 @@ class Engine:
         self.seq = 0
         self.outcome = Outcome()
         self._progress = progress
+        self._rows: list[tuple[int, int, float, float, float]] = []
         self.nodes = [self._make_node(i, spec) for i, spec in enumerate(scenario.nodes)]
         self.by_id = {n.id: n for n in self.nodes}
         self.cloud: SimNode | None = None
@@ -217,6 +218,9 @@ class Engine:
         self._schedule_conditions()
         st = self.stream
         times = st.time.tolist()
+        # Plain Python lists: indexing numpy arrays one scalar at a time is slow.
+        self._rows = list(zip(st.origin.tolist(), st.ttype.tolist(), st.work.tolist(),
+                              st.input_bytes.tolist(), st.output_bytes.tolist(), strict=True))
         n = len(times)
         i = 0
         heap = self._heap
@@ -344,13 +348,11 @@ class Engine:
 
     # ---- task life cycle ----------------------------------------------------------------
     def _arrive(self, i: int) -> None:
-        st = self.stream
-        origin = self.nodes[int(st.origin[i])]
-        ttype = int(st.ttype[i])
+        origin_index, ttype, work, in_bytes, out_bytes = self._rows[i]
+        origin = self.nodes[origin_index]
         tt = self.scenario.task_types[ttype]
         deadline = None if tt.deadline_s is None else self.now + tt.deadline_s
-        task = SimTask(i, self.now, origin, ttype, float(st.work[i]), float(st.input_bytes[i]),
-                       float(st.output_bytes[i]), deadline)
+        task = SimTask(i, self.now, origin, ttype, work, in_bytes, out_bytes, deadline)
         if not origin.alive:
             self._fail(task, "origin_down")
             return
