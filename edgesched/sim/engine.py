@@ -97,6 +97,7 @@ class SimNode:
     brain: Any = None
     exec_mean: dict[int, float] = field(default_factory=dict)  # own measured exec time by type
     queued_est_s: float = 0.0  # sum of own estimates of queued jobs' exec time
+    wait_cache: tuple[float, float, float] | None = None  # (wait, at, valid for) est_wait_s
 
     def battery_level(self, now: float) -> float | None:
         """Charge 0..1: initial minus idle drain minus the marginal energy spent so far."""
@@ -114,14 +115,23 @@ class SimNode:
         running = self.running
         if len(running) < self.slots and not self.queue:
             return 0.0
+        cached = self.wait_cache
+        if cached is not None and now - cached[1] <= cached[2]:
+            # Nothing started or finished since, and no running task has outlived its
+            # expected time: every free time has just moved `now - then` closer.
+            return max(0.0, cached[0] - (now - cached[1]))
         free = [max(0.0, job.est - (now - job.start)) for job in running]
+        slack = min(free) if free else 0.0
         if self.slots == 1:
-            return (free[0] if free else 0.0) + self.queued_est_s
-        free += [0.0] * (self.slots - len(free))
-        heapq.heapify(free)
-        for job in self.queue:
-            heapq.heapreplace(free, free[0] + job.est)
-        return free[0]
+            wait = (free[0] if free else 0.0) + self.queued_est_s
+        else:
+            free += [0.0] * (self.slots - len(free))
+            heapq.heapify(free)
+            for job in self.queue:
+                heapq.heapreplace(free, free[0] + job.est)
+            wait = free[0]
+        self.wait_cache = (wait, now, slack)
+        return wait
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -322,6 +332,7 @@ class Engine:
         for job in node.running:
             node.energy_j += node.power.compute_energy_j(self.now - job.start)
         node.running.clear()
+        node.wait_cache = None
         node.queue.clear()
         node.queued_est_s = 0.0
         for task in list(node.pending):
@@ -434,6 +445,7 @@ class Engine:
             self._start(node, job)
         else:
             node.queue.append(job)
+            node.wait_cache = None
             node.queued_est_s += job.est
         return True
 
@@ -446,6 +458,7 @@ class Engine:
         job.wait_s = self.now - job.start
         job.start = self.now
         node.running.append(job)
+        node.wait_cache = None
         self.schedule(self.now + job.exec_s, self._exec_done, (node, job, node.incarnation))
 
     def _exec_done(self, info: tuple[SimNode, Job, int]) -> None:
@@ -453,6 +466,7 @@ class Engine:
         if inc != node.incarnation:
             return  # the node went down meanwhile; the job was lost
         node.running.remove(job)
+        node.wait_cache = None
         node.busy_s += job.exec_s
         task = job.task
         if node.is_cloud:  # the cloud tier's executor learns its own speed too

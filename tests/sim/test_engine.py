@@ -143,3 +143,25 @@ def test_parallel_workers_give_the_same_report() -> None:
     sc = load_scenario(_cluster(duration_s=40))
     policies = ["cost", "random", "oracle"]
     assert run_scenario(sc, policies, workers=2) == run_scenario(sc, policies)
+
+
+def test_cached_wait_estimate_equals_recomputing_it(monkeypatch: Any) -> None:
+    from edgesched.sim.engine import SimNode
+
+    original = SimNode.est_wait_s
+    checked = 0
+
+    def est_wait_s(self: SimNode, now: float) -> float:
+        nonlocal checked
+        value = original(self, now)
+        saved, self.wait_cache = self.wait_cache, None
+        fresh = original(self, now)
+        self.wait_cache = saved
+        assert math.isclose(value, fresh, rel_tol=1e-9, abs_tol=1e-9)
+        checked += 1
+        return value
+
+    monkeypatch.setattr(SimNode, "est_wait_s", est_wait_s)
+    sc = load_scenario(_cluster(duration_s=60))
+    run_policy(sc, "local", draw_stream(sc, 5), 5)
+    assert checked > 500
