@@ -131,6 +131,9 @@ class CloudSettings(_Section):
     token_file: Path | None = None
     timeout_s: float = Field(30.0, gt=0, le=3600)
     max_connections: int = Field(32, ge=1, le=4096)
+    speed: float = Field(
+        1.0, gt=0, description="the cloud tier's relative speed: scales exec priors until learned"
+    )
 
     _token: SecretStr | None = PrivateAttr(default=None)
 

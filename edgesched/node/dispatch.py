@@ -407,10 +407,11 @@ class Dispatcher:
             seconds = max(0.0, elapsed - result.wait_s) if local else result.exec_s
             self.bank.observe_exec(name, target.node_id, job.work, seconds, now)
         if target.placement is not Placement.LOCAL:
+            # One figure holds both the RTT and the transfer time: the bank splits it with its
+            # current estimates (feeding it whole to both would count the RTT twice).
             network = max(0.0, elapsed - result.remote_s)
-            self.bank.observe_rtt(target.node_id, network, now)
             nbytes = job.request.input_bytes + len(p.encode(result.value))
-            self.bank.observe_transfer(target.node_id, nbytes, network, now)
+            self.bank.observe_exchange(target.node_id, nbytes, network, now)
         placement = target.placement.value
         self.metrics.prediction_error.observe(elapsed - target.latency_mean_s)
         self.metrics.energy.labels(placement=placement).inc(max(0.0, target.energy_j))

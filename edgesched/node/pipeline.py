@@ -56,10 +56,12 @@ EXEC_PARAMS = ExecParams(forgetting=0.9)
 
 
 def make_bank(settings: Settings) -> EstimatorBank:
-    """Estimators seeded with the configured priors (exec at speed 1, this node's speed)."""
+    """Estimators seeded with the configured priors (exec at speed 1, scaled by this node's
+    and the cloud tier's configured speeds until measurements replace them)."""
     priors = {name: ExecPrior(mean_s=spec.exec_prior_s, s_per_mb=spec.exec_prior_s_per_mb)
               for name, spec in settings.task_types.items()}
-    return EstimatorBank(exec_priors=priors, speeds={settings.node_id: settings.executor.speed},
+    speeds = {settings.node_id: settings.executor.speed, CLOUD_ID: settings.cloud.speed}
+    return EstimatorBank(exec_priors=priors, speeds=speeds,
                          link_priors={CLOUD_ID: CLOUD_LINK_PRIOR},
                          default_link_prior=NEIGHBOUR_LINK_PRIOR, exec_params=EXEC_PARAMS)
 
