@@ -158,8 +158,11 @@ class DaemonBrain:
         return out
 
     # ---- what the node hears --------------------------------------------------------------
-    def announce(self, other: SimNode, *, online: bool, now: float) -> None:
-        doc = NodeAnnouncement(incarnation=other.incarnation, online=online,
+    def announce(self, other: SimNode, *, online: bool, now: float,
+                 incarnation: int | None = None) -> None:
+        """A state document of `other` (its current incarnation unless told: a Will)."""
+        inc = other.incarnation if incarnation is None else incarnation
+        doc = NodeAnnouncement(incarnation=inc, online=online,
                                task_types=self._type_names, slots=other.slots)
         self.view.observe_announcement(other.id, doc, now=now)
         if online:  # the state document's `speed` (executor.speed of that node)

@@ -337,14 +337,15 @@ class Engine:
         node.queued_est_s = 0.0
         for task in list(node.pending):
             self._fail(task, "origin_down")
-        self.schedule(self.now + WILL_DELAY_S, self._will, node)
+        # The broker publishes the Will of the incarnation that died; the node's next start
+        # is a new incarnation (`node.incarnation` was bumped above).
+        self.schedule(self.now + WILL_DELAY_S, self._will, (node, node.incarnation - 1))
 
-    def _will(self, node: SimNode) -> None:
-        if node.alive:
-            return
+    def _will(self, info: tuple[SimNode, int]) -> None:
+        node, incarnation = info
         for other in self.nodes:
-            if other.alive:
-                other.brain.announce(node, online=False, now=self.now)
+            if other.alive and other is not node:
+                other.brain.announce(node, online=False, now=self.now, incarnation=incarnation)
 
     def _node_up(self, node: SimNode) -> None:
         if node.alive or node.dead_battery:

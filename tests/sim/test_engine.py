@@ -71,7 +71,10 @@ def test_outage_loses_work_and_fallback_recovers_it() -> None:
     assert outcome.placements["neighbour"] > 0 and outcome.placements["cloud"] > 0
     lost = sum(outcome.failures.values())
     assert lost < 0.05 * len(stream), outcome.failures
-    assert engine.by_id["b"].incarnation == 2  # it went down once
+    assert engine.by_id["b"].incarnation == 2  # it went down once, and came back:
+    view = engine.by_id["a"].brain.view
+    (b_state,) = view.neighbours(40 + 30 + 5)  # the Will of incarnation 1 did not bury it
+    assert b_state.incarnation == 2 and b_state.liveness.value == "online"
 
 
 def test_a_drained_battery_takes_its_node_down() -> None:
