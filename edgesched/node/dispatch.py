@@ -9,6 +9,7 @@ Every completion feeds the estimators and the metrics.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -149,7 +150,9 @@ class Dispatcher:
         self.cloud_target = CloudTarget() if cloud is not None else None
         self.offload = offload
         self.clock = clock
-        self.inflight: dict[str, int] = {}
+        # Remote attempts under way, per target: token -> when it was sent (see _unreported).
+        self.outstanding: dict[str, dict[int, float]] = {}
+        self._tokens = itertools.count()
         self.decisions: deque[DecisionRecord] = deque(maxlen=max_decisions)
         self.last_work: dict[str, float] = {}
         self.prediction_errors: deque[tuple[str, float, float]] = deque(maxlen=2000)
@@ -175,11 +178,28 @@ class Dispatcher:
         cands = build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud_target,
             local_power=self.local_power, local_max_queue=self.executor.queue_size,
-            inflight=self.inflight,
+            inflight=self._unreported(snap),
         )
         # The estimators are linear in the task's work, not its byte size (builtins.work_units).
         return [dataclasses.replace(c, exec=self.exec_estimate(job, c.node_id, now))
                 for c in cands]
+
+    def _unreported(self, snap: ClusterSnapshot) -> dict[str, int]:
+        """Tasks this node sent that the target's own figures cannot show yet.
+
+        The local executor's load is live in the snapshot, and a neighbour's telemetry counts
+        what it received before it reported; adding every outstanding attempt on top would
+        count our own tasks twice and make idle targets look busy. The cloud publishes no
+        load, so all attempts there count.
+        """
+        heard = {node.node_id: node.last_seen for node in snap.neighbours}
+        counts = {}
+        for node_id, sent in self.outstanding.items():
+            since = heard.get(node_id)
+            n = len(sent) if since is None else sum(1 for t in sent.values() if t > since)
+            if n:
+                counts[node_id] = n
+        return counts
 
     def decide(self, job: Job) -> Decision:
         now = self.clock()
@@ -292,19 +312,19 @@ class Dispatcher:
 
     async def _attempt(self, job: Job, step: NextAttempt) -> AttemptResult:
         target = step.target
-        self.inflight[target.node_id] = self.inflight.get(target.node_id, 0) + 1
+        if target.placement is Placement.LOCAL:
+            return await self.run_local(job)
+        token = next(self._tokens)
+        sent = self.outstanding.setdefault(target.node_id, {})
+        sent[token] = self.clock()
         try:
-            if target.placement is Placement.LOCAL:
-                return await self.run_local(job)
             if target.placement is Placement.NEIGHBOUR:
                 return await self._run_neighbour(job, target, step.timeout_s)
             return await self._run_cloud(job, step.timeout_s)
         finally:
-            left = self.inflight.get(target.node_id, 1) - 1
-            if left <= 0:
-                self.inflight.pop(target.node_id, None)
-            else:
-                self.inflight[target.node_id] = left
+            del sent[token]
+            if not sent:
+                self.outstanding.pop(target.node_id, None)
 
     async def run_local(self, job: Job) -> AttemptResult:
         """Admission control, then the local executor (also serves neighbours' offloads)."""
