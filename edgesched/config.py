@@ -275,21 +275,8 @@ class PolicySettings(_Section):
         return value
 
     def to_params(self) -> CostParams:
-        """The plain core parameter object the policies use."""
-        return CostParams(
-            latency_weight=self.latency_weight,
-            energy_weight=self.energy_weight,
-            battery_energy_weight=self.battery_energy_weight,
-            battery_energy_weight_max=self.battery_energy_weight_max,
-            money_weight=self.money_weight,
-            battery_knee=self.battery_knee,
-            battery_floor=self.battery_floor,
-            battery_floor_local=self.battery_floor_local,
-            latency_quantile=self.latency_quantile,
-            stale_after_s=self.stale_after_s,
-            suspect_penalty_s=self.suspect_penalty_s,
-            deadline_best_effort=self.deadline_best_effort,
-        )
+        """The plain core parameter object the policies use (the same keys, less `name`)."""
+        return CostParams(**self.model_dump(exclude={"name"}))
 
 
 class PowerSettings(_Section):

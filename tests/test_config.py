@@ -167,3 +167,33 @@ def test_cli_usage_and_version() -> None:
     assert run_cli("version").stdout.startswith("edgesched ")
     assert run_cli("no-such-command").returncode == 2
     assert run_cli("simulate").returncode == 2  # missing SCENARIO
+
+
+def _model_keys(model: type, prefix: str = "") -> set[str]:
+    from pydantic import BaseModel
+
+    keys = set()
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        keys.add(prefix + name)
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys |= _model_keys(ann, f"{prefix}{name}.")
+    return keys
+
+
+def _yaml_keys(doc: dict[str, object], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, value in doc.items():
+        keys.add(prefix + name)
+        if isinstance(value, dict) and name != "task_types":
+            keys |= _yaml_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def test_edge_example_shows_every_key() -> None:
+    import yaml
+
+    from edgesched.config import Settings
+
+    example = yaml.safe_load((REPO / "configs" / "edge.yaml").read_text())
+    assert _model_keys(Settings) - _yaml_keys(example) == set()
