@@ -74,6 +74,7 @@ class NodeAnnouncement:
     role: str = "edge"
     task_types: frozenset[str] = frozenset()
     slots: int = 1
+    speed: float | None = None  # the node's configured relative speed (executor.speed)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

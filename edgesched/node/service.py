@@ -31,13 +31,14 @@ from edgesched.config import (
 )
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.model import ClusterSnapshot, PowerModel
-from edgesched.core.view import ClusterView, ViewParams
+from edgesched.core.view import ClusterView, NodeAnnouncement, ViewParams
 from edgesched.node.pipeline import TaskPipeline
 from edgesched.node.telemetry import Identity, LinkReadingFeeder, Load, TelemetryStage, Topics
 
 log = logging.getLogger("edgesched.service")
 
 MAX_STATUS_DEVICES = 1000  # /v1/status lists the most recently seen ones; the total is given
+MAX_SPEEDS = 4096  # neighbours whose announced speed is remembered
 
 
 class LoadSource(Protocol):
@@ -86,7 +87,9 @@ class Runtime:
     - `snapshot()`: a consistent `ClusterSnapshot` for decisions,
     - `load_source`: replace with the executor (anything with `load() -> Load`),
     - `on_device_values`: callbacks `(device_id, values, now)` for accepted device readings
-      (e.g. to feed link estimators), `metrics`, `settings`, `identity`, `topics`, `view`.
+      (e.g. to feed link estimators), `on_announcement`: callbacks `(node_id, announcement)`
+      for neighbours' accepted state documents, `metrics`, `settings`, `identity`, `topics`,
+      `view`.
     """
 
     settings: Settings
@@ -103,6 +106,7 @@ class Runtime:
     on_device_values: list[Callable[[str, Mapping[str, float], float], None]] = field(
         default_factory=list
     )
+    on_announcement: list[Callable[[str, NodeAnnouncement], None]] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
 
     def load(self) -> Load:
@@ -116,6 +120,10 @@ class Runtime:
     def _device_values(self, device_id: str, values: Mapping[str, float], now: float) -> None:
         for callback in self.on_device_values:
             callback(device_id, values, now)
+
+    def _announcement(self, node_id: str, doc: NodeAnnouncement) -> None:
+        for callback in self.on_announcement:
+            callback(node_id, doc)
 
     def status_doc(self) -> dict[str, Any]:
         """The built-in part of `/v1/status` (CONTRACTS §3)."""
@@ -194,6 +202,7 @@ def build_runtime(
         node_id=settings.node_id, role=settings.role,
         incarnation=next_incarnation(settings.state_dir, wall_ms=int(time.time() * 1000)),
         task_types=tuple(sorted(settings.enabled_task_types())),
+        speed=settings.executor.speed,
     )
     topics = Topics(settings.mqtt.topic_prefix)
     t = settings.telemetry
@@ -236,8 +245,22 @@ def _telemetry_stage(rt: Runtime) -> TelemetryStage:
         mappings=s.devices.mappings, load=rt.load,
         power=PowerModel(idle_w=p.idle_w, busy_w=p.busy_w, tx_w=p.tx_w, rx_w=p.rx_w),
         battery_device=p.battery_device, on_device=rt._device_values,
+        on_announcement=rt._announcement,
         observe=s.role == "edge",
     )
+
+
+def _speed_feeder(pipeline: TaskPipeline) -> Callable[[str, NodeAnnouncement], None]:
+    """A neighbour's announced speed scales its execution priors until its own times are
+    measured, so a faster neighbour is tried before any task has run there."""
+
+    def feed(node_id: str, doc: NodeAnnouncement) -> None:
+        speeds = pipeline.bank.speeds
+        # bounded like the view's node table: ids beyond it are not remembered
+        if doc.speed is not None and (node_id in speeds or len(speeds) < MAX_SPEEDS):
+            pipeline.bank.set_speed(node_id, doc.speed)
+
+    return feed
 
 
 def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
@@ -255,6 +278,7 @@ def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
     uplink = rt.settings.devices.uplink_device
     if uplink:  # the modem/uplink monitor's readings are this node's link to the cloud
         rt.on_device_values.append(LinkReadingFeeder(pipeline.bank, {uplink: CLOUD_ID}))
+    rt.on_announcement.append(_speed_feeder(pipeline))
     return [
         rt.notifier,  # watchdog pings from the event loop
         # exits the process when the loop stalls and systemd's watchdog is not in charge

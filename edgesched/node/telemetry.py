@@ -37,6 +37,7 @@ log = logging.getLogger("edgesched.telemetry")
 MAX_NAMES_PER_DEVICE = 64
 MAX_NAME_LENGTH = 64
 MAX_TASK_TYPES = 256
+MIN_SPEED, MAX_SPEED = 1e-3, 1e6  # a node's announced relative speed
 SENML_RELATIVE_LIMIT = 2**28  # RFC 8428 §4.5.3: smaller times are relative to "now"
 
 # SenML units converted into the unit a recognised name is kept in.
@@ -76,6 +77,7 @@ class Identity:
     role: str
     incarnation: int
     task_types: tuple[str, ...]
+    speed: float = 1.0  # executor.speed: lets neighbours scale their execution priors
 
 
 class Topics:
@@ -298,6 +300,8 @@ def parse_node_state(payload: bytes, node_id: str, *, limit: int) -> NodeAnnounc
         role=role,
         task_types=frozenset(types),
         slots=_integer(doc.get("slots", 1), "slots"),
+        speed=None if doc.get("speed") is None
+        else _in_range(_number(doc["speed"], "speed"), MIN_SPEED, MAX_SPEED, "speed"),
     )
 
 
@@ -377,6 +381,7 @@ class TelemetryStage:
         power: PowerModel | None = None,
         battery_device: str | None = None,
         on_device: Callable[[str, Mapping[str, float], float], None] | None = None,
+        on_announcement: Callable[[str, NodeAnnouncement], None] | None = None,
         observe: bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -393,6 +398,7 @@ class TelemetryStage:
         self._power = power or PowerModel()
         self._battery_device = battery_device
         self._on_device = on_device
+        self._on_announcement = on_announcement
         self._observe = observe
         self._clock = clock
         self._wall = wall
@@ -415,6 +421,7 @@ class TelemetryStage:
             "role": ident.role, "incarnation": ident.incarnation,
             "ts": round(self._wall() if ts is None else ts, 3),
             "task_types": list(ident.task_types), "slots": self._load().slots,
+            "speed": ident.speed,
         }).encode()
 
     def telemetry_doc(self) -> bytes:
@@ -535,6 +542,8 @@ class TelemetryStage:
         outcome = self.view.observe_announcement(node_id, doc, now=self._clock())
         if outcome is Outcome.TABLE_FULL:
             self._ratelog.warning("nodes_full", "neighbour table full: ignored %s", node_id)
+        elif self._on_announcement is not None:
+            self._on_announcement(node_id, doc)
 
     async def _on_own_state(self, doc: NodeAnnouncement) -> None:
         mine = self.identity.incarnation

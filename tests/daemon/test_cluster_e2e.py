@@ -81,3 +81,20 @@ def test_mqtt_311_nodes_see_each_other_and_the_will(mosquitto: Mosquitto, node_f
     # silence alone would take 100 intervals: only the Will can make this deadline
     wait_until(sees(a, ["b311"], "offline"), 1.5 * KEEPALIVE + 1.0 - (time.monotonic() - killed),
                what="a311 sees b311 offline by its Will")
+
+
+def test_a_neighbours_announced_speed_scales_its_priors(mosquitto: Mosquitto, node_factory) -> None:
+    """Before any task ran there, a neighbour announcing speed 4 is predicted 4x faster."""
+    overrides = {"telemetry": {"interval_s": INTERVAL}, "mqtt": {"keepalive_s": KEEPALIVE}}
+    slow = node_factory("slow", broker=mosquitto, overrides=overrides)
+    node_factory("fast", broker=mosquitto,
+                 overrides={**overrides, "executor": {"speed": 4.0}})
+    wait_until(sees(slow, ["fast"], "online"), 10, what="slow sees fast online")
+
+    def exec_means() -> dict[str, float]:
+        est = slow.status()["scheduler"]["estimates"]["hash"]["exec"]
+        return {node: e["mean_s"] for node, e in est.items()}
+
+    wait_until(lambda: "fast" in exec_means(), 10, what="fast among the estimates")
+    means = exec_means()
+    assert means["fast"] * 4 == pytest.approx(means["slow"], rel=1e-6)

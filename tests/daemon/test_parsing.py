@@ -114,6 +114,8 @@ def test_node_state() -> None:
     assert (ann.incarnation, ann.online, ann.slots, ann.task_types) == (7, True, 2,
                                                                          frozenset({"echo"}))
     assert not parse_node_state(node_doc(status="offline"), "gw-1", limit=4096).online
+    assert ann.speed is None  # documents of nodes that announce no speed stay valid
+    assert parse_node_state(node_doc(speed=4.0), "gw-1", limit=4096).speed == 4.0
 
 
 @pytest.mark.parametrize(
@@ -126,6 +128,8 @@ def test_node_state() -> None:
         ({"slots": 10**40}, "gw-1", "out_of_range"),
         ({"incarnation": "7"}, "gw-1", "schema"),
         ({"task_types": "echo"}, "gw-1", "schema"),
+        ({"speed": 0}, "gw-1", "out_of_range"),
+        ({"speed": "fast"}, "gw-1", "schema"),
     ],
 )
 def test_node_state_rejections(extra: dict[str, object], topic_id: str, expected: str) -> None:
