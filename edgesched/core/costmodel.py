@@ -16,10 +16,11 @@ not ours to save), matching how the simulator reports `energy_j_per_task`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
+from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import (
     Candidate,
     CandidateEval,
@@ -307,41 +308,8 @@ _EVAL_FIELDS = (
 )
 
 
-def _make_fast_constructor() -> Callable[..., CandidateEval]:
-    """A positional CandidateEval constructor that skips the frozen dataclass's per-field
-    object.__setattr__ calls (they cost ~2 µs per evaluation, more than the cost model itself).
-
-    If CandidateEval's fields ever differ from _EVAL_FIELDS, the regular constructor is used.
-    """
-    if tuple(f.name for f in fields(CandidateEval)) != _EVAL_FIELDS:
-        return lambda *v: CandidateEval(**dict(zip(_EVAL_FIELDS, v, strict=True)))
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = (
-        getattr(CandidateEval, name).__set__ for name in _EVAL_FIELDS
-    )
-    new = object.__new__
-
-    def make(
-        node_id: str, placement: Placement, latency_mean_s: float, latency_q_s: float,
-        energy_j: float, money: float, score: float, feasible: bool,
-        reason: RejectReason | None, latency_std_s: float,
-    ) -> CandidateEval:
-        obj = new(CandidateEval)
-        s0(obj, node_id)
-        s1(obj, placement)
-        s2(obj, latency_mean_s)
-        s3(obj, latency_q_s)
-        s4(obj, energy_j)
-        s5(obj, money)
-        s6(obj, score)
-        s7(obj, feasible)
-        s8(obj, reason)
-        s9(obj, latency_std_s)
-        return obj
-
-    return make
-
-
-new_eval = _make_fast_constructor()
+# The frozen dataclass's per-field object.__setattr__ calls cost more than the cost model.
+new_eval = fast_constructor(CandidateEval, _EVAL_FIELDS)
 
 
 def evaluate_many(

@@ -13,6 +13,7 @@ from edgesched.core.costmodel import (
     CostParams,
     evaluate_many,
 )
+from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import (
     Candidate,
     CandidateEval,
@@ -60,13 +61,15 @@ def make_decision(
 ) -> Decision:
     """A Decision whose preference order is `ranked` (indices into `evals`, feasible only)."""
     order = [evals[i] for i in ranked]
-    return Decision(
-        policy=name,
-        chosen=order[0] if order else None,
-        fallbacks=tuple(order[1:]),
-        evaluations=tuple(evals),
-        best_effort=best_effort,
+    return _new_decision(
+        name, order[0] if order else None, tuple(order[1:]), tuple(evals), best_effort
     )
+
+
+# One Decision per task: the frozen dataclass's own __init__ is a measurable part of it.
+_new_decision = fast_constructor(
+    Decision, ("policy", "chosen", "fallbacks", "evaluations", "best_effort")
+)
 
 
 def _feasible(evals: Sequence[CandidateEval]) -> list[int]:
@@ -82,7 +85,7 @@ class CostPolicy:
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now)
-        ranked = sorted(_feasible(evals), key=lambda i: evals[i].score)
+        ranked = [i for _, i in sorted([(e.score, i) for i, e in enumerate(evals) if e.feasible])]
         if not ranked and self.params.deadline_best_effort:
             late = [i for i, e in enumerate(evals) if e.reason is RejectReason.DEADLINE]
             if late:
