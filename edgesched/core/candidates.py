@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgesched.core.estimators import EstimatorBank
+from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import (
     Candidate,
     ClusterSnapshot,
     ExecEstimate,
+    Liveness,
     NodeState,
     OffloadPolicy,
     Placement,
@@ -108,6 +111,29 @@ def _age(node: NodeState, now: float) -> float:
     return max(0.0, age)
 
 
+_CANDIDATE_FIELDS = (
+    "node_id", "placement", "liveness", "age_s", "slots", "running", "queued", "est_wait_s",
+    "wait_std_s", "battery", "power", "link", "exec", "supports_type", "money_cost",
+    "max_queue", "origin_power", "origin_battery", "excluded",
+)
+_new_candidate = fast_constructor(Candidate, _CANDIDATE_FIELDS)
+_LOCAL, _NEIGHBOUR, _CLOUD = Placement.LOCAL, Placement.NEIGHBOUR, Placement.CLOUD
+_ONLINE = Liveness.ONLINE
+
+
+def _candidate(*values: Any) -> Candidate:
+    """Candidate(*values) without re-validating what this module computed and its inputs'
+    constructors (NodeState via the view, estimates, power models, CloudTarget) validated.
+
+    The computed times and the running count are still checked, cheaply (a NaN fails every
+    comparison): if one is bad, the regular constructor is used so the error says which field.
+    """
+    age, wait, wait_std = values[3], values[7], values[8]
+    if 0.0 <= age <= 1e12 and 0.0 <= wait <= 1e9 and 0.0 <= wait_std <= 1e9 and values[5] >= 0:
+        return _new_candidate(*values)
+    return Candidate(**dict(zip(_CANDIDATE_FIELDS, values, strict=True)))
+
+
 def local_candidate(
     task: TaskSpec, node: NodeState, bank: EstimatorBank, now: float, *,
     power: PowerModel, max_queue: int | None = None, extra: int = 0,
@@ -125,12 +151,12 @@ def local_candidate(
         wait, wait_std = own, 0.5 * own
     else:
         wait, wait_std = _wait(node, extra, ex)
-    return Candidate(
-        node_id=node.node_id, placement=Placement.LOCAL, slots=max(0, node.slots),
-        running=max(0, node.running) + extra, queued=max(0, node.queued),
-        est_wait_s=min(wait, 1e9), wait_std_s=min(wait_std, 1e9), battery=_battery(node),
-        power=power, exec=ex, supports_type=_supports(node, task.task_type),
-        max_queue=max_queue, origin_power=power, origin_battery=_battery(node),
+    battery = _battery(node)
+    return _candidate(
+        node.node_id, _LOCAL, _ONLINE, 0.0, max(0, node.slots),
+        max(0, node.running) + extra, max(0, node.queued), min(wait, 1e9),
+        min(wait_std, 1e9), battery, power, None, ex, _supports(node, task.task_type), 0.0,
+        max_queue, power, battery, False,
     )
 
 
@@ -140,15 +166,13 @@ def neighbour_candidate(
 ) -> Candidate:
     """An edge neighbour as a candidate, as last heard from (`age_s` says how long ago)."""
     ex = bank.exec_estimate(task.task_type, node.node_id, task.input_bytes, now)
-    wait, wait_std = _wait(node, extra, ex, _age(node, now))
-    return Candidate(
-        node_id=node.node_id, placement=Placement.NEIGHBOUR, liveness=node.liveness,
-        age_s=min(_age(node, now), 1e12), slots=max(0, node.slots),
-        running=max(0, node.running) + extra, queued=max(0, node.queued),
-        est_wait_s=min(wait, 1e9), wait_std_s=min(wait_std, 1e9), battery=_battery(node),
-        power=power, link=bank.link(node.node_id, now), exec=ex,
-        supports_type=_supports(node, task.task_type), origin_power=origin_power,
-        origin_battery=_battery(local), excluded=excluded,
+    age = _age(node, now)
+    wait, wait_std = _wait(node, extra, ex, age)
+    return _candidate(
+        node.node_id, _NEIGHBOUR, node.liveness, min(age, 1e12), max(0, node.slots),
+        max(0, node.running) + extra, max(0, node.queued), min(wait, 1e9),
+        min(wait_std, 1e9), _battery(node), power, bank.link(node.node_id, now), ex,
+        _supports(node, task.task_type), 0.0, None, origin_power, _battery(local), excluded,
     )
 
 
@@ -159,11 +183,10 @@ def cloud_candidate(
     """The cloud tier as a candidate; `inflight` = tasks this node has running there."""
     ex = bank.exec_estimate(task.task_type, cloud.node_id, task.input_bytes, now)
     wait, wait_std = queue_wait(cloud.slots, inflight, 0, ex.mean_s, ex.std_s)
-    return Candidate(
-        node_id=cloud.node_id, placement=Placement.CLOUD, slots=cloud.slots, running=inflight,
-        est_wait_s=wait, wait_std_s=wait_std, power=cloud.power,
-        link=bank.link(cloud.node_id, now), exec=ex, money_cost=cloud.money_cost,
-        origin_power=origin_power, origin_battery=_battery(local),
+    return _candidate(
+        cloud.node_id, _CLOUD, _ONLINE, 0.0, cloud.slots, inflight, 0, wait,
+        wait_std, None, cloud.power, bank.link(cloud.node_id, now), ex, True,
+        cloud.money_cost, None, origin_power, _battery(local), False,
     )
 
 
