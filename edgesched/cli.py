@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -224,6 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(leaf, args.command)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`edgesched status | head`): not worth a traceback. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 def _first_edgesched_error(group: BaseExceptionGroup[Any]) -> EdgeschedError | None:

@@ -37,3 +37,15 @@ def test_help_lists_every_contract_command() -> None:
     for command in ("run", "check-config", "demo", "simulate", "submit", "status",
                     "healthcheck", "version"):
         assert command in proc.stdout
+
+
+def test_a_closed_stdout_pipe_is_not_a_traceback(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgesched", "check-config"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first write (`| head` that quit)
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
