@@ -23,6 +23,7 @@ from edgesched.core.model import (
 )
 
 CLOUD_ID = "cloud"
+_INF = math.inf
 DEFAULT_POWER = PowerModel()  # frozen: one shared instance, not one per candidate per task
 
 
@@ -75,20 +76,28 @@ def _wait(node: NodeState, extra: int, ex: ExecEstimate, age: float = 0.0) -> tu
     Without this, a neighbour seen busy in a report taken mid-burst looks busy for a whole
     telemetry interval, however short its tasks.
     """
-    running, queued = max(0, node.running), max(0, node.queued)
-    reported = _finite_or(node.est_wait_s, 0.0)
-    if not (age > 0.0 and math.isfinite(age) and node.slots > 0 and ex.mean_s > 0.0):
-        wait, std = queue_wait(node.slots, running + extra, queued, ex.mean_s, ex.std_s)
+    # Written with comparisons instead of max/min/isfinite calls: this runs for every
+    # neighbour of every task (a NaN fails each `0.0 <= x < INF` test, as isfinite would).
+    running, queued, slots, mean_s = node.running, node.queued, node.slots, ex.mean_s
+    running = running if running > 0 else 0
+    queued = queued if queued > 0 else 0
+    reported = node.est_wait_s
+    reported = reported if 0.0 <= reported < _INF else 0.0
+    if not (0.0 < age < _INF and slots > 0 and mean_s > 0.0):
+        wait, std = queue_wait(slots, running + extra, queued, mean_s, ex.std_s)
     else:
-        average = min(1.0, max(0.0, _finite_or(node.cpu_util, 0.0))) * node.slots
-        backlog = running + queued
-        now_backlog = average + (backlog - average) * math.exp(-age / ex.mean_s)
-        ahead = now_backlog + extra - node.slots + 1
-        wait = max(0.0, ahead) * ex.mean_s / node.slots
-        std = max(0.5 * wait, math.sqrt(max(0.0, ahead)) * ex.std_s / node.slots)
-        reported = max(0.0, reported - age)
+        util = node.cpu_util
+        util = (1.0 if util > 1.0 else util) if 0.0 <= util < _INF else 0.0
+        average = util * slots
+        now_backlog = average + (running + queued - average) * math.exp(-age / mean_s)
+        ahead = now_backlog + extra - slots + 1
+        ahead = ahead if ahead > 0.0 else 0.0
+        wait = ahead * mean_s / slots
+        std = math.sqrt(ahead) * ex.std_s / slots
+        std = std if std >= 0.5 * wait else 0.5 * wait
+        reported = reported - age if reported > age else 0.0
     if reported > wait:  # the node's own estimate knows its real queue mix
-        return reported, max(std, 0.5 * reported)
+        return reported, (std if std >= 0.5 * reported else 0.5 * reported)
     return wait, std
 
 

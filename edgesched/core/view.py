@@ -264,7 +264,9 @@ class ClusterView:
         out = []
         for node_id in sorted(self._nodes):
             entry = self._nodes[node_id]
-            out.append(replace(entry.state, liveness=_liveness(entry, now, self.params)))
+            state, liveness = entry.state, _liveness(entry, now, self.params)
+            # States are frozen: share the stored one unless its liveness has changed.
+            out.append(state if state.liveness is liveness else replace(state, liveness=liveness))
         return tuple(out)
 
     def devices(self, now: float) -> tuple[DeviceRecord, ...]:
