@@ -11,6 +11,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import ExecEstimate, LinkEstimate, require_finite
 
 _MDEV_TO_STD = math.sqrt(math.pi / 2.0)  # std of a normal = 1.2533 x its mean absolute deviation
@@ -21,6 +22,28 @@ MAX_SECONDS = 1e6  # ~11 days
 MAX_BYTES = 1e12
 MIN_S_PER_BIT = 1e-13  # 10 Tbit/s
 MAX_S_PER_BIT = 1.0  # 1 bit/s
+INF = math.inf
+
+
+_new_exec = fast_constructor(ExecEstimate, ("mean_s", "std_s"))
+_new_link = fast_constructor(
+    LinkEstimate, ("rtt_s", "rtt_std_s", "bandwidth_bps", "bandwidth_std_bps")
+)
+
+
+def _exec_estimate(mean_s: float, std_s: float) -> ExecEstimate:
+    """ExecEstimate from values computed here: a range check (NaN fails it) instead of the
+    constructor's validation, which runs only to report a bad value."""
+    if 0.0 <= mean_s <= MAX_SECONDS and 0.0 <= std_s <= MAX_SECONDS:
+        return _new_exec(mean_s, std_s)
+    return ExecEstimate(mean_s=mean_s, std_s=std_s)
+
+
+def _link_estimate(rtt: float, rtt_std: float, bw: float, bw_std: float) -> LinkEstimate:
+    """LinkEstimate from values computed here, checked the same cheap way."""
+    if 0.0 <= rtt < INF and 0.0 <= rtt_std < INF and 0.0 < bw < INF and 0.0 <= bw_std < INF:
+        return _new_link(rtt, rtt_std, bw, bw_std)
+    return LinkEstimate(rtt_s=rtt, rtt_std_s=rtt_std, bandwidth_bps=bw, bandwidth_std_bps=bw_std)
 
 
 def _staleness_weight(age_s: float, decay_s: float) -> float:
@@ -166,9 +189,7 @@ class LinkEstimator:
             spb, spb_std = _blend(w, self._spb.mean, self._spb.std, prior_spb, prior_spb_std)
             spb = min(MAX_S_PER_BIT, max(MIN_S_PER_BIT, spb))
             bw, bw_std = 1.0 / spb, min(spb_std / (spb * spb), 1.0 / MIN_S_PER_BIT)
-        return LinkEstimate(
-            rtt_s=rtt, rtt_std_s=rtt_std, bandwidth_bps=bw, bandwidth_std_bps=bw_std
-        )
+        return _link_estimate(rtt, rtt_std, bw, bw_std)
 
     @property
     def samples(self) -> tuple[int, int]:
@@ -297,7 +318,7 @@ class ExecTimeEstimator:
         prior_mean = min(MAX_SECONDS, prior.mean_s + prior.s_per_mb * x)
         prior_std = min(MAX_SECONDS, prior.cv * prior_mean)
         if self.n == 0:
-            return ExecEstimate(mean_s=prior_mean, std_s=prior_std)
+            return _exec_estimate(prior_mean, prior_std)
         mean = max(0.0, self.a + self.b * x)
         leverage = self.p11 + 2.0 * self.p12 * x + self.p22 * x * x
         std = math.sqrt(max(0.0, self.res_var * (1.0 + max(0.0, leverage))))
@@ -305,7 +326,7 @@ class ExecTimeEstimator:
             std = max(std, prior_std)
         w = _staleness_weight(now - self._at, self.params.decay_s)
         mean, std = _blend(w, mean, std, prior_mean, prior_std)
-        return ExecEstimate(mean_s=min(mean, MAX_SECONDS), std_s=min(std, MAX_SECONDS))
+        return _exec_estimate(min(mean, MAX_SECONDS), min(std, MAX_SECONDS))
 
 
 class EstimatorBank:
@@ -439,7 +460,7 @@ class EstimatorBank:
             prior = self.exec_prior(task_type, node_id)
             size = min(MAX_BYTES, max(0.0, input_bytes))
             mean = min(MAX_SECONDS, prior.mean_s + prior.s_per_mb * size / MB)
-            return ExecEstimate(mean_s=mean, std_s=min(MAX_SECONDS, prior.cv * mean))
+            return _exec_estimate(mean, min(MAX_SECONDS, prior.cv * mean))
         return est.predict(input_bytes, now)
 
     def link(self, target: str, now: float) -> LinkEstimate:

@@ -20,6 +20,7 @@ from edgesched.core.candidates import (
 from edgesched.core.costmodel import CostParams
 from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
+from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import (
     Candidate,
     ClusterSnapshot,
@@ -35,6 +36,13 @@ from edgesched.core.policies import Policy
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
 from edgesched.sim.scenario import CLOUD_ID
 
+# This node's own state is built once per task: positionally, without the frozen dataclass's
+# per-field object.__setattr__ (NodeState does no validation to skip).
+_new_node_state = fast_constructor(NodeState, (
+    "node_id", "role", "liveness", "incarnation", "last_seen", "slots", "running", "queued",
+    "est_wait_s", "cpu_util", "battery", "power_w", "task_types",
+))
+_ONLINE = Liveness.ONLINE
 MEMO_TTL_S = 0.25  # how long an estimate may be reused without new observations (sim. s)
 
 
@@ -189,10 +197,9 @@ class DaemonBrain:
     # ---- deciding -------------------------------------------------------------------------
     def local_state(self, now: float) -> NodeState:
         node = self.node
-        return NodeState(
-            node_id=node.id, last_seen=now, slots=node.slots, running=len(node.running),
-            queued=len(node.queue), est_wait_s=node.est_wait_s(now),
-            battery=node.battery_level(now), task_types=self._type_names,
+        return _new_node_state(
+            node.id, "edge", _ONLINE, 0, now, node.slots, len(node.running), len(node.queue),
+            node.est_wait_s(now), 0.0, node.battery_level(now), None, self._type_names,
         )
 
     def candidates(self, task: SimTask, now: float) -> list[Candidate]:
