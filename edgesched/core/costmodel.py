@@ -332,6 +332,9 @@ def evaluate_many(
     stale_after, floor = params.stale_after_s, params.battery_floor
     simple_task = task.offload is _ANYWHERE and enforce is ALL_CONSTRAINTS
     deadline = INF if remaining_s is None else remaining_s
+    # Every offloaded candidate carries the same origin battery: its weight is computed once.
+    weight_at = params.energy_weight_at
+    last_battery, last_w = math.nan, 0.0  # nan: matches no charge
     out = []
     for cand in candidates:
         ex = cand.exec
@@ -376,11 +379,19 @@ def evaluate_many(
         ):
             score = w_t * mean
             if e_origin:
-                score += e_origin * (
-                    w_e if origin_battery is None else params.energy_weight_at(origin_battery))
+                if origin_battery is None:
+                    score += e_origin * w_e
+                else:
+                    if origin_battery != last_battery:
+                        last_battery, last_w = origin_battery, weight_at(origin_battery)
+                    score += e_origin * last_w
             if e_target:
-                score += e_target * (
-                    w_e if battery is None else params.energy_weight_at(battery))
+                if battery is None:
+                    score += e_target * w_e
+                else:
+                    if battery != last_battery:
+                        last_battery, last_w = battery, weight_at(battery)
+                    score += e_target * last_w
             if cand.money_cost:
                 score += params.money_weight * cand.money_cost
             out.append(new_eval(cand.node_id, placement, mean, q, e_origin + e_target,
