@@ -308,17 +308,49 @@ class OracleBrain(DaemonBrain):
             back = self.engine.links[(node.id, origin.id)]
             # One bandwidth figure per candidate: the worse of the two directions' shares.
             bw = min(link.share_bps(), back.share_bps())
-            link_est = LinkEstimate(rtt_s=link.rtt_s, bandwidth_bps=bw)
+            link_est = _true_link(link.rtt_s, bw)
             arrive_after = task.in_bits / link.share_bps() + link.rtt_s / 2.0
         wait = max(0.0, true_slot_free_in(node, now) - arrive_after)
-        return Candidate(
+        battery, origin_battery = node.battery_level(now), origin.battery_level(now)
+        exec_s = task.work / node.speed
+        money = self.engine.scenario.cloud.cost_per_task if node.is_cloud else 0.0
+        if (0.0 <= wait < _INF and 0.0 <= exec_s < _INF and _charge_ok(battery)
+                and _charge_ok(origin_battery)):
+            # The truth, computed here from a validated scenario: the positional constructors
+            # skip re-validating it (the oracle builds every candidate of every task).
+            return _new_candidate(
+                node.id, placement, _ONLINE, 0.0, node.slots, len(node.running),
+                len(node.queue), wait, 0.0, battery, node.power, link_est,
+                _new_exec(exec_s, 0.0), True, money, None, origin.power, origin_battery, False,
+            )
+        return Candidate(  # a bad value: the validating constructor says which one
             node_id=node.id, placement=placement, liveness=Liveness.ONLINE,
             slots=node.slots, running=len(node.running), queued=len(node.queue),
-            est_wait_s=wait, battery=node.battery_level(now), power=node.power, link=link_est,
-            exec=ExecEstimate(mean_s=task.work / node.speed),
-            money_cost=self.engine.scenario.cloud.cost_per_task if node.is_cloud else 0.0,
-            origin_power=origin.power, origin_battery=origin.battery_level(now),
+            est_wait_s=wait, battery=battery, power=node.power, link=link_est,
+            exec=ExecEstimate(mean_s=exec_s), money_cost=money,
+            origin_power=origin.power, origin_battery=origin_battery,
         )
+
+
+_INF = float("inf")
+_new_candidate = fast_constructor(Candidate, (
+    "node_id", "placement", "liveness", "age_s", "slots", "running", "queued", "est_wait_s",
+    "wait_std_s", "battery", "power", "link", "exec", "supports_type", "money_cost",
+    "max_queue", "origin_power", "origin_battery", "excluded",
+))
+_new_exec = fast_constructor(ExecEstimate, ("mean_s", "std_s"))
+_new_link = fast_constructor(
+    LinkEstimate, ("rtt_s", "rtt_std_s", "bandwidth_bps", "bandwidth_std_bps"))
+
+
+def _charge_ok(battery: float | None) -> bool:
+    return battery is None or 0.0 <= battery <= 1.0
+
+
+def _true_link(rtt_s: float, bw: float) -> LinkEstimate:
+    if 0.0 <= rtt_s < _INF and 0.0 < bw < _INF:
+        return _new_link(rtt_s, 0.0, bw, 0.0)
+    return LinkEstimate(rtt_s=rtt_s, bandwidth_bps=bw)
 
 
 def true_slot_free_in(node: SimNode, now: float) -> float:
