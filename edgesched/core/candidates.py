@@ -174,14 +174,28 @@ def neighbour_candidate(
     power: PowerModel, origin_power: PowerModel, extra: int = 0, excluded: bool = False,
 ) -> Candidate:
     """An edge neighbour as a candidate, as last heard from (`age_s` says how long ago)."""
-    ex = bank.exec_estimate(task.task_type, node.node_id, task.input_bytes, now)
-    age = _age(node, now)
+    # Runs for every neighbour of every task: _age, _battery, _supports and the max/min
+    # clamps are written out as comparisons (same results; NaN still ends in the validating
+    # constructor through _candidate's range check).
+    node_id = node.node_id
+    ex = bank.exec_estimate(task.task_type, node_id, task.input_bytes, now)
+    age = now - node.last_seen
+    age = (age if age > 0.0 else 0.0) if age == age else _INF
     wait, wait_std = _wait(node, extra, ex, age)
+    slots, running, queued = node.slots, node.running, node.queued
+    battery, origin_battery = node.battery, local.battery
+    if battery is not None and not 0.0 <= battery <= 1.0:
+        battery = None
+    if origin_battery is not None and not 0.0 <= origin_battery <= 1.0:
+        origin_battery = None
+    types = node.task_types
     return _candidate(
-        node.node_id, _NEIGHBOUR, node.liveness, min(age, 1e12), max(0, node.slots),
-        max(0, node.running) + extra, max(0, node.queued), min(wait, 1e9),
-        min(wait_std, 1e9), _battery(node), power, bank.link(node.node_id, now), ex,
-        _supports(node, task.task_type), 0.0, None, origin_power, _battery(local), excluded,
+        node_id, _NEIGHBOUR, node.liveness, 1e12 if age > 1e12 else age,
+        slots if slots > 0 else 0, (running if running > 0 else 0) + extra,
+        queued if queued > 0 else 0, 1e9 if wait > 1e9 else wait,
+        1e9 if wait_std > 1e9 else wait_std, battery, power, bank.link(node_id, now), ex,
+        not types or task.task_type in types, 0.0, None, origin_power, origin_battery,
+        excluded,
     )
 
 
