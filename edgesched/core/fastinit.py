@@ -21,12 +21,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def fast_constructor(cls: type[T], names: tuple[str, ...]) -> Callable[..., T]:
-    """A positional constructor of `cls` for exactly the fields `names`, in that order.
-
-    If `cls` is not a slots dataclass with exactly those fields (someone added one, or
-    reordered them), the regular keyword constructor is returned instead: slower, never wrong.
-    """
+def mutable_twin(cls: type, names: tuple[str, ...]) -> type | None:
+    """A plain class with the same slots as `cls` (so `obj.__class__ = cls` is allowed), or
+    None unless `cls` is a slots dataclass whose fields are exactly `names`, in that order."""
     slots = getattr(cls, "__slots__", None)
     if (
         not is_dataclass(cls)
@@ -34,11 +31,22 @@ def fast_constructor(cls: type[T], names: tuple[str, ...]) -> Callable[..., T]:
         or slots is None
         or tuple(slots) != names
     ):
+        return None
+    return type(f"_{cls.__name__}Builder", (), {"__slots__": names, "__module__": __name__})
+
+
+def fast_constructor(cls: type[T], names: tuple[str, ...]) -> Callable[..., T]:
+    """A positional constructor of `cls` for exactly the fields `names`, in that order.
+
+    If `cls` is not a slots dataclass with exactly those fields (someone added one, or
+    reordered them), the regular keyword constructor is returned instead: slower, never wrong.
+    """
+    twin = mutable_twin(cls, names)
+    if twin is None:
         def regular(*values: Any) -> T:
             return cls(**dict(zip(names, values, strict=True)))
 
         return regular
-    twin = type(f"_{cls.__name__}Builder", (), {"__slots__": names, "__module__": __name__})
     args = ", ".join(names)
     body = "".join(f"    o.{n} = {n}\n" for n in names)
     src = f"def make({args}):\n    o = new(twin)\n{body}    o.__class__ = cls\n    return o\n"
