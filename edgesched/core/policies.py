@@ -84,14 +84,19 @@ class CostPolicy:
         self.params = params
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
-        evals = evaluate_all(task, candidates, self.params, now)
-        ranked = [i for _, i in sorted([(e.score, i) for i, e in enumerate(evals) if e.feasible])]
+        evals = evaluate_many(task, candidates, self.params, task.remaining_s(now))
+        # (score, index, eval): the unique index settles ties, so evals are never compared.
+        ranked = sorted([(e.score, i, e) for i, e in enumerate(evals) if e.feasible])
         if not ranked and self.params.deadline_best_effort:
             late = [i for i, e in enumerate(evals) if e.reason is RejectReason.DEADLINE]
             if late:
                 late.sort(key=lambda i: evals[i].latency_q_s)
                 return make_decision(self.name, evals, late, best_effort=True)
-        return make_decision(self.name, evals, ranked)
+        if not ranked:
+            return _new_decision(self.name, None, (), tuple(evals), False)
+        return _new_decision(
+            self.name, ranked[0][2], tuple([r[2] for r in ranked[1:]]), tuple(evals), False
+        )
 
 
 SortKey = Callable[[Candidate, CandidateEval], tuple[float, ...]]
