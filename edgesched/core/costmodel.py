@@ -3,7 +3,7 @@
 For a task with input L_in and output L_out bytes and a candidate c (DESIGN.md "The cost model"):
 
     T_c   = 8·L_in/bw + rtt + wait + exec + 8·L_out/bw          (local: wait + exec)
-    var_c = exec_std² + rtt_std² + wait_std² + (T_up·bw_std/bw)² + (T_down·bw_std/bw)²
+    var_c = exec_std² + rtt_std² + wait_std² + (T_up² + T_down²)·(bw_std/bw)²
     T_q   = T_c + z(q)·sqrt(var_c)                             (the deadline is judged on T_q)
     E_c   = compute energy on c (edge only; (busy_w-idle_w)·exec, or κ·f³·exec)
           + origin radio (tx_w·T_up + rx_w·T_down) + target radio (rx_w·T_up + tx_w·T_down)
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-from edgesched.core.fastinit import fast_constructor, mutable_twin
 from edgesched.core.model import (
     Candidate,
     CandidateEval,
@@ -178,7 +177,7 @@ def _terms(task: TaskSpec, cand: Candidate) -> tuple[float, float, float, float,
     rel = link.bandwidth_std_bps / bw
     rtt_std = link.rtt_std_s
     mean += up + down + link.rtt_s
-    var += rtt_std * rtt_std + (up * rel) ** 2 + (down * rel) ** 2
+    var += rtt_std * rtt_std + (up * up + down * down) * (rel * rel)
     origin = cand.origin_power or _DEFAULT_POWER
     e_origin = origin.tx_w * up + origin.rx_w * down
     if placement is not _CLOUD:
@@ -303,15 +302,12 @@ def evaluate(
     return evaluate_many(task, (cand,), params, remaining_s, enforce)[0]
 
 
-_EVAL_FIELDS = (
-    "node_id", "placement", "latency_mean_s", "latency_q_s", "energy_j", "money", "score",
-    "feasible", "reason", "latency_std_s",
-)
+_new_tuple = tuple.__new__
 
 
-# The frozen dataclass's per-field object.__setattr__ calls cost more than the cost model.
-new_eval = fast_constructor(CandidateEval, _EVAL_FIELDS)
-_EVAL_TWIN: Any = mutable_twin(CandidateEval, _EVAL_FIELDS)  # None if the fields changed
+def new_eval(*values: Any) -> CandidateEval:
+    """CandidateEval from its fields, positionally (core-computed values, no keywords)."""
+    return _new_tuple(CandidateEval, values)
 
 
 def evaluate_many(
@@ -321,13 +317,26 @@ def evaluate_many(
     remaining_s: float | None,
     enforce: frozenset[RejectReason] = ALL_CONSTRAINTS,
 ) -> list[CandidateEval]:
-    """Evaluate every candidate of one decision: the hot path.
+    """Evaluate every candidate of one decision, in candidate order."""
+    return evaluate_into(task, candidates, params, remaining_s, enforce, [])
+
+
+def evaluate_into(
+    task: TaskSpec,
+    candidates: Sequence[Candidate],
+    params: CostParams,
+    remaining_s: float | None,
+    enforce: frozenset[RejectReason],
+    feasible: list[CandidateEval],
+) -> list[CandidateEval]:
+    """Evaluate every candidate of one decision: the hot path. Returns every evaluation, in
+    candidate order, and appends the feasible ones to `feasible` (the policy ranks those).
 
     The formulas of `_terms`, `check` and `_score`, inlined, with what the candidates share
     (task sizes, weights, limits) looked up once, and the common case (online, fresh, room,
     charged, on time) decided without the full constraint walk: this loop is most of a
-    decision's time and each Python call costs ~0.1 µs here. A property test keeps it equal
-    to `predict`/`check`/`weighted_cost`.
+    decision's time, and at ~7-10 ns per bytecode here every attribute read and call counts.
+    A property test keeps it equal to `predict`/`check`/`weighted_cost`.
     """
     bits_in, bits_out = 8.0 * task.input_bytes, 8.0 * task.output_bytes
     z, w_t, w_e = params.z, params.latency_weight, params.energy_weight
@@ -337,13 +346,16 @@ def evaluate_many(
     # Every offloaded candidate carries the same origin battery: its weight is computed once.
     weight_at = params.energy_weight_at
     last_battery, last_w = math.nan, 0.0  # nan: matches no charge
-    twin, new = _EVAL_TWIN, object.__new__
+    new, sqrt = _new_tuple, math.sqrt
     out: list[CandidateEval] = []
+    append, keep = out.append, feasible.append
     for cand in candidates:
         ex = cand.exec
         exec_s = ex.mean_s
+        s_exec = ex.std_s
+        s_wait = cand.wait_std_s
         mean = cand.est_wait_s + exec_s
-        var = ex.std_s * ex.std_s + cand.wait_std_s * cand.wait_std_s
+        var = s_exec * s_exec + s_wait * s_wait
         placement = cand.placement
         power = cand.power
         if placement is _CLOUD:
@@ -351,24 +363,26 @@ def evaluate_many(
         elif power.kappa > 0.0:
             e_target = power.compute_energy_j(exec_s)
         else:
-            e_target = max(0.0, power.busy_w - power.idle_w) * exec_s
-        e_origin = 0.0
+            e_target = power.busy_w - power.idle_w
+            e_target = e_target * exec_s if e_target > 0.0 else 0.0
         link = cand.link
-        if placement is not _LOCAL and link is not None:
+        if placement is _LOCAL or link is None:
+            e_origin = 0.0
+        else:
             bw = link.bandwidth_bps
-            up, down = bits_in / bw, bits_out / bw
+            up = bits_in / bw
+            down = bits_out / bw
             rel = link.bandwidth_std_bps / bw
             rtt_std = link.rtt_std_s
             mean += up + down + link.rtt_s
-            var += rtt_std * rtt_std + (up * rel) ** 2 + (down * rel) ** 2
+            var += rtt_std * rtt_std + (up * up + down * down) * (rel * rel)
             origin = cand.origin_power or _DEFAULT_POWER
             e_origin = origin.tx_w * up + origin.rx_w * down
             if placement is not _CLOUD:
                 e_target += power.rx_w * up + power.tx_w * down
-        std = math.sqrt(var)
+        std = sqrt(var)
         q = mean + z * std
         battery = cand.battery
-        origin_battery = battery if placement is _LOCAL else cand.origin_battery
         if (  # the common case needs no full check: online, fresh, room, charged, on time
             simple_task
             and cand.liveness is _ONLINE
@@ -382,6 +396,7 @@ def evaluate_many(
         ):
             score = w_t * mean
             if e_origin:
+                origin_battery = battery if placement is _LOCAL else cand.origin_battery
                 if origin_battery is None:
                     score += e_origin * w_e
                 else:
@@ -395,28 +410,19 @@ def evaluate_many(
                     if battery != last_battery:
                         last_battery, last_w = battery, weight_at(battery)
                     score += e_target * last_w
-            if cand.money_cost:
-                score += params.money_weight * cand.money_cost
-            reason = None
+            money = cand.money_cost
+            if money:
+                score += params.money_weight * money
+            ev = new(CandidateEval, (cand.node_id, placement, mean, q, e_origin + e_target,
+                                     money, score, True, None, std))
+            append(ev)
+            keep(ev)
         else:
             reason = check(cand, params, q, remaining_s, task, enforce)
             score = INF if reason is not None else _score(cand, params, mean, e_origin, e_target)
-        if twin is None:
-            out.append(new_eval(cand.node_id, placement, mean, q, e_origin + e_target,
-                                cand.money_cost, score, reason is None, reason, std))
-            continue
-        # new_eval, inlined (one Python call less per candidate); see fastinit.
-        ev = new(twin)
-        ev.node_id = cand.node_id
-        ev.placement = placement
-        ev.latency_mean_s = mean
-        ev.latency_q_s = q
-        ev.energy_j = e_origin + e_target
-        ev.money = cand.money_cost
-        ev.score = score
-        ev.feasible = reason is None
-        ev.reason = reason
-        ev.latency_std_s = std
-        ev.__class__ = CandidateEval
-        out.append(ev)
+            ev = new(CandidateEval, (cand.node_id, placement, mean, q, e_origin + e_target,
+                                     cand.money_cost, score, reason is None, reason, std))
+            append(ev)
+            if reason is None:
+                keep(ev)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Placement(StrEnum):
@@ -182,9 +183,13 @@ class Candidate:
                 raise ValueError(f"battery must be within 0..1, got {self.battery!r}")
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CandidateEval:
-    """The cost model's verdict on one candidate for one task."""
+class CandidateEval(NamedTuple):
+    """The cost model's verdict on one candidate for one task (immutable).
+
+    A NamedTuple rather than a frozen dataclass: every decision builds one per candidate, and
+    a tuple is built in one C call while a frozen dataclass sets each field through
+    `object.__setattr__`; its field reads are C getters too.
+    """
 
     node_id: str
     placement: Placement
@@ -212,11 +217,11 @@ class CandidateEval:
         }
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """A placement: the chosen target, the ranked fallbacks, and every candidate's breakdown.
 
     `chosen is None` means nothing was feasible; the evaluations say why for each candidate.
+    Immutable; a NamedTuple for the same reason as `CandidateEval` (one per task).
     """
 
     policy: str
@@ -233,7 +238,7 @@ class Decision:
 
     def ranked(self) -> tuple[CandidateEval, ...]:
         """The chosen target followed by the fallbacks, in order of preference."""
-        return ((self.chosen,) if self.chosen else ()) + self.fallbacks
+        return ((self.chosen,) if self.chosen is not None else ()) + self.fallbacks
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Protocol
 
 import numpy as np
@@ -11,9 +12,9 @@ from edgesched.core.costmodel import (
     ALL_CONSTRAINTS,
     BASELINE_CONSTRAINTS,
     CostParams,
+    evaluate_into,
     evaluate_many,
 )
-from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import (
     Candidate,
     CandidateEval,
@@ -66,10 +67,17 @@ def make_decision(
     )
 
 
-# One Decision per task: the frozen dataclass's own __init__ is a measurable part of it.
-_new_decision = fast_constructor(
-    Decision, ("policy", "chosen", "fallbacks", "evaluations", "best_effort")
-)
+def _new_decision(
+    policy: str,
+    chosen: CandidateEval | None,
+    fallbacks: tuple[CandidateEval, ...],
+    evaluations: tuple[CandidateEval, ...],
+    best_effort: bool,
+) -> Decision:
+    return _new_tuple(Decision, (policy, chosen, fallbacks, evaluations, best_effort))
+
+
+_new_tuple = tuple.__new__
 
 
 def _feasible(evals: Sequence[CandidateEval]) -> list[int]:
@@ -84,19 +92,23 @@ class CostPolicy:
         self.params = params
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
-        evals = evaluate_many(task, candidates, self.params, task.remaining_s(now))
-        # (score, index, eval): the unique index settles ties, so evals are never compared.
-        ranked = sorted([(e.score, i, e) for i, e in enumerate(evals) if e.feasible])
-        if not ranked and self.params.deadline_best_effort:
+        ranked: list[CandidateEval] = []
+        evals = evaluate_into(task, candidates, self.params, task.remaining_s(now),
+                              ALL_CONSTRAINTS, ranked)
+        # Sorted by score alone: the sort is stable, so ties keep candidate order.
+        ranked.sort(key=_score_of)
+        if ranked:  # _new_decision, inlined
+            return _new_tuple(Decision, (self.name, ranked[0], tuple(ranked[1:]), tuple(evals),
+                                         False))
+        if self.params.deadline_best_effort:
             late = [i for i, e in enumerate(evals) if e.reason is RejectReason.DEADLINE]
             if late:
                 late.sort(key=lambda i: evals[i].latency_q_s)
                 return make_decision(self.name, evals, late, best_effort=True)
-        if not ranked:
-            return _new_decision(self.name, None, (), tuple(evals), False)
-        return _new_decision(
-            self.name, ranked[0][2], tuple([r[2] for r in ranked[1:]]), tuple(evals), False
-        )
+        return _new_decision(self.name, None, (), tuple(evals), False)
+
+
+_score_of = attrgetter("score")
 
 
 SortKey = Callable[[Candidate, CandidateEval], tuple[float, ...]]
