@@ -341,7 +341,12 @@ def evaluate_into(
     bits_in, bits_out = 8.0 * task.input_bytes, 8.0 * task.output_bytes
     z, w_t, w_e = params.z, params.latency_weight, params.energy_weight
     stale_after, floor = params.stale_after_s, params.battery_floor
-    simple_task = task.offload is _ANYWHERE and enforce is ALL_CONSTRAINTS
+    # The fast path below covers both usual constraint sets; battery and deadline are judged
+    # only under ALL_CONSTRAINTS (baselines ignore them). Any other set takes `check`.
+    full = enforce is ALL_CONSTRAINTS
+    simple = full or enforce is BASELINE_CONSTRAINTS
+    offload = task.offload
+    anywhere = offload is _ANYWHERE
     deadline = INF if remaining_s is None else remaining_s
     # Every offloaded candidate carries the same origin battery: its weight is computed once.
     weight_at = params.energy_weight_at
@@ -384,15 +389,15 @@ def evaluate_into(
         q = mean + z * std
         battery = cand.battery
         if (  # the common case needs no full check: online, fresh, room, charged, on time
-            simple_task
+            simple
             and cand.liveness is _ONLINE
             and cand.supports_type
             and not cand.excluded
             and cand.max_queue is None
             and cand.slots > 0
             and cand.age_s <= stale_after
-            and (battery is None or battery >= floor)
-            and q <= deadline
+            and (anywhere or offload.allows(placement))
+            and (not full or ((battery is None or battery >= floor) and q <= deadline))
         ):
             score = w_t * mean
             if e_origin:

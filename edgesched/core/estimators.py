@@ -52,9 +52,9 @@ def _staleness_weight(age_s: float, decay_s: float) -> float:
     exp(-(age/decay)²): flat while observations are merely a little apart (a 1 s gap must not
     pull a well-measured link towards a far-off prior), 0.37 at one `decay_s`, ~0 at three.
     """
-    if decay_s <= 0.0 or not math.isfinite(decay_s):
+    if not 0.0 < decay_s < INF or not age_s > 0.0:
         return 1.0
-    r = max(0.0, age_s) / decay_s
+    r = age_s / decay_s
     return math.exp(-r * r)
 
 
@@ -178,15 +178,20 @@ class LinkEstimator:
         """The current estimate, blended towards the prior as observations age."""
         prior, decay = self.prior, self.params.decay_s
         rtt, rtt_std = prior.rtt_s, prior.rtt_std_s
-        if self._rtt.n:
+        ewma = self._rtt
+        if ewma.n:
             w = _staleness_weight(now - self._rtt_at, decay)
-            rtt, rtt_std = _blend(w, self._rtt.mean, self._rtt.std, rtt, rtt_std)
+            if w < 1.0:
+                rtt, rtt_std = _blend(w, ewma.mean, ewma.mdev * _MDEV_TO_STD, rtt, rtt_std)
+            else:  # fresh (the usual case): the learned values as they are
+                rtt, rtt_std = ewma.mean, ewma.mdev * _MDEV_TO_STD
         bw, bw_std = prior.bandwidth_bps, prior.bandwidth_std_bps
-        if self._spb.n and self._spb.mean > 0.0:
+        ewma = self._spb
+        if ewma.n and ewma.mean > 0.0:
             w = _staleness_weight(now - self._bw_at, decay)
-            prior_spb = 1.0 / bw
-            prior_spb_std = bw_std / (bw * bw)
-            spb, spb_std = _blend(w, self._spb.mean, self._spb.std, prior_spb, prior_spb_std)
+            spb, spb_std = ewma.mean, ewma.mdev * _MDEV_TO_STD
+            if w < 1.0:
+                spb, spb_std = _blend(w, spb, spb_std, 1.0 / bw, bw_std / (bw * bw))
             spb = min(MAX_S_PER_BIT, max(MIN_S_PER_BIT, spb))
             bw, bw_std = 1.0 / spb, min(spb_std / (spb * spb), 1.0 / MIN_S_PER_BIT)
         return _link_estimate(rtt, rtt_std, bw, bw_std)
@@ -313,20 +318,36 @@ class ExecTimeEstimator:
 
     def predict(self, input_bytes: float, now: float) -> ExecEstimate:
         """Mean and std of the execution time for an input of `input_bytes`."""
-        x = min(MAX_BYTES, max(0.0, input_bytes)) / MB
+        # Asked for every candidate of every task: the clamps, `_staleness_weight` and
+        # `_blend` are written out (same results; NaN input counts as 0 bytes, as max() did).
+        x = input_bytes if 0.0 <= input_bytes <= MAX_BYTES else (
+            MAX_BYTES if input_bytes > MAX_BYTES else 0.0)
+        x /= MB
         prior = self.prior
-        prior_mean = min(MAX_SECONDS, prior.mean_s + prior.s_per_mb * x)
-        prior_std = min(MAX_SECONDS, prior.cv * prior_mean)
+        prior_mean = prior.mean_s + prior.s_per_mb * x
+        prior_mean = prior_mean if prior_mean < MAX_SECONDS else MAX_SECONDS
+        prior_std = prior.cv * prior_mean
+        prior_std = prior_std if prior_std < MAX_SECONDS else MAX_SECONDS
         if self.n == 0:
             return _exec_estimate(prior_mean, prior_std)
-        mean = max(0.0, self.a + self.b * x)
+        mean = self.a + self.b * x
+        mean = mean if mean > 0.0 else 0.0
         leverage = self.p11 + 2.0 * self.p12 * x + self.p22 * x * x
-        std = math.sqrt(max(0.0, self.res_var * (1.0 + max(0.0, leverage))))
-        if self.n < self.params.min_samples:
-            std = max(std, prior_std)
-        w = _staleness_weight(now - self._at, self.params.decay_s)
-        mean, std = _blend(w, mean, std, prior_mean, prior_std)
-        return _exec_estimate(min(mean, MAX_SECONDS), min(std, MAX_SECONDS))
+        var = self.res_var * (1.0 + leverage) if leverage > 0.0 else self.res_var
+        std = math.sqrt(var) if var > 0.0 else 0.0
+        if self.n < self.params.min_samples and std < prior_std:
+            std = prior_std
+        decay = self.params.decay_s
+        if 0.0 < decay < INF:  # staleness: blend towards the prior by exp(-(age/decay)²)
+            age = now - self._at
+            r = age / decay if age > 0.0 else 0.0
+            w = math.exp(-r * r)
+            if w < 1.0:
+                mean = w * mean + (1.0 - w) * prior_mean
+                var = w * std * std + (1.0 - w) * prior_std * prior_std
+                std = math.sqrt(var) if var > 0.0 else 0.0
+        return _exec_estimate(mean if mean < MAX_SECONDS else MAX_SECONDS,
+                              std if std < MAX_SECONDS else MAX_SECONDS)
 
 
 class EstimatorBank:

@@ -159,12 +159,25 @@ class RandomPolicy:
         self.name = "random"
         self.params = params
         self._rng = rng
+        self._uniforms: list[float] = []
+
+    def _uniform(self) -> float:
+        # Drawn from the seeded generator a block at a time: one numpy call per task (a
+        # permutation) costs more than the rest of the decision.
+        if not self._uniforms:
+            self._uniforms = self._rng.random(_UNIFORM_BLOCK).tolist()
+        return self._uniforms.pop()
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
-        feasible = _feasible(evals)
-        ranked = [feasible[int(i)] for i in self._rng.permutation(len(feasible))]
+        ranked = _feasible(evals)
+        for i in range(len(ranked) - 1, 0, -1):  # Fisher-Yates
+            j = int(self._uniform() * (i + 1))
+            ranked[i], ranked[j] = ranked[j], ranked[i]
         return make_decision(self.name, evals, ranked)
+
+
+_UNIFORM_BLOCK = 1024
 
 
 class RoundRobinPolicy:

@@ -125,6 +125,12 @@ def test_cost_choice_is_the_lowest_score(t, cands, params, data) -> None:
         if ev.feasible:
             assert ev.score == pytest.approx(weighted_cost(c, p, params))
         assert ev.reason == check(c, params, p.latency_q_s, t.deadline_s, t)
+        # ... and so does its fast path under the baselines' constraint set.
+        base = evaluate(t, c, params, enforce=BASELINE_CONSTRAINTS)
+        assert base.reason == check(c, params, p.latency_q_s, t.deadline_s, t,
+                                    BASELINE_CONSTRAINTS)
+        if base.feasible:
+            assert base.score == pytest.approx(weighted_cost(c, p, params))
 
 
 WORSEN = {
