@@ -174,29 +174,38 @@ def neighbour_candidate(
     power: PowerModel, origin_power: PowerModel, extra: int = 0, excluded: bool = False,
 ) -> Candidate:
     """An edge neighbour as a candidate, as last heard from (`age_s` says how long ago)."""
-    # Runs for every neighbour of every task: _age, _battery, _supports and the max/min
-    # clamps are written out as comparisons (same results; NaN still ends in the validating
-    # constructor through _candidate's range check).
+    return _neighbour(task.task_type, task.input_bytes, node, _battery(local), bank, now,
+                      power, origin_power, extra, excluded)
+
+
+def _neighbour(
+    task_type: str, input_bytes: float, node: NodeState, origin_battery: float | None,
+    bank: EstimatorBank, now: float, power: PowerModel, origin_power: PowerModel, extra: int,
+    excluded: bool,
+) -> Candidate:
+    # Runs for every neighbour of every task: positional, and _age, _battery, _supports, the
+    # max/min clamps and _candidate's range check are written out as comparisons (same
+    # results; a NaN still ends in the validating constructor, which names the field).
     node_id = node.node_id
-    ex = bank.exec_estimate(task.task_type, node_id, task.input_bytes, now)
+    ex = bank.exec_estimate(task_type, node_id, input_bytes, now)
     age = now - node.last_seen
     age = (age if age > 0.0 else 0.0) if age == age else _INF
     wait, wait_std = _wait(node, extra, ex, age)
     slots, running, queued = node.slots, node.running, node.queued
-    battery, origin_battery = node.battery, local.battery
+    battery = node.battery
     if battery is not None and not 0.0 <= battery <= 1.0:
         battery = None
-    if origin_battery is not None and not 0.0 <= origin_battery <= 1.0:
-        origin_battery = None
     types = node.task_types
-    return _candidate(
+    values = (
         node_id, _NEIGHBOUR, node.liveness, 1e12 if age > 1e12 else age,
         slots if slots > 0 else 0, (running if running > 0 else 0) + extra,
         queued if queued > 0 else 0, 1e9 if wait > 1e9 else wait,
         1e9 if wait_std > 1e9 else wait_std, battery, power, bank.link(node_id, now), ex,
-        not types or task.task_type in types, 0.0, None, origin_power, origin_battery,
-        excluded,
+        not types or task_type in types, 0.0, None, origin_power, origin_battery, excluded,
     )
+    if wait >= 0.0 and wait_std >= 0.0 and extra >= 0:  # NaN fails: the slow path names it
+        return _new_candidate(*values)
+    return _candidate(*values)
 
 
 def cloud_candidate(
@@ -243,13 +252,17 @@ def build_candidates(
                         extra=inflight.get(local.node_id, 0))
     ]
     if offload is None or offload.allows(Placement.NEIGHBOUR):
+        task_type, input_bytes, local_id = task.task_type, task.input_bytes, local.node_id
+        origin_battery = _battery(local)
         for node in snapshot.neighbours:
-            if node.role != "edge" or node.node_id == local.node_id:
+            node_id = node.node_id
+            if node.role != "edge" or node_id == local_id:
                 continue
-            out.append(neighbour_candidate(
-                task, node, local, bank, now, power=powers.get(node.node_id, DEFAULT_POWER),
-                origin_power=lp, extra=inflight.get(node.node_id, 0),
-                excluded=node.node_id in exclude,
+            out.append(_neighbour(
+                task_type, input_bytes, node, origin_battery, bank, now,
+                powers.get(node_id, DEFAULT_POWER) if powers else DEFAULT_POWER, lp,
+                inflight.get(node_id, 0) if inflight else 0,
+                node_id in exclude if exclude else False,
             ))
     if cloud is not None and (offload is None or offload.allows(Placement.CLOUD)):
         out.append(cloud_candidate(task, cloud, local, bank, now, origin_power=lp,
