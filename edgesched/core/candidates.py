@@ -101,10 +101,6 @@ def _wait(node: NodeState, extra: int, ex: ExecEstimate, age: float = 0.0) -> tu
     return wait, std
 
 
-def _finite_or(value: float, default: float) -> float:
-    return value if math.isfinite(value) and value >= 0.0 else default
-
-
 def _battery(node: NodeState) -> float | None:
     """A reported charge, or None when missing or nonsense (one bad reading must not make the
     whole decision fail; the view is where bad telemetry gets counted and refused)."""
@@ -154,19 +150,33 @@ def local_candidate(
     the count model cannot (with every slot busy the count model assumes a whole execution
     time per slot ahead, and would send work away from a node about to free a slot).
     """
-    ex = bank.exec_estimate(task.task_type, node.node_id, task.input_bytes, now)
-    own = _finite_or(node.est_wait_s, 0.0)
-    if own > 0.0 and extra == 0:
+    return _local(task.task_type, task.input_bytes, node, bank, now, power, max_queue, extra)
+
+
+def _local(
+    task_type: str, input_bytes: float, node: NodeState, bank: EstimatorBank, now: float,
+    power: PowerModel, max_queue: int | None, extra: int,
+) -> Candidate:
+    # Once per task: positional, with the clamps written out (see _neighbour).
+    ex = bank.exec_estimate(task_type, node.node_id, input_bytes, now)
+    own = node.est_wait_s
+    if 0.0 < own < _INF and extra == 0:
         wait, wait_std = own, 0.5 * own
     else:
         wait, wait_std = _wait(node, extra, ex)
-    battery = _battery(node)
-    return _candidate(
-        node.node_id, _LOCAL, _ONLINE, 0.0, max(0, node.slots),
-        max(0, node.running) + extra, max(0, node.queued), min(wait, 1e9),
-        min(wait_std, 1e9), battery, power, None, ex, _supports(node, task.task_type), 0.0,
-        max_queue, power, battery, False,
+    battery = node.battery
+    if battery is not None and not 0.0 <= battery <= 1.0:
+        battery = None
+    slots, running, queued, types = node.slots, node.running, node.queued, node.task_types
+    values = (
+        node.node_id, _LOCAL, _ONLINE, 0.0, slots if slots > 0 else 0,
+        (running if running > 0 else 0) + extra, queued if queued > 0 else 0,
+        1e9 if wait > 1e9 else wait, 1e9 if wait_std > 1e9 else wait_std, battery, power,
+        None, ex, not types or task_type in types, 0.0, max_queue, power, battery, False,
     )
+    if wait >= 0.0 and wait_std >= 0.0 and extra >= 0:  # NaN fails: the slow path names it
+        return _new_candidate(*values)
+    return _candidate(*values)
 
 
 def neighbour_candidate(
@@ -213,13 +223,28 @@ def cloud_candidate(
     origin_power: PowerModel, inflight: int = 0,
 ) -> Candidate:
     """The cloud tier as a candidate; `inflight` = tasks this node has running there."""
-    ex = bank.exec_estimate(task.task_type, cloud.node_id, task.input_bytes, now)
-    wait, wait_std = queue_wait(cloud.slots, inflight, 0, ex.mean_s, ex.std_s)
-    return _candidate(
-        cloud.node_id, _CLOUD, _ONLINE, 0.0, cloud.slots, inflight, 0, wait,
-        wait_std, None, cloud.power, bank.link(cloud.node_id, now), ex, True,
-        cloud.money_cost, None, origin_power, _battery(local), False,
+    return _cloud(task.task_type, task.input_bytes, cloud, _battery(local), bank, now,
+                  origin_power, inflight)
+
+
+def _cloud(
+    task_type: str, input_bytes: float, cloud: CloudTarget, origin_battery: float | None,
+    bank: EstimatorBank, now: float, origin_power: PowerModel, inflight: int,
+) -> Candidate:
+    ex = bank.exec_estimate(task_type, cloud.node_id, input_bytes, now)
+    slots = cloud.slots
+    if inflight < slots:  # queue_wait's common case, written out: a slot is free
+        wait = wait_std = 0.0
+    else:
+        wait, wait_std = queue_wait(slots, inflight, 0, ex.mean_s, ex.std_s)
+    values = (
+        cloud.node_id, _CLOUD, _ONLINE, 0.0, slots, inflight, 0, wait, wait_std, None,
+        cloud.power, bank.link(cloud.node_id, now), ex, True, cloud.money_cost, None,
+        origin_power, origin_battery, False,
     )
+    if 0.0 <= wait <= 1e9 and 0.0 <= wait_std <= 1e9 and inflight >= 0:
+        return _new_candidate(*values)
+    return _candidate(*values)
 
 
 def build_candidates(
@@ -244,16 +269,14 @@ def build_candidates(
     neighbours (unknown ones get the default model); `exclude` marks targets not to use.
     """
     now, local = snapshot.now, snapshot.local
-    inflight = inflight or {}
-    powers = powers or {}
     lp = local_power or DEFAULT_POWER
+    task_type, input_bytes, local_id = task.task_type, task.input_bytes, local.node_id
     out = [
-        local_candidate(task, local, bank, now, power=lp, max_queue=local_max_queue,
-                        extra=inflight.get(local.node_id, 0))
+        _local(task_type, input_bytes, local, bank, now, lp, local_max_queue,
+               inflight.get(local_id, 0) if inflight else 0)
     ]
-    if offload is None or offload.allows(Placement.NEIGHBOUR):
-        task_type, input_bytes, local_id = task.task_type, task.input_bytes, local.node_id
-        origin_battery = _battery(local)
+    origin_battery = _battery(local)
+    if offload is None or offload.allows(_NEIGHBOUR):
         for node in snapshot.neighbours:
             node_id = node.node_id
             if node.role != "edge" or node_id == local_id:
@@ -264,8 +287,8 @@ def build_candidates(
                 inflight.get(node_id, 0) if inflight else 0,
                 node_id in exclude if exclude else False,
             ))
-    if cloud is not None and (offload is None or offload.allows(Placement.CLOUD)):
-        out.append(cloud_candidate(task, cloud, local, bank, now, origin_power=lp,
-                                   inflight=inflight.get(cloud.node_id, 0)))
+    if cloud is not None and (offload is None or offload.allows(_CLOUD)):
+        out.append(_cloud(task_type, input_bytes, cloud, origin_battery, bank, now, lp,
+                          inflight.get(cloud.node_id, 0) if inflight else 0))
     return out
 

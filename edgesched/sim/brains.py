@@ -42,6 +42,7 @@ _new_node_state = fast_constructor(NodeState, (
     "node_id", "role", "liveness", "incarnation", "last_seen", "slots", "running", "queued",
     "est_wait_s", "cpu_util", "battery", "power_w", "task_types",
 ))
+_new_snapshot = fast_constructor(ClusterSnapshot, ("now", "local", "neighbours"))
 _ONLINE = Liveness.ONLINE
 MEMO_TTL_S = 0.25  # how long an estimate may be reused without new observations (sim. s)
 
@@ -210,7 +211,7 @@ class DaemonBrain:
             self._neighbours = self.view.neighbours(now)
             self._neighbours_at = now
         local = self.local_state(now)
-        snap = ClusterSnapshot(now=now, local=local, neighbours=self._neighbours)
+        snap = _new_snapshot(now, local, self._neighbours)
         spec, node = task.spec, self.node
         out = build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
@@ -376,6 +377,17 @@ def admit_here(node: SimNode, task: SimTask, exec_s: float, now: float) -> bool:
 
 def task_spec(engine: Engine, task: SimTask) -> TaskSpec:
     tt = engine.scenario.task_types[task.ttype]
-    return TaskSpec(task_type=tt.name, input_bytes=task.in_bits / 8.0,
-                    output_bytes=task.out_bits / 8.0, deadline_s=tt.deadline_s,
-                    offload=tt.offload, submitted_at=task.arrival)
+    in_bytes, out_bytes = task.in_bits / 8.0, task.out_bits / 8.0
+    if 0.0 <= in_bytes < _INF and 0.0 <= out_bytes < _INF:
+        # One per task: the type's fields come from the validated scenario, the arrival time
+        # from the stream; the sizes were just checked (a NaN fails the comparisons).
+        return _new_task_spec(tt.name, in_bytes, out_bytes, tt.deadline_s, 0, None, tt.offload,
+                              task.arrival)
+    return TaskSpec(task_type=tt.name, input_bytes=in_bytes, output_bytes=out_bytes,
+                    deadline_s=tt.deadline_s, offload=tt.offload, submitted_at=task.arrival)
+
+
+_new_task_spec = fast_constructor(TaskSpec, (
+    "task_type", "input_bytes", "output_bytes", "deadline_s", "priority", "origin_device",
+    "offload", "submitted_at",
+))

@@ -12,7 +12,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from edgesched.core.fallback import Terminal
 from edgesched.core.model import Placement, PowerModel
@@ -134,9 +134,10 @@ class SimNode:
         return wait
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Observation:
-    """What the origin learns from one completed attempt (what a reply lets a daemon measure)."""
+class Observation(NamedTuple):
+    """What the origin learns from one completed attempt (what a reply lets a daemon measure).
+
+    One per completed task: a NamedTuple is built in one C call."""
 
     exec_s: float
     wait_s: float
@@ -483,7 +484,7 @@ class Engine:
             self._start(node, nxt)
         wait = job.wait_s
         if node is task.origin:
-            self._complete(task, job.token, node, Observation(exec_s=job.exec_s, wait_s=wait))
+            self._complete(task, job.token, node, Observation(job.exec_s, wait))
             return
         link = self.links[(node.id, task.origin.id)]
         link.start(task.out_bits, self._output_sent, (task, job, node, inc, wait))
@@ -502,8 +503,7 @@ class Engine:
             return  # sender died mid-reply, or the origin restarted: the reply is lost
         up_bits, up_s = job.up_bits, job.up_s
         rtt = self.links[(task.origin.id, node.id)].rtt_s
-        obs = Observation(exec_s=job.exec_s, wait_s=wait, rtt_s=rtt, up_bits=up_bits,
-                          up_s=up_s, down_bits=bits, down_s=down_s)
+        obs = Observation(job.exec_s, wait, rtt, up_bits, up_s, bits, down_s)
         self._complete(task, job.token, node, obs)
 
     def _complete(self, task: SimTask, token: int, node: SimNode, obs: Observation) -> None:
