@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from edgesched.core.candidates import queue_wait
 
@@ -14,9 +14,9 @@ class AdmissionReject(StrEnum):
     DEADLINE = "deadline"
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Admission:
-    """The verdict, with the wait the node predicted for the task."""
+class Admission(NamedTuple):
+    """The verdict, with the wait the node predicted for the task (immutable; a NamedTuple:
+    one per task, built in one call)."""
 
     accepted: bool
     reason: AdmissionReject | None = None

@@ -6,6 +6,7 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from edgesched.core.model import CandidateEval, Decision, Placement, RejectReason, require_finite
 
@@ -35,16 +36,18 @@ class FallbackParams:
         return max(self.min_timeout_s, q + self.timeout_margin_s)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NextAttempt:
+class NextAttempt(NamedTuple):
+    """Try `target` next (immutable; a NamedTuple: one per attempt, built in one call)."""
+
     target: CandidateEval
     timeout_s: float
     attempt: int  # 1-based number of this attempt
     last_resort: bool = False  # local, although the decision did not rank it
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Terminal:
+class Terminal(NamedTuple):
+    """No attempt left: the task ends with `outcome`."""
+
     outcome: Outcome
     reason: str
 
