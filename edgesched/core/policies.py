@@ -127,10 +127,15 @@ class KeyedBaseline:
         self._key = key
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
-        evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
+        evals = evaluate_into(task, candidates, self.params, task.remaining_s(now),
+                              BASELINE_CONSTRAINTS, [])
         key = self._key
-        ranked = sorted(_feasible(evals), key=lambda i: key(candidates[i], evals[i]))
-        return make_decision(self.name, evals, ranked)
+        pairs = [(c, e) for c, e in zip(candidates, evals, strict=True) if e.feasible]
+        pairs.sort(key=lambda p: key(p[0], p[1]))  # stable: equal keys keep candidate order
+        if not pairs:
+            return _new_decision(self.name, None, (), tuple(evals), False)
+        return _new_decision(self.name, pairs[0][1], tuple([p[1] for p in pairs[1:]]),
+                             tuple(evals), False)
 
 
 _PLACEMENT_RANK_CLOUD_FIRST = {Placement.CLOUD: 0, Placement.LOCAL: 1, Placement.NEIGHBOUR: 2}

@@ -9,6 +9,7 @@ observes. Neighbours execute what they are sent and reply; the cloud is a big, r
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,7 +174,7 @@ class Engine:
         self.stream = stream
         self.now = 0.0
         self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
-        self.seq = 0
+        self.seq = itertools.count()  # tie-breaker: events at the same time run in order
         self.outcome = Outcome()
         self._progress = progress
         self._rows: list[tuple[int, int, float, float, float]] = []
@@ -222,8 +223,7 @@ class Engine:
 
     # ---- event heap ---------------------------------------------------------------------
     def schedule(self, at: float, fn: Callable[[Any], None], arg: Any) -> None:
-        self.seq += 1
-        heapq.heappush(self._heap, (at, self.seq, fn, arg))
+        heapq.heappush(self._heap, (at, next(self.seq), fn, arg))
 
     def run(self) -> Outcome:
         self._schedule_conditions()
@@ -232,20 +232,25 @@ class Engine:
         # Plain Python lists: indexing numpy arrays one scalar at a time is slow.
         self._rows = list(zip(st.origin.tolist(), st.ttype.tolist(), st.work.tolist(),
                               st.input_bytes.tolist(), st.output_bytes.tolist(), strict=True))
-        n = len(times)
-        i = 0
         heap = self._heap
         pop = heapq.heappop
-        while i < n or heap:
-            if i < n and (not heap or times[i] <= heap[0][0]):
-                self.now = times[i]
-                self._arrive(i)
-                i += 1
-                if self._progress is not None and i % 4096 == 0:
-                    self._progress(i)
-                continue
+        arrive, progress = self._arrive, self._progress
+        # Arrivals in order, each after the events due strictly before it (an event at the
+        # same instant runs after the arrival) ...
+        for i, t in enumerate(times):
+            while heap and heap[0][0] < t:
+                at, _, fn, arg = pop(heap)
+                self.now = at
+                fn(arg)
+            self.now = t
+            arrive(i)
+            if progress is not None and (i + 1) % 4096 == 0:
+                progress(i + 1)
+        # ... then what is left, up to the horizon (telemetry ticks stop once work is done).
+        horizon = self._horizon
+        while heap:
             at, _, fn, arg = pop(heap)
-            if at > self._horizon and i >= n:
+            if at > horizon:
                 break
             self.now = at
             fn(arg)

@@ -84,8 +84,7 @@ class Link:
             return tr
         self._advance(now)
         tr.tag = self.service + bits
-        self.engine.seq += 1
-        heapq.heappush(self._heap, (tr.tag, self.engine.seq, tr))
+        heapq.heappush(self._heap, (tr.tag, next(self.engine.seq), tr))
         self.active += 1
         self._reschedule(now)
         return tr

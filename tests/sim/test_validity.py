@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from edgesched.core.model import PowerModel
@@ -47,11 +48,11 @@ def test_pure_transfer_takes_size_over_bandwidth_plus_rtt() -> None:
 
 
 class _Clock:
-    """The two things a Link needs from the engine: `now` and `schedule`."""
+    """What a Link needs from the engine: `now`, `schedule` and the tie-breaking `seq`."""
 
     def __init__(self) -> None:
         self.now = 0.0
-        self.seq = 0
+        self.seq = itertools.count()
         self.events: list[tuple[float, Any, Any]] = []
 
     def schedule(self, at: float, fn: Any, arg: Any) -> None:
