@@ -93,7 +93,10 @@ def next_attempt(
 def _pick(
     decision: Decision, tried: Collection[str], local_allowed: bool
 ) -> tuple[CandidateEval | None, bool]:
-    for cand in decision.ranked():
+    chosen = decision.chosen  # decision.ranked(), without building the tuple
+    if chosen is not None and chosen.node_id not in tried:
+        return chosen, False
+    for cand in decision.fallbacks:
         if cand.node_id not in tried:
             return cand, False
     if local_allowed:
