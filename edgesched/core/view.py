@@ -7,7 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import ClusterSnapshot, Liveness, NodeState
+
+# NodeState has no validation to skip (NodeTelemetry validated the reported values): this
+# builds the updated state positionally, for every telemetry message of every neighbour.
+new_node_state = fast_constructor(NodeState, (
+    "node_id", "role", "liveness", "incarnation", "last_seen", "slots", "running", "queued",
+    "est_wait_s", "cpu_util", "battery", "power_w", "task_types",
+))
 
 # Ranges of the device measurement names the cost model recognises; other names only need
 # to be finite.
@@ -184,17 +192,10 @@ class ClusterView:
         else:
             entry = _Neighbour(state=NodeState(node_id=node_id))
             self._nodes[node_id] = entry
-        entry.state = replace(
-            entry.state,
-            incarnation=tel.incarnation,
-            last_seen=now,
-            cpu_util=tel.cpu_util,
-            running=tel.running,
-            queued=tel.queued,
-            slots=tel.slots,
-            est_wait_s=tel.est_wait_s,
-            battery=tel.battery,
-            power_w=tel.power_w,
+        old = entry.state  # replace(old, ...) without its per-call field introspection
+        entry.state = new_node_state(
+            old.node_id, old.role, old.liveness, tel.incarnation, now, tel.slots, tel.running,
+            tel.queued, tel.est_wait_s, tel.cpu_util, tel.battery, tel.power_w, old.task_types,
         )
         entry.declared_offline = False
         entry.offline_since = None
@@ -266,7 +267,13 @@ class ClusterView:
             entry = self._nodes[node_id]
             state, liveness = entry.state, _liveness(entry, now, self.params)
             # States are frozen: share the stored one unless its liveness has changed.
-            out.append(state if state.liveness is liveness else replace(state, liveness=liveness))
+            if state.liveness is not liveness:
+                state = new_node_state(
+                    state.node_id, state.role, liveness, state.incarnation, state.last_seen,
+                    state.slots, state.running, state.queued, state.est_wait_s,
+                    state.cpu_util, state.battery, state.power_w, state.task_types,
+                )
+            out.append(state)
         return tuple(out)
 
     def devices(self, now: float) -> tuple[DeviceRecord, ...]:

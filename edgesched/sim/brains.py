@@ -33,15 +33,15 @@ from edgesched.core.model import (
     TaskSpec,
 )
 from edgesched.core.policies import Policy
-from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
+from edgesched.core.view import (
+    ClusterView,
+    NodeAnnouncement,
+    NodeTelemetry,
+    ViewParams,
+    new_node_state,
+)
 from edgesched.sim.scenario import CLOUD_ID
 
-# This node's own state is built once per task: positionally, without the frozen dataclass's
-# per-field object.__setattr__ (NodeState does no validation to skip).
-_new_node_state = fast_constructor(NodeState, (
-    "node_id", "role", "liveness", "incarnation", "last_seen", "slots", "running", "queued",
-    "est_wait_s", "cpu_util", "battery", "power_w", "task_types",
-))
 _new_snapshot = fast_constructor(ClusterSnapshot, ("now", "local", "neighbours"))
 _ONLINE = Liveness.ONLINE
 MEMO_TTL_S = 0.25  # how long an estimate may be reused without new observations (sim. s)
@@ -198,7 +198,7 @@ class DaemonBrain:
     # ---- deciding -------------------------------------------------------------------------
     def local_state(self, now: float) -> NodeState:
         node = self.node
-        return _new_node_state(
+        return new_node_state(
             node.id, "edge", _ONLINE, 0, now, node.slots, len(node.running), len(node.queue),
             node.est_wait_s(now), 0.0, node.battery_level(now), None, self._type_names,
         )
