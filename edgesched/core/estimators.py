@@ -262,35 +262,43 @@ class ExecTimeEstimator:
         if not ok or not math.isfinite(now):
             return False
         x = input_bytes / MB
-        err = self._clip(seconds - (self.a + self.b * x))
         p = self.params
+        err = seconds - (self.a + self.b * x)
+        if self.n >= p.min_samples:  # outliers are clipped once the spread means something
+            res_std = math.sqrt(self.res_var)
+            bound = p.outlier_k * (res_std if res_std > 1e-9 else 1e-9)
+            if -bound <= err <= bound:
+                self._streak = 0
+            else:
+                err = self._clip_outlier(err, bound)
         # P·x and x'·P·x for x = (1, size_mb)
-        px1 = self.p11 + self.p12 * x
-        px2 = self.p12 + self.p22 * x
-        denom = p.forgetting + px1 + px2 * x
+        p11, p12, p22 = self.p11, self.p12, self.p22
+        px1 = p11 + p12 * x
+        px2 = p12 + p22 * x
+        lam = p.forgetting
+        denom = lam + px1 + px2 * x
         k1, k2 = px1 / denom, px2 / denom
         self.a += k1 * err
         self.b += k2 * err
-        lam = p.forgetting
-        self.p11, self.p12, self.p22 = (
-            (self.p11 - k1 * px1) / lam,
-            (self.p12 - k1 * px2) / lam,
-            (self.p22 - k2 * px2) / lam,
-        )
-        self._cap_covariance()
+        p11 = (p11 - k1 * px1) / lam
+        p12 = (p12 - k1 * px2) / lam
+        p22 = (p22 - k2 * px2) / lam
+        cap = self._cap  # anti-windup: scale each direction back to the prior's covariance
+        if p11 > cap or p22 > cap:
+            s1 = math.sqrt(cap / p11) if p11 > cap else 1.0
+            s2 = math.sqrt(cap / p22) if p22 > cap else 1.0
+            p11 *= s1 * s1
+            p22 *= s2 * s2
+            p12 *= s1 * s2
+        self.p11, self.p12, self.p22 = p11, p12, p22
         self.res_var += p.residual_alpha * (err * err - self.res_var)
         self.n += 1
         self._at = now
         return True
 
-    def _clip(self, err: float) -> float:
+    def _clip_outlier(self, err: float, bound: float) -> float:
+        """An error beyond `bound`: clipped, or the end of a level-shift streak."""
         p = self.params
-        if self.n < p.min_samples:
-            return err
-        bound = p.outlier_k * max(math.sqrt(self.res_var), 1e-9)
-        if abs(err) <= bound:
-            self._streak = 0
-            return err
         side = 1 if err > 0 else -1
         if self._streak * side > 0:
             self._streak += side
@@ -307,14 +315,6 @@ class ExecTimeEstimator:
             self._streak = 0
             return err - jump
         return math.copysign(bound, err)
-
-    def _cap_covariance(self) -> None:
-        """Scale each direction back to the prior's covariance (anti-windup), keeping P PSD."""
-        s1 = math.sqrt(self._cap / self.p11) if self.p11 > self._cap else 1.0
-        s2 = math.sqrt(self._cap / self.p22) if self.p22 > self._cap else 1.0
-        self.p11 *= s1 * s1
-        self.p22 *= s2 * s2
-        self.p12 *= s1 * s2
 
     def predict(self, input_bytes: float, now: float) -> ExecEstimate:
         """Mean and std of the execution time for an input of `input_bytes`."""
