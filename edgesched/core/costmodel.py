@@ -393,8 +393,12 @@ def evaluate_into(
             and cand.liveness is _ONLINE
             and cand.supports_type
             and not cand.excluded
-            and cand.max_queue is None
             and cand.slots > 0
+            and (  # room: no admission limit known, or the queue is below it, or a slot free
+                (max_queue := cand.max_queue) is None
+                or cand.queued < max_queue
+                or cand.running < cand.slots
+            )
             and cand.age_s <= stale_after
             and (anywhere or offload.allows(placement))
             and (not full or ((battery is None or battery >= floor) and q <= deadline))
