@@ -172,12 +172,14 @@ def _terms(task: TaskSpec, cand: Candidate) -> tuple[float, float, float, float,
     if placement is _LOCAL or link is None:
         return mean, var, 0.0, 0.0, 0.0, e_target
     bw = link.bandwidth_bps
-    up = 8.0 * task.input_bytes / bw
-    down = 8.0 * task.output_bytes / bw
-    rel = link.bandwidth_std_bps / bw
+    bits_in, bits_out = 8.0 * task.input_bytes, 8.0 * task.output_bytes
+    up = bits_in / bw
+    down = bits_out / bw
+    # (up² + down²)·(bw_std/bw)², written as evaluate_many computes it (same rounding)
+    t = link.bandwidth_std_bps / bw / bw
     rtt_std = link.rtt_std_s
     mean += up + down + link.rtt_s
-    var += rtt_std * rtt_std + (up * up + down * down) * (rel * rel)
+    var += rtt_std * rtt_std + (bits_in * bits_in + bits_out * bits_out) * t * t
     origin = cand.origin_power or _DEFAULT_POWER
     e_origin = origin.tx_w * up + origin.rx_w * down
     if placement is not _CLOUD:
@@ -317,20 +319,7 @@ def evaluate_many(
     remaining_s: float | None,
     enforce: frozenset[RejectReason] = ALL_CONSTRAINTS,
 ) -> list[CandidateEval]:
-    """Evaluate every candidate of one decision, in candidate order."""
-    return evaluate_into(task, candidates, params, remaining_s, enforce, [])
-
-
-def evaluate_into(
-    task: TaskSpec,
-    candidates: Sequence[Candidate],
-    params: CostParams,
-    remaining_s: float | None,
-    enforce: frozenset[RejectReason],
-    feasible: list[CandidateEval],
-) -> list[CandidateEval]:
-    """Evaluate every candidate of one decision: the hot path. Returns every evaluation, in
-    candidate order, and appends the feasible ones to `feasible` (the policy ranks those).
+    """Evaluate every candidate of one decision, in candidate order: the hot path.
 
     The formulas of `_terms`, `check` and `_score`, inlined, with what the candidates share
     (task sizes, weights, limits) looked up once, and the common case (online, fresh, room,
@@ -339,6 +328,7 @@ def evaluate_into(
     A property test keeps it equal to `predict`/`check`/`weighted_cost`.
     """
     bits_in, bits_out = 8.0 * task.input_bytes, 8.0 * task.output_bytes
+    bits2 = bits_in * bits_in + bits_out * bits_out
     z, w_t, w_e = params.z, params.latency_weight, params.energy_weight
     stale_after, floor = params.stale_after_s, params.battery_floor
     # The fast path below covers both usual constraint sets; battery and deadline are judged
@@ -353,7 +343,7 @@ def evaluate_into(
     last_battery, last_w = math.nan, 0.0  # nan: matches no charge
     new, sqrt = _new_tuple, math.sqrt
     out: list[CandidateEval] = []
-    append, keep = out.append, feasible.append
+    append = out.append
     for cand in candidates:
         ex = cand.exec
         exec_s = ex.mean_s
@@ -367,9 +357,10 @@ def evaluate_into(
             e_target = 0.0
         elif power.kappa > 0.0:
             e_target = power.compute_energy_j(exec_s)
-        else:
-            e_target = power.busy_w - power.idle_w
-            e_target = e_target * exec_s if e_target > 0.0 else 0.0
+        else:  # (busy_w - idle_w)·exec, never negative (exec_s >= 0)
+            e_target = (power.busy_w - power.idle_w) * exec_s
+            if e_target < 0.0:
+                e_target = 0.0
         link = cand.link
         if placement is _LOCAL or link is None:
             e_origin = 0.0
@@ -377,10 +368,11 @@ def evaluate_into(
             bw = link.bandwidth_bps
             up = bits_in / bw
             down = bits_out / bw
-            rel = link.bandwidth_std_bps / bw
+            # (up² + down²)·(bw_std/bw)² = bits2·(bw_std/bw/bw)² (no bw² to underflow)
+            t = link.bandwidth_std_bps / bw / bw
             rtt_std = link.rtt_std_s
             mean += up + down + link.rtt_s
-            var += rtt_std * rtt_std + (up * up + down * down) * (rel * rel)
+            var += rtt_std * rtt_std + bits2 * t * t
             origin = cand.origin_power or _DEFAULT_POWER
             e_origin = origin.tx_w * up + origin.rx_w * down
             if placement is not _CLOUD:
@@ -404,8 +396,8 @@ def evaluate_into(
             and (not full or ((battery is None or battery >= floor) and q <= deadline))
         ):
             score = w_t * mean
-            if e_origin:
-                origin_battery = battery if placement is _LOCAL else cand.origin_battery
+            if e_origin:  # only offloaded candidates have radio energy on this node
+                origin_battery = cand.origin_battery
                 if origin_battery is None:
                     score += e_origin * w_e
                 else:
@@ -422,16 +414,11 @@ def evaluate_into(
             money = cand.money_cost
             if money:
                 score += params.money_weight * money
-            ev = new(CandidateEval, (cand.node_id, placement, mean, q, e_origin + e_target,
-                                     money, score, True, None, std))
-            append(ev)
-            keep(ev)
+            append(new(CandidateEval, (cand.node_id, placement, mean, q, e_origin + e_target,
+                                       money, score, True, None, std)))
         else:
             reason = check(cand, params, q, remaining_s, task, enforce)
             score = INF if reason is not None else _score(cand, params, mean, e_origin, e_target)
-            ev = new(CandidateEval, (cand.node_id, placement, mean, q, e_origin + e_target,
-                                     cand.money_cost, score, reason is None, reason, std))
-            append(ev)
-            if reason is None:
-                keep(ev)
+            append(new(CandidateEval, (cand.node_id, placement, mean, q, e_origin + e_target,
+                                       cand.money_cost, score, reason is None, reason, std)))
     return out

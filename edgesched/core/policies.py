@@ -12,7 +12,6 @@ from edgesched.core.costmodel import (
     ALL_CONSTRAINTS,
     BASELINE_CONSTRAINTS,
     CostParams,
-    evaluate_into,
     evaluate_many,
 )
 from edgesched.core.model import (
@@ -92,11 +91,10 @@ class CostPolicy:
         self.params = params
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
-        ranked: list[CandidateEval] = []
-        evals = evaluate_into(task, candidates, self.params, task.remaining_s(now),
-                              ALL_CONSTRAINTS, ranked)
-        # Sorted by score alone: the sort is stable, so ties keep candidate order.
-        ranked.sort(key=_score_of)
+        evals = evaluate_many(task, candidates, self.params, task.remaining_s(now))
+        # The feasible ones by score (filter and key in C; the sort is stable, so ties keep
+        # candidate order).
+        ranked = sorted(filter(_is_feasible, evals), key=_score_of)
         if ranked:  # _new_decision, inlined
             return _new_tuple(Decision, (self.name, ranked[0], tuple(ranked[1:]), tuple(evals),
                                          False))
@@ -109,6 +107,7 @@ class CostPolicy:
 
 
 _score_of = attrgetter("score")
+_is_feasible = attrgetter("feasible")
 
 
 SortKey = Callable[[Candidate, CandidateEval], tuple[float, ...]]
@@ -127,8 +126,8 @@ class KeyedBaseline:
         self._key = key
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
-        evals = evaluate_into(task, candidates, self.params, task.remaining_s(now),
-                              BASELINE_CONSTRAINTS, [])
+        evals = evaluate_many(task, candidates, self.params, task.remaining_s(now),
+                              BASELINE_CONSTRAINTS)
         key = self._key
         pairs = [(c, e) for c, e in zip(candidates, evals, strict=True) if e.feasible]
         pairs.sort(key=lambda p: key(p[0], p[1]))  # stable: equal keys keep candidate order
