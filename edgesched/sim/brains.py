@@ -44,13 +44,18 @@ from edgesched.sim.scenario import CLOUD_ID
 
 _new_snapshot = fast_constructor(ClusterSnapshot, ("now", "local", "neighbours"))
 _ONLINE = Liveness.ONLINE
-MEMO_TTL_S = 0.25  # how long an estimate may be reused without new observations (sim. s)
+# How long (simulated s) an estimator's answer is reused when nothing new was observed about
+# its key: its staleness weight exp(-(age/decay)²) moves by at most 0.86/decay per second
+# (decay 300-600 s), so the blend between learned value and prior moves by < 0.3%.
+ESTIMATE_TTL_S = 1.0
+# The neighbour list (with liveness judged at `now`) is rebuilt at least this often.
+NEIGHBOURS_TTL_S = 0.25
 
 
 class MemoBank(EstimatorBank):
     """The core EstimatorBank, reusing an answer until it learns something new about that key
-    or MEMO_TTL_S of simulated time passes. Between observations an estimate changes only by
-    its staleness decay (time constants of 300-600 s), so reuse changes nothing measurable,
+    or ESTIMATE_TTL_S of simulated time passes. Between observations an estimate changes only
+    by its staleness decay (time constants of 300-600 s), so reuse changes nothing measurable,
     and it spares the same computation for every candidate of every task."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -67,7 +72,7 @@ class MemoBank(EstimatorBank):
         if memo is None:
             memo = self._exec_memo[(task_type, node_id)] = {}
         hit = memo.get(input_bytes)
-        if hit is not None and 0.0 <= now - hit[1] <= MEMO_TTL_S:
+        if hit is not None and 0.0 <= now - hit[1] <= ESTIMATE_TTL_S:
             return hit[0]
         est = super().exec_estimate(task_type, node_id, input_bytes, now)
         if len(memo) > 1024:  # many input sizes: bound the memory
@@ -79,7 +84,7 @@ class MemoBank(EstimatorBank):
         if self.bypass:
             return super().link(target, now)
         hit = self._link_memo.get(target)
-        if hit is not None and 0.0 <= now - hit[1] <= MEMO_TTL_S:
+        if hit is not None and 0.0 <= now - hit[1] <= ESTIMATE_TTL_S:
             return hit[0]
         est = super().link(target, now)
         self._link_memo[target] = (est, now)
@@ -205,9 +210,9 @@ class DaemonBrain:
 
     def candidates(self, task: SimTask, now: float) -> list[Candidate]:
         """The core's candidates for this task (`build_candidates`), from a snapshot whose
-        neighbour list is rebuilt when telemetry arrives (or every MEMO_TTL_S, for liveness)
-        and an estimator bank that reuses its answers until it learns something."""
-        if self._neighbours is None or now - self._neighbours_at > MEMO_TTL_S:
+        neighbour list is rebuilt when telemetry arrives (or every NEIGHBOURS_TTL_S, for
+        liveness) and an estimator bank that reuses its answers until it learns something."""
+        if self._neighbours is None or now - self._neighbours_at > NEIGHBOURS_TTL_S:
             self._neighbours = self.view.neighbours(now)
             self._neighbours_at = now
         local = self.local_state(now)

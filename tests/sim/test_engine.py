@@ -107,7 +107,7 @@ def test_energy_is_marginal_compute_plus_radio() -> None:
 
 
 def _same(memo: Any, fresh: Any) -> bool:
-    """Equal but for what MEMO_TTL_S of estimator staleness decay may change (very little)."""
+    """Equal but for what ESTIMATE_TTL_S of estimator staleness decay may change (very little)."""
     close = math.isclose
     exact = ("node_id", "placement", "liveness", "slots", "running", "queued", "battery",
              "supports_type", "excluded", "power", "origin_power", "money_cost")
