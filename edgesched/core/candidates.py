@@ -24,6 +24,7 @@ from edgesched.core.model import (
 
 CLOUD_ID = "cloud"
 _INF = math.inf
+_exp, _sqrt = math.exp, math.sqrt
 DEFAULT_POWER = PowerModel()  # frozen: one shared instance, not one per candidate per task
 
 
@@ -79,22 +80,28 @@ def _wait(node: NodeState, extra: int, ex: ExecEstimate, age: float = 0.0) -> tu
     # Written with comparisons instead of max/min/isfinite calls: this runs for every
     # neighbour of every task (a NaN fails each `0.0 <= x < INF` test, as isfinite would).
     running, queued, slots, mean_s = node.running, node.queued, node.slots, ex.mean_s
-    running = running if running > 0 else 0
-    queued = queued if queued > 0 else 0
+    if running < 0:
+        running = 0
+    if queued < 0:
+        queued = 0
     reported = node.est_wait_s
-    reported = reported if 0.0 <= reported < _INF else 0.0
+    if not 0.0 <= reported < _INF:
+        reported = 0.0
     if not (0.0 < age < _INF and slots > 0 and mean_s > 0.0):
         wait, std = queue_wait(slots, running + extra, queued, mean_s, ex.std_s)
     else:
         util = node.cpu_util
-        util = (1.0 if util > 1.0 else util) if 0.0 <= util < _INF else 0.0
+        if not 0.0 <= util <= 1.0:
+            util = 1.0 if 1.0 < util < _INF else 0.0
         average = util * slots
-        now_backlog = average + (running + queued - average) * math.exp(-age / mean_s)
-        ahead = now_backlog + extra - slots + 1
-        ahead = ahead if ahead > 0.0 else 0.0
-        wait = ahead * mean_s / slots
-        std = math.sqrt(ahead) * ex.std_s / slots
-        std = std if std >= 0.5 * wait else 0.5 * wait
+        ahead = average + (running + queued - average) * _exp(-age / mean_s) + extra - slots + 1
+        if ahead > 0.0:
+            wait = ahead * mean_s / slots
+            std = _sqrt(ahead) * ex.std_s / slots
+            if std < 0.5 * wait:
+                std = 0.5 * wait
+        else:
+            wait = std = 0.0
         reported = reported - age if reported > age else 0.0
     if reported > wait:  # the node's own estimate knows its real queue mix
         return reported, (std if std >= 0.5 * reported else 0.5 * reported)
