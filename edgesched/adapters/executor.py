@@ -12,7 +12,10 @@ import itertools
 import json
 import logging
 import multiprocessing
+import os
+import select
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -56,14 +59,49 @@ class LoadReport:
     est_wait_s: float
 
 
-def _warm_worker() -> None:
+def _warm_worker(daemon_pid: int) -> None:
     # Ctrl-C in a terminal and systemd's control-group kill signal every process of the
     # group; the daemon drains and shuts the pool down itself, so a worker that died on the
     # signal first would only turn that orderly stop into a BrokenProcessPool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _exit_with(daemon_pid)
     # Import the heavy modules once per worker, not on the first task.
     import edgesched.tasks.builtins  # noqa: F401
+
+
+PARENT_POLL_S = 1.0  # where pidfd is missing: how often a worker checks the daemon is alive
+
+
+def _exit_with(daemon_pid: int) -> None:
+    """End this worker when the daemon process is gone without shutting the pool down
+    (SIGKILL, the OOM killer). A pool worker would otherwise wait on its call queue forever
+    (it holds that pipe's write end itself), ignoring SIGTERM as above, and keep the
+    forkserver alive with it: three orphans per killed daemon."""
+
+    def watch() -> None:
+        try:
+            fd: int | None = os.pidfd_open(daemon_pid)  # Linux >= 5.3: readable on exit
+        except (AttributeError, OSError):  # other systems, or the daemon is already gone
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while _alive(daemon_pid):
+                time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="edgesched-daemon-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else (cannot be ours: pid reused)
+        return False
+    return True
 
 
 def _noop() -> None:
@@ -117,7 +155,7 @@ class LocalExecutor:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["edgesched.tasks.builtins"])
         return ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx,
-                                   initializer=_warm_worker)
+                                   initializer=_warm_worker, initargs=(os.getpid(),))
 
     def _replace_broken_pool(self, broken: ProcessPoolExecutor | None) -> None:
         """A worker died (crash, OOM kill): the pool refuses all work from then on, so the

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
 import sys
 import time
 from typing import Any
@@ -187,3 +191,70 @@ async def test_a_dead_worker_fails_its_task_and_the_pool_recovers(
     value = reg.validate("hash", {"data": "ok", "rounds": 3})
     out = await executor.run(reg.get("hash"), value, expected_s=0.0)
     assert out.value == {"digest": hash_digest("ok", 3)}
+
+
+_POOL_OWNER = """
+import asyncio, sys
+from edgesched.adapters.executor import LocalExecutor
+from edgesched.config import ExecutorSettings
+
+async def main():
+    async with LocalExecutor(ExecutorSettings(slots=2, process_workers=2)):
+        print("ready", flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc: forkserver, then its pool workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _gone(pids: set[int]) -> bool:
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    return False
+        except OSError:
+            continue
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_and_forkserver_exit_when_the_daemon_is_killed() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _POOL_OWNER], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        below = _descendants(proc.pid)
+        assert len(below) >= 3, below  # the forkserver and two workers
+    finally:
+        proc.kill()  # SIGKILL: no pool shutdown runs
+        proc.wait(timeout=10)
+    deadline = time.monotonic() + 10.0
+    while not _gone(below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftover = {pid for pid in below if not _gone({pid})}
+    for pid in leftover:  # do not leave them behind even when the assertion fails
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not leftover, f"orphaned pool processes: {sorted(leftover)}"
