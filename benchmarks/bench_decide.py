@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from types import FrameType
 
 import numpy as np
 
@@ -76,6 +79,28 @@ def pct(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1e3
 
 
+def bytecodes(fn: Callable[[], object]) -> int:
+    """Bytecodes one call of `fn` executes (machine-independent; `sys.settrace` opcodes)."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> object:
+        nonlocal count
+        if event == "call":
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+        elif event == "opcode":
+            count += 1
+        return tracer
+
+    fn()  # warm: first-call work is not the steady state
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count
+
+
 def bench_single(repeat: int, rounds: int) -> None:
     """p50 of each round, headline = the best round (as `timeit` advises: noise only adds),
     with the spread of the rounds printed next to it; p99 over every sample of every round.
@@ -84,20 +109,21 @@ def bench_single(repeat: int, rounds: int) -> None:
     policy = make_policy("cost", CostParams(), np.random.default_rng(0))
     print("single decision (cost policy, plain Python, full Decision with every evaluation)")
     print(f"  {'candidates':>10} {'decisions/s':>12} {'p50 us':>8} {'p99 us':>8} "
-          f"{'round p50s us':>16}")
+          f"{'round p50s us':>16} {'bytecodes':>10}")
     for n in (2, 8, 32):
         cands = candidates(n)
         samples: list[int] = []
         p50s: list[float] = []
         for _ in range(rounds):
-            ns = timings_ns(lambda c=cands: policy.decide(TASK, c, 0.0), repeat)
+            ns = timings_ns(partial(policy.decide, TASK, cands, 0.0), repeat)  # no extra frame
             samples += ns
             p50s.append(pct(ns, 0.5))
         samples.sort()
         rate = 1e9 / (sum(samples) / len(samples))
         spread = f"{min(p50s):.1f}-{max(p50s):.1f}"
+        ops = bytecodes(partial(policy.decide, TASK, cands, 0.0))
         print(f"  {n:>10} {rate:>12,.0f} {min(p50s):>8.1f} {pct(samples, 0.99):>8.1f} "
-              f"{spread:>16}")
+              f"{spread:>16} {ops:>10}")
 
 
 def bench_batch(repeat: int) -> None:
