@@ -79,10 +79,6 @@ def _new_decision(
 _new_tuple = tuple.__new__
 
 
-def _feasible(evals: Sequence[CandidateEval]) -> list[int]:
-    return [i for i, e in enumerate(evals) if e.feasible]
-
-
 class CostPolicy:
     """The production policy: every hard constraint, then the lowest weighted cost."""
 
@@ -108,6 +104,16 @@ class CostPolicy:
 
 _score_of = attrgetter("score")
 _is_feasible = attrgetter("feasible")
+_node_id_of = attrgetter("node_id")
+
+
+def _ranked_decision(
+    name: str, ranked: Sequence[CandidateEval], evals: Sequence[CandidateEval]
+) -> Decision:
+    """A Decision whose preference order is `ranked` (feasible evaluations, best first)."""
+    if not ranked:
+        return _new_decision(name, None, (), tuple(evals), False)
+    return _new_decision(name, ranked[0], tuple(ranked[1:]), tuple(evals), False)
 
 
 SortKey = Callable[[Candidate, CandidateEval], tuple[float, ...]]
@@ -129,12 +135,12 @@ class KeyedBaseline:
         evals = evaluate_many(task, candidates, self.params, task.remaining_s(now),
                               BASELINE_CONSTRAINTS)
         key = self._key
-        pairs = [(c, e) for c, e in zip(candidates, evals, strict=True) if e.feasible]
-        pairs.sort(key=lambda p: key(p[0], p[1]))  # stable: equal keys keep candidate order
-        if not pairs:
-            return _new_decision(self.name, None, (), tuple(evals), False)
-        return _new_decision(self.name, pairs[0][1], tuple([p[1] for p in pairs[1:]]),
-                             tuple(evals), False)
+        # (key, index, eval): the index settles equal keys in candidate order, so the evals
+        # themselves are never compared.
+        keyed = [(key(c, e), i, e) for i, (c, e) in enumerate(zip(candidates, evals,
+                                                                   strict=True)) if e.feasible]
+        keyed.sort()
+        return _ranked_decision(self.name, [k[2] for k in keyed], evals)
 
 
 _PLACEMENT_RANK_CLOUD_FIRST = {Placement.CLOUD: 0, Placement.LOCAL: 1, Placement.NEIGHBOUR: 2}
@@ -174,11 +180,11 @@ class RandomPolicy:
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
-        ranked = _feasible(evals)
+        ranked = list(filter(_is_feasible, evals))
         for i in range(len(ranked) - 1, 0, -1):  # Fisher-Yates
             j = int(self._uniform() * (i + 1))
             ranked[i], ranked[j] = ranked[j], ranked[i]
-        return make_decision(self.name, evals, ranked)
+        return _ranked_decision(self.name, ranked, evals)
 
 
 _UNIFORM_BLOCK = 1024
@@ -194,12 +200,12 @@ class RoundRobinPolicy:
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
-        feasible = sorted(_feasible(evals), key=lambda i: candidates[i].node_id)
+        feasible = sorted(filter(_is_feasible, evals), key=_node_id_of)
         if feasible:
             start = self._next % len(feasible)
             feasible = feasible[start:] + feasible[:start]
             self._next += 1
-        return make_decision(self.name, evals, feasible)
+        return _ranked_decision(self.name, feasible, evals)
 
 
 def make_policy(name: str, params: CostParams, rng: np.random.Generator) -> Policy:
