@@ -188,7 +188,8 @@ class CandidateEval(NamedTuple):
 
     A NamedTuple rather than a frozen dataclass: every decision builds one per candidate, and
     a tuple is built in one C call while a frozen dataclass sets each field through
-    `object.__setattr__`; its field reads are C getters too.
+    `object.__setattr__` (reading a field costs a little more, ~30 against ~14 ns, and an
+    evaluation is read far less often than it is built).
     """
 
     node_id: str
