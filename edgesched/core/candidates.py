@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgesched.core.estimators import EstimatorBank
-from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import (
+    CANDIDATE_FIELDS,
     Candidate,
     ClusterSnapshot,
     ExecEstimate,
@@ -19,6 +19,7 @@ from edgesched.core.model import (
     Placement,
     PowerModel,
     TaskSpec,
+    new_candidate,
     require_finite,
 )
 
@@ -123,12 +124,6 @@ def _age(node: NodeState, now: float) -> float:
     return max(0.0, age)
 
 
-_CANDIDATE_FIELDS = (
-    "node_id", "placement", "liveness", "age_s", "slots", "running", "queued", "est_wait_s",
-    "wait_std_s", "battery", "power", "link", "exec", "supports_type", "money_cost",
-    "max_queue", "origin_power", "origin_battery", "excluded",
-)
-_new_candidate = fast_constructor(Candidate, _CANDIDATE_FIELDS)
 _LOCAL, _NEIGHBOUR, _CLOUD = Placement.LOCAL, Placement.NEIGHBOUR, Placement.CLOUD
 _ONLINE = Liveness.ONLINE
 
@@ -142,8 +137,8 @@ def _candidate(*values: Any) -> Candidate:
     """
     age, wait, wait_std = values[3], values[7], values[8]
     if 0.0 <= age <= 1e12 and 0.0 <= wait <= 1e9 and 0.0 <= wait_std <= 1e9 and values[5] >= 0:
-        return _new_candidate(*values)
-    return Candidate(**dict(zip(_CANDIDATE_FIELDS, values, strict=True)))
+        return new_candidate(*values)
+    return Candidate(**dict(zip(CANDIDATE_FIELDS, values, strict=True)))
 
 
 def local_candidate(
@@ -182,7 +177,7 @@ def _local(
         None, ex, not types or task_type in types, 0.0, max_queue, power, battery, False,
     )
     if wait >= 0.0 and wait_std >= 0.0 and extra >= 0:  # NaN fails: the slow path names it
-        return _new_candidate(*values)
+        return new_candidate(*values)
     return _candidate(*values)
 
 
@@ -221,7 +216,7 @@ def _neighbour(
         not types or task_type in types, 0.0, None, origin_power, origin_battery, excluded,
     )
     if wait >= 0.0 and wait_std >= 0.0 and extra >= 0:  # NaN fails: the slow path names it
-        return _new_candidate(*values)
+        return new_candidate(*values)
     return _candidate(*values)
 
 
@@ -250,7 +245,7 @@ def _cloud(
         origin_power, origin_battery, False,
     )
     if 0.0 <= wait <= 1e9 and 0.0 <= wait_std <= 1e9 and inflight >= 0:
-        return _new_candidate(*values)
+        return new_candidate(*values)
     return _candidate(*values)
 
 

@@ -11,8 +11,13 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from edgesched.core.fastinit import fast_constructor
-from edgesched.core.model import ExecEstimate, LinkEstimate, require_finite
+from edgesched.core.model import (
+    ExecEstimate,
+    LinkEstimate,
+    new_exec_estimate,
+    new_link_estimate,
+    require_finite,
+)
 
 _MDEV_TO_STD = math.sqrt(math.pi / 2.0)  # std of a normal = 1.2533 x its mean absolute deviation
 MB = 1_000_000.0
@@ -25,24 +30,18 @@ MAX_S_PER_BIT = 1.0  # 1 bit/s
 INF = math.inf
 
 
-_new_exec = fast_constructor(ExecEstimate, ("mean_s", "std_s"))
-_new_link = fast_constructor(
-    LinkEstimate, ("rtt_s", "rtt_std_s", "bandwidth_bps", "bandwidth_std_bps")
-)
-
-
-def _exec_estimate(mean_s: float, std_s: float) -> ExecEstimate:
-    """ExecEstimate from values computed here: a range check (NaN fails it) instead of the
+def checked_exec_estimate(mean_s: float, std_s: float) -> ExecEstimate:
+    """ExecEstimate from computed values: a range check (NaN fails it) instead of the
     constructor's validation, which runs only to report a bad value."""
     if 0.0 <= mean_s <= MAX_SECONDS and 0.0 <= std_s <= MAX_SECONDS:
-        return _new_exec(mean_s, std_s)
+        return new_exec_estimate(mean_s, std_s)
     return ExecEstimate(mean_s=mean_s, std_s=std_s)
 
 
-def _link_estimate(rtt: float, rtt_std: float, bw: float, bw_std: float) -> LinkEstimate:
-    """LinkEstimate from values computed here, checked the same cheap way."""
+def checked_link_estimate(rtt: float, rtt_std: float, bw: float, bw_std: float) -> LinkEstimate:
+    """LinkEstimate from computed values, checked the same cheap way."""
     if 0.0 <= rtt < INF and 0.0 <= rtt_std < INF and 0.0 < bw < INF and 0.0 <= bw_std < INF:
-        return _new_link(rtt, rtt_std, bw, bw_std)
+        return new_link_estimate(rtt, rtt_std, bw, bw_std)
     return LinkEstimate(rtt_s=rtt, rtt_std_s=rtt_std, bandwidth_bps=bw, bandwidth_std_bps=bw_std)
 
 
@@ -194,7 +193,7 @@ class LinkEstimator:
                 spb, spb_std = _blend(w, spb, spb_std, 1.0 / bw, bw_std / (bw * bw))
             spb = min(MAX_S_PER_BIT, max(MIN_S_PER_BIT, spb))
             bw, bw_std = 1.0 / spb, min(spb_std / (spb * spb), 1.0 / MIN_S_PER_BIT)
-        return _link_estimate(rtt, rtt_std, bw, bw_std)
+        return checked_link_estimate(rtt, rtt_std, bw, bw_std)
 
     @property
     def samples(self) -> tuple[int, int]:
@@ -329,7 +328,7 @@ class ExecTimeEstimator:
         prior_std = prior.cv * prior_mean
         prior_std = prior_std if prior_std < MAX_SECONDS else MAX_SECONDS
         if self.n == 0:
-            return _exec_estimate(prior_mean, prior_std)
+            return checked_exec_estimate(prior_mean, prior_std)
         mean = self.a + self.b * x
         mean = mean if mean > 0.0 else 0.0
         leverage = self.p11 + 2.0 * self.p12 * x + self.p22 * x * x
@@ -346,7 +345,7 @@ class ExecTimeEstimator:
                 mean = w * mean + (1.0 - w) * prior_mean
                 var = w * std * std + (1.0 - w) * prior_std * prior_std
                 std = math.sqrt(var) if var > 0.0 else 0.0
-        return _exec_estimate(mean if mean < MAX_SECONDS else MAX_SECONDS,
+        return checked_exec_estimate(mean if mean < MAX_SECONDS else MAX_SECONDS,
                               std if std < MAX_SECONDS else MAX_SECONDS)
 
 
@@ -481,7 +480,7 @@ class EstimatorBank:
             prior = self.exec_prior(task_type, node_id)
             size = min(MAX_BYTES, max(0.0, input_bytes))
             mean = min(MAX_SECONDS, prior.mean_s + prior.s_per_mb * size / MB)
-            return _exec_estimate(mean, min(MAX_SECONDS, prior.cv * mean))
+            return checked_exec_estimate(mean, min(MAX_SECONDS, prior.cv * mean))
         return est.predict(input_bytes, now)
 
     def link(self, target: str, now: float) -> LinkEstimate:

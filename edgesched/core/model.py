@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+from edgesched.core.fastinit import fast_constructor
+
 
 class Placement(StrEnum):
     LOCAL = "local"
@@ -271,3 +273,27 @@ class ClusterSnapshot:
     now: float
     local: NodeState
     neighbours: tuple[NodeState, ...] = ()
+
+
+# Positional constructors (core/fastinit.py) for values computed from already-validated inputs,
+# on the decision and simulation hot paths: they skip __post_init__, so public code keeps using
+# the classes themselves. Arguments in field declaration order; if the fields ever change, the
+# names below no longer match and the validating keyword constructor is used instead.
+CANDIDATE_FIELDS = (
+    "node_id", "placement", "liveness", "age_s", "slots", "running", "queued", "est_wait_s",
+    "wait_std_s", "battery", "power", "link", "exec", "supports_type", "money_cost",
+    "max_queue", "origin_power", "origin_battery", "excluded",
+)
+new_candidate = fast_constructor(Candidate, CANDIDATE_FIELDS)
+new_exec_estimate = fast_constructor(ExecEstimate, ("mean_s", "std_s"))
+new_link_estimate = fast_constructor(
+    LinkEstimate, ("rtt_s", "rtt_std_s", "bandwidth_bps", "bandwidth_std_bps"))
+new_task_spec = fast_constructor(TaskSpec, (
+    "task_type", "input_bytes", "output_bytes", "deadline_s", "priority", "origin_device",
+    "offload", "submitted_at",
+))
+new_node_state = fast_constructor(NodeState, (
+    "node_id", "role", "liveness", "incarnation", "last_seen", "slots", "running", "queued",
+    "est_wait_s", "cpu_util", "battery", "power_w", "task_types",
+))
+new_snapshot = fast_constructor(ClusterSnapshot, ("now", "local", "neighbours"))

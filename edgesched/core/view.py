@@ -7,15 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from edgesched.core.fastinit import fast_constructor
-from edgesched.core.model import ClusterSnapshot, Liveness, NodeState
-
-# NodeState has no validation to skip (NodeTelemetry validated the reported values): this
-# builds the updated state positionally, for every telemetry message of every neighbour.
-new_node_state = fast_constructor(NodeState, (
-    "node_id", "role", "liveness", "incarnation", "last_seen", "slots", "running", "queued",
-    "est_wait_s", "cpu_util", "battery", "power_w", "task_types",
-))
+from edgesched.core.model import ClusterSnapshot, Liveness, NodeState, new_node_state
 
 # Ranges of the device measurement names the cost model recognises; other names only need
 # to be finite.

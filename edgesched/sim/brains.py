@@ -18,9 +18,8 @@ from edgesched.core.candidates import (
     build_candidates,
 )
 from edgesched.core.costmodel import CostParams
-from edgesched.core.estimators import EstimatorBank, ExecPrior
+from edgesched.core.estimators import EstimatorBank, ExecPrior, checked_link_estimate
 from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
-from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import (
     Candidate,
     ClusterSnapshot,
@@ -31,18 +30,16 @@ from edgesched.core.model import (
     NodeState,
     Placement,
     TaskSpec,
+    new_candidate,
+    new_exec_estimate,
+    new_node_state,
+    new_snapshot,
+    new_task_spec,
 )
 from edgesched.core.policies import Policy
-from edgesched.core.view import (
-    ClusterView,
-    NodeAnnouncement,
-    NodeTelemetry,
-    ViewParams,
-    new_node_state,
-)
+from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
 from edgesched.sim.scenario import CLOUD_ID
 
-_new_snapshot = fast_constructor(ClusterSnapshot, ("now", "local", "neighbours"))
 _ONLINE = Liveness.ONLINE
 # How long (simulated s) an estimator's answer is reused when nothing new was observed about
 # its key: its staleness weight exp(-(age/decay)²) moves by at most 0.86/decay per second
@@ -216,7 +213,7 @@ class DaemonBrain:
             self._neighbours = self.view.neighbours(now)
             self._neighbours_at = now
         local = self.local_state(now)
-        snap = _new_snapshot(now, local, self._neighbours)
+        snap = new_snapshot(now, local, self._neighbours)
         spec, node = task.spec, self.node
         out = build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
@@ -314,7 +311,7 @@ class OracleBrain(DaemonBrain):
             back = self.engine.links[(node.id, origin.id)]
             # One bandwidth figure per candidate: the worse of the two directions' shares.
             bw = min(link.share_bps(), back.share_bps())
-            link_est = _true_link(link.rtt_s, bw)
+            link_est = checked_link_estimate(link.rtt_s, 0.0, bw, 0.0)
             arrive_after = task.in_bits / link.share_bps() + link.rtt_s / 2.0
         wait = max(0.0, true_slot_free_in(node, now) - arrive_after)
         battery, origin_battery = node.battery_level(now), origin.battery_level(now)
@@ -324,10 +321,11 @@ class OracleBrain(DaemonBrain):
                 and _charge_ok(origin_battery)):
             # The truth, computed here from a validated scenario: the positional constructors
             # skip re-validating it (the oracle builds every candidate of every task).
-            return _new_candidate(
+            return new_candidate(
                 node.id, placement, _ONLINE, 0.0, node.slots, len(node.running),
                 len(node.queue), wait, 0.0, battery, node.power, link_est,
-                _new_exec(exec_s, 0.0), True, money, None, origin.power, origin_battery, False,
+                new_exec_estimate(exec_s, 0.0), True, money, None, origin.power, origin_battery,
+                False,
             )
         return Candidate(  # a bad value: the validating constructor says which one
             node_id=node.id, placement=placement, liveness=Liveness.ONLINE,
@@ -339,24 +337,8 @@ class OracleBrain(DaemonBrain):
 
 
 _INF = float("inf")
-_new_candidate = fast_constructor(Candidate, (
-    "node_id", "placement", "liveness", "age_s", "slots", "running", "queued", "est_wait_s",
-    "wait_std_s", "battery", "power", "link", "exec", "supports_type", "money_cost",
-    "max_queue", "origin_power", "origin_battery", "excluded",
-))
-_new_exec = fast_constructor(ExecEstimate, ("mean_s", "std_s"))
-_new_link = fast_constructor(
-    LinkEstimate, ("rtt_s", "rtt_std_s", "bandwidth_bps", "bandwidth_std_bps"))
-
-
 def _charge_ok(battery: float | None) -> bool:
     return battery is None or 0.0 <= battery <= 1.0
-
-
-def _true_link(rtt_s: float, bw: float) -> LinkEstimate:
-    if 0.0 <= rtt_s < _INF and 0.0 < bw < _INF:
-        return _new_link(rtt_s, 0.0, bw, 0.0)
-    return LinkEstimate(rtt_s=rtt_s, bandwidth_bps=bw)
 
 
 def true_slot_free_in(node: SimNode, now: float) -> float:
@@ -386,13 +368,7 @@ def task_spec(engine: Engine, task: SimTask) -> TaskSpec:
     if 0.0 <= in_bytes < _INF and 0.0 <= out_bytes < _INF:
         # One per task: the type's fields come from the validated scenario, the arrival time
         # from the stream; the sizes were just checked (a NaN fails the comparisons).
-        return _new_task_spec(tt.name, in_bytes, out_bytes, tt.deadline_s, 0, None, tt.offload,
+        return new_task_spec(tt.name, in_bytes, out_bytes, tt.deadline_s, 0, None, tt.offload,
                               task.arrival)
     return TaskSpec(task_type=tt.name, input_bytes=in_bytes, output_bytes=out_bytes,
                     deadline_s=tt.deadline_s, offload=tt.offload, submitted_at=task.arrival)
-
-
-_new_task_spec = fast_constructor(TaskSpec, (
-    "task_type", "input_bytes", "output_bytes", "deadline_s", "priority", "origin_device",
-    "offload", "submitted_at",
-))

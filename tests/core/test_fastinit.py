@@ -7,9 +7,10 @@ import math
 
 import pytest
 
-from edgesched.core.candidates import _CANDIDATE_FIELDS, _candidate
+from edgesched.core.candidates import _candidate
 from edgesched.core.fastinit import fast_constructor
 from edgesched.core.model import (
+    CANDIDATE_FIELDS,
     Candidate,
     ExecEstimate,
     LinkEstimate,
@@ -47,12 +48,12 @@ def _values(**over: object) -> tuple[object, ...]:
         origin_battery=None, excluded=False,
     )
     base.update(over)
-    return tuple(base[name] for name in _CANDIDATE_FIELDS)
+    return tuple(base[name] for name in CANDIDATE_FIELDS)
 
 
 def test_core_candidate_fast_path_equals_the_public_constructor() -> None:
     values = _values()
-    assert _candidate(*values) == Candidate(**dict(zip(_CANDIDATE_FIELDS, values, strict=True)))
+    assert _candidate(*values) == Candidate(**dict(zip(CANDIDATE_FIELDS, values, strict=True)))
 
 
 @pytest.mark.parametrize(
@@ -62,3 +63,14 @@ def test_core_candidate_fast_path_equals_the_public_constructor() -> None:
 def test_core_candidate_fast_path_still_rejects_bad_computed_values(name: str, bad: float) -> None:
     with pytest.raises(ValueError):
         _candidate(*_values(**{name: bad}))
+
+
+def test_the_models_positional_constructors_match_their_classes() -> None:
+    # A field added or reordered in model.py silently falls back to the slow keyword path;
+    # this says which constructor's name list needs updating.
+    from edgesched.core import model
+
+    makers = {name: getattr(model, name) for name in dir(model) if name.startswith("new_")}
+    assert len(makers) == 6
+    for name, make in makers.items():
+        assert make.__name__.startswith("fast_"), f"{name} lists the wrong fields"
