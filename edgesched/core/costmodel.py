@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
-from typing import Any
 
 from edgesched.core.model import (
     Candidate,
@@ -127,19 +126,13 @@ class CostParams:
         """The same preferences with every weight multiplied by k > 0 (same decisions)."""
         if not (math.isfinite(k) and k > 0):
             raise ValueError(f"k must be finite and > 0, got {k!r}")
-        return CostParams(
+        return replace(
+            self,
             latency_weight=self.latency_weight * k,
             energy_weight=self.energy_weight * k,
             battery_energy_weight=self.battery_energy_weight * k,
             battery_energy_weight_max=self.battery_energy_weight_max * k,
             money_weight=self.money_weight * k,
-            battery_knee=self.battery_knee,
-            battery_floor=self.battery_floor,
-            battery_floor_local=self.battery_floor_local,
-            latency_quantile=self.latency_quantile,
-            stale_after_s=self.stale_after_s,
-            suspect_penalty_s=self.suspect_penalty_s,
-            deadline_best_effort=self.deadline_best_effort,
         )
 
 
@@ -304,12 +297,7 @@ def evaluate(
     return evaluate_many(task, (cand,), params, remaining_s, enforce)[0]
 
 
-_new_tuple = tuple.__new__
-
-
-def new_eval(*values: Any) -> CandidateEval:
-    """CandidateEval from its fields, positionally (core-computed values, no keywords)."""
-    return _new_tuple(CandidateEval, values)
+_new_tuple = tuple.__new__  # CandidateEval built in one call, fields in order
 
 
 def evaluate_many(

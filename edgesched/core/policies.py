@@ -60,20 +60,18 @@ def make_decision(
     name: str, evals: Sequence[CandidateEval], ranked: Sequence[int], best_effort: bool = False
 ) -> Decision:
     """A Decision whose preference order is `ranked` (indices into `evals`, feasible only)."""
-    order = [evals[i] for i in ranked]
-    return _new_decision(
-        name, order[0] if order else None, tuple(order[1:]), tuple(evals), best_effort
-    )
+    return _ranked_decision(name, [evals[i] for i in ranked], evals, best_effort)
 
 
-def _new_decision(
-    policy: str,
-    chosen: CandidateEval | None,
-    fallbacks: tuple[CandidateEval, ...],
-    evaluations: tuple[CandidateEval, ...],
-    best_effort: bool,
+def _ranked_decision(
+    name: str, ranked: Sequence[CandidateEval], evals: Sequence[CandidateEval],
+    best_effort: bool = False,
 ) -> Decision:
-    return _new_tuple(Decision, (policy, chosen, fallbacks, evaluations, best_effort))
+    """A Decision whose preference order is `ranked` (feasible evaluations, best first).
+
+    Built with one `tuple.__new__` call (a Decision per task); fields in declaration order."""
+    return _new_tuple(Decision, (name, ranked[0] if ranked else None, tuple(ranked[1:]),
+                                 tuple(evals), best_effort))
 
 
 _new_tuple = tuple.__new__
@@ -87,33 +85,22 @@ class CostPolicy:
         self.params = params
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
-        evals = evaluate_many(task, candidates, self.params, task.remaining_s(now))
+        evals = evaluate_all(task, candidates, self.params, now)
         # The feasible ones by score (filter and key in C; the sort is stable, so ties keep
         # candidate order).
         ranked = sorted(filter(_is_feasible, evals), key=_score_of)
-        if ranked:  # _new_decision, inlined
-            return _new_tuple(Decision, (self.name, ranked[0], tuple(ranked[1:]), tuple(evals),
-                                         False))
-        if self.params.deadline_best_effort:
-            late = [i for i, e in enumerate(evals) if e.reason is RejectReason.DEADLINE]
+        if not ranked and self.params.deadline_best_effort:
+            late = [e for e in evals if e.reason is RejectReason.DEADLINE]
             if late:
-                late.sort(key=lambda i: evals[i].latency_q_s)
-                return make_decision(self.name, evals, late, best_effort=True)
-        return _new_decision(self.name, None, (), tuple(evals), False)
+                late.sort(key=_latency_q_of)
+                return _ranked_decision(self.name, late, evals, best_effort=True)
+        return _ranked_decision(self.name, ranked, evals)
 
 
 _score_of = attrgetter("score")
 _is_feasible = attrgetter("feasible")
 _node_id_of = attrgetter("node_id")
-
-
-def _ranked_decision(
-    name: str, ranked: Sequence[CandidateEval], evals: Sequence[CandidateEval]
-) -> Decision:
-    """A Decision whose preference order is `ranked` (feasible evaluations, best first)."""
-    if not ranked:
-        return _new_decision(name, None, (), tuple(evals), False)
-    return _new_decision(name, ranked[0], tuple(ranked[1:]), tuple(evals), False)
+_latency_q_of = attrgetter("latency_q_s")
 
 
 SortKey = Callable[[Candidate, CandidateEval], tuple[float, ...]]
@@ -132,8 +119,7 @@ class KeyedBaseline:
         self._key = key
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
-        evals = evaluate_many(task, candidates, self.params, task.remaining_s(now),
-                              BASELINE_CONSTRAINTS)
+        evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
         key = self._key
         # (key, index, eval): the index settles equal keys in candidate order, so the evals
         # themselves are never compared.
