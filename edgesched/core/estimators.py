@@ -317,8 +317,8 @@ class ExecTimeEstimator:
 
     def predict(self, input_bytes: float, now: float) -> ExecEstimate:
         """Mean and std of the execution time for an input of `input_bytes`."""
-        # Asked for every candidate of every task: the clamps, `_staleness_weight` and
-        # `_blend` are written out (same results; NaN input counts as 0 bytes, as max() did).
+        # Asked for every candidate of every task: the clamps are written out as comparisons
+        # (same results; NaN input counts as 0 bytes, as max() did).
         x = input_bytes if 0.0 <= input_bytes <= MAX_BYTES else (
             MAX_BYTES if input_bytes > MAX_BYTES else 0.0)
         x /= MB
@@ -336,15 +336,9 @@ class ExecTimeEstimator:
         std = math.sqrt(var) if var > 0.0 else 0.0
         if self.n < self.params.min_samples and std < prior_std:
             std = prior_std
-        decay = self.params.decay_s
-        if 0.0 < decay < INF:  # staleness: blend towards the prior by exp(-(age/decay)²)
-            age = now - self._at
-            r = age / decay if age > 0.0 else 0.0
-            w = math.exp(-r * r)
-            if w < 1.0:
-                mean = w * mean + (1.0 - w) * prior_mean
-                var = w * std * std + (1.0 - w) * prior_std * prior_std
-                std = math.sqrt(var) if var > 0.0 else 0.0
+        w = _staleness_weight(now - self._at, self.params.decay_s)
+        if w < 1.0:  # as LinkEstimator.snapshot: fresh estimates skip the blend
+            mean, std = _blend(w, mean, std, prior_mean, prior_std)
         return checked_exec_estimate(mean if mean < MAX_SECONDS else MAX_SECONDS,
                               std if std < MAX_SECONDS else MAX_SECONDS)
 
@@ -448,6 +442,15 @@ class EstimatorBank:
         if not ok and not (nbytes < self.link_params.min_transfer_bytes and seconds > 0):
             self.rejected += 1
         return ok
+
+    def observe_bandwidth(self, target: str, bps: float, now: float) -> bool:
+        """A link monitor's bandwidth reading (bits/s), fed as one transfer lasting long
+        enough to pass `min_transfer_bytes` (a modem's `uplink_bps`, say)."""
+        if not 0.0 < bps < INF:
+            self.rejected += 1
+            return False
+        seconds = max(1.0, 8.0 * self.link_params.min_transfer_bytes / bps)
+        return self.observe_transfer(target, bps * seconds / 8.0, seconds, now)
 
     def observe_exchange(self, target: str, nbytes: float, seconds: float, now: float) -> bool:
         """One request/response with `target`: `nbytes` moved (both ways) in `seconds` of

@@ -615,7 +615,7 @@ class LinkReadingFeeder:
     Only devices named in `targets` are fed: a reading of device D updates the link estimator
     of target `targets[D]` (e.g. `{"gw-1-modem": "cloud"}`); other devices are ignored, so a
     fleet of sensors cannot crowd the bank's bounded table of real links. A bandwidth reading
-    is fed as one transfer lasting long enough to pass the bank's minimum transfer size.
+    goes to `EstimatorBank.observe_bandwidth`.
     """
 
     def __init__(self, bank: EstimatorBank, targets: Mapping[str, str]) -> None:
@@ -631,6 +631,4 @@ class LinkReadingFeeder:
             self._bank.observe_rtt(target, rtt, now)
         bps = values.get("uplink_bps")
         if bps is not None and bps > 0:
-            min_bytes = self._bank.link_params.min_transfer_bytes
-            seconds = max(1.0, 8.0 * min_bytes / bps)
-            self._bank.observe_transfer(target, bps * seconds / 8.0, seconds, now)
+            self._bank.observe_bandwidth(target, bps, now)

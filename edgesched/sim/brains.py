@@ -190,9 +190,7 @@ class DaemonBrain:
         """Device telemetry `uplink_bps`/`rtt_s` about the cloud link, fed into the estimators
         the way the daemon's LinkReadingFeeder does (node/telemetry.py)."""
         self.bank.observe_rtt(CLOUD_ID, rtt_s, now)
-        min_bytes = self.bank.link_params.min_transfer_bytes
-        seconds = max(1.0, 8.0 * min_bytes / bps)
-        self.bank.observe_transfer(CLOUD_ID, bps * seconds / 8.0, seconds, now)
+        self.bank.observe_bandwidth(CLOUD_ID, bps, now)
 
     def invalidate(self) -> None:
         self._neighbours = None
