@@ -34,7 +34,7 @@ from edgesched.demo.phases import (
 from edgesched.demo.report import print_summary
 from edgesched.demo.summary import Tally, summary_doc, write_json
 from edgesched.demo.wan import WanEmulator
-from edgesched.errors import EdgeschedError, MqttError
+from edgesched.errors import MqttError
 
 log = logging.getLogger("edgesched.demo")
 
@@ -94,27 +94,12 @@ async def demo_command(args: argparse.Namespace, shutdown_trigger: Awaitable[Non
                   file=sys.stderr, flush=True)
             body.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await _first_error(body)
+            await body  # a failure inside its task groups: cli.main reports it in one line
     finally:
         stop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stop
     return _finish(run, args)
-
-
-async def _first_error(body: asyncio.Task[None]) -> None:
-    """Await the demo; an edgesched error inside its task groups surfaces as itself, so the
-    CLI prints one clear line (and its exit code) instead of an exception group."""
-    try:
-        await body
-    except BaseExceptionGroup as group:
-        found = group.subgroup(lambda e: isinstance(e, EdgeschedError))
-        if found is None:
-            raise
-        first: BaseException = found
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None
 
 
 def _finish(run: DemoRun, args: argparse.Namespace) -> int:

@@ -89,9 +89,6 @@ class Link:
         self._reschedule(now)
         return tr
 
-    def remaining_bits(self, tr: Transfer) -> float:
-        return max(0.0, tr.tag - self.service)
-
     def _on_event(self, version: int) -> None:
         if version != self.version:
             return  # superseded by a later change of this link
