@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from types import FrameType
 
 import numpy as np
+from bytecodes import per_function
 
 from edgesched.core.batch import BatchView, decide_batch
 from edgesched.core.costmodel import CostParams
@@ -80,25 +79,10 @@ def pct(sorted_ns: list[int], q: float) -> float:
 
 
 def bytecodes(fn: Callable[[], object]) -> int:
-    """Bytecodes one call of `fn` executes (machine-independent; `sys.settrace` opcodes)."""
-    count = 0
-
-    def tracer(frame: FrameType, event: str, arg: object) -> object:
-        nonlocal count
-        if event == "call":
-            frame.f_trace_opcodes = True
-            frame.f_trace_lines = False
-        elif event == "opcode":
-            count += 1
-        return tracer
-
-    fn()  # warm: first-call work is not the steady state
-    sys.settrace(tracer)
-    try:
-        fn()
-    finally:
-        sys.settrace(None)
-    return count
+    """Bytecodes one call of `fn` executes, after a warm-up call (first-call work is not the
+    steady state)."""
+    fn()
+    return sum(per_function(fn).values())
 
 
 def bench_single(repeat: int, rounds: int) -> None:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
-from types import FrameType
-from typing import Any
+from functools import partial
 
 from bench_sim import scenario
+from bytecodes import per_function
 
 from edgesched.sim.policies import ALL_POLICY_NAMES
 from edgesched.sim.runner import run_policy
@@ -27,23 +26,7 @@ from edgesched.sim.workload import draw_stream
 def count(policy: str, tasks: int) -> tuple[int, collections.Counter[str]]:
     sc = load_scenario(scenario(tasks))
     stream = draw_stream(sc, sc.seed)
-    per_function: collections.Counter[str] = collections.Counter()
-
-    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "call":
-            frame.f_trace_opcodes = True
-            frame.f_trace_lines = False
-        elif event == "opcode":
-            code = frame.f_code
-            per_function[f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}"] += 1
-        return tracer
-
-    sys.settrace(tracer)
-    try:
-        run_policy(sc, policy, stream, sc.seed)
-    finally:
-        sys.settrace(None)
-    return len(stream), per_function
+    return len(stream), per_function(partial(run_policy, sc, policy, stream, sc.seed))
 
 
 def main() -> None:
