@@ -154,30 +154,31 @@ class Prediction:
 
 
 def _terms(task: TaskSpec, cand: Candidate) -> tuple[float, float, float, float, float, float]:
-    """(mean latency, latency variance, upload s, download s, origin J, target J)."""
+    """(mean latency, latency variance, upload s, download s, origin J, target J).
+
+    Written with the same expressions as evaluate_many, so the two round alike: a transfer
+    of b bits over bw takes b/bw, and a radio drawing w watts spends w·b/bw on it."""
     ex = cand.exec
     mean = cand.est_wait_s + ex.mean_s
     var = ex.std_s * ex.std_s + cand.wait_std_s * cand.wait_std_s
     placement = cand.placement
     power = cand.power
-    e_target = 0.0 if placement is _CLOUD else power.compute_energy_j(ex.mean_s)
+    e_target = 0.0 if placement is _CLOUD else power.compute_w * ex.mean_s
     link = cand.link
     if placement is _LOCAL or link is None:
         return mean, var, 0.0, 0.0, 0.0, e_target
     bw = link.bandwidth_bps
     bits_in, bits_out = 8.0 * task.input_bytes, 8.0 * task.output_bytes
-    up = bits_in / bw
-    down = bits_out / bw
-    # (up² + down²)·(bw_std/bw)², written as evaluate_many computes it (same rounding)
+    # (up² + down²)·(bw_std/bw)² = (bits_in² + bits_out²)·(bw_std/bw/bw)²
     t = link.bandwidth_std_bps / bw / bw
     rtt_std = link.rtt_std_s
-    mean += up + down + link.rtt_s
+    mean += (bits_in + bits_out) / bw + link.rtt_s
     var += rtt_std * rtt_std + (bits_in * bits_in + bits_out * bits_out) * t * t
     origin = cand.origin_power or _DEFAULT_POWER
-    e_origin = origin.tx_w * up + origin.rx_w * down
+    e_origin = (origin.tx_w * bits_in + origin.rx_w * bits_out) / bw
     if placement is not _CLOUD:
-        e_target += power.rx_w * up + power.tx_w * down
-    return mean, var, up, down, e_origin, e_target
+        e_target += (power.rx_w * bits_in + power.tx_w * bits_out) / bw
+    return mean, var, bits_in / bw, bits_out / bw, e_origin, e_target
 
 
 def predict(task: TaskSpec, cand: Candidate, params: CostParams) -> Prediction:
@@ -298,6 +299,7 @@ def evaluate(
 
 
 _new_tuple = tuple.__new__  # CandidateEval built in one call, fields in order
+_UNSET = object()
 
 
 def evaluate_many(
@@ -316,7 +318,7 @@ def evaluate_many(
     A property test keeps it equal to `predict`/`check`/`weighted_cost`.
     """
     bits_in, bits_out = 8.0 * task.input_bytes, 8.0 * task.output_bytes
-    bits2 = bits_in * bits_in + bits_out * bits_out
+    bits_sum, bits2 = bits_in + bits_out, bits_in * bits_in + bits_out * bits_out
     z, w_t, w_e = params.z, params.latency_weight, params.energy_weight
     stale_after, floor = params.stale_after_s, params.battery_floor
     # The fast path below covers both usual constraint sets; battery and deadline are judged
@@ -329,6 +331,9 @@ def evaluate_many(
     # Every offloaded candidate carries the same origin battery: its weight is computed once.
     weight_at = params.energy_weight_at
     last_battery, last_w = math.nan, 0.0  # nan: matches no charge
+    # Radio energy on the deciding node is origin_bits/bw, origin_bits worked out per origin.
+    last_origin: object = _UNSET
+    origin_bits = 0.0
     new, sqrt = _new_tuple, math.sqrt
     out: list[CandidateEval] = []
     append = out.append
@@ -340,31 +345,29 @@ def evaluate_many(
         mean = cand.est_wait_s + exec_s
         var = s_exec * s_exec + s_wait * s_wait
         placement = cand.placement
-        power = cand.power
-        if placement is _CLOUD:
-            e_target = 0.0
-        elif power.kappa > 0.0:
-            e_target = power.compute_energy_j(exec_s)
-        else:  # (busy_w - idle_w)·exec, never negative (exec_s >= 0)
-            e_target = (power.busy_w - power.idle_w) * exec_s
-            if e_target < 0.0:
-                e_target = 0.0
         link = cand.link
         if placement is _LOCAL or link is None:
             e_origin = 0.0
+            e_target = 0.0 if placement is _CLOUD else cand.power.compute_w * exec_s
         else:
             bw = link.bandwidth_bps
-            up = bits_in / bw
-            down = bits_out / bw
             # (up² + down²)·(bw_std/bw)² = bits2·(bw_std/bw/bw)² (no bw² to underflow)
             t = link.bandwidth_std_bps / bw / bw
             rtt_std = link.rtt_std_s
-            mean += up + down + link.rtt_s
+            mean += bits_sum / bw + link.rtt_s
             var += rtt_std * rtt_std + bits2 * t * t
-            origin = cand.origin_power or _DEFAULT_POWER
-            e_origin = origin.tx_w * up + origin.rx_w * down
-            if placement is not _CLOUD:
-                e_target += power.rx_w * up + power.tx_w * down
+            origin = cand.origin_power
+            if origin is not last_origin:  # the same deciding node for every candidate
+                last_origin = origin
+                radio = origin or _DEFAULT_POWER
+                origin_bits = radio.tx_w * bits_in + radio.rx_w * bits_out
+            e_origin = origin_bits / bw
+            if placement is _CLOUD:
+                e_target = 0.0
+            else:
+                power = cand.power
+                e_target = power.compute_w * exec_s + (
+                    power.rx_w * bits_in + power.tx_w * bits_out) / bw
         std = sqrt(var)
         q = mean + z * std
         battery = cand.battery

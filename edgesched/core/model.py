@@ -70,16 +70,22 @@ class PowerModel:
     # cycles = f·exec_s (the effective switched capacitance model), instead of busy-idle watts.
     kappa: float = 0.0
     freq_hz: float = 0.0
+    # Derived: the marginal watts of computing, κ·f³ with the DVFS model, else busy - idle
+    # (never negative). Worked out once here: the cost model needs it for every candidate.
+    compute_w: float = field(init=False, repr=False, compare=False, default=0.0)
 
     def __post_init__(self) -> None:
         for name in ("idle_w", "busy_w", "tx_w", "rx_w", "kappa", "freq_hz"):
             require_finite(name, getattr(self, name), minimum=0.0)
+        if self.kappa > 0.0 and self.freq_hz > 0.0:
+            watts = self.kappa * self.freq_hz**3
+        else:
+            watts = max(0.0, self.busy_w - self.idle_w)
+        object.__setattr__(self, "compute_w", watts)
 
     def compute_energy_j(self, exec_s: float) -> float:
         """Marginal energy of running one task for `exec_s` seconds on this node."""
-        if self.kappa > 0.0 and self.freq_hz > 0.0:
-            return self.kappa * self.freq_hz**3 * exec_s
-        return max(0.0, self.busy_w - self.idle_w) * exec_s
+        return self.compute_w * exec_s
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
