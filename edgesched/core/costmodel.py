@@ -157,7 +157,7 @@ def _terms(task: TaskSpec, cand: Candidate) -> tuple[float, float, float, float,
     """(mean latency, latency variance, upload s, download s, origin J, target J).
 
     Written with the same expressions as evaluate_many, so the two round alike: a transfer
-    of b bits over bw takes b/bw, and a radio drawing w watts spends w·b/bw on it."""
+    of b bits over bw takes b·(1/bw), and a radio drawing w watts spends w·b·(1/bw) on it."""
     ex = cand.exec
     mean = cand.est_wait_s + ex.mean_s
     var = ex.std_s * ex.std_s + cand.wait_std_s * cand.wait_std_s
@@ -167,18 +167,18 @@ def _terms(task: TaskSpec, cand: Candidate) -> tuple[float, float, float, float,
     link = cand.link
     if placement is _LOCAL or link is None:
         return mean, var, 0.0, 0.0, 0.0, e_target
-    bw = link.bandwidth_bps
+    per_bit = 1.0 / link.bandwidth_bps  # seconds per bit
     bits_in, bits_out = 8.0 * task.input_bytes, 8.0 * task.output_bytes
     # (up² + down²)·(bw_std/bw)² = (bits_in² + bits_out²)·(bw_std/bw/bw)²
-    t = link.bandwidth_std_bps / bw / bw
+    t = link.bandwidth_std_bps * per_bit * per_bit
     rtt_std = link.rtt_std_s
-    mean += (bits_in + bits_out) / bw + link.rtt_s
+    mean += (bits_in + bits_out) * per_bit + link.rtt_s
     var += rtt_std * rtt_std + (bits_in * bits_in + bits_out * bits_out) * t * t
     origin = cand.origin_power or _DEFAULT_POWER
-    e_origin = (origin.tx_w * bits_in + origin.rx_w * bits_out) / bw
+    e_origin = (origin.tx_w * bits_in + origin.rx_w * bits_out) * per_bit
     if placement is not _CLOUD:
-        e_target += (power.rx_w * bits_in + power.tx_w * bits_out) / bw
-    return mean, var, bits_in / bw, bits_out / bw, e_origin, e_target
+        e_target += (power.rx_w * bits_in + power.tx_w * bits_out) * per_bit
+    return mean, var, bits_in * per_bit, bits_out * per_bit, e_origin, e_target
 
 
 def predict(task: TaskSpec, cand: Candidate, params: CostParams) -> Prediction:
@@ -350,24 +350,25 @@ def evaluate_many(
             e_origin = 0.0
             e_target = 0.0 if placement is _CLOUD else cand.power.compute_w * exec_s
         else:
-            bw = link.bandwidth_bps
+            # One division, then products: 3.11 specialises float `*` but not `/`.
+            per_bit = 1.0 / link.bandwidth_bps  # seconds per bit
             # (up² + down²)·(bw_std/bw)² = bits2·(bw_std/bw/bw)² (no bw² to underflow)
-            t = link.bandwidth_std_bps / bw / bw
+            t = link.bandwidth_std_bps * per_bit * per_bit
             rtt_std = link.rtt_std_s
-            mean += bits_sum / bw + link.rtt_s
+            mean += bits_sum * per_bit + link.rtt_s
             var += rtt_std * rtt_std + bits2 * t * t
             origin = cand.origin_power
             if origin is not last_origin:  # the same deciding node for every candidate
                 last_origin = origin
                 radio = origin or _DEFAULT_POWER
                 origin_bits = radio.tx_w * bits_in + radio.rx_w * bits_out
-            e_origin = origin_bits / bw
+            e_origin = origin_bits * per_bit
             if placement is _CLOUD:
                 e_target = 0.0
             else:
                 power = cand.power
                 e_target = power.compute_w * exec_s + (
-                    power.rx_w * bits_in + power.tx_w * bits_out) / bw
+                    power.rx_w * bits_in + power.tx_w * bits_out) * per_bit
         std = sqrt(var)
         q = mean + z * std
         battery = cand.battery

@@ -51,7 +51,8 @@ def fast_constructor(cls: type[T], names: tuple[str, ...]) -> Callable[..., T]:
     body = "".join(f"    o.{n} = {n}\n" for n in names)
     src = f"def make({args}):\n    o = new(twin)\n{body}    o.__class__ = cls\n    return o\n"
     scope: dict[str, Any] = {"new": object.__new__, "twin": twin, "cls": cls}
-    exec(src, scope)  # generated from the dataclass's own field names only
+    # generated from the dataclass's own field names only; named so profiles tell them apart
+    exec(compile(src, f"<fast {cls.__name__}>", "exec"), scope)
     make: Callable[..., T] = scope["make"]
     make.__qualname__ = make.__name__ = f"fast_{cls.__name__}"
     make.__doc__ = f"{cls.__name__}({args}), positional, no validation (core-computed values)."

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from operator import attrgetter
-from typing import Protocol
+from operator import itemgetter
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -97,10 +97,16 @@ class CostPolicy:
         return _ranked_decision(self.name, ranked, evals)
 
 
-_score_of = attrgetter("score")
-_is_feasible = attrgetter("feasible")
-_node_id_of = attrgetter("node_id")
-_latency_q_of = attrgetter("latency_q_s")
+def _field(name: str) -> Callable[[CandidateEval], Any]:
+    """A C getter of one CandidateEval field, by position: an evaluation is a tuple, and
+    indexing it skips the attribute lookup (these run for every candidate of every task)."""
+    return itemgetter(CandidateEval._fields.index(name))
+
+
+_score_of = _field("score")
+_is_feasible = _field("feasible")
+_node_id_of = _field("node_id")
+_latency_q_of = _field("latency_q_s")
 
 
 SortKey = Callable[[Candidate, CandidateEval], tuple[float, ...]]
