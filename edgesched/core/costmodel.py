@@ -331,7 +331,7 @@ def evaluate_many(
     # Every offloaded candidate carries the same origin battery: its weight is computed once.
     weight_at = params.energy_weight_at
     last_battery, last_w = math.nan, 0.0  # nan: matches no charge
-    # Radio energy on the deciding node is origin_bits/bw, origin_bits worked out per origin.
+    # Radio energy on the deciding node: origin_bits (W·bits) x seconds per bit, per origin.
     last_origin: object = _UNSET
     origin_bits = 0.0
     new, sqrt = _new_tuple, math.sqrt
