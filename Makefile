@@ -2,7 +2,9 @@
 # Both create .venv and install what they need; `make test` also installs mosquitto,
 # promtool and systemd-analyze with apt-get when missing (as root; else it says what to do).
 
-PYTHON ?= python3
+# The distribution's Python 3.11+ when it can make a venv, else python3 on PATH (see the
+# script for why); `make setup PYTHON=/path/to/python3.x` picks another.
+PYTHON ?= $(shell bash scripts/pick-python.sh)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp

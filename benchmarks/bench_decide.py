@@ -19,6 +19,7 @@ from functools import partial
 
 import numpy as np
 from bytecodes import per_function
+from interpreter import describe
 
 from edgesched.core.batch import BatchView, decide_batch
 from edgesched.core.costmodel import CostParams
@@ -168,7 +169,7 @@ def bench_reference(repeat: int) -> None:
                              feasible=True)
 
     a = np.ones(8)
-    print("reference on this machine, same run")
+    print(f"reference on this machine, same run, {describe()}")
     print(f"  10-field frozen slots dataclass built by keyword: p50 "
           f"{pct(timings_ns(record, repeat), 0.5):.2f} us")
     print(f"  CandidateEval(...) (a NamedTuple) built by keyword: p50 "

@@ -18,6 +18,8 @@ import os
 import time
 from typing import Any
 
+from interpreter import describe
+
 from edgesched.sim.policies import ALL_POLICY_NAMES
 from edgesched.sim.runner import run_policy, run_scenario
 from edgesched.sim.scenario import load_scenario
@@ -71,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     sc = load_scenario(scenario(args.tasks))
     stream = draw_stream(sc, sc.seed)
-    print(f"scenario: {len(sc.nodes)} edge nodes + cloud, {len(stream)} tasks")
+    print(f"scenario: {len(sc.nodes)} edge nodes + cloud, {len(stream)} tasks; {describe()}")
     print(f"reference: heapq push+pop pair = {heap_reference() * 1e9:.0f} ns; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
           "(figures are only meaningful on a quiet machine)")

@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from interpreter import describe
+
 HERE = Path(__file__).resolve().parent
 
 # Run inside valgrind: `decide N` makes N cost-policy decisions over bench_decide.py's
@@ -77,6 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("setarch") is None:
         raise SystemExit("needs valgrind and setarch: apt-get install -y valgrind util-linux")
+    print(describe())
     base, _ = instructions("decide", "0")
     total, _ = instructions("decide", str(args.decisions))
     print(f"cost policy, 8 candidates: {(total - base) / args.decisions:,.0f} "
