@@ -1,7 +1,7 @@
 """Which Python a benchmark runs on: its figures depend on how that interpreter was built.
 
 A CPython built with profile-guided and link-time optimisation (distribution packages, the
-official Docker images) runs this code 1.15-1.4x faster than a source build without them
+official Docker images) runs this code 1.15-1.2x faster than a source build without them
 (pyenv's default). `make setup` prefers the former (scripts/pick-python.sh).
 """
 

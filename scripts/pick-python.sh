@@ -5,7 +5,7 @@
 # guided and link-time optimisation, as the official Docker images (our Dockerfile's base)
 # are built, and it is what docs/install.md's venv on a gateway uses. A source build without
 # --enable-optimizations (pyenv's default) runs edgesched's decision path and simulator
-# 1.15-1.4x slower, so tests and benchmarks would not see what production runs.
+# 1.15-1.2x slower, so tests and benchmarks would not see what production runs.
 # A candidate must be Python >= 3.11 and able to make a venv with pip (Debian: python3-venv).
 set -u
 for py in /usr/bin/python3 python3; do
