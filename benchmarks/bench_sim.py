@@ -1,8 +1,9 @@
 """Simulator speed: simulated tasks per second, per policy, on a 100k-task scenario.
 
 Goal (issue 8): >= 20k simulated tasks/s per policy on the project's 2-core machine, so a
-100k-task scenario with every policy finishes in well under a minute (`edgesched simulate`
-runs the policies one after the other; this script does the same and prints the total).
+100k-task scenario with every policy finishes in well under a minute. This script runs the
+policies one after the other and prints the total; `--parallel` also times them one process
+per core, as `edgesched simulate` runs long comparisons.
 Also prints, measured in the same run (and again right before each policy's run), a
 reference: the time of one bare `heapq` push+pop pair, so the figures can be read against
 this machine's speed at the time.
