@@ -340,7 +340,7 @@ class ExecTimeEstimator:
         if w < 1.0:  # as LinkEstimator.snapshot: fresh estimates skip the blend
             mean, std = _blend(w, mean, std, prior_mean, prior_std)
         return checked_exec_estimate(mean if mean < MAX_SECONDS else MAX_SECONDS,
-                              std if std < MAX_SECONDS else MAX_SECONDS)
+                                     std if std < MAX_SECONDS else MAX_SECONDS)
 
 
 class EstimatorBank:

@@ -41,6 +41,7 @@ from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, Vi
 from edgesched.sim.scenario import CLOUD_ID
 
 _ONLINE = Liveness.ONLINE
+_INF = float("inf")
 # How long (simulated s) an estimator's answer is reused when nothing new was observed about
 # its key: its staleness weight exp(-(age/decay)²) moves by at most 0.86/decay per second
 # (decay 300-600 s), so the blend between learned value and prior moves by < 0.3%.
@@ -334,7 +335,6 @@ class OracleBrain(DaemonBrain):
         )
 
 
-_INF = float("inf")
 def _charge_ok(battery: float | None) -> bool:
     return battery is None or 0.0 <= battery <= 1.0
 
