@@ -54,56 +54,75 @@ class MemoBank(EstimatorBank):
     """The core EstimatorBank, reusing an answer until it learns something new about that key
     or ESTIMATE_TTL_S of simulated time passes. Between observations an estimate changes only
     by its staleness decay (time constants of 300-600 s), so reuse changes nothing measurable,
-    and it spares the same computation for every candidate of every task."""
+    and it spares the same computation for every candidate of every task.
+
+    One answer is kept per (task type, node): the one for the latest input size asked about
+    (a type's sizes either repeat, and hit, or are drawn from a distribution, and would not).
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._exec_memo: dict[tuple[str, str], dict[float, tuple[ExecEstimate, float]]] = {}
-        self._link_memo: dict[str, tuple[LinkEstimate, float]] = {}
-        self.bypass = False  # True: answer like the plain EstimatorBank (tests compare)
+        self._exec_memo: dict[tuple[str, str], tuple[float, float, ExecEstimate]] = {}
+        self._link_memo: dict[str, tuple[float, LinkEstimate]] = {}
 
     def exec_estimate(self, task_type: str, node_id: str, input_bytes: float,
                       now: float) -> ExecEstimate:
-        if self.bypass:
-            return super().exec_estimate(task_type, node_id, input_bytes, now)
-        memo = self._exec_memo.get((task_type, node_id))
-        if memo is None:
-            memo = self._exec_memo[(task_type, node_id)] = {}
-        hit = memo.get(input_bytes)
-        if hit is not None and 0.0 <= now - hit[1] <= ESTIMATE_TTL_S:
-            return hit[0]
-        est = super().exec_estimate(task_type, node_id, input_bytes, now)
-        if len(memo) > 1024:  # many input sizes: bound the memory
-            memo.clear()
-        memo[input_bytes] = (est, now)
+        key = (task_type, node_id)
+        hit = self._exec_memo.get(key)
+        if hit is not None and hit[0] == input_bytes and 0.0 <= now - hit[1] <= ESTIMATE_TTL_S:
+            return hit[2]
+        est = _bank_exec_estimate(self, task_type, node_id, input_bytes, now)
+        self._exec_memo[key] = (input_bytes, now, est)
         return est
 
     def link(self, target: str, now: float) -> LinkEstimate:
-        if self.bypass:
-            return super().link(target, now)
         hit = self._link_memo.get(target)
-        if hit is not None and 0.0 <= now - hit[1] <= ESTIMATE_TTL_S:
-            return hit[0]
-        est = super().link(target, now)
-        self._link_memo[target] = (est, now)
+        if hit is not None and 0.0 <= now - hit[0] <= ESTIMATE_TTL_S:
+            return hit[1]
+        est = _bank_link(self, target, now)
+        self._link_memo[target] = (now, est)
         return est
 
     def observe_exec(self, task_type: str, node_id: str, input_bytes: float, seconds: float,
                      now: float) -> bool:
         self._exec_memo.pop((task_type, node_id), None)
-        return super().observe_exec(task_type, node_id, input_bytes, seconds, now)
+        return _bank_observe_exec(self, task_type, node_id, input_bytes, seconds, now)
 
     def observe_rtt(self, target: str, seconds: float, now: float) -> bool:
         self._link_memo.pop(target, None)
-        return super().observe_rtt(target, seconds, now)
+        return _bank_observe_rtt(self, target, seconds, now)
 
     def observe_transfer(self, target: str, nbytes: float, seconds: float, now: float) -> bool:
         self._link_memo.pop(target, None)
-        return super().observe_transfer(target, nbytes, seconds, now)
+        return _bank_observe_transfer(self, target, nbytes, seconds, now)
 
     def set_speed(self, node_id: str, speed: float) -> None:
         self._exec_memo.clear()
         super().set_speed(node_id, speed)
+
+
+# The base class's methods, called directly from MemoBank's per-candidate paths (a `super()`
+# call builds a proxy object each time).
+_bank_exec_estimate = EstimatorBank.exec_estimate
+_bank_link = EstimatorBank.link
+_bank_observe_exec = EstimatorBank.observe_exec
+_bank_observe_rtt = EstimatorBank.observe_rtt
+_bank_observe_transfer = EstimatorBank.observe_transfer
+
+
+class _Unmemoised:
+    """A MemoBank's estimators answered fresh, as the plain EstimatorBank would (tests
+    compare the memoised candidates with these)."""
+
+    def __init__(self, bank: MemoBank) -> None:
+        self._bank = bank
+
+    def exec_estimate(self, task_type: str, node_id: str, input_bytes: float,
+                      now: float) -> ExecEstimate:
+        return _bank_exec_estimate(self._bank, task_type, node_id, input_bytes, now)
+
+    def link(self, target: str, now: float) -> LinkEstimate:
+        return _bank_link(self._bank, target, now)
 
 if TYPE_CHECKING:
     from edgesched.sim.engine import Engine, Observation, SimNode, SimTask
@@ -225,15 +244,11 @@ class DaemonBrain:
         """`build_candidates` on a fresh snapshot and unmemoised estimates (tests compare)."""
         snap = ClusterSnapshot(now=now, local=self.local_state(now),
                                neighbours=self.view.neighbours(now))
-        self.bank.bypass = True
-        try:
-            return build_candidates(
-                task.spec, snap, self.bank, offload=task.spec.offload, cloud=self.cloud,
-                local_power=self.node.power, local_max_queue=self.node.queue_size,
-                inflight=self.inflight,
-            )
-        finally:
-            self.bank.bypass = False
+        return build_candidates(
+            task.spec, snap, _Unmemoised(self.bank),  # type: ignore[arg-type]
+            offload=task.spec.offload, cloud=self.cloud, local_power=self.node.power,
+            local_max_queue=self.node.queue_size, inflight=self.inflight,
+        )
 
     def decide(self, task: SimTask, now: float) -> Decision:
         return self.policy.decide(task.spec, self.candidates(task, now), now)
