@@ -28,6 +28,9 @@ MAX_BYTES = 1e12
 MIN_S_PER_BIT = 1e-13  # 10 Tbit/s
 MAX_S_PER_BIT = 1.0  # 1 bit/s
 INF = math.inf
+# Below this age/decay ratio the staleness weight exp(-(age/decay)²) is above 1 - 1e-6 and is
+# taken as 1: blending would move an estimate by under a millionth of its gap to the prior.
+STALENESS_FLAT = 1e-3
 
 
 def checked_exec_estimate(mean_s: float, std_s: float) -> ExecEstimate:
@@ -49,12 +52,18 @@ def _staleness_weight(age_s: float, decay_s: float) -> float:
     """Weight kept by learned state after `age_s` without observations (1 = fresh).
 
     exp(-(age/decay)²): flat while observations are merely a little apart (a 1 s gap must not
-    pull a well-measured link towards a far-off prior), 0.37 at one `decay_s`, ~0 at three.
+    pull a well-measured link towards a far-off prior), 0.37 at one `decay_s`, ~0 at three;
+    exactly 1 up to STALENESS_FLAT x `decay_s` (see `_fresh_for`).
     """
-    if not 0.0 < decay_s < INF or not age_s > 0.0:
+    if not 0.0 < decay_s < INF or not age_s > decay_s * STALENESS_FLAT:
         return 1.0
     r = age_s / decay_s
     return math.exp(-r * r)
+
+
+def _fresh_for(decay_s: float) -> float:
+    """How long learned state keeps its full weight (`_staleness_weight` is 1 up to then)."""
+    return decay_s * STALENESS_FLAT if 0.0 < decay_s < INF else INF
 
 
 def _blend(w: float, mean: float, std: float, prior_mean: float, prior_std: float) -> tuple[
@@ -155,6 +164,7 @@ class LinkEstimator:
         )
         self._rtt_at = -math.inf
         self._bw_at = -math.inf
+        self._fresh_s = _fresh_for(p.decay_s)
 
     def observe_rtt(self, seconds: float, now: float) -> bool:
         """Feed one round-trip time; False (ignored) when it is not a finite value >= 0."""
@@ -177,19 +187,21 @@ class LinkEstimator:
         """The current estimate, blended towards the prior as observations age."""
         prior, decay = self.prior, self.params.decay_s
         rtt, rtt_std = prior.rtt_s, prior.rtt_std_s
-        ewma = self._rtt
+        ewma, fresh_s = self._rtt, self._fresh_s
         if ewma.n:
-            w = _staleness_weight(now - self._rtt_at, decay)
-            if w < 1.0:
+            age = now - self._rtt_at
+            if age > fresh_s:
+                w = _staleness_weight(age, decay)
                 rtt, rtt_std = _blend(w, ewma.mean, ewma.mdev * _MDEV_TO_STD, rtt, rtt_std)
-            else:  # fresh (the usual case): the learned values as they are
+            else:  # fresh: the learned values as they are
                 rtt, rtt_std = ewma.mean, ewma.mdev * _MDEV_TO_STD
         bw, bw_std = prior.bandwidth_bps, prior.bandwidth_std_bps
         ewma = self._spb
         if ewma.n and ewma.mean > 0.0:
-            w = _staleness_weight(now - self._bw_at, decay)
             spb, spb_std = ewma.mean, ewma.mdev * _MDEV_TO_STD
-            if w < 1.0:
+            age = now - self._bw_at
+            if age > fresh_s:
+                w = _staleness_weight(age, decay)
                 spb, spb_std = _blend(w, spb, spb_std, 1.0 / bw, bw_std / (bw * bw))
             spb = min(MAX_S_PER_BIT, max(MIN_S_PER_BIT, spb))
             bw, bw_std = 1.0 / spb, min(spb_std / (spb * spb), 1.0 / MIN_S_PER_BIT)
@@ -254,6 +266,8 @@ class ExecTimeEstimator:
         self._streak = 0
         self._streak_err = 0.0  # sum of the current outlier streak's errors
         self._at = -math.inf
+        self._decay_s = p.decay_s
+        self._fresh_s = _fresh_for(p.decay_s)
 
     def observe(self, input_bytes: float, seconds: float, now: float) -> bool:
         """Feed one measured execution; False (ignored) for non-finite or negative values."""
@@ -336,8 +350,9 @@ class ExecTimeEstimator:
         std = math.sqrt(var) if var > 0.0 else 0.0
         if self.n < self.params.min_samples and std < prior_std:
             std = prior_std
-        w = _staleness_weight(now - self._at, self.params.decay_s)
-        if w < 1.0:  # as LinkEstimator.snapshot: fresh estimates skip the blend
+        age = now - self._at
+        if age > self._fresh_s:  # as LinkEstimator.snapshot: fresh estimates skip the blend
+            w = _staleness_weight(age, self._decay_s)
             mean, std = _blend(w, mean, std, prior_mean, prior_std)
         return checked_exec_estimate(mean if mean < MAX_SECONDS else MAX_SECONDS,
                                      std if std < MAX_SECONDS else MAX_SECONDS)
