@@ -23,6 +23,9 @@ from edgesched.sim.links import Link, Transfer
 from edgesched.sim.scenario import CLOUD_ID, Scenario
 from edgesched.sim.workload import TaskStream
 
+_heappush = heapq.heappush
+_LOCAL, _NEIGHBOUR, _CLOUD = Placement.LOCAL.value, Placement.NEIGHBOUR.value, Placement.CLOUD.value
+
 WILL_DELAY_S = 15.0  # the broker publishes a dead node's Will after 1.5 x keepalive (10 s)
 
 
@@ -173,7 +176,7 @@ class Engine:
         self.scenario = scenario
         self.stream = stream
         self.now = 0.0
-        self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        self.events: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self.seq = itertools.count()  # tie-breaker: events at the same time run in order
         self.outcome = Outcome()
         self._progress = progress
@@ -223,7 +226,8 @@ class Engine:
 
     # ---- event heap ---------------------------------------------------------------------
     def schedule(self, at: float, fn: Callable[[Any], None], arg: Any) -> None:
-        heapq.heappush(self._heap, (at, next(self.seq), fn, arg))
+        # The per-task paths below push their events themselves (same tuple, one call less).
+        _heappush(self.events, (at, next(self.seq), fn, arg))
 
     def run(self) -> Outcome:
         self._schedule_conditions()
@@ -232,7 +236,7 @@ class Engine:
         # Plain Python lists: indexing numpy arrays one scalar at a time is slow.
         self._rows = list(zip(st.origin.tolist(), st.ttype.tolist(), st.work.tolist(),
                               st.input_bytes.tolist(), st.output_bytes.tolist(), strict=True))
-        heap = self._heap
+        heap = self.events
         pop = heapq.heappop
         arrive, progress = self._arrive, self._progress
         # Arrivals in order, each after the events due strictly before it (an event at the
@@ -399,17 +403,18 @@ class Engine:
                 self._next_attempt(task)
             return
         link = self.links[(task.origin.id, node.id)]
-        tr = link.start(task.in_bits, self._input_sent, (task, task.token, node,
-                                                        task.origin.incarnation))
-        self.schedule(self.now + step.timeout_s, self._timeout, (task, task.token, node, tr))
+        token = task.token
+        tr = link.start(task.in_bits, self._input_sent, (task, token, node,
+                                                        task.origin.incarnation, link))
+        _heappush(self.events, (self.now + step.timeout_s, next(self.seq), self._timeout,
+                               (task, token, node, tr, link)))
 
     def _input_sent(self, tr: Transfer) -> None:
-        task, token, node, origin_inc = tr.payload
-        origin = task.origin
-        duration = self.now - tr.started
-        rtt = self.links[(origin.id, node.id)].rtt_s
-        info = (task, token, node, origin_inc, tr.bits, duration)
-        self.schedule(self.now + rtt / 2.0, self._input_arrived, info)
+        task, token, node, origin_inc, link = tr.payload
+        now = self.now
+        info = (task, token, node, origin_inc, tr.bits, now - tr.started)
+        _heappush(self.events, (now + link.rtt_s / 2.0, next(self.seq), self._input_arrived,
+                               info))
 
     def _input_arrived(self, info: tuple[Any, ...]) -> None:
         task, token, node, origin_inc, bits, up_s = info
@@ -427,11 +432,11 @@ class Engine:
         task.reason = "rejected"
         self._next_attempt(task)
 
-    def _timeout(self, info: tuple[SimTask, int, SimNode, Transfer]) -> None:
-        task, token, node, tr = info
+    def _timeout(self, info: tuple[SimTask, int, SimNode, Transfer, Link]) -> None:
+        task, token, node, tr, link = info
         if task.done or token != task.token:
             return
-        self.links[(task.origin.id, node.id)].cancel(tr)  # stop sending what nobody awaits
+        link.cancel(tr)  # stop sending what nobody awaits
         task.origin.brain.settled(node.id, task.epoch)
         task.reason = "timeout"
         self._next_attempt(task)
@@ -466,7 +471,8 @@ class Engine:
         job.start = self.now
         node.running.append(job)
         node.wait_cache = None
-        self.schedule(self.now + job.exec_s, self._exec_done, (node, job, node.incarnation))
+        _heappush(self.events, (self.now + job.exec_s, next(self.seq), self._exec_done,
+                               (node, job, node.incarnation)))
 
     def _exec_done(self, info: tuple[SimNode, Job, int]) -> None:
         node, job, inc = info
@@ -492,15 +498,14 @@ class Engine:
             self._complete(task, job.token, node, Observation(job.exec_s, wait))
             return
         link = self.links[(node.id, task.origin.id)]
-        link.start(task.out_bits, self._output_sent, (task, job, node, inc, wait))
+        link.start(task.out_bits, self._output_sent, (task, job, node, inc, wait, link))
 
     def _output_sent(self, tr: Transfer) -> None:
-        task, job, node, inc, wait = tr.payload
-        duration = self.now - tr.started
-        origin = task.origin
-        rtt = self.links[(node.id, origin.id)].rtt_s
-        self.schedule(self.now + rtt / 2.0, self._output_arrived,
-                      (task, job, node, inc, wait, tr.bits, duration, origin.incarnation))
+        task, job, node, inc, wait, link = tr.payload
+        now = self.now
+        _heappush(self.events, (now + link.rtt_s / 2.0, next(self.seq), self._output_arrived,
+                               (task, job, node, inc, wait, tr.bits, now - tr.started,
+                                task.origin.incarnation)))
 
     def _output_arrived(self, info: tuple[Any, ...]) -> None:
         task, job, node, inc, wait, bits, down_s, origin_inc = info
@@ -524,11 +529,11 @@ class Engine:
         if task.deadline is None or self.now <= task.deadline + 1e-9:
             out.completed_in_time += 1
         if node.is_cloud:
-            placement = Placement.CLOUD.value
+            placement = _CLOUD
         elif node is task.origin:
-            placement = Placement.LOCAL.value
+            placement = _LOCAL
         else:
-            placement = Placement.NEIGHBOUR.value
+            placement = _NEIGHBOUR
         out.placements[placement] += 1
         out.prediction_error.append(self.now - task.started - task.predicted)
 

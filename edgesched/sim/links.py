@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 EPS_BITS = 1e-6
+_heappush = heapq.heappush
 
 
 class Transfer:
@@ -72,9 +73,11 @@ class Link:
         while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
         if heap:
-            left = max(0.0, heap[0][0] - self.service)
-            self.engine.schedule(now + left * self.active / self.bandwidth_bps, self._on_event,
-                                 self.version)
+            left = heap[0][0] - self.service
+            engine = self.engine
+            _heappush(engine.events, (now + (left if left > 0.0 else 0.0) * self.active
+                                     / self.bandwidth_bps, next(engine.seq), self._on_event,
+                                     self.version))
 
     def start(self, bits: float, done: Callable[[Transfer], None], payload: Any) -> Transfer:
         now = self.engine.now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from typing import Any
 
@@ -48,20 +49,20 @@ def test_pure_transfer_takes_size_over_bandwidth_plus_rtt() -> None:
 
 
 class _Clock:
-    """What a Link needs from the engine: `now`, `schedule` and the tie-breaking `seq`."""
+    """What a Link needs from the engine: `now`, the `events` heap of (at, seq, fn, arg)
+    that it pushes its completion events onto, `schedule` and the tie-breaking `seq`."""
 
     def __init__(self) -> None:
         self.now = 0.0
         self.seq = itertools.count()
-        self.events: list[tuple[float, Any, Any]] = []
+        self.events: list[tuple[float, int, Any, Any]] = []
 
     def schedule(self, at: float, fn: Any, arg: Any) -> None:
-        self.events.append((at, fn, arg))
+        heapq.heappush(self.events, (at, next(self.seq), fn, arg))
 
     def run(self) -> None:
         while self.events:
-            self.events.sort(key=lambda e: e[0])
-            at, fn, arg = self.events.pop(0)
+            at, _, fn, arg = heapq.heappop(self.events)
             self.now = at
             fn(arg)
 
