@@ -105,9 +105,13 @@ class RobustEwma:
         if self.n == 0:
             self.mean, self.mdev, self.n = x, x / 2.0, 1
             return
-        err = x - self.mean
-        bound = self.outlier_k * max(self.mdev, 0.01 * abs(self.mean), 1e-12)
-        if abs(err) > bound:
+        # max(mdev, 1% of |mean|, 1e-12) and |err|, as comparisons (this runs per observation)
+        mean, mdev = self.mean, self.mdev
+        err = x - mean
+        floor = 0.01 * mean if mean >= 0.0 else -0.01 * mean
+        bound = self.outlier_k * (mdev if mdev >= floor and mdev >= 1e-12 else (
+            floor if floor >= 1e-12 else 1e-12))
+        if err > bound or err < -bound:
             side = 1 if err > 0 else -1
             if self._streak * side > 0:
                 self._streak += side
@@ -125,8 +129,8 @@ class RobustEwma:
             err = math.copysign(bound, err)
         else:
             self._streak = 0
-        self.mdev += self.beta * (abs(err) - self.mdev)
-        self.mean += self.alpha * err
+        self.mdev = mdev + self.beta * ((err if err >= 0.0 else -err) - mdev)
+        self.mean = mean + self.alpha * err
         self.n += 1
 
     @property

@@ -83,11 +83,13 @@ def next_attempt(
     if target is None:
         return Terminal(outcome=Outcome.FAILED, reason=_why_none(decision, tried))
     timeout = params.timeout_for(target)
-    if remaining is not None:
-        timeout = min(timeout, remaining)
-    return NextAttempt(
-        target=target, timeout_s=timeout, attempt=len(tried) + 1, last_resort=last_resort
-    )
+    if remaining is not None and remaining < timeout:
+        timeout = remaining
+    # One per attempt: built in one call, fields in declaration order.
+    return _new_tuple(NextAttempt, (target, timeout, len(tried) + 1, last_resort))
+
+
+_new_tuple = tuple.__new__
 
 
 def _pick(

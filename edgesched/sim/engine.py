@@ -24,6 +24,7 @@ from edgesched.sim.scenario import CLOUD_ID, Scenario
 from edgesched.sim.workload import TaskStream
 
 _heappush = heapq.heappush
+_new_tuple = tuple.__new__  # NamedTuples built in one call (fields in declaration order)
 _LOCAL, _NEIGHBOUR, _CLOUD = Placement.LOCAL.value, Placement.NEIGHBOUR.value, Placement.CLOUD.value
 
 WILL_DELAY_S = 15.0  # the broker publishes a dead node's Will after 1.5 x keepalive (10 s)
@@ -495,7 +496,8 @@ class Engine:
             self._start(node, nxt)
         wait = job.wait_s
         if node is task.origin:
-            self._complete(task, job.token, node, Observation(job.exec_s, wait))
+            self._complete(task, job.token, node,
+                           _new_tuple(Observation, (job.exec_s, wait, None, 0.0, 0.0, 0.0, 0.0)))
             return
         link = self.links[(node.id, task.origin.id)]
         link.start(task.out_bits, self._output_sent, (task, job, node, inc, wait, link))
@@ -513,7 +515,7 @@ class Engine:
             return  # sender died mid-reply, or the origin restarted: the reply is lost
         up_bits, up_s = job.up_bits, job.up_s
         rtt = self.links[(task.origin.id, node.id)].rtt_s
-        obs = Observation(job.exec_s, wait, rtt, up_bits, up_s, bits, down_s)
+        obs = _new_tuple(Observation, (job.exec_s, wait, rtt, up_bits, up_s, bits, down_s))
         self._complete(task, job.token, node, obs)
 
     def _complete(self, task: SimTask, token: int, node: SimNode, obs: Observation) -> None:
