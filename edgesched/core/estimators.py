@@ -441,20 +441,20 @@ class EstimatorBank:
     def observe_exec(
         self, task_type: str, node_id: str, input_bytes: float, seconds: float, now: float
     ) -> bool:
-        est = self._exec_for(task_type, node_id, create=True)
+        est = self._exec_for(task_type, node_id, True)
         ok = est is not None and est.observe(input_bytes, seconds, now)
         self.rejected += not ok
         return ok
 
     def observe_rtt(self, target: str, seconds: float, now: float) -> bool:
-        est = self._link_for(target, create=True)
+        est = self._link_for(target, True)
         ok = est is not None and est.observe_rtt(seconds, now)
         self.rejected += not ok
         return ok
 
     def observe_transfer(self, target: str, nbytes: float, seconds: float, now: float) -> bool:
         """A transfer too small to measure bandwidth is ignored without counting as rejected."""
-        est = self._link_for(target, create=True)
+        est = self._link_for(target, True)
         if est is None:
             return False
         ok = est.observe_transfer(nbytes, seconds, now)
@@ -497,7 +497,7 @@ class EstimatorBank:
     def exec_estimate(
         self, task_type: str, node_id: str, input_bytes: float, now: float
     ) -> ExecEstimate:
-        est = self._exec_for(task_type, node_id, create=False)
+        est = self._exec_for(task_type, node_id, False)
         if est is None:  # no observation yet: the prior, without allocating an estimator
             prior = self.exec_prior(task_type, node_id)
             size = min(MAX_BYTES, max(0.0, input_bytes))
@@ -506,7 +506,7 @@ class EstimatorBank:
         return est.predict(input_bytes, now)
 
     def link(self, target: str, now: float) -> LinkEstimate:
-        est = self._link_for(target, create=False)
+        est = self._link_for(target, False)
         if est is None:
             return self.link_priors.get(target, self.default_link_prior)
         return est.snapshot(now)

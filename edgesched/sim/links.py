@@ -38,8 +38,8 @@ class Link:
     events harmless.
     """
 
-    __slots__ = ("_heap", "active", "bandwidth_bps", "dst", "engine", "last", "name", "rtt_s",
-                 "service", "src", "version")
+    __slots__ = ("_heap", "_rx_w", "_tx_w", "active", "bandwidth_bps", "dst", "engine", "last",
+                 "name", "rtt_s", "service", "src", "version")
 
     def __init__(self, engine: Any, src: Any, dst: Any, rtt_s: float,
                  bandwidth_bps: float) -> None:
@@ -54,17 +54,21 @@ class Link:
         self._heap: list[tuple[float, int, Transfer]] = []
         self.last = 0.0
         self.version = 0
+        # Radio watts while the link is busy; the cloud's energy is not counted.
+        self._tx_w = 0.0 if src.is_cloud else src.power.tx_w
+        self._rx_w = 0.0 if dst.is_cloud else dst.power.rx_w
 
     def _advance(self, now: float) -> None:
-        if self.active and now > self.last:
-            dt = now - self.last
+        last = self.last
+        if self.active and now > last:
+            dt = now - last
             self.service += dt * self.bandwidth_bps / self.active
             # One radio, busy while anything is being sent: energy is per busy second, not
             # per transfer (concurrent transfers share the airtime).
-            if not self.src.is_cloud:
-                self.src.energy_j += self.src.power.tx_w * dt
-            if not self.dst.is_cloud:
-                self.dst.energy_j += self.dst.power.rx_w * dt
+            if self._tx_w:
+                self.src.energy_j += self._tx_w * dt
+            if self._rx_w:
+                self.dst.energy_j += self._rx_w * dt
         self.last = now
 
     def _reschedule(self, now: float) -> None:
@@ -87,7 +91,7 @@ class Link:
             return tr
         self._advance(now)
         tr.tag = self.service + bits
-        heapq.heappush(self._heap, (tr.tag, next(self.engine.seq), tr))
+        _heappush(self._heap, (tr.tag, next(self.engine.seq), tr))
         self.active += 1
         self._reschedule(now)
         return tr
@@ -99,7 +103,8 @@ class Link:
         self._advance(now)
         heap = self._heap
         finished: list[Transfer] = []
-        limit = self.service + EPS_BITS * max(1.0, self.service)
+        service = self.service
+        limit = service + EPS_BITS * (service if service > 1.0 else 1.0)
         while heap and (heap[0][0] <= limit or heap[0][2].cancelled or not finished):
             tr = heapq.heappop(heap)[2]
             if not tr.cancelled:
