@@ -163,18 +163,16 @@ class RandomPolicy:
         self._rng = rng
         self._uniforms: list[float] = []
 
-    def _uniform(self) -> float:
-        # Drawn from the seeded generator a block at a time: one numpy call per task (a
-        # permutation) costs more than the rest of the decision.
-        if not self._uniforms:
-            self._uniforms = self._rng.random(_UNIFORM_BLOCK).tolist()
-        return self._uniforms.pop()
-
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
         ranked = list(filter(_is_feasible, evals))
+        # Uniforms drawn from the seeded generator a block at a time: one numpy call per task
+        # (a permutation) costs more than the rest of the decision.
+        uniforms = self._uniforms
         for i in range(len(ranked) - 1, 0, -1):  # Fisher-Yates
-            j = int(self._uniform() * (i + 1))
+            if not uniforms:
+                uniforms = self._uniforms = self._rng.random(_UNIFORM_BLOCK).tolist()
+            j = int(uniforms.pop() * (i + 1))
             ranked[i], ranked[j] = ranked[j], ranked[i]
         return _ranked_decision(self.name, ranked, evals)
 

@@ -62,6 +62,8 @@ class MemoBank(EstimatorBank):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # (input size, reusable until, answer) and (reusable until, answer); simulated time
+        # only moves forward, and a restarted node gets a new bank.
         self._exec_memo: dict[tuple[str, str], tuple[float, float, ExecEstimate]] = {}
         self._link_memo: dict[str, tuple[float, LinkEstimate]] = {}
 
@@ -69,18 +71,18 @@ class MemoBank(EstimatorBank):
                       now: float) -> ExecEstimate:
         key = (task_type, node_id)
         hit = self._exec_memo.get(key)
-        if hit is not None and hit[0] == input_bytes and 0.0 <= now - hit[1] <= ESTIMATE_TTL_S:
+        if hit is not None and hit[0] == input_bytes and now <= hit[1]:
             return hit[2]
         est = _bank_exec_estimate(self, task_type, node_id, input_bytes, now)
-        self._exec_memo[key] = (input_bytes, now, est)
+        self._exec_memo[key] = (input_bytes, now + ESTIMATE_TTL_S, est)
         return est
 
     def link(self, target: str, now: float) -> LinkEstimate:
         hit = self._link_memo.get(target)
-        if hit is not None and 0.0 <= now - hit[0] <= ESTIMATE_TTL_S:
+        if hit is not None and now <= hit[0]:
             return hit[1]
         est = _bank_link(self, target, now)
-        self._link_memo[target] = (now, est)
+        self._link_memo[target] = (now + ESTIMATE_TTL_S, est)
         return est
 
     def observe_exec(self, task_type: str, node_id: str, input_bytes: float, seconds: float,
