@@ -89,7 +89,10 @@ class Link:
         if bits <= EPS_BITS:
             self.engine.schedule(now, done, tr)
             return tr
-        self._advance(now)
+        if self.active:
+            self._advance(now)
+        else:  # idle: nothing was served since `last` (what _advance does, without the call)
+            self.last = now
         tr.tag = self.service + bits
         _heappush(self._heap, (tr.tag, next(self.engine.seq), tr))
         self.active += 1
