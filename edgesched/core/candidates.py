@@ -195,9 +195,10 @@ def _neighbour(
     bank: EstimatorBank, now: float, power: PowerModel, origin_power: PowerModel, extra: int,
     excluded: bool,
 ) -> Candidate:
-    # Runs for every neighbour of every task: positional, and _age, _battery, _supports, the
-    # max/min clamps and _candidate's range check are written out as comparisons (same
-    # results; a NaN still ends in the validating constructor, which names the field).
+    # Runs for every neighbour of every task: positional, and _age, _battery, _supports and
+    # _candidate's range check written out as comparisons. A report in range (the usual case)
+    # needs no clamp; otherwise the values are clamped as always and a NaN still ends in the
+    # validating constructor, which names the field.
     node_id = node.node_id
     ex = bank.exec_estimate(task_type, node_id, input_bytes, now)
     age = now - node.last_seen
@@ -208,16 +209,21 @@ def _neighbour(
     if battery is not None and not 0.0 <= battery <= 1.0:
         battery = None
     types = node.task_types
-    values = (
+    link = bank.link(node_id, now)
+    if (age <= 1e12 and slots >= 0 and running >= 0 and queued >= 0 and extra >= 0
+            and 0.0 <= wait <= 1e9 and 0.0 <= wait_std <= 1e9):
+        return new_candidate(
+            node_id, _NEIGHBOUR, node.liveness, age, slots, running + extra, queued, wait,
+            wait_std, battery, power, link, ex, not types or task_type in types, 0.0, None,
+            origin_power, origin_battery, excluded,
+        )
+    return _candidate(
         node_id, _NEIGHBOUR, node.liveness, 1e12 if age > 1e12 else age,
         slots if slots > 0 else 0, (running if running > 0 else 0) + extra,
         queued if queued > 0 else 0, 1e9 if wait > 1e9 else wait,
-        1e9 if wait_std > 1e9 else wait_std, battery, power, bank.link(node_id, now), ex,
+        1e9 if wait_std > 1e9 else wait_std, battery, power, link, ex,
         not types or task_type in types, 0.0, None, origin_power, origin_battery, excluded,
     )
-    if wait >= 0.0 and wait_std >= 0.0 and extra >= 0:  # NaN fails: the slow path names it
-        return new_candidate(*values)
-    return _candidate(*values)
 
 
 def cloud_candidate(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgesched.core.candidates import CloudTarget, build_candidates, queue_wait
 from edgesched.core.costmodel import CostParams, evaluate
@@ -106,3 +108,27 @@ def test_nonsense_node_state_does_not_break_the_decision() -> None:
     assert loc.battery is None and n9.battery is None and n9.origin_battery is None
     assert n9.slots == 0 and n9.age_s > 5.0  # unusable, but no crash
     assert not evaluate(task(), n9, CostParams()).feasible
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    slots=st.integers(-2, 6), running=st.integers(-3, 12), queued=st.integers(-3, 12),
+    reported=st.one_of(st.floats(-5.0, 1e12), st.just(math.inf)),
+    util=st.floats(-1.0, 2.0), age=st.one_of(st.floats(0.0, 1e13), st.just(math.inf)),
+    extra=st.integers(0, 3),
+)
+def test_neighbour_state_is_clamped_into_range(
+    slots: int, running: int, queued: int, reported: float, util: float, age: float,
+    extra: int,
+) -> None:
+    """In-range reports are taken as they are, others clamped: both ways give a valid
+    candidate with the same counts (the fast path and the clamping path agree)."""
+    node = NodeState(node_id="gw-2", slots=slots, running=running, queued=queued,
+                     est_wait_s=reported, cpu_util=util, last_seen=100.0 - age)
+    snap = ClusterSnapshot(now=100.0, local=NodeState(node_id="gw-1", last_seen=100.0),
+                           neighbours=(node,))
+    n2 = build_candidates(task(), snap, bank(), inflight={"gw-2": extra})[1]
+    assert n2.slots == max(0, slots)
+    assert n2.running == max(0, running) + extra and n2.queued == max(0, queued)
+    assert 0.0 <= n2.est_wait_s <= 1e9 and 0.0 <= n2.wait_std_s <= 1e9
+    assert n2.age_s == min(1e12, 100.0 - node.last_seen)
