@@ -127,7 +127,7 @@ class _Unmemoised:
         return _bank_link(self._bank, target, now)
 
 if TYPE_CHECKING:
-    from edgesched.sim.engine import Engine, Observation, SimNode, SimTask
+    from edgesched.sim.engine import Engine, SimNode, SimTask
 
 
 class DaemonBrain:
@@ -284,16 +284,20 @@ class DaemonBrain:
         self.bank.observe_exec(type_name, self.node.id, input_bytes, exec_s, now)
         self._own_cache = None
 
-    def observed(self, task: SimTask, target: SimNode, obs: Observation, now: float) -> None:
-        """A reply from a remote target: execution time, RTT and transfer throughput."""
+    def observed(self, task: SimTask, target: SimNode, exec_s: float, wait_s: float,
+                 now: float) -> None:
+        """A reply from a remote target, learned from as the daemon does (node/dispatch.py,
+        `_feedback`): its execution time, and one exchange (input + output bytes) over the
+        network time = the attempt's round trip minus the remote's queueing and execution.
+        The bank splits that into RTT or bandwidth with its current estimates: a daemon
+        cannot time the two transfers and the RTT apart."""
         if target is self.node:
             return  # already learned in `executed`
         bank, name = self.bank, self._types[task.ttype].name
-        bank.observe_exec(name, target.id, task.spec.input_bytes, obs.exec_s, now)
-        if obs.rtt_s is not None:
-            bank.observe_rtt(target.id, obs.rtt_s, now)
-        bank.observe_transfer(target.id, obs.up_bits / 8.0, obs.up_s, now)
-        bank.observe_transfer(target.id, obs.down_bits / 8.0, obs.down_s, now)
+        bank.observe_exec(name, target.id, task.spec.input_bytes, exec_s, now)
+        network = now - task.started - wait_s - exec_s
+        bank.observe_exchange(target.id, (task.in_bits + task.out_bits) / 8.0,
+                              network if network > 0.0 else 0.0, now)
 
     def own_exec_estimate(self, task: SimTask, now: float) -> float:
         spec = task.spec

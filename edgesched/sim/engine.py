@@ -13,7 +13,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from edgesched.core.fallback import Terminal
 from edgesched.core.model import Placement, PowerModel
@@ -24,7 +24,6 @@ from edgesched.sim.scenario import CLOUD_ID, Scenario
 from edgesched.sim.workload import TaskStream
 
 _heappush = heapq.heappush
-_new_tuple = tuple.__new__  # NamedTuples built in one call (fields in declaration order)
 _LOCAL, _NEIGHBOUR, _CLOUD = Placement.LOCAL.value, Placement.NEIGHBOUR.value, Placement.CLOUD.value
 
 WILL_DELAY_S = 15.0  # the broker publishes a dead node's Will after 1.5 x keepalive (10 s)
@@ -64,7 +63,7 @@ class SimTask:
 class Job:
     """One attempt of a task executing (or queued) on one node."""
 
-    __slots__ = ("est", "exec_s", "start", "task", "token", "up_bits", "up_s", "wait_s")
+    __slots__ = ("est", "exec_s", "start", "task", "token", "wait_s")
 
     def __init__(self, task: SimTask, token: int, exec_s: float) -> None:
         self.task = task
@@ -73,8 +72,6 @@ class Job:
         self.start = 0.0
         self.wait_s = 0.0  # time spent queued on the executing node
         self.est = 0.0  # the executing node's own estimate of exec_s (for its est_wait_s)
-        self.up_bits = 0.0  # the input transfer, as the origin measured it
-        self.up_s = 0.0
 
 
 @dataclass(kw_only=True, slots=True)
@@ -137,20 +134,6 @@ class SimNode:
             wait = free[0]
         self.wait_cache = (wait, now, slack)
         return wait
-
-
-class Observation(NamedTuple):
-    """What the origin learns from one completed attempt (what a reply lets a daemon measure).
-
-    One per completed task: a NamedTuple is built in one C call."""
-
-    exec_s: float
-    wait_s: float
-    rtt_s: float | None = None
-    up_bits: float = 0.0
-    up_s: float = 0.0
-    down_bits: float = 0.0
-    down_s: float = 0.0
 
 
 @dataclass(kw_only=True, slots=True)
@@ -413,15 +396,14 @@ class Engine:
     def _input_sent(self, tr: Transfer) -> None:
         task, token, node, origin_inc, link = tr.payload
         now = self.now
-        info = (task, token, node, origin_inc, tr.bits, now - tr.started)
         _heappush(self.events, (now + link.rtt_s / 2.0, next(self.seq), self._input_arrived,
-                               info))
+                               (task, token, node, origin_inc)))
 
-    def _input_arrived(self, info: tuple[Any, ...]) -> None:
-        task, token, node, origin_inc, bits, up_s = info
+    def _input_arrived(self, info: tuple[SimTask, int, SimNode, int]) -> None:
+        task, token, node, origin_inc = info
         if not node.alive or task.origin.incarnation != origin_inc:
             return  # lost: the origin's attempt timeout will notice
-        if not self._admit(node, task, token, (bits, up_s)):
+        if not self._admit(node, task, token):
             rtt = self.links[(node.id, task.origin.id)].rtt_s
             self.schedule(self.now + rtt / 2.0, self._rejected, (task, token, node))
 
@@ -443,8 +425,7 @@ class Engine:
         self._next_attempt(task)
 
     # ---- execution ----------------------------------------------------------------------
-    def _admit(self, node: SimNode, task: SimTask, token: int,
-               upload: tuple[float, float] | None = None) -> bool:
+    def _admit(self, node: SimNode, task: SimTask, token: int) -> bool:
         """The target's admission control (the core's), then a slot or the FIFO queue."""
         est = self._own_estimate(node, task)
         if not admit_here(node, task, est, self.now):
@@ -452,8 +433,6 @@ class Engine:
         job = Job(task, token, task.work / node.speed)
         job.start = self.now  # queued since; replaced when it starts running
         job.est = est
-        if upload is not None:
-            job.up_bits, job.up_s = upload
         if len(node.running) < node.slots:
             self._start(node, job)
         else:
@@ -496,33 +475,31 @@ class Engine:
             self._start(node, nxt)
         wait = job.wait_s
         if node is task.origin:
-            self._complete(task, job.token, node,
-                           _new_tuple(Observation, (job.exec_s, wait, None, 0.0, 0.0, 0.0, 0.0)))
+            self._complete(task, job.token, node, job.exec_s, wait)
             return
         link = self.links[(node.id, task.origin.id)]
         link.start(task.out_bits, self._output_sent, (task, job, node, inc, wait, link))
 
     def _output_sent(self, tr: Transfer) -> None:
         task, job, node, inc, wait, link = tr.payload
-        now = self.now
-        _heappush(self.events, (now + link.rtt_s / 2.0, next(self.seq), self._output_arrived,
-                               (task, job, node, inc, wait, tr.bits, now - tr.started,
-                                task.origin.incarnation)))
+        _heappush(self.events, (self.now + link.rtt_s / 2.0, next(self.seq),
+                                self._output_arrived,
+                                (task, job, node, inc, wait, task.origin.incarnation)))
 
-    def _output_arrived(self, info: tuple[Any, ...]) -> None:
-        task, job, node, inc, wait, bits, down_s, origin_inc = info
+    def _output_arrived(self, info: tuple[SimTask, Job, SimNode, int, float, int]) -> None:
+        task, job, node, inc, wait, origin_inc = info
         if node.incarnation != inc or task.origin.incarnation != origin_inc:
             return  # sender died mid-reply, or the origin restarted: the reply is lost
-        up_bits, up_s = job.up_bits, job.up_s
-        rtt = self.links[(task.origin.id, node.id)].rtt_s
-        obs = _new_tuple(Observation, (job.exec_s, wait, rtt, up_bits, up_s, bits, down_s))
-        self._complete(task, job.token, node, obs)
+        self._complete(task, job.token, node, job.exec_s, wait)
 
-    def _complete(self, task: SimTask, token: int, node: SimNode, obs: Observation) -> None:
+    def _complete(self, task: SimTask, token: int, node: SimNode, exec_s: float,
+                  wait_s: float) -> None:
+        """The reply to the current attempt: `node` queued the task `wait_s` and ran it in
+        `exec_s` (what a reply tells a daemon, next to the round trip it timed itself)."""
         if task.done or token != task.token:
             return  # the attempt was abandoned (timed out): the daemon ignores its reply
         task.origin.brain.settled(node.id, task.epoch)
-        task.origin.brain.observed(task, node, obs, self.now)
+        task.origin.brain.observed(task, node, exec_s, wait_s, self.now)
         task.done = True
         task.origin.pending.discard(task)
         latency = self.now - task.arrival
