@@ -89,12 +89,22 @@ class Link:
         if bits <= EPS_BITS:
             self.engine.schedule(now, done, tr)
             return tr
-        if self.active:
-            self._advance(now)
-        else:  # idle: nothing was served since `last` (what _advance does, without the call)
+        engine = self.engine
+        if not self.active:
+            # Idle, so nothing was served since `last` and no transfer is queued (cancelled
+            # ones are dropped as they reach the head): _advance and _reschedule, written out.
             self.last = now
+            service = self.service
+            tr.tag = tag = service + bits
+            self._heap.append((tag, next(engine.seq), tr))
+            self.active = 1
+            self.version += 1
+            _heappush(engine.events, (now + (tag - service) / self.bandwidth_bps,
+                                      next(engine.seq), self._on_event, self.version))
+            return tr
+        self._advance(now)
         tr.tag = self.service + bits
-        _heappush(self._heap, (tr.tag, next(self.engine.seq), tr))
+        _heappush(self._heap, (tr.tag, next(engine.seq), tr))
         self.active += 1
         self._reschedule(now)
         return tr
@@ -105,6 +115,15 @@ class Link:
         now = self.engine.now
         self._advance(now)
         heap = self._heap
+        if len(heap) == 1:
+            # The last transfer (the usual case; its head is never a cancelled one here): it
+            # is due now, and nothing is left to schedule. The loop below, written out.
+            tr = heap.pop()[2]
+            tr.finished = True
+            self.active -= 1
+            self.version += 1
+            tr.done(tr)
+            return
         finished: list[Transfer] = []
         service = self.service
         limit = service + EPS_BITS * (service if service > 1.0 else 1.0)
