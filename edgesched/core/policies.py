@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 
@@ -109,7 +109,7 @@ _node_id_of = _field("node_id")
 _latency_q_of = _field("latency_q_s")
 
 
-SortKey = Callable[[Candidate, CandidateEval], tuple[float, ...]]
+SortKey = Callable[[tuple[Candidate, CandidateEval]], tuple[float, ...]]
 
 
 class KeyedBaseline:
@@ -126,32 +126,41 @@ class KeyedBaseline:
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
-        key = self._key
-        # (key, index, eval): the index settles equal keys in candidate order, so the evals
-        # themselves are never compared.
-        keyed = [(key(c, e), i, e) for i, (c, e) in enumerate(zip(candidates, evals,
-                                                                   strict=True)) if e.feasible]
-        keyed.sort()
-        return _ranked_decision(self.name, [k[2] for k in keyed], evals)
+        # (candidate, evaluation) pairs of the feasible ones, by key: the sort is stable, so
+        # equal keys keep candidate order and the pairs themselves are never compared.
+        pairs = [p for p in zip(candidates, evals, strict=True) if p[1][_FEASIBLE]]
+        pairs.sort(key=self._key)
+        return _ranked_decision(self.name, [p[1] for p in pairs], evals)
 
 
+# Positions of CandidateEval fields (literals, so the type checker knows what they hold).
+_LATENCY_MEAN: Final = 2
+_FEASIBLE: Final = 7
+if (CandidateEval._fields[_LATENCY_MEAN], CandidateEval._fields[_FEASIBLE]) != (
+        "latency_mean_s", "feasible"):
+    raise ImportError("CandidateEval's fields moved: update the positions in core/policies.py")
 _PLACEMENT_RANK_CLOUD_FIRST = {Placement.CLOUD: 0, Placement.LOCAL: 1, Placement.NEIGHBOUR: 2}
 
 
-def _local_first(c: Candidate, e: CandidateEval) -> tuple[float, ...]:
-    return (0.0 if c.placement is Placement.LOCAL else 1.0, e.latency_mean_s)
+# Sort keys of a (candidate, evaluation) pair; evaluations are tuples, read by index.
+def _local_first(pair: tuple[Candidate, CandidateEval]) -> tuple[float, ...]:
+    c, e = pair
+    return (0.0 if c.placement is Placement.LOCAL else 1.0, e[_LATENCY_MEAN])
 
 
-def _cloud_first(c: Candidate, e: CandidateEval) -> tuple[float, ...]:
-    return (float(_PLACEMENT_RANK_CLOUD_FIRST[c.placement]), e.latency_mean_s)
+def _cloud_first(pair: tuple[Candidate, CandidateEval]) -> tuple[float, ...]:
+    c, e = pair
+    return (float(_PLACEMENT_RANK_CLOUD_FIRST[c.placement]), e[_LATENCY_MEAN])
 
 
-def _least_loaded(c: Candidate, e: CandidateEval) -> tuple[float, ...]:
-    return ((c.running + c.queued) / max(1, c.slots), e.latency_mean_s)
+def _least_loaded(pair: tuple[Candidate, CandidateEval]) -> tuple[float, ...]:
+    c, e = pair
+    slots = c.slots
+    return ((c.running + c.queued) / (slots if slots > 1 else 1), e[_LATENCY_MEAN])
 
 
-def _greedy_latency(c: Candidate, e: CandidateEval) -> tuple[float, ...]:
-    return (e.latency_mean_s,)
+def _greedy_latency(pair: tuple[Candidate, CandidateEval]) -> tuple[float, ...]:
+    return (pair[1][_LATENCY_MEAN],)
 
 
 class RandomPolicy:
