@@ -160,6 +160,7 @@ class Engine:
         self.scenario = scenario
         self.stream = stream
         self.now = 0.0
+        # The event heap of (time, seq, fn, arg); links push their completions onto it.
         self.events: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self.seq = itertools.count()  # tie-breaker: events at the same time run in order
         self.outcome = Outcome()
