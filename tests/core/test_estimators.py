@@ -118,6 +118,24 @@ def test_staleness_decays_back_to_the_prior() -> None:
     assert mid.rtt_std_s > link.snapshot(50.0).rtt_std_s  # less sure as it ages
 
 
+def test_staleness_is_flat_for_the_first_thousandth_of_decay() -> None:
+    """Right after an observation the learned values are used as they are (the weight is
+    above 1 - 1e-6 up to decay/1000); past that the blend towards the prior starts."""
+    link = LinkEstimator(PRIOR)
+    link.observe_rtt(0.01, 50.0)
+    decay = link.params.decay_s
+    fresh = link.snapshot(50.0)
+    assert link.snapshot(50.0 + 0.9e-3 * decay) == fresh
+    later = link.snapshot(50.0 + 2e-3 * decay)
+    assert later.rtt_s != fresh.rtt_s
+    assert later.rtt_s == pytest.approx(fresh.rtt_s, rel=1e-3)  # barely moved yet
+    est = ExecTimeEstimator(ExecPrior(mean_s=0.2, cv=0.5))
+    est.observe(1e5, 0.05, 10.0)
+    exec_decay = est.params.decay_s
+    assert est.predict(1e5, 10.0 + 0.9e-3 * exec_decay) == est.predict(1e5, 10.0)
+    assert est.predict(1e5, 10.0 + 2e-3 * exec_decay) != est.predict(1e5, 10.0)
+
+
 def test_invalid_observations_are_ignored_and_counted() -> None:
     bank = EstimatorBank()
     assert not bank.observe_rtt("gw-2", math.nan, 0.0)
