@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import numpy as np
 
@@ -97,16 +97,24 @@ class CostPolicy:
         return _ranked_decision(self.name, ranked, evals)
 
 
-def _field(name: str) -> Callable[[CandidateEval], Any]:
-    """A C getter of one CandidateEval field, by position: an evaluation is a tuple, and
-    indexing it skips the attribute lookup (these run for every candidate of every task)."""
-    return itemgetter(CandidateEval._fields.index(name))
+# Positions of the CandidateEval fields read here: an evaluation is a tuple, and indexing it
+# skips the attribute lookup (these run for every candidate of every task). Literals, so the
+# type checker knows what an index reads; checked against the NamedTuple on import.
+_NODE_ID: Final = 0
+_LATENCY_MEAN: Final = 2
+_LATENCY_Q: Final = 3
+_SCORE: Final = 6
+_FEASIBLE: Final = 7
+_POSITIONS = {"node_id": _NODE_ID, "latency_mean_s": _LATENCY_MEAN, "latency_q_s": _LATENCY_Q,
+              "score": _SCORE, "feasible": _FEASIBLE}
+if any(CandidateEval._fields[i] != name for name, i in _POSITIONS.items()):
+    raise ImportError("CandidateEval's fields moved: update the positions in core/policies.py")
 
-
-_score_of = _field("score")
-_is_feasible = _field("feasible")
-_node_id_of = _field("node_id")
-_latency_q_of = _field("latency_q_s")
+# C getters of those fields.
+_score_of = itemgetter(_SCORE)
+_is_feasible = itemgetter(_FEASIBLE)
+_node_id_of = itemgetter(_NODE_ID)
+_latency_q_of = itemgetter(_LATENCY_Q)
 
 
 SortKey = Callable[[tuple[Candidate, CandidateEval]], tuple[float, ...]]
@@ -133,12 +141,6 @@ class KeyedBaseline:
         return _ranked_decision(self.name, [p[1] for p in pairs], evals)
 
 
-# Positions of CandidateEval fields (literals, so the type checker knows what they hold).
-_LATENCY_MEAN: Final = 2
-_FEASIBLE: Final = 7
-if (CandidateEval._fields[_LATENCY_MEAN], CandidateEval._fields[_FEASIBLE]) != (
-        "latency_mean_s", "feasible"):
-    raise ImportError("CandidateEval's fields moved: update the positions in core/policies.py")
 _PLACEMENT_RANK_CLOUD_FIRST = {Placement.CLOUD: 0, Placement.LOCAL: 1, Placement.NEIGHBOUR: 2}
 
 
