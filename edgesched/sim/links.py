@@ -89,22 +89,12 @@ class Link:
         if bits <= EPS_BITS:
             self.engine.schedule(now, done, tr)
             return tr
-        engine = self.engine
-        if not self.active:
-            # Idle, so nothing was served since `last` and no transfer is queued (cancelled
-            # ones are dropped as they reach the head): _advance and _reschedule, written out.
+        if self.active:
+            self._advance(now)
+        else:  # idle: nothing was served since `last` (what _advance does, without the call)
             self.last = now
-            service = self.service
-            tr.tag = tag = service + bits
-            self._heap.append((tag, next(engine.seq), tr))
-            self.active = 1
-            self.version += 1
-            _heappush(engine.events, (now + (tag - service) / self.bandwidth_bps,
-                                      next(engine.seq), self._on_event, self.version))
-            return tr
-        self._advance(now)
         tr.tag = self.service + bits
-        _heappush(self._heap, (tr.tag, next(engine.seq), tr))
+        _heappush(self._heap, (tr.tag, next(self.engine.seq), tr))
         self.active += 1
         self._reschedule(now)
         return tr
