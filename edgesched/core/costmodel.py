@@ -163,7 +163,7 @@ def _terms(task: TaskSpec, cand: Candidate) -> tuple[float, float, float, float,
     var = ex.std_s * ex.std_s + cand.wait_std_s * cand.wait_std_s
     placement = cand.placement
     power = cand.power
-    e_target = 0.0 if placement is _CLOUD else power.compute_w * ex.mean_s
+    e_target = 0.0 if placement is _CLOUD else power.compute_energy_j(ex.mean_s)
     link = cand.link
     if placement is _LOCAL or link is None:
         return mean, var, 0.0, 0.0, 0.0, e_target
