@@ -120,6 +120,23 @@ class MqttSettings(_Section):
         return self._password
 
 
+class SecuritySettings(_Section):
+    """Signed node-to-node messages (docs/security.md)."""
+
+    key_file: Path | None = Field(None, description="this node's Ed25519 private key (PEM)")
+    trust_dir: Path | None = Field(None, description="NODE_ID.pem public keys of the cluster")
+    max_clock_skew_s: float = Field(30.0, gt=0, le=3600)
+
+
+class IntakeSettings(_Section):
+    """What the node accepts from clients and where it may send their replies."""
+
+    result_cache_bytes: int = Field(16 << 20, ge=0, le=4 << 30)
+    reply_topics: tuple[str, ...] = Field(
+        ("#",), description="MQTT filters a reply_to / response topic must match"
+    )
+
+
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535, description="0 = any free port")
@@ -350,6 +367,8 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(None, description="where the incarnation counter is kept")
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
+    security: SecuritySettings = SecuritySettings()
+    intake: IntakeSettings = IntakeSettings()
     cloud: CloudSettings = CloudSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     devices: DeviceSettings = DeviceSettings()
