@@ -78,6 +78,42 @@ def _implicit_credential(name: str) -> Path | None:
     return None
 
 
+class MqttTlsSettings(_Section):
+    """TLS to the broker: server verified against `ca_file`; a client certificate (mTLS)
+    when `cert_file` and `key_file` are both given. Relative paths resolve in
+    $CREDENTIALS_DIRECTORY, like the other secrets (docs/security.md)."""
+
+    ca_file: Path | None = Field(None, description="CA bundle (PEM) that signed the broker")
+    cert_file: Path | None = Field(None, description="client certificate (PEM), for mTLS")
+    key_file: Path | None = Field(None, description="client private key (PEM), for mTLS")
+    check_hostname: bool = Field(True, description="the broker certificate must name mqtt.host")
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve_secret_path(value, os.environ.get("CREDENTIALS_DIRECTORY"))
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        return path
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MqttTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both (mTLS) or neither")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("a client certificate needs ca_file too (to verify the broker)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.ca_file is not None
+
+
 class MqttSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
@@ -91,6 +127,7 @@ class MqttSettings(_Section):
     incoming_queue: int = Field(10_000, ge=16, le=10_000_000)
     reconnect_initial_s: float = Field(0.5, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+    tls: MqttTlsSettings = MqttTlsSettings()
 
     _password: SecretStr | None = PrivateAttr(default=None)
 

@@ -197,3 +197,38 @@ def test_edge_example_shows_every_key() -> None:
 
     example = yaml.safe_load((REPO / "configs" / "edge.yaml").read_text())
     assert _model_keys(Settings) - _yaml_keys(example) == set()
+
+
+def test_mqtt_tls_defaults_off_and_files_resolve_in_credentials_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = load_settings(None)
+    assert (s.mqtt.tls.ca_file, s.mqtt.tls.cert_file, s.mqtt.tls.key_file) == (None, None, None)
+    assert s.mqtt.tls.check_hostname is True and not s.mqtt.tls.enabled
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    for name in ("ca.pem", "node.pem", "node.key"):
+        (creds / name).write_text("x")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    s = load_settings(write(tmp_path, "mqtt:\n  port: 8883\n  tls: {ca_file: ca.pem, "
+                                      "cert_file: node.pem, key_file: node.key}\n"))
+    assert s.mqtt.tls.enabled
+    assert (s.mqtt.tls.ca_file, s.mqtt.tls.cert_file, s.mqtt.tls.key_file) == (
+        creds / "ca.pem", creds / "node.pem", creds / "node.key")
+
+
+@pytest.mark.parametrize(("tls", "message"), [
+    ("{ca_file: CA, cert_file: CA}", "cert_file and key_file go together"),
+    ("{ca_file: CA, key_file: CA}", "cert_file and key_file go together"),
+    ("{cert_file: CA, key_file: CA}", "needs ca_file"),
+    ("{ca_file: /nonexistent/ca.pem}", "cannot read /nonexistent/ca.pem"),
+    ("{ca_file: CA, cert_file: CA, key_file: /nonexistent/k}", "cannot read /nonexistent/k"),
+    ("{ca_file: CA, check_hostname: maybe}", "valid boolean"),
+    ("{ca: CA}", "unknown key"),
+])
+def test_mqtt_tls_invalid(tmp_path: Path, tls: str, message: str) -> None:
+    ca = write(tmp_path, "x", "ca.pem")
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, f"mqtt:\n  tls: {tls.replace('CA', str(ca))}\n"))
+    assert info.value.problems[0][0].startswith("mqtt.tls"), info.value.problems
+    assert message in info.value.problems[0][1], info.value.problems

@@ -186,6 +186,10 @@ def mqtt_options(settings: Settings) -> MqttOptions:
         keepalive_s=m.keepalive_s, max_payload_bytes=m.max_payload_bytes,
         incoming_queue=m.incoming_queue, reconnect_initial_s=m.reconnect_initial_s,
         reconnect_max_s=m.reconnect_max_s,
+        tls_ca_file=str(m.tls.ca_file) if m.tls.ca_file else None,
+        tls_cert_file=str(m.tls.cert_file) if m.tls.cert_file else None,
+        tls_key_file=str(m.tls.key_file) if m.tls.key_file else None,
+        tls_check_hostname=m.tls.check_hostname,
     )
 
 
