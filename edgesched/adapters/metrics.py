@@ -32,18 +32,23 @@ NEIGHBOUR_STATUSES = ("online", "suspect", "offline")
 TELEMETRY_KINDS = ("node", "state", "device")
 TELEMETRY_REJECT_REASONS = (
     "oversize", "malformed", "schema", "not_finite", "out_of_range", "unknown_device_limit",
-    "queue_full",
+    "queue_full", "bad_id", "neighbour_limit",
 )
 TASK_REJECT_REASONS = (
     "malformed", "schema", "oversize", "unknown_type", "queue_full", "deadline", "no_target",
-    "shutting_down", "duplicate_in_flight",
+    "shutting_down", "duplicate_in_flight", "reply_topic",
 )
 CANDIDATE_REJECT_REASONS = tuple(reason.value for reason in RejectReason)
 DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full", "oversize")
+MESSAGE_REJECT_REASONS = (
+    "unsigned", "malformed", "unknown_signer", "bad_signature", "wrong_signer", "replay", "stale",
+)
 # A task refused before any placement was tried (bad input, queue full) completes as "none".
 COMPLETION_PLACEMENTS = (*PLACEMENTS, "none")
 REPLY_DROP_REASONS = ("no_route", "publish_failed")
 OFFLOAD_IGNORE_REASONS = ("late", "malformed")
+HTTP_AUTH_PATHS = ("/v1/status", "/v1/tasks", "/metrics", "other")
+CLOUD_FAILURE_REASONS = ("unauthorized", "timeout", "unreachable", "http_status", "bad_reply")
 
 # Decisions take microseconds; tasks take milliseconds to minutes.
 DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
@@ -126,6 +131,11 @@ class Metrics:
             "edgesched_mqtt_messages_dropped", "MQTT messages dropped by a full queue.",
             ["reason"], registry=r,
         )
+        self.messages_rejected = Counter(
+            "edgesched_messages_rejected",
+            "Node-to-node messages refused by signature checks (security.*), by reason.",
+            ["reason"], registry=r,
+        )
         self.mqtt_connected = Gauge(
             "edgesched_mqtt_connected", "1 while connected to the MQTT broker.", registry=r
         )
@@ -166,6 +176,16 @@ class Metrics:
             "Neighbour offload replies ignored: late (the attempt was given up) or malformed.",
             ["reason"], registry=r,
         )
+        self.http_unauthorized = Counter(
+            "edgesched_http_unauthorized",
+            "HTTP requests refused with 401 (missing or wrong bearer token), by route.",
+            ["path"], registry=r,
+        )
+        self.cloud_requests_failed = Counter(
+            "edgesched_cloud_requests_failed",
+            "Cloud attempts that failed before a task reply came back, by reason.",
+            ["reason"], registry=r,
+        )
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
         ProcessCollector(registry=r)
         self._preinitialise()
@@ -183,8 +203,11 @@ class Metrics:
         each(self.telemetry_rejected, "reason", TELEMETRY_REJECT_REASONS)
         each(self.tasks_rejected, "reason", TASK_REJECT_REASONS)
         each(self.messages_dropped, "reason", DROP_REASONS)
+        each(self.messages_rejected, "reason", MESSAGE_REJECT_REASONS)
         each(self.replies_dropped, "reason", REPLY_DROP_REASONS)
         each(self.offload_replies_ignored, "reason", OFFLOAD_IGNORE_REASONS)
+        each(self.http_unauthorized, "path", HTTP_AUTH_PATHS)
+        each(self.cloud_requests_failed, "reason", CLOUD_FAILURE_REASONS)
         for status in STATUSES:
             self.tasks_completed.labels(placement="none", status=status)
         for placement in PLACEMENTS:

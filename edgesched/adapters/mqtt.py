@@ -13,6 +13,7 @@ subscription awaits its handler. A slow handler therefore only backs up its own 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import socket
@@ -28,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.signing import MessageRejected, MessageSecurity, strip_frame
 from edgesched.errors import MqttError
 
 log = logging.getLogger("edgesched.mqtt")
@@ -76,6 +78,7 @@ class InboundMessage:
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
     received_at: float = field(default_factory=time.monotonic)
+    signer: str | None = None  # on a signed subscription: the verified signing node's id
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,6 +89,7 @@ class OutboundMessage:
     payload: bytes
     qos: int = 1
     retain: bool = True
+    signed: bool = False  # signed with this node's key when publishing (security.key_file)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -185,10 +189,13 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Rand
 class _Subscription:
     """One topic filter, its bounded queue and the handler its consumer loop awaits."""
 
-    def __init__(self, topic_filter: str, handler: Handler, qos: int, queue_size: int) -> None:
+    def __init__(self, topic_filter: str, handler: Handler, qos: int, queue_size: int, *,
+                 signed: bool = False, persistent: bool = False) -> None:
         self.topic_filter = topic_filter
         self.handler = handler
         self.qos = qos
+        self.signed = signed
+        self.persistent = persistent
         self.queue: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=queue_size)
         self.started = False
 
@@ -221,9 +228,11 @@ class MqttClient:
         *,
         will: OutboundMessage | None = None,
         rng: random.Random | None = None,
+        security: MessageSecurity | None = None,
     ) -> None:
         self.options = options
         self._metrics = metrics
+        self._security = security
         self._will = will
         self._goodbye: Callable[[], OutboundMessage] | None = None
         self._rng = rng or random.Random()
@@ -268,10 +277,19 @@ class MqttClient:
         self._hooks.append(hook)
 
     async def subscribe(
-        self, topic_filter: str, handler: Handler, *, qos: int = 0, queue_size: int | None = None
+        self, topic_filter: str, handler: Handler, *, qos: int = 0, queue_size: int | None = None,
+        signed: bool = False, persistent: bool = False,
     ) -> None:
-        """Deliver messages matching `topic_filter` to `handler` (see the class docstring)."""
-        sub = _Subscription(topic_filter, handler, qos, queue_size or self.options.incoming_queue)
+        """Deliver messages matching `topic_filter` to `handler` (see the class docstring).
+
+        `signed=True` marks a node-to-node topic: with `security` configured only verified
+        messages reach the handler (`InboundMessage.signer` names the signer; refusals are
+        counted in `edgesched_messages_rejected_total{reason}`); without it, signature headers
+        are stripped. `persistent=True` for retained documents and Last Wills (see
+        `signing.Verifier`).
+        """
+        sub = _Subscription(topic_filter, handler, qos, queue_size or self.options.incoming_queue,
+                            signed=signed, persistent=persistent)
         self._subs.append(sub)
         self._topic_cache.clear()
         if self._tg is not None:
@@ -291,11 +309,16 @@ class MqttClient:
         correlation_data: bytes | None = None,
         user_properties: Sequence[tuple[str, str]] | None = None,
         timeout_s: float = _PUBLISH_TIMEOUT_S,
+        signed: bool = False,
     ) -> None:
-        """Publish one message; raises `MqttError` when not connected or on failure."""
+        """Publish one message; raises `MqttError` when not connected or on failure.
+
+        `signed=True` (node-to-node topics) signs it with this node's key when one is set."""
         client = self._client
         if client is None or not self.connected:
             raise MqttError(f"cannot publish to {topic}: not connected to the broker")
+        if signed:
+            payload = self._sign(topic, payload)
         props = self._properties(response_topic, correlation_data, user_properties)
         try:
             await client.publish(
@@ -337,7 +360,7 @@ class MqttClient:
             return
         try:
             await self.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
-                               timeout_s=2.0)
+                               timeout_s=2.0, signed=msg.signed)
         except MqttError as exc:
             log.warning("could not publish the offline state before disconnecting: %s", exc)
 
@@ -347,8 +370,11 @@ class MqttClient:
         v5 = opts.protocol == "5"
         will = None
         if self._will is not None:
+            payload = self._will.payload
+            if self._will.signed:  # signed afresh for each connection
+                payload = self._sign(self._will.topic, payload)
             will = aiomqtt.Will(
-                topic=self._will.topic, payload=self._will.payload, qos=self._will.qos,
+                topic=self._will.topic, payload=payload, qos=self._will.qos,
                 retain=self._will.retain,
             )
         return aiomqtt.Client(
@@ -481,11 +507,45 @@ class MqttClient:
             self._tg.create_task(self._consume_loop(sub), name="edgesched.mqtt.consume_loop")
         )
 
+    def _sign(self, topic: str, payload: bytes) -> bytes:
+        return payload if self._security is None else self._security.signer.sign(topic, payload)
+
+    def _verified(self, sub: _Subscription, msg: InboundMessage) -> InboundMessage | None:
+        """The message with its signature checked and stripped; None when refused."""
+        if self._security is None:
+            return dataclasses.replace(msg, payload=strip_frame(msg.payload))
+        if not msg.payload and sub.persistent:
+            return msg  # a cleared retained document: nothing to sign, nothing to act on
+        try:
+            ok = self._security.verifier.verify(msg.topic, msg.payload,
+                                                persistent=sub.persistent, retained=msg.retain)
+        except MessageRejected as exc:
+            self._metrics.messages_rejected.labels(reason=exc.reason.value).inc()
+            self._ratelog.warning(f"sig:{exc.reason.value}", "refused a message on %s (%s): %s",
+                                  msg.topic, exc.reason.value, exc)
+            return None
+        return dataclasses.replace(msg, payload=ok.body, signer=ok.signer)
+
+    def reject_signer(self, msg: InboundMessage, claimed: str) -> bool:
+        """True (and counted as `wrong_signer`) when a verified message was signed by another
+        node than the one it speaks for; callers drop it."""
+        if self._security is None or msg.signer == claimed:
+            return False
+        self._metrics.messages_rejected.labels(reason="wrong_signer").inc()
+        self._ratelog.warning("sig:wrong_signer", "refused a message on %s: signed by %s, but "
+                              "it speaks for %s", msg.topic, msg.signer, claimed)
+        return True
+
     async def _consume_loop(self, sub: _Subscription) -> None:
         queue = sub.queue
         handler = sub.handler
         while True:
             msg = await queue.get()
+            if sub.signed:
+                checked = self._verified(sub, msg)
+                if checked is None:
+                    continue
+                msg = checked
             try:
                 await handler(msg)
             except Exception:  # one bad message must not stop its subscription

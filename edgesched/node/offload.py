@@ -42,11 +42,11 @@ class OffloadClient:
         self._metrics = metrics
         self._max_bytes = max_payload_bytes
         self.reply_topic = p.offload_reply_topic(prefix, node_id)
-        self._pending: dict[str, asyncio.Future[p.OffloadReply]] = {}
+        self._pending: dict[str, tuple[asyncio.Future[p.OffloadReply], str]] = {}  # -> target
         self._ratelog = RateLimitedLog(log)
 
     async def start(self) -> None:
-        await self._mqtt.subscribe(self.reply_topic, self._on_reply, qos=1)
+        await self._mqtt.subscribe(self.reply_topic, self._on_reply, qos=1, signed=True)
 
     @property
     def pending(self) -> int:
@@ -69,10 +69,10 @@ class OffloadClient:
                                     correlation_id=corr, deadline_s=deadline_s,
                                     expected_s=expected_s)
         future: asyncio.Future[p.OffloadReply] = asyncio.get_running_loop().create_future()
-        self._pending[corr] = future
+        self._pending[corr] = (future, target)
         try:
             await self._mqtt.publish(p.offload_topic(self._prefix, target), p.encode(doc), qos=1,
-                                     timeout_s=max(0.1, min(timeout_s, 10.0)))
+                                     timeout_s=max(0.1, min(timeout_s, 10.0)), signed=True)
             async with asyncio.timeout(timeout_s):
                 return await _unless_gone(future, gone)
         except TimeoutError:
@@ -87,7 +87,10 @@ class OffloadClient:
             self._metrics.offload_replies_ignored.labels(reason="malformed").inc()
             self._ratelog.warning("bad-reply", "ignoring a malformed offload reply: %s", exc)
             return
-        future = self._pending.get(reply.correlation_id)
+        pending = self._pending.get(reply.correlation_id)
+        if pending is not None and self._mqtt.reject_signer(msg, pending[1]):
+            return  # only the node we asked may answer (a forged reply is never a result)
+        future = pending[0] if pending is not None else None
         if future is None or future.done():
             # The attempt was given up on (timeout) or this is a duplicate delivery.
             self._metrics.offload_replies_ignored.labels(reason="late").inc()
@@ -130,11 +133,12 @@ class OffloadServer:
         self._run = run
         self._spawn = spawn
         self.topic = p.offload_topic(prefix, node_id)
+        self._prefix = prefix
         self._seen: OrderedDict[str, None] = OrderedDict()  # QoS 1 may deliver twice
         self._ratelog = RateLimitedLog(log)
 
     async def start(self) -> None:
-        await self._mqtt.subscribe(self.topic, self._on_request, qos=1)
+        await self._mqtt.subscribe(self.topic, self._on_request, qos=1, signed=True)
 
     async def _on_request(self, msg: InboundMessage) -> None:
         try:
@@ -143,10 +147,19 @@ class OffloadServer:
         except p.SubmissionError as exc:
             self._metrics.tasks_rejected.labels(reason=exc.reason.value).inc()
             self._ratelog.warning("bad-offload", "rejected an offload request: %s", exc)
-            if exc.reply_to and exc.correlation_id and exc.task_id:
+            if exc.reply_to and exc.correlation_id and exc.task_id and self._is_reply_topic(
+                    exc.reply_to):
                 await self._send(exc.reply_to, p.OffloadReply(
                     id=exc.task_id, correlation_id=exc.correlation_id,
                     status=p.Status.REJECTED, error=str(exc), executed_by=self._node_id))
+            return
+        if self._mqtt.reject_signer(msg, req.origin):
+            return
+        if req.task.reply_to != p.offload_reply_topic(self._prefix, req.origin):
+            # the answer goes to the origin's own reply topic, never where a request points
+            self._metrics.tasks_rejected.labels(reason=p.RejectCode.SCHEMA.value).inc()
+            self._ratelog.warning("bad-offload-route", "ignored an offload request from %s "
+                                  "whose reply_to is not its offload-reply topic", req.origin)
             return
         corr = req.task.correlation_id or ""
         if corr in self._seen:
@@ -161,9 +174,15 @@ class OffloadServer:
         assert req.task.reply_to is not None
         await self._send(req.task.reply_to, reply)
 
+    def _is_reply_topic(self, topic: str) -> bool:
+        """An offload reply only ever goes to some node's `P/node/{id}/offload-reply`."""
+        parts = topic.split("/")
+        return (topic.startswith(f"{self._prefix}/node/") and topic.endswith("/offload-reply")
+                and len(parts) == self._prefix.count("/") + 4)
+
     async def _send(self, topic: str, reply: p.OffloadReply) -> None:
         try:
-            await publish_reliably(self._mqtt, topic, p.encode(reply.to_dict()))
+            await publish_reliably(self._mqtt, topic, p.encode(reply.to_dict()), signed=True)
         except MqttError as exc:
             self._metrics.replies_dropped.labels(reason="publish_failed").inc()
             self._ratelog.warning("offload-reply", "cannot send offload reply: %s", exc)

@@ -279,7 +279,14 @@ def _header(doc: Any, node_id: str) -> dict[str, Any]:
     return doc
 
 
-def parse_node_state(payload: bytes, node_id: str, *, limit: int) -> NodeAnnouncement:
+def _incarnation(value: Any, max_incarnation: int) -> int:
+    """Incarnations are start times in ms (service.next_incarnation): one beyond `now + skew`
+    is refused, so no single message can shadow a node's later runs (e.g. 2**63)."""
+    return _integer(value, "incarnation", maximum=max_incarnation)
+
+
+def parse_node_state(payload: bytes, node_id: str, *, limit: int,
+                     max_incarnation: int = 1 << 63) -> NodeAnnouncement:
     """A state document (CONTRACTS §4.1)."""
     doc = _header(load_json(payload, limit), node_id)
     status = doc.get("status")
@@ -294,7 +301,7 @@ def parse_node_state(payload: bytes, node_id: str, *, limit: int) -> NodeAnnounc
     ):
         raise Rejected("schema", "task_types must be a list of names")
     return NodeAnnouncement(
-        incarnation=_integer(doc.get("incarnation"), "incarnation", maximum=1 << 63),
+        incarnation=_incarnation(doc.get("incarnation"), max_incarnation),
         online=status == "online",
         ts=_number(doc.get("ts", 0.0), "ts"),
         role=role,
@@ -310,12 +317,13 @@ def _optional_fraction(doc: dict[str, Any], key: str) -> float | None:
     return None if raw is None else _in_range(_number(raw, key), 0.0, 1.0, key)
 
 
-def parse_node_telemetry(payload: bytes, node_id: str, *, limit: int) -> NodeTelemetry:
+def parse_node_telemetry(payload: bytes, node_id: str, *, limit: int,
+                         max_incarnation: int = 1 << 63) -> NodeTelemetry:
     """A node's periodic telemetry (CONTRACTS §4.2)."""
     doc = _header(load_json(payload, limit), node_id)
     power = doc.get("power_w")
     return NodeTelemetry(
-        incarnation=_integer(doc.get("incarnation"), "incarnation", maximum=1 << 63),
+        incarnation=_incarnation(doc.get("incarnation"), max_incarnation),
         ts=_number(doc.get("ts", 0.0), "ts"),
         cpu_util=_in_range(_number(doc.get("cpu_util", 0.0), "cpu_util"), 0.0, 1.0, "cpu_util"),
         running=_integer(doc.get("running", 0), "running"),
@@ -383,6 +391,7 @@ class TelemetryStage:
         on_device: Callable[[str, Mapping[str, float], float], None] | None = None,
         on_announcement: Callable[[str, NodeAnnouncement], None] | None = None,
         observe: bool = True,
+        max_clock_skew_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -400,6 +409,7 @@ class TelemetryStage:
         self._on_device = on_device
         self._on_announcement = on_announcement
         self._observe = observe
+        self._skew_ms = int(max_clock_skew_s * 1000)
         self._clock = clock
         self._wall = wall
         self._cpu = CpuSampler()
@@ -459,8 +469,11 @@ class TelemetryStage:
         mqtt = self._mqtt
         if mqtt is not None and self._observe:
             t = self.topics
-            await mqtt.subscribe(f"{t.prefix}/node/+/state", self._on_state, qos=1)
-            await mqtt.subscribe(f"{t.prefix}/node/+/telemetry", self._on_node_telemetry)
+            # node-to-node documents: signed when security.key_file is set (docs/security.md)
+            await mqtt.subscribe(f"{t.prefix}/node/+/state", self._on_state, qos=1,
+                                 signed=True, persistent=True)
+            await mqtt.subscribe(f"{t.prefix}/node/+/telemetry", self._on_node_telemetry,
+                                 signed=True)
             await mqtt.subscribe(f"{t.prefix}/device/+/telemetry", self._on_device_message)
             for flt in dict.fromkeys(m.topic for m in self._mappings):
                 await mqtt.subscribe(flt, self._on_mapped)
@@ -488,7 +501,7 @@ class TelemetryStage:
         if self._mqtt is None or self._stopping:
             return
         await self._mqtt.publish(self.topics.node_state(self.identity.node_id),
-                                 self.state_doc(online=True), qos=1, retain=True)
+                                 self.state_doc(online=True), qos=1, retain=True, signed=True)
 
     async def _publish_loop(self) -> None:
         next_at = self._clock()
@@ -498,7 +511,7 @@ class TelemetryStage:
             if mqtt is not None and mqtt.connected:
                 try:
                     await mqtt.publish(self.topics.node_telemetry(self.identity.node_id),
-                                       self.telemetry_doc())
+                                       self.telemetry_doc(), signed=True)
                 except MqttError as exc:
                     self._ratelog.warning("publish", "telemetry not published: %s", exc)
             next_at += self._interval_s
@@ -517,6 +530,9 @@ class TelemetryStage:
             await asyncio.sleep(self._interval_s)
 
     # ---- handlers ----------------------------------------------------------------------
+    def _max_incarnation(self) -> int:
+        return int(self._wall() * 1000) + self._skew_ms
+
     def _reject(self, rej: Rejected, topic: str) -> None:
         counter = self._rejects.get(rej.reason)
         if counter is None:
@@ -530,8 +546,11 @@ class TelemetryStage:
         if not msg.payload:
             return  # a cleared retained message
         node_id = self.topics.node_id_of(msg.topic)
+        if self._mqtt is not None and self._mqtt.reject_signer(msg, node_id):
+            return
         try:
-            doc = parse_node_state(msg.payload, node_id, limit=self._limit)
+            doc = parse_node_state(msg.payload, node_id, limit=self._limit,
+                                   max_incarnation=self._max_incarnation())
         except Rejected as rej:
             self._reject(rej, msg.topic)
             return
@@ -565,8 +584,11 @@ class TelemetryStage:
         node_id = self.topics.node_id_of(msg.topic)
         if node_id == self.identity.node_id:
             return
+        if self._mqtt is not None and self._mqtt.reject_signer(msg, node_id):
+            return
         try:
-            tel = parse_node_telemetry(msg.payload, node_id, limit=self._limit)
+            tel = parse_node_telemetry(msg.payload, node_id, limit=self._limit,
+                                       max_incarnation=self._max_incarnation())
         except Rejected as rej:
             self._reject(rej, msg.topic)
             return
