@@ -34,7 +34,8 @@ from edgesched.core.model import (
 )
 from edgesched.core.policies import make_policy
 
-TASK = TaskSpec(task_type="detect", input_bytes=200_000, output_bytes=1_000, deadline_s=0.5)
+TASK = TaskSpec(task_type="detect", input_bytes=200_000, output_bytes=1_000, work=200_000,
+                deadline_s=0.5)
 
 
 def candidates(n: int) -> list[Candidate]:

@@ -129,7 +129,7 @@ def _row(c: Candidate, params: CostParams) -> tuple[float, ...]:
     )
 
 
-_PROBE = TaskSpec(task_type="", input_bytes=0.0, output_bytes=0.0)  # offload: anywhere
+_PROBE = TaskSpec(task_type="", input_bytes=0.0, output_bytes=0.0, work=0.0)  # offload: anywhere
 
 
 def _static_ok(c: Candidate, params: CostParams) -> bool:

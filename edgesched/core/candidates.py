@@ -1,15 +1,18 @@
-"""Turns a cluster snapshot and the estimators into the candidate targets for one task."""
+"""Turns a cluster snapshot and the estimators into the candidate targets for one task.
+
+Each candidate's execution time is estimated once, for the task's `work` (or taken from its
+`exact_s`), and that one estimate is what its queue wait is derived from and what the cost
+model reads: the two never disagree.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from edgesched.core.estimators import EstimatorBank
 from edgesched.core.model import (
-    CANDIDATE_FIELDS,
     Candidate,
     ClusterSnapshot,
     ExecEstimate,
@@ -19,14 +22,17 @@ from edgesched.core.model import (
     Placement,
     PowerModel,
     TaskSpec,
-    new_candidate,
     require_finite,
 )
 
 CLOUD_ID = "cloud"
-_INF = math.inf
-_exp, _sqrt = math.exp, math.sqrt
 DEFAULT_POWER = PowerModel()  # frozen: one shared instance, not one per candidate per task
+# Bounds on computed times (s): a report far out of range is clamped into them, not trusted.
+MAX_AGE_S = 1e12
+MAX_WAIT_S = 1e9
+# Spread of an execution time the input states exactly (sleep): a little scheduling jitter.
+EXACT_STD_FRACTION = 0.02
+EXACT_STD_FLOOR_S = 0.002
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -42,6 +48,15 @@ class CloudTarget:
         require_finite("money_cost", self.money_cost, minimum=0.0)
         if self.slots < 1:
             raise ValueError(f"cloud slots must be >= 1, got {self.slots!r}")
+
+
+def exec_estimate(task: TaskSpec, node_id: str, bank: EstimatorBank, now: float) -> ExecEstimate:
+    """The execution time of `task` on `node_id`: exact when the input says it, else the
+    estimators' answer for the task's work."""
+    if task.exact_s is not None:
+        return ExecEstimate(mean_s=task.exact_s,
+                            std_s=EXACT_STD_FRACTION * task.exact_s + EXACT_STD_FLOOR_S)
+    return bank.exec_estimate(task.task_type, node_id, task.work, now)
 
 
 def queue_wait(
@@ -64,81 +79,61 @@ def queue_wait(
     return wait, std
 
 
-def _supports(node: NodeState, task_type: str) -> bool:
-    # An empty list means "not announced": assume the built-in set is there.
-    return not node.task_types or task_type in node.task_types
+def _aged_wait(
+    node: NodeState, running: int, queued: int, extra: int, ex: ExecEstimate, age: float
+) -> tuple[float, float]:
+    """The count model on a report `age` seconds old: the tasks it counted have been worked on
+    since, so the backlog relaxes towards the node's average load (cpu_util x slots), with the
+    execution time as time constant; our `extra` tasks it cannot show yet do not relax."""
+    slots = node.slots
+    util = node.cpu_util if 0.0 <= node.cpu_util <= 1.0 else (
+        1.0 if 1.0 < node.cpu_util < math.inf else 0.0)
+    average = util * slots
+    relaxed = average + (running + queued - average) * math.exp(-age / ex.mean_s)
+    ahead = relaxed + extra - slots + 1
+    if ahead <= 0.0:
+        return 0.0, 0.0
+    wait = ahead * ex.mean_s / slots
+    return wait, max(0.5 * wait, math.sqrt(ahead) * ex.std_s / slots)
 
 
-def _wait(node: NodeState, extra: int, ex: ExecEstimate, age: float = 0.0) -> tuple[float, float]:
+def node_wait(
+    node: NodeState, extra: int, ex: ExecEstimate, age: float = 0.0
+) -> tuple[float, float]:
     """Queue wait on `node` for one more task, `extra` of ours not in its report yet.
 
-    A report `age` seconds old is aged: the tasks it counted have been worked on since, so the
-    reported backlog relaxes towards the node's average load (cpu_util x slots) with the
-    execution time as time constant, and the node's own wait estimate counts down by `age`.
-    Without this, a neighbour seen busy in a report taken mid-burst looks busy for a whole
-    telemetry interval, however short its tasks.
+    A report `age` seconds old is aged (see `_aged_wait`), and the node's own wait estimate
+    counts down by `age`: without this, a neighbour seen busy in a report taken mid-burst looks
+    busy for a whole telemetry interval, however short its tasks. The node's own estimate wins
+    when it is longer: it knows its real queue mix.
     """
-    # Written with comparisons instead of max/min/isfinite calls: this runs for every
-    # neighbour of every task (a NaN fails each `0.0 <= x < INF` test, as isfinite would).
-    running, queued, slots, mean_s = node.running, node.queued, node.slots, ex.mean_s
-    if running < 0:
-        running = 0
-    if queued < 0:
-        queued = 0
-    reported = node.est_wait_s
-    if not 0.0 <= reported < _INF:
-        reported = 0.0
-    if not (0.0 < age < _INF and slots > 0 and mean_s > 0.0):
-        wait, std = queue_wait(slots, running + extra, queued, mean_s, ex.std_s)
+    running, queued = max(0, node.running), max(0, node.queued)
+    reported = node.est_wait_s if 0.0 <= node.est_wait_s < math.inf else 0.0
+    if 0.0 < age < math.inf and node.slots > 0 and ex.mean_s > 0.0:
+        wait, std = _aged_wait(node, running, queued, extra, ex, age)
+        reported = max(0.0, reported - age)
     else:
-        util = node.cpu_util
-        if not 0.0 <= util <= 1.0:
-            util = 1.0 if 1.0 < util < _INF else 0.0
-        average = util * slots
-        ahead = average + (running + queued - average) * _exp(-age / mean_s) + extra - slots + 1
-        if ahead > 0.0:
-            wait = ahead * mean_s / slots
-            std = _sqrt(ahead) * ex.std_s / slots
-            if std < 0.5 * wait:
-                std = 0.5 * wait
-        else:
-            wait = std = 0.0
-        reported = reported - age if reported > age else 0.0
-    if reported > wait:  # the node's own estimate knows its real queue mix
-        return reported, (std if std >= 0.5 * reported else 0.5 * reported)
+        wait, std = queue_wait(node.slots, running + extra, queued, ex.mean_s, ex.std_s)
+    if reported > wait:
+        return reported, max(std, 0.5 * reported)
     return wait, std
+
+
+def _capped(value: float, cap: float) -> float:
+    """`value`, at most `cap` (a NaN stays NaN, for the Candidate constructor to name)."""
+    return cap if value > cap else value
 
 
 def _battery(node: NodeState) -> float | None:
     """A reported charge, or None when missing or nonsense (one bad reading must not make the
     whole decision fail; the view is where bad telemetry gets counted and refused)."""
     b = node.battery
-    return b if b is not None and math.isfinite(b) and 0.0 <= b <= 1.0 else None
+    return b if b is not None and 0.0 <= b <= 1.0 else None
 
 
-def _age(node: NodeState, now: float) -> float:
-    """Seconds since last heard; an unknown `last_seen` counts as too old to trust."""
-    age = now - node.last_seen
-    if math.isnan(age):
-        return math.inf
-    return max(0.0, age)
-
-
-_LOCAL, _NEIGHBOUR, _CLOUD = Placement.LOCAL, Placement.NEIGHBOUR, Placement.CLOUD
-_ONLINE = Liveness.ONLINE
-
-
-def _candidate(*values: Any) -> Candidate:
-    """Candidate(*values) without re-validating what this module computed and its inputs'
-    constructors (NodeState via the view, estimates, power models, CloudTarget) validated.
-
-    The computed times and the running count are still checked, cheaply (a NaN fails every
-    comparison): if one is bad, the regular constructor is used so the error says which field.
-    """
-    age, wait, wait_std = values[3], values[7], values[8]
-    if 0.0 <= age <= 1e12 and 0.0 <= wait <= 1e9 and 0.0 <= wait_std <= 1e9 and values[5] >= 0:
-        return new_candidate(*values)
-    return Candidate(**dict(zip(CANDIDATE_FIELDS, values, strict=True)))
+def _supports(node: NodeState, task_type: str) -> bool:
+    # An empty list means "not announced": assume the built-in set is there.
+    return not node.task_types or task_type in node.task_types
 
 
 def local_candidate(
@@ -152,33 +147,21 @@ def local_candidate(
     the count model cannot (with every slot busy the count model assumes a whole execution
     time per slot ahead, and would send work away from a node about to free a slot).
     """
-    return _local(task.task_type, task.input_bytes, node, bank, now, power, max_queue, extra)
-
-
-def _local(
-    task_type: str, input_bytes: float, node: NodeState, bank: EstimatorBank, now: float,
-    power: PowerModel, max_queue: int | None, extra: int,
-) -> Candidate:
-    # Once per task: positional, with the clamps written out (see _neighbour).
-    ex = bank.exec_estimate(task_type, node.node_id, input_bytes, now)
+    ex = exec_estimate(task, node.node_id, bank, now)
     own = node.est_wait_s
-    if 0.0 < own < _INF and extra == 0:
+    if 0.0 < own < math.inf and extra == 0:
         wait, wait_std = own, 0.5 * own
     else:
-        wait, wait_std = _wait(node, extra, ex)
-    battery = node.battery
-    if battery is not None and not 0.0 <= battery <= 1.0:
-        battery = None
-    slots, running, queued, types = node.slots, node.running, node.queued, node.task_types
-    values = (
-        node.node_id, _LOCAL, _ONLINE, 0.0, slots if slots > 0 else 0,
-        (running if running > 0 else 0) + extra, queued if queued > 0 else 0,
-        1e9 if wait > 1e9 else wait, 1e9 if wait_std > 1e9 else wait_std, battery, power,
-        None, ex, not types or task_type in types, 0.0, max_queue, power, battery, False,
+        wait, wait_std = node_wait(node, extra, ex)
+    battery = _battery(node)
+    return Candidate(
+        node_id=node.node_id, placement=Placement.LOCAL, liveness=Liveness.ONLINE, age_s=0.0,
+        slots=max(0, node.slots), running=max(0, node.running) + extra,
+        queued=max(0, node.queued), est_wait_s=_capped(wait, MAX_WAIT_S),
+        wait_std_s=_capped(wait_std, MAX_WAIT_S), battery=battery, power=power, link=None,
+        exec=ex, supports_type=_supports(node, task.task_type), money_cost=0.0,
+        max_queue=max_queue, origin_power=power, origin_battery=battery, excluded=False,
     )
-    if wait >= 0.0 and wait_std >= 0.0 and extra >= 0:  # NaN fails: the slow path names it
-        return new_candidate(*values)
-    return _candidate(*values)
 
 
 def neighbour_candidate(
@@ -186,43 +169,18 @@ def neighbour_candidate(
     power: PowerModel, origin_power: PowerModel, extra: int = 0, excluded: bool = False,
 ) -> Candidate:
     """An edge neighbour as a candidate, as last heard from (`age_s` says how long ago)."""
-    return _neighbour(task.task_type, task.input_bytes, node, _battery(local), bank, now,
-                      power, origin_power, extra, excluded)
-
-
-def _neighbour(
-    task_type: str, input_bytes: float, node: NodeState, origin_battery: float | None,
-    bank: EstimatorBank, now: float, power: PowerModel, origin_power: PowerModel, extra: int,
-    excluded: bool,
-) -> Candidate:
-    # Runs for every neighbour of every task: positional, and _age, _battery, _supports and
-    # _candidate's range check written out as comparisons. A report in range (the usual case)
-    # needs no clamp; otherwise the values are clamped as always and a NaN still ends in the
-    # validating constructor, which names the field.
-    node_id = node.node_id
-    ex = bank.exec_estimate(task_type, node_id, input_bytes, now)
+    ex = exec_estimate(task, node.node_id, bank, now)
     age = now - node.last_seen
-    age = (age if age > 0.0 else 0.0) if age == age else _INF
-    wait, wait_std = _wait(node, extra, ex, age)
-    slots, running, queued = node.slots, node.running, node.queued
-    battery = node.battery
-    if battery is not None and not 0.0 <= battery <= 1.0:
-        battery = None
-    types = node.task_types
-    link = bank.link(node_id, now)
-    if (age <= 1e12 and slots >= 0 and running >= 0 and queued >= 0 and extra >= 0
-            and 0.0 <= wait <= 1e9 and 0.0 <= wait_std <= 1e9):
-        return new_candidate(
-            node_id, _NEIGHBOUR, node.liveness, age, slots, running + extra, queued, wait,
-            wait_std, battery, power, link, ex, not types or task_type in types, 0.0, None,
-            origin_power, origin_battery, excluded,
-        )
-    return _candidate(
-        node_id, _NEIGHBOUR, node.liveness, 1e12 if age > 1e12 else age,
-        slots if slots > 0 else 0, (running if running > 0 else 0) + extra,
-        queued if queued > 0 else 0, 1e9 if wait > 1e9 else wait,
-        1e9 if wait_std > 1e9 else wait_std, battery, power, link, ex,
-        not types or task_type in types, 0.0, None, origin_power, origin_battery, excluded,
+    age = math.inf if math.isnan(age) else max(0.0, age)  # unknown last_seen: too old
+    wait, wait_std = node_wait(node, extra, ex, age)
+    return Candidate(
+        node_id=node.node_id, placement=Placement.NEIGHBOUR, liveness=node.liveness,
+        age_s=min(age, MAX_AGE_S), slots=max(0, node.slots),
+        running=max(0, node.running) + extra, queued=max(0, node.queued),
+        est_wait_s=_capped(wait, MAX_WAIT_S), wait_std_s=_capped(wait_std, MAX_WAIT_S),
+        battery=_battery(node), power=power, link=bank.link(node.node_id, now), exec=ex,
+        supports_type=_supports(node, task.task_type), money_cost=0.0, max_queue=None,
+        origin_power=origin_power, origin_battery=_battery(local), excluded=excluded,
     )
 
 
@@ -231,28 +189,16 @@ def cloud_candidate(
     origin_power: PowerModel, inflight: int = 0,
 ) -> Candidate:
     """The cloud tier as a candidate; `inflight` = tasks this node has running there."""
-    return _cloud(task.task_type, task.input_bytes, cloud, _battery(local), bank, now,
-                  origin_power, inflight)
-
-
-def _cloud(
-    task_type: str, input_bytes: float, cloud: CloudTarget, origin_battery: float | None,
-    bank: EstimatorBank, now: float, origin_power: PowerModel, inflight: int,
-) -> Candidate:
-    ex = bank.exec_estimate(task_type, cloud.node_id, input_bytes, now)
-    slots = cloud.slots
-    if inflight < slots:  # queue_wait's common case, written out: a slot is free
-        wait = wait_std = 0.0
-    else:
-        wait, wait_std = queue_wait(slots, inflight, 0, ex.mean_s, ex.std_s)
-    values = (
-        cloud.node_id, _CLOUD, _ONLINE, 0.0, slots, inflight, 0, wait, wait_std, None,
-        cloud.power, bank.link(cloud.node_id, now), ex, True, cloud.money_cost, None,
-        origin_power, origin_battery, False,
+    ex = exec_estimate(task, cloud.node_id, bank, now)
+    wait, wait_std = queue_wait(cloud.slots, inflight, 0, ex.mean_s, ex.std_s)
+    return Candidate(
+        node_id=cloud.node_id, placement=Placement.CLOUD, liveness=Liveness.ONLINE, age_s=0.0,
+        slots=cloud.slots, running=inflight, queued=0, est_wait_s=_capped(wait, MAX_WAIT_S),
+        wait_std_s=_capped(wait_std, MAX_WAIT_S), battery=None, power=cloud.power,
+        link=bank.link(cloud.node_id, now), exec=ex, supports_type=True,
+        money_cost=cloud.money_cost, max_queue=None, origin_power=origin_power,
+        origin_battery=_battery(local), excluded=False,
     )
-    if 0.0 <= wait <= 1e9 and 0.0 <= wait_std <= 1e9 and inflight >= 0:
-        return new_candidate(*values)
-    return _candidate(*values)
 
 
 def build_candidates(
@@ -278,25 +224,20 @@ def build_candidates(
     """
     now, local = snapshot.now, snapshot.local
     lp = local_power or DEFAULT_POWER
-    task_type, input_bytes, local_id = task.task_type, task.input_bytes, local.node_id
-    out = [
-        _local(task_type, input_bytes, local, bank, now, lp, local_max_queue,
-               inflight.get(local_id, 0) if inflight else 0)
-    ]
-    origin_battery = _battery(local)
-    if offload is None or offload.allows(_NEIGHBOUR):
+    powers = powers or {}
+    inflight = inflight or {}
+    out = [local_candidate(task, local, bank, now, power=lp, max_queue=local_max_queue,
+                           extra=inflight.get(local.node_id, 0))]
+    if offload is None or offload.allows(Placement.NEIGHBOUR):
         for node in snapshot.neighbours:
-            node_id = node.node_id
-            if node.role != "edge" or node_id == local_id:
+            if node.role != "edge" or node.node_id == local.node_id:
                 continue
-            out.append(_neighbour(
-                task_type, input_bytes, node, origin_battery, bank, now,
-                powers.get(node_id, DEFAULT_POWER) if powers else DEFAULT_POWER, lp,
-                inflight.get(node_id, 0) if inflight else 0,
-                node_id in exclude if exclude else False,
+            out.append(neighbour_candidate(
+                task, node, local, bank, now, power=powers.get(node.node_id, DEFAULT_POWER),
+                origin_power=lp, extra=inflight.get(node.node_id, 0),
+                excluded=node.node_id in exclude,
             ))
-    if cloud is not None and (offload is None or offload.allows(_CLOUD)):
-        out.append(_cloud(task_type, input_bytes, cloud, origin_battery, bank, now, lp,
-                          inflight.get(cloud.node_id, 0) if inflight else 0))
+    if cloud is not None and (offload is None or offload.allows(Placement.CLOUD)):
+        out.append(cloud_candidate(task, cloud, local, bank, now, origin_power=lp,
+                                   inflight=inflight.get(cloud.node_id, 0)))
     return out
-

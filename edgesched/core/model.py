@@ -95,6 +95,11 @@ class TaskSpec:
     task_type: str
     input_bytes: float
     output_bytes: float
+    # The size the execution-time estimators are linear in: the input's byte size unless the
+    # task type says otherwise (tasks/builtins.py `work_units`: hash rounds, matmul n³, ...).
+    work: float
+    # The execution time when the input alone says it (e.g. `sleep`), else None.
+    exact_s: float | None = None
     deadline_s: float | None = None  # relative to submission; None = no deadline
     priority: int = 0
     origin_device: str | None = None
@@ -104,6 +109,9 @@ class TaskSpec:
     def __post_init__(self) -> None:
         require_finite("input_bytes", self.input_bytes, minimum=0.0)
         require_finite("output_bytes", self.output_bytes, minimum=0.0)
+        require_finite("work", self.work, minimum=0.0)
+        if self.exact_s is not None:
+            require_finite("exact_s", self.exact_s, minimum=0.0)
         if self.deadline_s is not None:
             require_finite("deadline_s", self.deadline_s, minimum=0.0)
         if self.submitted_at is not None:
@@ -295,8 +303,8 @@ new_exec_estimate = fast_constructor(ExecEstimate, ("mean_s", "std_s"))
 new_link_estimate = fast_constructor(
     LinkEstimate, ("rtt_s", "rtt_std_s", "bandwidth_bps", "bandwidth_std_bps"))
 new_task_spec = fast_constructor(TaskSpec, (
-    "task_type", "input_bytes", "output_bytes", "deadline_s", "priority", "origin_device",
-    "offload", "submitted_at",
+    "task_type", "input_bytes", "output_bytes", "work", "exact_s", "deadline_s", "priority",
+    "origin_device", "offload", "submitted_at",
 ))
 new_node_state = fast_constructor(NodeState, (
     "node_id", "role", "liveness", "incarnation", "last_seen", "slots", "running", "queued",

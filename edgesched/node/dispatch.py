@@ -8,7 +8,6 @@ Every completion feeds the estimators and the metrics.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import math
@@ -23,7 +22,7 @@ from edgesched.adapters.cloud import CloudClient
 from edgesched.adapters.executor import DeadlineExpiredError, LocalExecutor, QueueFullError
 from edgesched.adapters.metrics import Metrics
 from edgesched.core.admission import admit
-from edgesched.core.candidates import CLOUD_ID, CloudTarget, build_candidates
+from edgesched.core.candidates import CLOUD_ID, CloudTarget, build_candidates, exec_estimate
 from edgesched.core.estimators import EstimatorBank
 from edgesched.core.fallback import FallbackParams, NextAttempt, Outcome, Terminal, next_attempt
 from edgesched.core.model import (
@@ -31,7 +30,6 @@ from edgesched.core.model import (
     CandidateEval,
     ClusterSnapshot,
     Decision,
-    ExecEstimate,
     Liveness,
     NodeState,
     OffloadPolicy,
@@ -163,26 +161,20 @@ class Dispatcher:
         settings = job.task_type.settings
         return TaskSpec(
             task_type=job.task_type.name, input_bytes=float(job.request.input_bytes),
-            output_bytes=float(settings.output_bytes), deadline_s=job.deadline_s,
-            priority=job.request.priority, origin_device=job.request.device_id,
-            offload=OffloadPolicy(settings.offload), submitted_at=job.received_at,
+            output_bytes=float(settings.output_bytes), work=job.work, exact_s=job.exact_s,
+            deadline_s=job.deadline_s, priority=job.request.priority,
+            origin_device=job.request.device_id, offload=OffloadPolicy(settings.offload),
+            submitted_at=job.received_at,
         )
 
-    def exec_estimate(self, job: Job, node_id: str, now: float) -> ExecEstimate:
-        if job.exact_s is not None:  # e.g. sleep: the input says how long it takes
-            return ExecEstimate(mean_s=job.exact_s, std_s=0.02 * job.exact_s + 0.002)
-        return self.bank.exec_estimate(job.task_type.name, node_id, job.work, now)
-
-    def candidates(self, job: Job, spec: TaskSpec, now: float) -> list[Candidate]:
+    def candidates(self, spec: TaskSpec) -> list[Candidate]:
+        """The core's candidates for `spec`, each with its one execution-time estimate."""
         snap = self.snapshot()
-        cands = build_candidates(
+        return build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud_target,
             local_power=self.local_power, local_max_queue=self.executor.queue_size,
             inflight=self._unreported(snap),
         )
-        # The estimators are linear in the task's work, not its byte size (builtins.work_units).
-        return [dataclasses.replace(c, exec=self.exec_estimate(job, c.node_id, now))
-                for c in cands]
 
     def _unreported(self, snap: ClusterSnapshot) -> dict[str, int]:
         """Tasks this node sent that the target's own figures cannot show yet.
@@ -201,23 +193,25 @@ class Dispatcher:
                 counts[node_id] = n
         return counts
 
-    def decide(self, job: Job) -> Decision:
+    def decide(self, job: Job) -> tuple[Decision, dict[str, float]]:
+        """The policy's decision, and the execution time (s) it expects on each candidate."""
         now = self.clock()
         spec = self.spec(job)
         started = time.perf_counter()
-        decision = self.policy.decide(spec, self.candidates(job, spec, now), now)
+        candidates = self.candidates(spec)
+        decision = self.policy.decide(spec, candidates, now)
         self.metrics.decision_duration.observe(time.perf_counter() - started)
         if decision.chosen is not None:
             self.metrics.decisions.labels(placement=decision.chosen.placement.value).inc()
         self.metrics.count_rejected_candidates(decision)
         self.last_work[job.task_type.name] = job.work
-        return decision
+        return decision, {c.node_id: c.exec.mean_s for c in candidates}
 
     # -- the whole chain ----------------------------------------------------------------------
 
     async def place(self, job: Job) -> p.Reply:
         """Decide, try targets in order, and return the one terminal reply."""
-        decision = self.decide(job)
+        decision, expected = self.decide(job)
         record = DecisionRecord(
             task_id=job.request.id, task_type=job.task_type.name, policy=decision.policy,
             decided_at=self.clock(), evaluations=[_round_eval(e) for e in decision.evaluations],
@@ -235,7 +229,7 @@ class Dispatcher:
                 return self._give_up(job, step, results, record)
             tried.append(step.target.node_id)
             started = self.clock()
-            result = await self._attempt(job, step)
+            result = await self._attempt(job, step, expected[step.target.node_id])
             elapsed = self.clock() - started
             results.append((step.target, result))
             record.attempts.append({"node_id": step.target.node_id, "status": result.status.value,
@@ -252,7 +246,8 @@ class Dispatcher:
     async def local_only(self, job: Job) -> p.Reply:
         """Run here and nowhere else (the cloud tier's role): admission, executor, reply."""
         started = self.clock()
-        result = await self.run_local(job)
+        expected = self.expected_s(job, started)
+        result = await self.run_local(job, expected)
         self.observe_local(job, result)
         if result.status is AttemptStatus.REJECTED:
             self.metrics.tasks_rejected.labels(
@@ -262,9 +257,12 @@ class Dispatcher:
                   AttemptStatus.INVALID: p.Status.REJECTED}.get(result.status, p.Status.FAILED)
         reply = self._reply(job, status, Placement.LOCAL, result, 1)
         if status is p.Status.OK:
-            predicted = self.exec_estimate(job, self.node_id, started)
-            self.metrics.prediction_error.observe(self.clock() - started - predicted.mean_s)
+            self.metrics.prediction_error.observe(self.clock() - started - expected)
         return reply
+
+    def expected_s(self, job: Job, now: float) -> float:
+        """This node's expected execution time of `job` (for admission and the executor)."""
+        return exec_estimate(self.spec(job), self.node_id, self.bank, now).mean_s
 
     def observe_local(self, job: Job, result: AttemptResult) -> None:
         """Feed a local execution's time into this node's own estimator."""
@@ -310,26 +308,30 @@ class Dispatcher:
 
     # -- attempts -----------------------------------------------------------------------------
 
-    async def _attempt(self, job: Job, step: NextAttempt) -> AttemptResult:
+    async def _attempt(self, job: Job, step: NextAttempt, expected_s: float) -> AttemptResult:
+        """One try on `step.target`, expected to execute there in `expected_s`."""
         target = step.target
         if target.placement is Placement.LOCAL:
-            return await self.run_local(job)
+            return await self.run_local(job, expected_s)
         token = next(self._tokens)
         sent = self.outstanding.setdefault(target.node_id, {})
         sent[token] = self.clock()
         try:
             if target.placement is Placement.NEIGHBOUR:
-                return await self._run_neighbour(job, target, step.timeout_s)
+                return await self._run_neighbour(job, target, step.timeout_s, expected_s)
             return await self._run_cloud(job, step.timeout_s)
         finally:
             del sent[token]
             if not sent:
                 self.outstanding.pop(target.node_id, None)
 
-    async def run_local(self, job: Job) -> AttemptResult:
-        """Admission control, then the local executor (also serves neighbours' offloads)."""
+    async def run_local(self, job: Job, expected: float | None = None) -> AttemptResult:
+        """Admission control, then the local executor (also serves neighbours' offloads).
+
+        `expected` is the execution time the decision expected here (estimated now if None)."""
         ex, now = self.executor, self.clock()
-        expected = self.exec_estimate(job, self.node_id, now).mean_s
+        if expected is None:
+            expected = self.expected_s(job, now)
         deadline_at = job.deadline_at
         verdict = admit(
             slots=ex.slots, running=ex.running, queued=ex.queued, queue_limit=ex.queue_size,
@@ -360,11 +362,10 @@ class Dispatcher:
         at = job.deadline_at
         return None if at is None else max(0.0, at - self.clock())
 
-    async def _run_neighbour(self, job: Job, target: CandidateEval,
-                             timeout_s: float) -> AttemptResult:
+    async def _run_neighbour(self, job: Job, target: CandidateEval, timeout_s: float,
+                             expected: float) -> AttemptResult:
         if self.offload is None:
             return AttemptResult(status=AttemptStatus.FAILED, error="offload is not available")
-        expected = self.exec_estimate(job, target.node_id, self.clock()).mean_s
         gone = self._gone_watch(target.node_id)
         try:
             reply = await self.offload.request(
@@ -406,10 +407,13 @@ class Dispatcher:
             doc = await self.cloud.submit(body, timeout_s=timeout_s)
             reply = p.parse_reply(doc)
         except HttpError as exc:
-            timed_out = "did not answer" in str(exc)
+            # a refused token (`unauthorized`) fails the attempt: the chain moves on
+            self.metrics.cloud_requests_failed.labels(reason=exc.reason).inc()
+            timed_out = exc.reason == "timeout"
             return AttemptResult(status=AttemptStatus.TIMEOUT if timed_out
                                  else AttemptStatus.FAILED, error=str(exc))
         except p.SubmissionError as exc:
+            self.metrics.cloud_requests_failed.labels(reason="bad_reply").inc()
             return AttemptResult(status=AttemptStatus.FAILED, error=f"bad cloud reply: {exc}")
         return _from_remote(reply.status, reply.result, reply.error,
                             reply.executed_by or CLOUD_ID, 0.0, reply.latency_s,

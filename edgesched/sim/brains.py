@@ -13,10 +13,7 @@ import heapq
 from typing import TYPE_CHECKING, Any
 
 from edgesched.core.admission import admit
-from edgesched.core.candidates import (
-    CloudTarget,
-    build_candidates,
-)
+from edgesched.core.candidates import CloudTarget, build_candidates, exec_estimate
 from edgesched.core.costmodel import CostParams
 from edgesched.core.estimators import EstimatorBank, ExecPrior, checked_link_estimate
 from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
@@ -34,7 +31,6 @@ from edgesched.core.model import (
     new_exec_estimate,
     new_node_state,
     new_snapshot,
-    new_task_spec,
 )
 from edgesched.core.policies import Policy
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
@@ -239,7 +235,7 @@ class DaemonBrain:
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
             local_power=node.power, local_max_queue=node.queue_size, inflight=self.inflight,
         )
-        self._own_cache = ((spec.task_type, spec.input_bytes, now), out[0].exec.mean_s)
+        self._own_cache = ((spec.task_type, spec.work, now), out[0].exec.mean_s)
         return out
 
     def fresh_candidates(self, task: SimTask, now: float) -> list[Candidate]:
@@ -279,9 +275,9 @@ class DaemonBrain:
         else:
             self.inflight[target] = left
 
-    def executed(self, type_name: str, input_bytes: float, exec_s: float, now: float) -> None:
+    def executed(self, type_name: str, work: float, exec_s: float, now: float) -> None:
         """This node ran a task (its own or a neighbour's): it learns its own speed."""
-        self.bank.observe_exec(type_name, self.node.id, input_bytes, exec_s, now)
+        self.bank.observe_exec(type_name, self.node.id, work, exec_s, now)
         self._own_cache = None
 
     def observed(self, task: SimTask, target: SimNode, exec_s: float, wait_s: float,
@@ -294,18 +290,17 @@ class DaemonBrain:
         if target is self.node:
             return  # already learned in `executed`
         bank, name = self.bank, self._types[task.ttype].name
-        bank.observe_exec(name, target.id, task.spec.input_bytes, exec_s, now)
+        bank.observe_exec(name, target.id, task.spec.work, exec_s, now)
         network = now - task.started - wait_s - exec_s
         bank.observe_exchange(target.id, (task.in_bits + task.out_bits) / 8.0,
                               network if network > 0.0 else 0.0, now)
 
     def own_exec_estimate(self, task: SimTask, now: float) -> float:
         spec = task.spec
-        key = (spec.task_type, spec.input_bytes, now)
+        key = (spec.task_type, spec.work, now)
         if self._own_cache is not None and self._own_cache[0] == key:
             return self._own_cache[1]  # just computed for the local candidate, same inputs
-        return self.bank.exec_estimate(spec.task_type, self.node.id, spec.input_bytes,
-                                       now).mean_s
+        return exec_estimate(spec, self.node.id, self.bank, now).mean_s
 
 
 class OracleBrain(DaemonBrain):
@@ -382,12 +377,11 @@ def admit_here(node: SimNode, task: SimTask, exec_s: float, now: float) -> bool:
 
 
 def task_spec(engine: Engine, task: SimTask) -> TaskSpec:
+    """The core's view of a simulated task. A simulated daemon knows the input's size, not the
+    work it hides (that is the simulator's truth, `task.work`): its estimators are linear in
+    the input bytes, as a daemon's are for a task type without `work_units`."""
     tt = engine.scenario.task_types[task.ttype]
-    in_bytes, out_bytes = task.in_bits / 8.0, task.out_bits / 8.0
-    if 0.0 <= in_bytes < _INF and 0.0 <= out_bytes < _INF:
-        # One per task: the type's fields come from the validated scenario, the arrival time
-        # from the stream; the sizes were just checked (a NaN fails the comparisons).
-        return new_task_spec(tt.name, in_bytes, out_bytes, tt.deadline_s, 0, None, tt.offload,
-                              task.arrival)
-    return TaskSpec(task_type=tt.name, input_bytes=in_bytes, output_bytes=out_bytes,
-                    deadline_s=tt.deadline_s, offload=tt.offload, submitted_at=task.arrival)
+    in_bytes = task.in_bits / 8.0
+    return TaskSpec(task_type=tt.name, input_bytes=in_bytes, output_bytes=task.out_bits / 8.0,
+                    work=in_bytes, deadline_s=tt.deadline_s, offload=tt.offload,
+                    submitted_at=task.arrival)

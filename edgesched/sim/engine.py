@@ -469,7 +469,7 @@ class Engine:
                 prev + 0.1 * (job.exec_s - prev))
         else:
             node.energy_j += node.power.compute_w * job.exec_s  # compute_energy_j, inlined
-            node.brain.executed(task.spec.task_type, task.spec.input_bytes, job.exec_s, self.now)
+            node.brain.executed(task.spec.task_type, task.spec.work, job.exec_s, self.now)
         while node.queue and len(node.running) < node.slots:
             nxt = node.queue.popleft()
             node.queued_est_s = max(0.0, node.queued_est_s - nxt.est)

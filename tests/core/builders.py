@@ -16,6 +16,7 @@ def task(**kw: object) -> TaskSpec:
     base: dict[str, object] = {"task_type": "detect", "input_bytes": 200_000.0,
                                "output_bytes": 1_000.0}
     base.update(kw)
+    base.setdefault("work", base["input_bytes"])  # estimators linear in the input's size
     return TaskSpec(**base)  # type: ignore[arg-type]
 
 

@@ -31,7 +31,7 @@ def test_batch_matches_single_decisions(cands, params, seed) -> None:
                        offload=offload_codes(offl)).chosen_ids(view)
     policy = make_policy("cost", params, np.random.default_rng(0))
     for i in range(n):
-        t = TaskSpec(task_type="t", input_bytes=float(inp[i]), output_bytes=float(out[i]),
+        t = TaskSpec(task_type="t", input_bytes=float(inp[i]), output_bytes=float(out[i]), work=0.0,
                      deadline_s=None if np.isnan(deadline[i]) else float(deadline[i]),
                      offload=offl[i])
         d = policy.decide(t, cands, 0.0)
@@ -80,7 +80,7 @@ def test_spread_equals_deciding_one_by_one_with_the_queue_growing(cands, params,
             over = taken[c.node_id] - max(0, c.slots - c.running - c.queued) + 1
             extra = c.exec.mean_s / c.slots * over if over > 0 and c.slots > 0 else 0.0
             now_cands.append(dataclasses.replace(c, est_wait_s=c.est_wait_s + extra))
-        t = TaskSpec(task_type="t", input_bytes=float(inp[i]), output_bytes=float(out[i]),
+        t = TaskSpec(task_type="t", input_bytes=float(inp[i]), output_bytes=float(out[i]), work=0.0,
                      deadline_s=None if np.isnan(deadline[i]) else float(deadline[i]))
         d = policy.decide(t, now_cands, 0.0)
         want = d.chosen.node_id if d.chosen else None

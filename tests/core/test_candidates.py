@@ -132,3 +132,29 @@ def test_neighbour_state_is_clamped_into_range(
     assert n2.running == max(0, running) + extra and n2.queued == max(0, queued)
     assert 0.0 <= n2.est_wait_s <= 1e9 and 0.0 <= n2.wait_std_s <= 1e9
     assert n2.age_s == min(1e12, 100.0 - node.last_seen)
+
+
+def test_a_neighbours_wait_is_built_on_the_exec_estimate_it_carries() -> None:
+    """The seam bug of issue 16: waits came from an estimate at x = input_bytes while the
+    candidate's exec field said x = work (1.68 s against 0.50 s). One estimate now serves
+    both, at the task's work."""
+    b = EstimatorBank(exec_priors={"matmul": ExecPrior(mean_s=0.5, s_per_mb=0.2, cv=0.1)})
+    busy = NodeState(node_id="gw-2", slots=1, running=1, queued=1, last_seen=100.0)
+    snap = ClusterSnapshot(now=100.0, local=NodeState(node_id="gw-1", last_seen=100.0),
+                           neighbours=(busy,))
+    spec = task(task_type="matmul", input_bytes=300.0, work=5.9e6)  # n=180: n³/1000 units
+    _, n2 = build_candidates(spec, snap, b)
+    assert n2.exec.mean_s == pytest.approx(0.5 + 0.2 * 5.9)  # 1.68 s, at x = work
+    assert n2.est_wait_s == pytest.approx(queue_wait(1, 1, 1, n2.exec.mean_s)[0])
+    assert n2.est_wait_s == pytest.approx(2 * 1.68)  # two tasks ahead on one slot
+
+
+def test_an_exact_execution_time_is_used_for_every_target() -> None:
+    busy = NodeState(node_id="gw-2", slots=1, running=1, last_seen=100.0)
+    snap = ClusterSnapshot(now=100.0, local=NodeState(node_id="gw-1", last_seen=100.0),
+                           neighbours=(busy,))
+    cands = build_candidates(task(task_type="sleep", exact_s=0.3), snap, bank(),
+                             cloud=CloudTarget())
+    assert [c.exec.mean_s for c in cands] == [0.3, 0.3, 0.3]
+    assert cands[1].est_wait_s == pytest.approx(0.3)
+    assert cands[0].exec.std_s == pytest.approx(0.02 * 0.3 + 0.002)

@@ -74,7 +74,7 @@ def cand_lists(draw: st.DrawFn) -> list[Candidate]:
 @st.composite
 def tasks(draw: st.DrawFn) -> TaskSpec:
     return TaskSpec(task_type="t", input_bytes=draw(st.floats(0, 1e7)),
-                    output_bytes=draw(st.floats(0, 1e6)),
+                    output_bytes=draw(st.floats(0, 1e6)), work=draw(st.floats(0, 1e7)),
                     deadline_s=draw(st.none() | st.floats(0.01, 5)),
                     offload=draw(st.sampled_from(OffloadPolicy)))
 
@@ -185,16 +185,19 @@ def test_same_inputs_and_seed_give_the_same_decisions(t, cands, params, name, se
 
 
 BAD = [math.nan, math.inf, -math.inf]
+SPEC = {"task_type": "t", "input_bytes": 1.0, "output_bytes": 1.0, "work": 1.0}
 
 
 @pytest.mark.parametrize("bad", BAD)
 @pytest.mark.parametrize(
     ("cls", "kwargs", "field"),
     [
-        (TaskSpec, {"task_type": "t", "input_bytes": 1.0, "output_bytes": 1.0}, "input_bytes"),
-        (TaskSpec, {"task_type": "t", "input_bytes": 1.0, "output_bytes": 1.0}, "output_bytes"),
-        (TaskSpec, {"task_type": "t", "input_bytes": 1.0, "output_bytes": 1.0}, "deadline_s"),
-        (TaskSpec, {"task_type": "t", "input_bytes": 1.0, "output_bytes": 1.0}, "submitted_at"),
+        (TaskSpec, SPEC, "input_bytes"),
+        (TaskSpec, SPEC, "output_bytes"),
+        (TaskSpec, SPEC, "deadline_s"),
+        (TaskSpec, SPEC, "submitted_at"),
+        (TaskSpec, SPEC, "work"),
+        (TaskSpec, SPEC, "exact_s"),
         (LinkEstimate, {"rtt_s": 0.1}, "rtt_s"),
         (LinkEstimate, {"rtt_s": 0.1}, "rtt_std_s"),
         (LinkEstimate, {"rtt_s": 0.1}, "bandwidth_bps"),

@@ -14,7 +14,7 @@ from edgesched.core.candidates import local_candidate, neighbour_candidate
 from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.model import NodeState, PowerModel, TaskSpec
 
-TASK = TaskSpec(task_type="t", input_bytes=1000, output_bytes=10)
+TASK = TaskSpec(task_type="t", input_bytes=1000, output_bytes=10, work=1000)
 BANK = EstimatorBank(exec_priors={"t": ExecPrior(mean_s=0.1, cv=0.3)})
 LOCAL = NodeState(node_id="me", slots=2, last_seen=10.0)
 

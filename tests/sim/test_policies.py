@@ -18,7 +18,7 @@ from edgesched.sim.policies import (
     edge_utilisation,
 )
 
-TASK = TaskSpec(task_type="t", input_bytes=10_000, output_bytes=100, deadline_s=1.0)
+TASK = TaskSpec(task_type="t", input_bytes=10_000, output_bytes=100, work=10_000, deadline_s=1.0)
 
 
 def _cands(wan_bps: float, local_running: int, neighbour_running: int) -> list[Candidate]:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from edgesched.core.candidates import CLOUD_ID
-from edgesched.core.model import ClusterSnapshot, NodeState
+from edgesched.core.costmodel import CostParams
+from edgesched.core.estimators import EstimatorBank, ExecPrior
+from edgesched.core.fallback import FallbackParams
+from edgesched.core.model import ClusterSnapshot, NodeState, PowerModel, TaskSpec
+from edgesched.core.policies import CostPolicy
 from edgesched.node.dispatch import Dispatcher
 
 
@@ -31,3 +37,24 @@ def test_a_target_whose_report_covers_everything_is_left_out() -> None:
         now=10.0, local=NodeState(node_id="a"), neighbours=(NodeState(node_id="b", last_seen=9.0),)
     )
     assert unreported({"b": {1: 8.0}}, snap) == {}
+
+
+def test_the_dispatchers_candidates_wait_on_the_estimate_they_carry() -> None:
+    """Issue 16's seam bug: the daemon replaced each candidate's exec estimate (x = work)
+    after its queue wait had been derived from another one (x = input_bytes)."""
+    bank = EstimatorBank(exec_priors={"matmul": ExecPrior(mean_s=0.5, s_per_mb=0.2, cv=0.1)})
+    snap = ClusterSnapshot(
+        now=100.0, local=NodeState(node_id="a", last_seen=100.0),
+        neighbours=(NodeState(node_id="b", slots=1, running=1, queued=1, last_seen=100.0),),
+    )
+    dispatcher = Dispatcher(
+        node_id="a", role="edge", executor=SimpleNamespace(queue_size=8),  # type: ignore[arg-type]
+        bank=bank, policy=CostPolicy(CostParams()), fallback=FallbackParams(),
+        metrics=None,  # type: ignore[arg-type]
+        snapshot=lambda: snap, local_power=PowerModel(),
+    )
+    spec = TaskSpec(task_type="matmul", input_bytes=300.0, output_bytes=100.0, work=5.9e6)
+    local, neighbour = dispatcher.candidates(spec)
+    assert neighbour.exec.mean_s == pytest.approx(1.68)  # at x = work: 0.5 + 0.2 x 5.9 MB
+    assert neighbour.est_wait_s == pytest.approx(2 * neighbour.exec.mean_s)
+    assert local.exec.mean_s == pytest.approx(1.68)
