@@ -25,7 +25,9 @@ LABEL org.opencontainers.image.title="edgesched" \
       org.opencontainers.image.description="Deadline- and energy-aware task scheduling for edge nodes" \
       org.opencontainers.image.licenses="Apache-2.0"
 # CREDENTIALS_DIRECTORY: the config resolves relative secret paths there and picks up files
-# named mqtt_password / cloud_token by itself, so Docker secrets (/run/secrets/NAME) just work.
+# named mqtt_password / cloud_token / http_token by itself, so Docker secrets
+# (/run/secrets/NAME) just work. The baked config binds the API to 0.0.0.0, so the container
+# needs the http_token secret (protected mode: without it `run` exits 78 and says so).
 ENV VIRTUAL_ENV=/opt/edgesched \
     PATH=/opt/edgesched/bin:$PATH \
     EDGESCHED_CONFIG=/etc/edgesched/edgesched.yaml \
@@ -41,7 +43,7 @@ USER 10001:10001
 EXPOSE 8470
 STOPSIGNAL SIGTERM
 # No --url: the address comes from the config (0.0.0.0 is asked on 127.0.0.1), so it follows
-# http.port when EDGESCHED_HTTP__PORT or a mounted config changes it.
+# http.port when EDGESCHED_HTTP__PORT or a mounted config changes it. /healthz needs no token.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["edgesched", "healthcheck", "--timeout", "4"]
 ENTRYPOINT ["edgesched"]

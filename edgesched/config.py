@@ -7,9 +7,11 @@ plain parameter object derived from it) from the composition root.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,19 @@ MASK = "********"
 BUILTIN_TYPES = ("echo", "hash", "matmul", "sleep")
 
 _NODE_ID_RE = re.compile(NODE_ID_PATTERN)
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Variables of the daemon's own process that no task handler may see or be given.
+DAEMON_ONLY_ENV = frozenset({
+    "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID",
+})
+DEFAULT_HANDLER_PATH = "/usr/local/bin:/usr/bin:/bin"
+_USERINFO_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#]*)@")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Variables of the daemon's own process that no task handler may see or be given.
+DAEMON_ONLY_ENV = frozenset({
+    "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID",
+})
+DEFAULT_HANDLER_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def default_node_id() -> str:
@@ -164,6 +179,32 @@ class SecuritySettings(_Section):
     trust_dir: Path | None = Field(None, description="NODE_ID.pem public keys of the cluster")
     max_clock_skew_s: float = Field(30.0, gt=0, le=3600)
 
+    @model_validator(mode="after")
+    def _key_and_trust(self) -> SecuritySettings:
+        if (self.key_file is None) != (self.trust_dir is None):
+            raise ValueError("set both key_file and trust_dir (this node's key and its peers' "
+                             "public keys), or neither")
+        key, trust = self.key_path, self.trust_path
+        if key is not None and not key.is_file():
+            raise ValueError(f"key_file {key} does not exist; make one with `edgesched keygen "
+                             "NODE_ID --dir DIR`")
+        if trust is not None and not trust.is_dir():
+            raise ValueError(f"trust_dir {trust} is not a directory of NODE_ID.pem files")
+        return self
+
+    @property
+    def key_path(self) -> Path | None:
+        """`key_file`, resolved in systemd's $CREDENTIALS_DIRECTORY when relative."""
+        if self.key_file is None:
+            return None
+        return _resolve_secret_path(self.key_file, os.environ.get("CREDENTIALS_DIRECTORY"))
+
+    @property
+    def trust_path(self) -> Path | None:
+        if self.trust_dir is None:
+            return None
+        return _resolve_secret_path(self.trust_dir, os.environ.get("CREDENTIALS_DIRECTORY"))
+
 
 class IntakeSettings(_Section):
     """What the node accepts from clients and where it may send their replies."""
@@ -174,15 +215,115 @@ class IntakeSettings(_Section):
     )
 
 
+def _no_password() -> bytes:
+    raise ValueError("encrypted private keys are not supported: give an unencrypted PEM key")
+
+
+class HttpTlsSettings(_Section):
+    """HTTPS for the node's API; relative paths resolve in $CREDENTIALS_DIRECTORY."""
+
+    cert_file: Path | None = Field(None, description="server certificate (chain), PEM")
+    key_file: Path | None = Field(None, description="its private key, PEM (unencrypted)")
+    client_ca_file: Path | None = Field(
+        None, description="CA of client certificates: when set, every client must present one"
+    )
+
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _resolve(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve_secret_path(value, os.environ.get("CREDENTIALS_DIRECTORY"))
+        if not path.is_file():
+            raise ValueError(f"{path} is not a readable file")
+        return path
+
+    @model_validator(mode="after")
+    def _complete(self) -> HttpTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file needs cert_file and key_file (client "
+                             "certificates are checked only over TLS)")
+        if self.cert_file is not None and self.key_file is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file, password=_no_password)
+                if self.client_ca_file is not None:
+                    context.load_verify_locations(cafile=self.client_ca_file)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ValueError(f"cannot load the TLS certificate, key or client CA: "
+                                 f"{exc}") from None
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost`, 127.0.0.0/8 and ::1: only this machine can connect."""
+    if host.strip().lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535, description="0 = any free port")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=256 << 20)
+    token_file: Path | None = Field(
+        None, description="bearer token every /v1 request must carry (default: the systemd "
+        "credential http_token); on a cloud node, the token its edges send"
+    )
+    metrics_auth: bool = Field(False, description="/metrics needs the token (or client cert) too")
+    tls: HttpTlsSettings = HttpTlsSettings()
+    allow_unauthenticated: bool = Field(
+        False, description="serve a non-loopback http.host without any authentication"
+    )
+
+    _token: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load_token_and_protect(self) -> HttpSettings:
+        path = self.token_file or _implicit_credential("http_token")
+        if path is not None:
+            token = _read_secret(path, os.environ.get("CREDENTIALS_DIRECTORY"))
+            text = token.get_secret_value()
+            if not text:
+                raise ValueError(f"the http token file {path} is empty")
+            if not all(33 <= ord(ch) < 127 for ch in text):
+                raise ValueError(f"the http token in {path} must be printable ASCII without "
+                                 "spaces (one line)")
+            self._token = token
+        if (not self.allow_unauthenticated and not is_loopback_host(self.host)
+                and self._token is None and self.tls.client_ca_file is None):
+            raise ValueError(
+                f"http.host {self.host!r} is reachable from other machines but the HTTP API has "
+                "no authentication; set http.token_file (a bearer token), or "
+                "http.tls.client_ca_file (client certificates), or "
+                "http.allow_unauthenticated: true to accept anyone (protected mode)"
+            )
+        return self
+
+    @property
+    def token(self) -> SecretStr | None:
+        return self._token
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls.enabled else "http"
 
 
 class CloudSettings(_Section):
     url: str | None = None
     token_file: Path | None = None
+    ca_file: Path | None = Field(
+        None, description="CA that signed an https cloud.url's certificate (default: system CAs)"
+    )
     timeout_s: float = Field(30.0, gt=0, le=3600)
     max_connections: int = Field(32, ge=1, le=4096)
     speed: float = Field(
@@ -200,11 +341,24 @@ class CloudSettings(_Section):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_readable(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve_secret_path(value, os.environ.get("CREDENTIALS_DIRECTORY"))
+        if not path.is_file():
+            raise ValueError(f"{path} is not a readable file")
+        return path
+
     @model_validator(mode="after")
     def _load_token(self) -> CloudSettings:
         path = self.token_file or _implicit_credential("cloud_token")
         if path is not None:
             self._token = _read_secret(path, os.environ.get("CREDENTIALS_DIRECTORY"))
+        if self._token is not None and self.url and _USERINFO_RE.match(self.url):
+            raise ValueError("cloud.url carries user:password (HTTP Basic) and a cloud token is "
+                             "set too: use one of them")
         return self
 
     @property
@@ -219,6 +373,10 @@ class TelemetrySettings(_Section):
     max_payload_bytes: int = Field(65_536, ge=64, le=16 << 20)
     max_devices: int = Field(10_000, ge=1, le=10_000_000)
     device_ttl_s: float = Field(3600.0, gt=0)
+    max_neighbours: int = Field(
+        256, ge=1, le=65_536, description="neighbour table size: new node ids beyond it are "
+        "refused (an offline entry makes room)"
+    )
 
     @model_validator(mode="after")
     def _offline_after_suspect(self) -> TelemetrySettings:
@@ -258,6 +416,21 @@ class TaskTypeSettings(_Section):
     exec_prior_s: float = Field(0.05, ge=0, description="prior execution time at speed 1")
     exec_prior_s_per_mb: float = Field(0.0, ge=0, description="prior extra time per MB input")
     output_bytes: int = Field(1024, ge=0, description="expected output size")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="a command handler's environment besides PATH, LANG"
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _ENV_NAME_RE.match(name):
+                raise ValueError(f"env name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
+            if name.startswith(ENV_PREFIX) or name in DAEMON_ONLY_ENV:
+                raise ValueError(f"env name {name!r} belongs to the daemon, not to a handler")
+            if "\x00" in text:
+                raise ValueError(f"env value of {name} contains NUL")
+        return value
 
     @model_validator(mode="after")
     def _handler_shape(self) -> TaskTypeSettings:
@@ -509,6 +682,13 @@ def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str
     }
 
 
+def handler_base_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole inherited environment of a `command` task handler: PATH and LANG of this
+    process (or safe defaults), nothing else; a task type's `env` map is added to it."""
+    env = os.environ if environ is None else environ
+    return {"PATH": env.get("PATH") or DEFAULT_HANDLER_PATH, "LANG": env.get("LANG") or "C.UTF-8"}
+
+
 def config_path_from_env(explicit: str | Path | None) -> Path | None:
     """`--config`, else `$EDGESCHED_CONFIG`, else none (built-in defaults)."""
     if explicit:
@@ -567,4 +747,19 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     data["mqtt"]["password"] = MASK if settings.mqtt.password is not None else None
     data["cloud"]["token"] = MASK if settings.cloud.token is not None else None
+    data["cloud"]["url"] = mask_url(settings.cloud.url) if settings.cloud.url else None
+    data["http"]["token"] = MASK if settings.http.token is not None else None
     return data
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password of its user-info masked: `http://u:********@host/...`.
+
+    A user-info without a colon (often a bare token) is masked whole.
+    """
+    match = _USERINFO_RE.match(url)
+    if match is None:
+        return url
+    user, sep, _ = match["userinfo"].partition(":")
+    shown = f"{user}:{MASK}" if sep else MASK
+    return f"{match['scheme']}{shown}@{url[match.end():]}"

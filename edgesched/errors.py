@@ -8,6 +8,7 @@
     ├── TransportError              a network peer could not be reached or answered badly
     │   ├── MqttError               broker connection / publish / subscribe failed
     │   └── HttpError               HTTP client or server failure
+    │       └── UnauthorizedError   the peer refused our token (401/403)
     ├── TaskError                   a task could not be run
     │   ├── InvalidTaskError        the submission itself is wrong (-> `rejected`)
     │   ├── UnknownTaskTypeError    the type is not configured on this node (-> `rejected`)
@@ -59,7 +60,21 @@ class MqttError(TransportError):
 
 
 class HttpError(TransportError):
-    """An HTTP request failed or answered with an unusable response."""
+    """An HTTP request failed or answered with an unusable response.
+
+    `reason` is a short fixed label for metrics: `timeout`, `unreachable`, `http_status`, ...
+    """
+
+    def __init__(self, message: str, *, reason: str = "http_status") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class UnauthorizedError(HttpError):
+    """The peer refused our credentials (HTTP 401/403): a wrong or missing token."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="unauthorized")
 
 
 class TaskError(EdgeschedError):

@@ -4,41 +4,56 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
+import ssl
+import time
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
 from edgesched import __version__
-from edgesched.config import CloudSettings
-from edgesched.errors import HttpError
+from edgesched.config import MASK, CloudSettings, mask_url
+from edgesched.errors import HttpError, UnauthorizedError
 
 log = logging.getLogger("edgesched.cloud")
 
 MAX_REPLY_BYTES = 64 << 20
+AUTH_LOG_INTERVAL_S = 60.0  # at most one "the cloud refused our token" line per minute
+_CONTENT_TYPE_RE = re.compile(r"[^A-Za-z0-9/+.;=_ -]")
 
 
 class CloudClient:
     """Sends submit bodies to the cloud tier and returns its reply document.
 
     One `ClientSession` for the node's lifetime keeps connections alive and pooled (at most
-    `cloud.max_connections`); every foreign error becomes `HttpError` here.
+    `cloud.max_connections`); every foreign error becomes `HttpError` here, a refused token
+    (HTTP 401/403) `UnauthorizedError`. Messages show the URL with its password masked and
+    never the body of an upstream error (it may echo what we sent).
     """
 
     def __init__(self, settings: CloudSettings) -> None:
         if settings.url is None:
             raise ValueError("cloud.url is not set")
         self.url = f"{settings.url}/v1/tasks"
+        self.shown_url = mask_url(self.url)
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._secrets = _secret_parts(settings)
+        self._auth_logged_at = -math.inf
 
     async def __aenter__(self) -> CloudClient:
         headers = {"User-Agent": f"edgesched/{__version__}", "Content-Type": "application/json"}
         token = self._settings.token
         if token is not None:
             headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+        ssl_context: ssl.SSLContext | bool = True  # verify https against the system CAs
+        if self._settings.ca_file is not None:
+            ssl_context = ssl.create_default_context(cafile=str(self._settings.ca_file))
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._settings.max_connections,
-                                           keepalive_timeout=60.0),
+                                           keepalive_timeout=60.0, ssl=ssl_context),
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=self._settings.timeout_s),
         )
@@ -48,6 +63,11 @@ class CloudClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
 
     async def submit(self, body: bytes, *, timeout_s: float | None = None) -> dict[str, Any]:
         """POST one encoded submit body; the reply document (any status) or HttpError."""
@@ -59,22 +79,62 @@ class CloudClient:
                 self.url, data=body,
                 timeout=aiohttp.ClientTimeout(total=limit) if limit else None,
             ) as resp:
+                if resp.status in (401, 403):
+                    self._refused(resp.status)
                 raw = await resp.content.read(MAX_REPLY_BYTES + 1)
-                return _reply_document(resp.status, raw, self.url)
+                return _reply_document(resp.status, raw, self.shown_url,
+                                       resp.headers.get("Content-Type", ""))
         except TimeoutError as exc:
-            raise HttpError(f"cloud {self.url} did not answer within {limit}s") from exc
-        except aiohttp.ClientError as exc:
-            raise HttpError(f"cloud {self.url}: {exc.__class__.__name__}: {exc}") from exc
+            raise HttpError(f"cloud {self.shown_url} did not answer within {limit}s",
+                            reason="timeout") from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            detail = self._scrub(f"{exc.__class__.__name__}: {exc}")
+            raise HttpError(f"cloud {self.shown_url}: {detail}", reason="unreachable") from exc
+
+    def _refused(self, status: int) -> None:
+        if self._settings.token is None:
+            why = "we sent no token: set cloud.token_file to the cloud node's http.token_file"
+        else:
+            why = ("cloud.token_file does not hold the token of the cloud node's "
+                   "http.token_file")
+        now = time.monotonic()
+        if now - self._auth_logged_at >= AUTH_LOG_INTERVAL_S:
+            self._auth_logged_at = now
+            log.warning("the cloud tier %s refused our token (HTTP %d): %s; cloud attempts "
+                        "fail over to the next candidate until it is fixed",
+                        self.shown_url, status, why)
+        raise UnauthorizedError(f"cloud {self.shown_url} refused our token (HTTP {status}): "
+                                f"{why}")
 
 
-def _reply_document(status: int, raw: bytes, url: str) -> dict[str, Any]:
+def _secret_parts(settings: CloudSettings) -> list[str]:
+    """Strings that must never appear in a message: the URL's password, the token."""
+    parts = []
+    url = settings.url or ""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        parts += [password, unquote(password)]
+    if settings.token is not None and settings.token.get_secret_value():
+        parts.append(settings.token.get_secret_value())
+    return sorted({p for p in parts if p}, key=len, reverse=True)
+
+
+def _reply_document(status: int, raw: bytes, url: str, content_type: str = "") -> dict[str, Any]:
+    """The task reply in an answer, or HttpError saying what came back (never the body: an
+    upstream error page may echo our request, token included)."""
     if len(raw) > MAX_REPLY_BYTES:
-        raise HttpError(f"cloud {url} answered more than {MAX_REPLY_BYTES} bytes")
+        raise HttpError(f"cloud {url} answered more than {MAX_REPLY_BYTES} bytes",
+                        reason="bad_reply")
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         doc = None
     if isinstance(doc, dict) and "status" in doc and status in (200, 400, 413):
         return doc  # a reply, possibly `rejected` (400/413 carry one too)
-    snippet = raw[:200].decode("utf-8", "replace")
-    raise HttpError(f"cloud {url} answered HTTP {status}: {snippet}")
+    kind = _CONTENT_TYPE_RE.sub("", content_type)[:64] or "no content type"
+    what = "not a task reply" if status == 200 else "no task reply"
+    raise HttpError(f"cloud {url} answered HTTP {status}, {len(raw)} bytes ({kind}): {what}",
+                    reason="bad_reply" if status == 200 else "http_status")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import math
+import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.metrics import HTTP_AUTH_PATHS, Metrics
 from edgesched.errors import HttpError
 
 log = logging.getLogger("edgesched.http")
@@ -20,6 +24,28 @@ StatusProvider = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
 HealthCheck = Callable[[], str | None]  # a reason when unhealthy, None when fine
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REFUSAL_LOG_INTERVAL_S = 60.0  # at most one "refused unauthenticated requests" line per minute
+
+
+def _no_password() -> bytes:
+    raise ValueError("encrypted private keys are not supported")
+
+
+def server_ssl_context(
+    cert_file: Path, key_file: Path, client_ca_file: Path | None = None
+) -> ssl.SSLContext:
+    """TLS 1.2+ server context; with `client_ca_file` every client must show a certificate
+    signed by that CA (`CERT_REQUIRED`)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_no_password)
+        if client_ca_file is not None:
+            context.load_verify_locations(cafile=client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise HttpError(f"http.tls: cannot load the certificate, key or client CA: {exc}") from exc
+    return context
 
 
 def _json_default(value: object) -> object:
@@ -67,6 +93,9 @@ class HttpServer:
         metrics: Metrics,
         status: Callable[[], dict[str, Any]],
         max_body_bytes: int = 1 << 20,
+        token: str | None = None,
+        metrics_auth: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -74,7 +103,15 @@ class HttpServer:
         self._status = status
         self._providers: dict[str, StatusProvider] = {}
         self._checks: dict[str, HealthCheck] = {}
-        self._app = web.Application(client_max_size=max_body_bytes)
+        self._token = token.encode("utf-8") if token else None
+        self._ssl = ssl_context
+        self._client_certs = (ssl_context is not None
+                              and ssl_context.verify_mode == ssl.CERT_REQUIRED)
+        self._open_paths = frozenset({"/healthz"} if metrics_auth else {"/healthz", "/metrics"})
+        self._refused = 0
+        self._refusal_logged_at = -math.inf
+        middlewares = [self._auth] if self._token is not None or self._client_certs else []
+        self._app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
         self._app.router.add_get("/healthz", self._healthz)
         self._app.router.add_get("/metrics", self._metrics_handler)
         self._app.router.add_get("/v1/status", self._status_handler)
@@ -103,12 +140,14 @@ class HttpServer:
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.bound_port or self._port}"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{host}:{self.bound_port or self._port}"
 
     async def __aenter__(self) -> HttpServer:
         runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(runner, self._host, self._port, reuse_address=True,
+                           ssl_context=self._ssl)
         try:
             await site.start()
         except OSError as exc:
@@ -120,13 +159,55 @@ class HttpServer:
         self._runner = runner
         addresses = runner.addresses
         self.bound_port = int(addresses[0][1]) if addresses else self._port
-        log.info("HTTP API listening on %s", self.base_url)
+        auth = ", ".join(name for name, on in (("bearer token", self._token is not None),
+                                               ("client certificates", self._client_certs))
+                         if on) or "none"
+        log.info("HTTP API listening on %s (authentication: %s)", self.base_url, auth)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+    # ---- authentication -----------------------------------------------------------------
+    def _authenticated(self, request: web.Request) -> bool:
+        # CERT_REQUIRED: the handshake already refused clients without a valid certificate
+        transport = request.transport
+        if self._client_certs and transport is not None and transport.get_extra_info("peercert"):
+            return True
+        if self._token is None:
+            return False
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(presented.strip().encode("utf-8", "replace"), self._token)
+
+    @web.middleware
+    async def _auth(
+        self, request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if request.path in self._open_paths or self._authenticated(request):
+            return await handler(request)
+        resource = request.match_info.route.resource
+        canonical = resource.canonical if resource is not None else ""
+        self._metrics.http_unauthorized.labels(
+            path=canonical if canonical in HTTP_AUTH_PATHS else "other").inc()
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            log.warning("refused %d HTTP request(s) without a valid bearer token (last: %s %s "
+                        "from %s)", self._refused, request.method, canonical or "unknown path",
+                        request.remote)
+            self._refused, self._refusal_logged_at = 0, now
+        response = json_response(
+            {"error": "unauthorized",
+             "detail": "a bearer token is required: send 'Authorization: Bearer <token>' with "
+                       "the node's http.token_file"},
+            status=401)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     # ---- handlers -----------------------------------------------------------------------
     async def _healthz(self, request: web.Request) -> web.Response:

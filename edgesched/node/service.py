@@ -17,9 +17,10 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from edgesched import __version__
-from edgesched.adapters.http import HttpServer
+from edgesched.adapters.http import HttpServer, server_ssl_context
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import MqttClient, MqttOptions, OutboundMessage
+from edgesched.adapters.signing import KeyFileError, MessageSecurity, load_security
 from edgesched.adapters.stallguard import stall_guard_for
 from edgesched.adapters.systemd import Notifier
 from edgesched.config import (
@@ -27,11 +28,13 @@ from edgesched.config import (
     Settings,
     config_path_from_env,
     load_settings,
+    mask_url,
     read_process_environment,
 )
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.model import ClusterSnapshot, PowerModel
 from edgesched.core.view import ClusterView, NodeAnnouncement, ViewParams
+from edgesched.errors import ConfigError
 from edgesched.node.pipeline import TaskPipeline
 from edgesched.node.telemetry import Identity, LinkReadingFeeder, Load, TelemetryStage, Topics
 
@@ -139,7 +142,8 @@ class Runtime:
             "uptime_s": round(now - self.started_at, 3),
             "mqtt": {
                 "connected": self.mqtt.connected,
-                "broker": f"{self.settings.mqtt.host}:{self.settings.mqtt.port}",
+                "broker": mask_url(f"mqtt://{self.settings.mqtt.host}:{self.settings.mqtt.port}")
+                .removeprefix("mqtt://"),
                 "disconnected_for_s": round(self.mqtt.disconnected_for(now), 3),
             },
             "local": {
@@ -193,6 +197,18 @@ def mqtt_options(settings: Settings) -> MqttOptions:
     )
 
 
+def message_security(settings: Settings) -> MessageSecurity | None:
+    """This node's signer and verifier when `security.key_file` is set (docs/security.md)."""
+    sec = settings.security
+    key, trust = sec.key_path, sec.trust_path
+    if key is None or trust is None:
+        return None
+    try:
+        return load_security(settings.node_id, key, trust, max_skew_s=sec.max_clock_skew_s)
+    except KeyFileError as exc:
+        raise ConfigError([("security", str(exc))]) from None
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -210,20 +226,28 @@ def build_runtime(
     )
     topics = Topics(settings.mqtt.topic_prefix)
     t = settings.telemetry
+    refused = metrics.telemetry_rejected.labels(reason="neighbour_limit")
     view = ClusterView(local_id=settings.node_id, params=ViewParams(
         interval_s=t.interval_s, suspect_after_intervals=t.suspect_after_intervals,
         offline_after_intervals=t.offline_after_intervals, max_devices=t.max_devices,
-        device_ttl_s=t.device_ttl_s,
-    ))
+        device_ttl_s=t.device_ttl_s, max_nodes=t.max_neighbours,
+    ), on_refused=lambda _node_id: refused.inc())
     metrics.bind_cluster_view(view, time.monotonic)  # telemetry age, device count at scrape
     rt_holder: list[Runtime] = []
+    h = settings.http
+    tls = h.tls
     http = HttpServer(
-        host=settings.http.host, port=settings.http.port, metrics=metrics,
-        status=lambda: rt_holder[0].status_doc(), max_body_bytes=settings.http.max_body_bytes,
+        host=h.host, port=h.port, metrics=metrics,
+        status=lambda: rt_holder[0].status_doc(), max_body_bytes=h.max_body_bytes,
+        token=h.token.get_secret_value() if h.token is not None else None,
+        metrics_auth=h.metrics_auth,
+        ssl_context=server_ssl_context(tls.cert_file, tls.key_file, tls.client_ca_file)
+        if tls.cert_file is not None and tls.key_file is not None else None,
     )
     rt = Runtime(
         settings=settings, metrics=metrics, process_env=env, identity=identity, topics=topics,
-        view=view, mqtt=MqttClient(mqtt_options(settings), metrics), http=http,
+        view=view, http=http,
+        mqtt=MqttClient(mqtt_options(settings), metrics, security=message_security(settings)),
         notifier=Notifier(env), load_source=IdleLoadSource(slots=settings.executor.slots),
     )
     rt_holder.append(rt)
@@ -232,8 +256,9 @@ def build_runtime(
     stage = rt.telemetry
     state_topic = topics.node_state(identity.node_id)
     rt.mqtt.set_will(
-        OutboundMessage(topic=state_topic, payload=stage.state_doc(online=False)),
-        goodbye=lambda: OutboundMessage(topic=state_topic, payload=stage.state_doc(online=False)),
+        OutboundMessage(topic=state_topic, payload=stage.state_doc(online=False), signed=True),
+        goodbye=lambda: OutboundMessage(topic=state_topic, payload=stage.state_doc(online=False),
+                                        signed=True),
     )
     if settings.role == "edge":
         http.register_health_check("mqtt", rt.mqtt_health)
@@ -250,7 +275,7 @@ def _telemetry_stage(rt: Runtime) -> TelemetryStage:
         power=PowerModel(idle_w=p.idle_w, busy_w=p.busy_w, tx_w=p.tx_w, rx_w=p.rx_w),
         battery_device=p.battery_device, on_device=rt._device_values,
         on_announcement=rt._announcement,
-        observe=s.role == "edge",
+        observe=s.role == "edge", max_clock_skew_s=s.security.max_clock_skew_s,
     )
 
 

@@ -135,20 +135,41 @@ def test_compose_runs_broker_two_edges_a_cloud_and_prometheus() -> None:
 
 
 def test_compose_nodes_have_valid_configs(tmp_path: Path) -> None:
-    """Each node's environment over the image's config passes `edgesched check-config`."""
+    """Each node's environment and Docker secrets over the image's config pass
+    `edgesched check-config`; without its secrets a node refuses to serve 0.0.0.0 (exit 78)."""
     exe = str(Path(sys.executable).parent / "edgesched")
+    compose_secrets = _compose()["secrets"]
     for name, svc in _node_services().items():
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
                "EDGESCHED_CONFIG": str(CONFIGS / "docker" / "edgesched.yaml"),
                **{key: str(value) for key, value in svc["environment"].items()}}
+        bare = subprocess.run([exe, "check-config"], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert bare.returncode == 78 and "http.host" in bare.stderr, f"{name}: {bare.stderr}"
+        # what Docker mounts: /run/secrets/<target> with the content of the secret's source
+        run_secrets = tmp_path / name / "secrets"
+        run_secrets.mkdir(parents=True)
+        targets = {}
+        for ref in svc["secrets"]:
+            assert ref["source"] in compose_secrets, f"{name}: undeclared secret {ref}"
+            targets[ref["target"]] = ref["source"]
+            (run_secrets / ref["target"]).write_text(f"token-of-{ref['source']}-0123456789\n")
+        env["CREDENTIALS_DIRECTORY"] = str(run_secrets)
         proc = subprocess.run([exe, "check-config"], env=env, capture_output=True, text=True,
                               timeout=60, check=False)
         assert proc.returncode == 0, f"{name}: {proc.stderr}"
+        assert "token-of" not in proc.stdout, "secrets are masked"
         effective = yaml.safe_load(proc.stdout)
         assert effective["node_id"] == name, "node id = service name = scrape target host"
         assert effective["http"]["host"] == "0.0.0.0"
+        assert effective["http"]["token"] == "********", f"{name}: no http_token secret"
         if effective["role"] == "edge":
             assert effective["cloud"]["url"], f"{name}: edge node without cloud.url"
+            cloud = next(s for s in _node_services().values()
+                         if s["environment"].get("EDGESCHED_ROLE") == "cloud")
+            cloud_http = {r["target"]: r["source"] for r in cloud["secrets"]}["http_token"]
+            assert targets.get("cloud_token") == cloud_http, (
+                f"{name}: its cloud_token must be the cloud node's http_token")
 
 
 def test_prometheus_scrapes_every_compose_node() -> None:

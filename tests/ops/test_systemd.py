@@ -56,7 +56,8 @@ def test_unit_declares_the_required_settings() -> None:
     assert any(cmd.endswith("edgesched check-config") for cmd in service["ExecStartPre"])
     assert any("EDGESCHED_STATE_DIR=%S/edgesched" in env for env in service["Environment"])
     creds = dict(cred.partition(":")[::2] for cred in service["LoadCredential"])
-    assert set(creds) == {"mqtt_password", "cloud_token"}, "names the config picks up implicitly"
+    assert set(creds) == {"mqtt_password", "cloud_token", "http_token"}, (
+        "names the config picks up implicitly")
     # By credential name (searched in /etc/credstore/...), a missing secret does not fail the
     # start; an absolute path that does not exist would (status 243/CREDENTIALS).
     assert all(source and not source.startswith("/") for source in creds.values()), creds
