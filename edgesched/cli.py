@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "status": ("edgesched.node.client:status_command", True),
     "healthcheck": ("edgesched.node.client:healthcheck_command", True),
     "version": ("edgesched.cli:version_command", False),
+    "dev-pki": ("edgesched.pki:dev_pki_command", False),
 }
 
 
@@ -103,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--broker", type=_broker, default=("127.0.0.1", 1883))
     submit.add_argument("--topic-prefix", default="edgesched")
     submit.add_argument("--timeout", type=_positive_float, default=120.0)
+    submit.add_argument("--ca-file", help="CA of the broker: connect with TLS")
+    submit.add_argument("--cert-file", help="client certificate (mTLS); its CN names the "
+                        "reply topic P/device/CN/reply/...")
+    submit.add_argument("--key-file", help="the client certificate's key")
+    submit.add_argument("--no-check-hostname", action="store_true",
+                        help="accept a broker certificate that does not name the host")
 
     for name, helptext in (("status", "pretty view of a node's /v1/status"),
                            ("healthcheck", "exit 0 when the node answers healthy")):
@@ -110,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--url", default=None, help="node base URL (default from config)")
         cmd.add_argument("--config", help="YAML config file, for the default URL")
         cmd.add_argument("--timeout", type=_positive_float, default=5.0)
+
+    pki = sub.add_parser("dev-pki", help="make a CA, broker/node/device certificates, node "
+                         "signing keys and the mosquitto ACL (docs/security.md)")
+    pki.add_argument("directory", metavar="DIR", help="where to write (created if missing)")
+    pki.add_argument("--node", action="append", dest="nodes", metavar="NODE_ID",
+                     help="a node id (repeatable; at least one)")
+    pki.add_argument("--device", action="append", dest="devices", metavar="DEVICE_ID",
+                     help="a device id (repeatable)")
+    pki.add_argument("--broker-host", action="append", dest="broker_hosts", metavar="HOST",
+                     help="name or address of the broker in its certificate (repeatable; "
+                     "default localhost and 127.0.0.1)")
+    pki.add_argument("--days", type=int, default=365, help="validity (365)")
+    pki.add_argument("--topic-prefix", default="edgesched", help="for the ACL (edgesched)")
+    pki.add_argument("--force", action="store_true", help="replace existing files")
 
     sub.add_parser("version", help="print the version")
     return parser

@@ -33,6 +33,36 @@ def build_request(args: argparse.Namespace, reply_to: str, correlation: str) -> 
     return doc
 
 
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`--ca-file/--cert-file/--key-file` as `MqttOptions` fields (checked like mqtt.tls.*)."""
+    ca, cert, key = (getattr(args, name, None) for name in ("ca_file", "cert_file", "key_file"))
+    if (cert is None) != (key is None):
+        raise UsageError("--cert-file and --key-file go together: give both or neither")
+    if cert is not None and ca is None:
+        raise UsageError("--cert-file needs --ca-file too (to verify the broker)")
+    for flag, path in (("--ca-file", ca), ("--cert-file", cert), ("--key-file", key)):
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise UsageError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    if ca is None:
+        return {}
+    return {"tls_ca_file": ca, "tls_cert_file": cert, "tls_key_file": key,
+            "tls_check_hostname": not getattr(args, "no_check_hostname", False)}
+
+
+def reply_topic_for(prefix: str, token: str, cert_file: str | None) -> str:
+    """Without a certificate `P/client/TOKEN/reply`; with a device certificate the reply
+    topic the broker ACL lets that device read: `P/device/<its CN>/reply/TOKEN`."""
+    if cert_file is None:
+        return f"{prefix}/client/{token}/reply"
+    from edgesched.pki import certificate_common_name
+
+    return f"{prefix}/device/{certificate_common_name(cert_file)}/reply/{token}"
+
+
 async def submit_command(args: argparse.Namespace, shutdown_trigger: Awaitable[None]) -> int:
     """Publish one submission, wait (bounded by --timeout) for the reply, print it.
 
@@ -41,7 +71,8 @@ async def submit_command(args: argparse.Namespace, shutdown_trigger: Awaitable[N
     host, port = args.broker
     prefix = args.topic_prefix
     token = uuid.uuid4().hex
-    reply_topic = f"{prefix}/client/{token}/reply"
+    tls = tls_options(args)
+    reply_topic = reply_topic_for(prefix, token, tls.get("tls_cert_file"))
     body = build_request(args, reply_topic, token)
     got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
@@ -50,7 +81,8 @@ async def submit_command(args: argparse.Namespace, shutdown_trigger: Awaitable[N
             got.set_result(msg.payload)
 
     client = MqttClient(MqttOptions(host=host, port=port, client_id=f"edgesched-submit-{token}",
-                                    reconnect_initial_s=0.2, reconnect_max_s=2.0), Metrics())
+                                    reconnect_initial_s=0.2, reconnect_max_s=2.0, **tls),
+                        Metrics())
     await client.subscribe(reply_topic, on_reply, qos=1)
     stop = asyncio.ensure_future(shutdown_trigger)
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import grp
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,13 +47,28 @@ class Mosquitto:
     port: int = field(default_factory=free_port)
     extra_conf: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    conf_text: str | None = None  # a whole config, used as given (see deployment_conf)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"mosquitto-{self.port}.log"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def start(self) -> None:
         conf = self.workdir / f"mosquitto-{self.port}.conf"
+        if self.conf_text is not None:
+            conf.write_text(self.conf_text)
+            self._launch(conf)
+            return
         conf.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
@@ -62,12 +80,20 @@ class Mosquitto:
             f"log_dest file {self.workdir / f'mosquitto-{self.port}.log'}\n"
             + self.extra_conf
         )
+        self._launch(conf)
+
+    def _launch(self, conf: Path) -> None:
         self.proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.host, self.port)
+        try:
+            wait_for_port(self.host, self.port)
+        except TimeoutError:
+            code = self.proc.poll()
+            raise RuntimeError(f"mosquitto did not listen on {self.address} (exit code {code}):"
+                               f"\n{self.log_text()[-2000:]}") from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -78,3 +104,77 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.proc = None
+
+
+# The documented replacements that turn the shipped packaging/mosquitto/edgesched.conf into a
+# test broker's config: nothing else of the file changes. Each original string must occur
+# exactly once, so a changed shipped file fails here instead of silently testing something else.
+def deployment_conf(shipped: str, *, port: int, host: str, certs_dir: Path, acl_file: Path,
+                    workdir: Path) -> str:
+    """The shipped broker config with only the port (bound to `host`), the certificate and ACL
+    paths, and the persistence/log locations replaced."""
+    replacements = {
+        "listener 8883\n": f"listener {port} {host}\n",
+        "/etc/mosquitto/certs/": f"{certs_dir}/",
+        "acl_file /etc/mosquitto/edgesched.acl\n": f"acl_file {acl_file}\n",
+        "persistence_location /var/lib/mosquitto/\n": f"persistence_location {workdir}/\n",
+        "log_dest file /var/log/mosquitto/mosquitto.log\n":
+            f"log_dest file {workdir / f'mosquitto-{port}.log'}\n",
+    }
+    text = shipped
+    for old, new in replacements.items():
+        count = text.count(old)
+        if old == "/etc/mosquitto/certs/":
+            if count != 3:
+                raise AssertionError(f"expected cafile/certfile/keyfile under {old}, found {count}")
+        elif count != 1:
+            raise AssertionError(f"{old!r} occurs {count} times in the shipped config, not once")
+        text = text.replace(old, new)
+    return text
+
+
+def broker_workdir(parent: Path | None = None) -> Path:
+    """A scratch directory mosquitto can still use after dropping root privileges.
+
+    mosquitto started as root switches to the `mosquitto` user before it opens its log, ACL
+    and persistence files, so as root the directory (made outside pytest's 0700 tmp tree)
+    belongs to group mosquitto, like /etc/mosquitto and /var/lib/mosquitto in a real install.
+    The caller removes it (shutil.rmtree).
+    """
+    path = Path(tempfile.mkdtemp(prefix="edgesched-broker-", dir=parent))
+    gid = _mosquitto_gid()
+    if gid is not None:
+        os.chown(path, 0, gid)
+        path.chmod(0o770)
+    return path
+
+
+def install_broker_files(pki_dir: Path, workdir: Path) -> tuple[Path, Path]:
+    """Copy dev-pki's ca.pem, broker.pem, broker.key and edgesched.acl the way the install
+    steps of docs/security.md do; returns (certs_dir, acl_file)."""
+    certs = workdir / "certs"
+    certs.mkdir(exist_ok=True)
+    gid = _mosquitto_gid()
+    for name, mode in (("ca.pem", 0o644), ("broker.pem", 0o644), ("broker.key", 0o640)):
+        target = certs / name
+        shutil.copyfile(pki_dir / name, target)
+        if gid is not None:
+            os.chown(target, 0, gid)
+        target.chmod(mode)
+    if gid is not None:
+        os.chown(certs, 0, gid)
+        certs.chmod(0o750)
+    acl = workdir / "edgesched.acl"
+    shutil.copyfile(pki_dir / "edgesched.acl", acl)
+    acl.chmod(0o644)
+    return certs, acl
+
+
+def _mosquitto_gid() -> int | None:
+    """The mosquitto group when running as root (None: no privilege drop will happen)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return grp.getgrnam("mosquitto").gr_gid
+    except KeyError:
+        return None
