@@ -147,9 +147,13 @@ def tls_context(opts: MqttOptions) -> ssl.SSLContext | None:
     return ctx
 
 
-def describe_connect_error(reason: str) -> str:
+def describe_connect_error(reason: str, *, tls: bool = False) -> str:
     """A connect failure with what to check, for the TLS reasons that are otherwise cryptic."""
     text = reason.lower()
+    if tls and "timed out" in text:
+        return (f"{reason} (TLS: no CONNACK: a broker that requires a client certificate "
+                "drops a client without a valid one: check mqtt.tls.cert_file/key_file, and "
+                "paho's 'failed to receive on socket' line for the broker's TLS alert)")
     if "hostname mismatch" in text or "ip address mismatch" in text:
         return (f"{reason} (TLS: the broker certificate does not name the host connected to: "
                 "connect by a name in its subjectAltName, or set mqtt.tls.check_hostname: false)")
@@ -453,7 +457,7 @@ class MqttClient:
 
     def _on_lost(self, reason: str) -> None:
         opts = self.options
-        reason = describe_connect_error(reason)
+        reason = describe_connect_error(reason, tls=opts.tls_ca_file is not None)
         if self._client is not None and self._connected_event.is_set():
             log.warning("lost connection to MQTT broker %s:%d: %s", opts.host, opts.port, reason)
         else:
