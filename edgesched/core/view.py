@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -26,7 +26,7 @@ class ViewParams:
     interval_s: float = 1.0
     suspect_after_intervals: float = 3.0
     offline_after_intervals: float = 10.0
-    max_nodes: int = 4096
+    max_nodes: int = 256  # telemetry.max_neighbours
     forget_offline_after_s: float = 3600.0
     max_devices: int = 10_000
     device_ttl_s: float = 3600.0
@@ -38,6 +38,12 @@ class ViewParams:
     @property
     def offline_after_s(self) -> float:
         return self.interval_s * self.offline_after_intervals
+
+    @property
+    def snapshot_offline_s(self) -> float:
+        """How long an offline neighbour stays in decision snapshots (long enough for a
+        running attempt to see it went offline; after that it is only listed by status)."""
+        return self.offline_after_s
 
 
 class Outcome(StrEnum):
@@ -105,6 +111,13 @@ class _Device:
     ts: float | None = None
 
 
+def _offline_since(entry: _Neighbour, params: ViewParams) -> float:
+    """When the entry became (or will become) offline if nothing is heard from it."""
+    if entry.declared_offline:
+        return entry.offline_since if entry.offline_since is not None else entry.state.last_seen
+    return entry.state.last_seen + params.offline_after_s
+
+
 def _liveness(entry: _Neighbour, now: float, params: ViewParams) -> Liveness:
     if entry.declared_offline:
         return Liveness.OFFLINE
@@ -129,13 +142,27 @@ class ClusterView:
     node. A Will is stamped with the start of its run, so a node whose Will fired while it was
     still alive (broker restart, partition) comes back with its next message; a graceful stop
     is stamped when it happens, so telemetry sent just before it cannot resurrect the node.
+
+    Bounds: at most `params.max_nodes` neighbours. A message about a new node when the table
+    is full first makes room by forgetting the offline neighbour heard from longest ago; when
+    every entry is alive it is refused (`Outcome.TABLE_FULL`, and `on_refused(node_id)` is
+    called so the caller can count it). Decision snapshots leave out neighbours offline for
+    longer than `params.snapshot_offline_s`, and the sorted neighbour list is cached until
+    something changes or a liveness threshold passes, so a decision never pays per-message
+    or per-dead-node work.
     """
 
-    def __init__(self, *, local_id: str, params: ViewParams) -> None:
+    def __init__(self, *, local_id: str, params: ViewParams,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.local_id = local_id
         self.params = params
         self._nodes: dict[str, _Neighbour] = {}
         self._devices: dict[str, _Device] = {}
+        self._on_refused = on_refused
+        self._generation = 0  # bumped by every change of the node table
+        # (generation, valid from, valid until, all neighbours, decision neighbours)
+        self._cache: tuple[int, float, float, tuple[NodeState, ...],
+                           tuple[NodeState, ...]] | None = None
 
     # ---- node observations ------------------------------------------------------------
     def observe_announcement(
@@ -148,10 +175,11 @@ class ClusterView:
         if entry is not None and doc.incarnation < entry.state.incarnation:
             return Outcome.STALE_INCARNATION
         if entry is None:
-            if not self._make_room(now):
+            if not self._make_room(node_id, now):
                 return Outcome.TABLE_FULL
             entry = _Neighbour(state=NodeState(node_id=node_id))
             self._nodes[node_id] = entry
+        self._generation += 1
         same_run = doc.incarnation == entry.state.incarnation
         if same_run and entry.declared_offline and doc.online and doc.ts <= entry.offline_ts:
             return Outcome.STALE_INCARNATION  # older than its goodbye
@@ -179,11 +207,12 @@ class ClusterView:
             if (tel.incarnation == entry.state.incarnation and entry.declared_offline
                     and tel.ts <= entry.offline_ts):
                 return Outcome.STALE_INCARNATION  # sent before its goodbye, delivered after
-        elif not self._make_room(now):
+        elif not self._make_room(node_id, now):
             return Outcome.TABLE_FULL
         else:
             entry = _Neighbour(state=NodeState(node_id=node_id))
             self._nodes[node_id] = entry
+        self._generation += 1
         old = entry.state  # replace(old, ...) without its per-call field introspection
         entry.state = new_node_state(
             old.node_id, old.role, old.liveness, tel.incarnation, now, tel.slots, tel.running,
@@ -193,11 +222,24 @@ class ClusterView:
         entry.offline_since = None
         return Outcome.APPLIED
 
-    def _make_room(self, now: float) -> bool:
+    def _make_room(self, node_id: str, now: float) -> bool:
         if len(self._nodes) < self.params.max_nodes:
             return True
         self.expire(now)
-        return len(self._nodes) < self.params.max_nodes
+        if len(self._nodes) < self.params.max_nodes:
+            return True
+        # Full of live-looking entries, or of offline ones not yet forgotten: an offline one
+        # (the longest gone) makes room, so dead ids cannot lock new neighbours out for hours.
+        params = self.params
+        offline = [(_offline_since(e, params), k) for k, e in self._nodes.items()
+                   if _liveness(e, now, params) is Liveness.OFFLINE]
+        if offline:
+            del self._nodes[min(offline)[1]]
+            self._generation += 1
+            return True
+        if self._on_refused is not None:
+            self._on_refused(node_id)
+        return False
 
     # ---- device observations ----------------------------------------------------------
     def observe_device(
@@ -245,6 +287,8 @@ class ClusterView:
         ]
         for node_id in gone:
             del self._nodes[node_id]
+        if gone:
+            self._generation += 1
 
     def _expire_devices(self, now: float) -> None:
         ttl = self.params.device_ttl_s
@@ -254,10 +298,26 @@ class ClusterView:
 
     def neighbours(self, now: float) -> tuple[NodeState, ...]:
         """Every known neighbour with its liveness judged at `now`, sorted by node id."""
+        return self._lists(now)[0]
+
+    def decision_neighbours(self, now: float) -> tuple[NodeState, ...]:
+        """The neighbours a decision considers: all but those offline for longer than
+        `params.snapshot_offline_s` (they could not be chosen anyway)."""
+        return self._lists(now)[1]
+
+    def _lists(self, now: float) -> tuple[tuple[NodeState, ...], tuple[NodeState, ...]]:
+        cache = self._cache
+        if cache is not None and cache[0] == self._generation and cache[1] <= now <= cache[2]:
+            return cache[3], cache[4]
+        params = self.params
+        suspect_s, offline_s, keep_s = (params.suspect_after_s, params.offline_after_s,
+                                        params.snapshot_offline_s)
+        until = math.inf  # the next time a liveness (or snapshot membership) changes
         out = []
+        live = []
         for node_id in sorted(self._nodes):
             entry = self._nodes[node_id]
-            state, liveness = entry.state, _liveness(entry, now, self.params)
+            state, liveness = entry.state, _liveness(entry, now, params)
             # States are frozen: share the stored one unless its liveness has changed.
             if state.liveness is not liveness:
                 state = new_node_state(
@@ -266,7 +326,16 @@ class ClusterView:
                     state.cpu_util, state.battery, state.power_w, state.task_types,
                 )
             out.append(state)
-        return tuple(out)
+            dead_at = _offline_since(entry, params) + keep_s
+            if liveness is not Liveness.OFFLINE or now <= dead_at:
+                live.append(state)
+            for at in (dead_at,) if entry.declared_offline else (
+                    state.last_seen + suspect_s, state.last_seen + offline_s, dead_at):
+                if now <= at < until:
+                    until = at
+        result = tuple(out), tuple(live)
+        self._cache = (self._generation, now, until, *result)
+        return result
 
     def devices(self, now: float) -> tuple[DeviceRecord, ...]:
         """Every device seen within its TTL, most recently seen first."""
@@ -291,4 +360,4 @@ class ClusterView:
 
     def snapshot(self, local: NodeState, now: float) -> ClusterSnapshot:
         """A consistent, immutable copy for one decision (or a batch of them)."""
-        return ClusterSnapshot(now=now, local=local, neighbours=self.neighbours(now))
+        return ClusterSnapshot(now=now, local=local, neighbours=self.decision_neighbours(now))

@@ -3,12 +3,22 @@
 Both paths parse strictly (protocol.parse_submit); anything wrong is answered at once with a
 `rejected` reply that says what was wrong. MQTT replies go to the v5 Response Topic (echoing
 Correlation Data), else to the body's `reply_to` (echoing `correlation_id`).
+
+Replies never go where a client may not point them (the confused-deputy rules of
+docs/mqtt.md): never to a `$` topic, never under `{prefix}/node/` (the node protocol's own
+topics), and only to topics matching one of `intake.reply_topics`. A submission whose reply
+route is refused is rejected (`reason="reply_topic"`) and answered nowhere.
+
+Repeated task ids are deduplicated per reply route (`route_key`): the same submission
+redelivered on the same route gets the first outcome; the same id from another route is a
+task of its own. HTTP submissions are never deduplicated across requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +27,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from edgesched.adapters.metrics import Metrics
-from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog
+from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog, topic_matches
 from edgesched.errors import MqttError
 from edgesched.node import protocol as p
 
@@ -36,8 +46,37 @@ class ReplyRoute:
     correlation_id: str | None = None  # body field, echoed (3.1.1 path)
 
 
-# Accept a parsed request; returns the future of its terminal reply, or raises SubmissionError.
-Accept = Callable[[p.SubmitRequest, float], asyncio.Future[p.Reply]]
+def route_key(route: ReplyRoute | None) -> bytes:
+    """The reply route as a short dedupe key: topic + correlation (data and id), hashed so a
+    remembered outcome costs the same few bytes whatever the client sent."""
+    h = hashlib.blake2b(digest_size=16)
+    if route is None:
+        h.update(b"no-route")
+    else:
+        for part in (route.topic.encode(), route.correlation_data or b"",
+                     (route.correlation_id or "").encode()):
+            h.update(len(part).to_bytes(4, "big"))
+            h.update(part)
+    return h.digest()
+
+
+def reply_topic_refusal(topic: str, *, prefix: str, allowed: tuple[str, ...]) -> str | None:
+    """Why a client may not have its reply published on `topic`, or None when it may."""
+    if not topic or topic.startswith("$"):
+        return "a $ topic (or an empty one) belongs to the broker"
+    if any(ch in topic for ch in "+#\x00"):
+        return "a reply topic must not contain '+', '#' or NUL"
+    node_root = f"{prefix}/node"
+    if topic == node_root or topic.startswith(node_root + "/"):
+        return f"{node_root}/... is the node protocol's own namespace"
+    if not any(topic_matches(flt, topic) for flt in allowed):
+        return "it matches none of intake.reply_topics"
+    return None
+
+
+# Accept a parsed request with its dedupe route key (None: never deduplicated, e.g. HTTP);
+# returns the future of its terminal reply, or raises SubmissionError.
+Accept = Callable[[p.SubmitRequest, float, bytes | None], asyncio.Future[p.Reply]]
 Spawn = Callable[[Awaitable[None], str], None]
 
 
@@ -46,7 +85,8 @@ class Intake:
 
     def __init__(self, *, mqtt: MqttClient, metrics: Metrics, accept: Accept, spawn: Spawn,
                  known_types: Callable[[], frozenset[str]], max_payload_bytes: int,
-                 max_input_bytes: int) -> None:
+                 max_input_bytes: int, prefix: str = "edgesched",
+                 reply_topics: tuple[str, ...] = ("#",)) -> None:
         self._mqtt = mqtt
         self._metrics = metrics
         self._accept = accept
@@ -56,18 +96,36 @@ class Intake:
         self._max_input = max_input_bytes
         self._ratelog = RateLimitedLog(log)
         self._pending_rejects = 0
+        self._prefix = prefix
+        self._reply_topics = tuple(reply_topics)
 
     def parse(self, payload: bytes) -> p.SubmitRequest:
         return p.parse_submit(payload, max_bytes=self._max_bytes,
                               max_input_bytes=self._max_input, known_types=self._known())
 
-    def submit(self, payload: bytes,
-               received_at: float) -> tuple[p.SubmitRequest, asyncio.Future[p.Reply]]:
-        """Parse and accept one submission; SubmissionError says why it was refused."""
+    def refusal(self, route: ReplyRoute | None) -> str | None:
+        """Why replies may not go to `route` (None: they may, or there is no route)."""
+        if route is None:
+            return None
+        return reply_topic_refusal(route.topic, prefix=self._prefix, allowed=self._reply_topics)
+
+    def submit(self, payload: bytes, received_at: float, msg: InboundMessage | None = None,
+               ) -> tuple[p.SubmitRequest, asyncio.Future[p.Reply], ReplyRoute | None]:
+        """Parse and accept one submission (from MQTT `msg`, else HTTP); returns the request,
+        its future reply and its MQTT reply route; SubmissionError says why it was refused."""
         self._metrics.tasks_submitted.inc()
         try:
             req = self.parse(payload)
-            return req, self._accept(req, received_at)
+            if msg is None:
+                return req, self._accept(req, received_at, None), None
+            route = self._route(msg, req.reply_to, req.correlation_id)
+            why = self.refusal(route)
+            if why is not None:
+                assert route is not None
+                raise p.SubmissionError(
+                    p.RejectCode.REPLY_TOPIC,
+                    f"reply topic {route.topic[:128]!r} refused: {why}", task_id=req.id)
+            return req, self._accept(req, received_at, route_key(route)), route
         except p.SubmissionError as exc:
             self._metrics.tasks_rejected.labels(reason=exc.reason.value).inc()
             self._metrics.tasks_completed.labels(placement="none", status="rejected").inc()
@@ -80,9 +138,17 @@ class Intake:
         """Consumer of the submit topic: must return quickly (the job runs in the pipeline)."""
         received = time.monotonic()
         try:
-            req, future = self.submit(msg.payload, received)
+            _, future, route = self.submit(msg.payload, received, msg)
         except p.SubmissionError as exc:
             route = self._route(msg, exc.reply_to, exc.correlation_id)
+            if exc.reason is p.RejectCode.REPLY_TOPIC:
+                return  # never answered on a forbidden topic (logged and counted above)
+            why = self.refusal(route)
+            if why is not None:
+                assert route is not None
+                self._ratelog.warning("reply-topic", "rejection not sent to %r: %s",
+                                      route.topic[:128], why)
+                return
             reply = p.Reply(id=exc.task_id or p.new_task_id(), status=p.Status.REJECTED,
                             error=str(exc), latency_s=time.monotonic() - received,
                             correlation_id=route.correlation_id if route else None)
@@ -93,7 +159,6 @@ class Intake:
                 self._pending_rejects += 1
                 self._spawn(self._send_reject(route, reply), "edgesched.pipeline.reject")
             return
-        route = self._route(msg, req.reply_to, req.correlation_id)
         self._spawn(self._reply_when_done(future, route), "edgesched.pipeline.reply")
 
     @staticmethod
@@ -143,7 +208,7 @@ class Intake:
             return self._http_reject(p.SubmissionError(
                 p.RejectCode.OVERSIZE, f"body larger than {self._max_bytes} bytes"), received)
         try:
-            _, future = self.submit(body, received)
+            _, future, _ = self.submit(body, received)
         except p.SubmissionError as exc:
             return self._http_reject(exc, received)
         reply = await asyncio.shield(future)
@@ -159,11 +224,12 @@ class Intake:
 
 
 async def publish_reliably(mqtt: MqttClient, topic: str, payload: bytes, *,
-                           correlation_data: bytes | None = None) -> None:
+                           correlation_data: bytes | None = None, signed: bool = False) -> None:
     """Publish at QoS 1; when the broker is gone, wait (bounded) for the reconnect and retry
     once, so a short broker outage does not cost a task its only reply."""
     try:
-        await mqtt.publish(topic, payload, qos=1, correlation_data=correlation_data)
+        await mqtt.publish(topic, payload, qos=1, correlation_data=correlation_data,
+                           signed=signed)
         return
     except MqttError:
         if mqtt.connected:
@@ -173,7 +239,7 @@ async def publish_reliably(mqtt: MqttClient, topic: str, payload: bytes, *,
             await mqtt.wait_connected()
     except TimeoutError:
         raise MqttError(f"not connected to the broker for {REPLY_RECONNECT_WAIT_S:g}s") from None
-    await mqtt.publish(topic, payload, qos=1, correlation_data=correlation_data)
+    await mqtt.publish(topic, payload, qos=1, correlation_data=correlation_data, signed=signed)
 
 
 def _with_correlation(reply: p.Reply, correlation_id: str) -> p.Reply:

@@ -8,10 +8,12 @@ guarantees one terminal reply per accepted task; a repeated task id gets the fir
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +24,7 @@ from edgesched.adapters.executor import LocalExecutor
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.estimators import EstimatorBank, ExecParams, ExecPrior
 from edgesched.core.fallback import FallbackParams
-from edgesched.core.model import LinkEstimate, PowerModel
+from edgesched.core.model import LinkEstimate, Placement, PowerModel
 from edgesched.core.policies import make_policy
 from edgesched.errors import InvalidTaskError
 from edgesched.node import protocol as p
@@ -38,7 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgesched.pipeline")
 
-MAX_OUTCOMES = 10_000  # remembered replies for idempotent ids
+MAX_OUTCOMES = 10_000  # remembered replies for idempotent ids (and intake.result_cache_bytes)
+RESULT_CACHE_BYTES = 16 << 20  # the default of intake.result_cache_bytes
+ENTRY_OVERHEAD_BYTES = 200  # a remembered reply's key, dict slot and bytes header
 DRAIN_GRACE_S = 10.0  # how long a stopping node lets in-flight tasks finish
 STATUS_DECISIONS = 20
 
@@ -67,38 +71,76 @@ def make_bank(settings: Settings) -> EstimatorBank:
 
 
 class TaskBook:
-    """Idempotency: in-flight tasks by id, and a bounded LRU of finished replies."""
+    """Idempotency: in-flight tasks by key, and a byte-bounded LRU of finished replies.
 
-    def __init__(self, max_outcomes: int = MAX_OUTCOMES) -> None:
-        self.inflight: dict[str, asyncio.Future[p.Reply]] = {}
-        self.outcomes: OrderedDict[str, p.Reply] = OrderedDict()
+    A key is `(route, task_id)` (see intake.route_key): a repeat on the same reply route gets
+    the first outcome, another route's task with the same id is a task of its own. Finished
+    replies are kept *encoded* (their size in memory is their size on the wire), least
+    recently used first out once they pass `max_bytes`; a reply larger than `max_bytes` on
+    its own is not remembered at all, nor is anything finished with `remember=False`.
+    """
+
+    def __init__(self, max_bytes: int = RESULT_CACHE_BYTES,
+                 max_outcomes: int = MAX_OUTCOMES) -> None:
+        self.inflight: dict[Hashable, asyncio.Future[p.Reply]] = {}
+        self.outcomes: OrderedDict[Hashable, bytes] = OrderedDict()
+        self.max_bytes = max_bytes
         self.max_outcomes = max_outcomes
+        self.cached_bytes = 0
 
-    def existing(self, task_id: str) -> asyncio.Future[p.Reply] | None:
+    def existing(self, key: Hashable) -> asyncio.Future[p.Reply] | None:
         """The future of a task already seen (done when it finished), else None."""
-        if task_id in self.inflight:
-            return self.inflight[task_id]
-        reply = self.outcomes.get(task_id)
-        if reply is None:
+        if key in self.inflight:
+            return self.inflight[key]
+        data = self.outcomes.get(key)
+        if data is None:
             return None
-        self.outcomes.move_to_end(task_id)
+        self.outcomes.move_to_end(key)
         done: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
-        done.set_result(reply)
+        done.set_result(decode_reply(data))
         return done
 
-    def begin(self, task_id: str) -> asyncio.Future[p.Reply]:
+    def begin(self, key: Hashable) -> asyncio.Future[p.Reply]:
         future: asyncio.Future[p.Reply] = asyncio.get_running_loop().create_future()
-        self.inflight[task_id] = future
+        self.inflight[key] = future
         return future
 
-    def finish(self, task_id: str, reply: p.Reply) -> None:
-        future = self.inflight.pop(task_id, None)
-        self.outcomes[task_id] = reply
-        self.outcomes.move_to_end(task_id)
-        while len(self.outcomes) > self.max_outcomes:
-            self.outcomes.popitem(last=False)
+    def finish(self, key: Hashable, reply: p.Reply, *, remember: bool = True) -> None:
+        future = self.inflight.pop(key, None)
+        if remember:
+            self._remember(key, reply.encode())
         if future is not None and not future.done():
             future.set_result(reply)
+
+    @staticmethod
+    def _cost(data: bytes) -> int:
+        return len(data) + ENTRY_OVERHEAD_BYTES
+
+    def _remember(self, key: Hashable, data: bytes) -> None:
+        old = self.outcomes.pop(key, None)
+        if old is not None:
+            self.cached_bytes -= self._cost(old)
+        cost = self._cost(data)
+        if cost > self.max_bytes:
+            return  # larger than the whole cache: never remembered
+        self.outcomes[key] = data
+        self.cached_bytes += cost
+        while self.cached_bytes > self.max_bytes or len(self.outcomes) > self.max_outcomes:
+            _, dropped = self.outcomes.popitem(last=False)
+            self.cached_bytes -= self._cost(dropped)
+
+
+def decode_reply(data: bytes) -> p.Reply:
+    """A remembered reply back from its encoding (Reply.to_dict, read the other way)."""
+    doc = json.loads(data)
+    placement = doc.get("placement")
+    return p.Reply(
+        id=doc["id"], status=p.Status(doc["status"]), result=doc.get("result", p.MISSING),
+        result_b64=doc.get("result_b64"), error=doc.get("error"),
+        placement=None if placement is None else Placement(placement),
+        executed_by=doc.get("executed_by"), latency_s=doc.get("latency_s", 0.0),
+        attempts=doc.get("attempts", 0), correlation_id=doc.get("correlation_id"),
+    )
 
 
 class TaskPipeline:
@@ -113,7 +155,8 @@ class TaskPipeline:
         self.registry = TaskRegistry.from_settings(s.task_types)
         self.executor = LocalExecutor(s.executor)
         self.bank = make_bank(s)
-        self.book = TaskBook()
+        self.book = TaskBook(max_bytes=s.intake.result_cache_bytes)
+        self._once = itertools.count()  # keys of submissions never deduplicated (HTTP)
         self.max_inflight = 4 * (s.executor.slots + s.executor.queue_size) + 64
         self.closing = False
         self._tg: asyncio.TaskGroup | None = None
@@ -139,7 +182,8 @@ class TaskPipeline:
         self.intake = Intake(
             mqtt=rt.mqtt, metrics=rt.metrics, accept=self.accept, spawn=self.spawn,
             known_types=self.registry.names, max_payload_bytes=max_bytes,
-            max_input_bytes=s.executor.max_input_bytes)
+            max_input_bytes=s.executor.max_input_bytes, prefix=prefix,
+            reply_topics=s.intake.reply_topics)
         self.offload_server = OffloadServer(
             mqtt=rt.mqtt, prefix=prefix, node_id=self.node_id, metrics=rt.metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes,
@@ -250,9 +294,12 @@ class TaskPipeline:
                    deadline_s=deadline, work=task_type.work(value, req.input_bytes),
                    exact_s=task_type.exact_seconds(value))
 
-    def accept(self, req: p.SubmitRequest, received_at: float) -> asyncio.Future[p.Reply]:
-        """The future terminal reply of `req` (the first one's, for a repeated id)."""
-        seen = self.book.existing(req.id)
+    def accept(self, req: p.SubmitRequest, received_at: float,
+               route: bytes | None) -> asyncio.Future[p.Reply]:
+        """The future terminal reply of `req`: the first one's for a repeated id on the same
+        reply `route`; with `route` None (HTTP) every request is a task of its own."""
+        key: Hashable = (route, req.id) if route is not None else (None, next(self._once))
+        seen = self.book.existing(key) if route is not None else None
         if seen is not None:
             return seen
         refuse = None
@@ -265,29 +312,30 @@ class TaskPipeline:
             raise p.SubmissionError(refuse[0], refuse[1], task_id=req.id,
                                     reply_to=req.reply_to, correlation_id=req.correlation_id)
         job = self._job(req, received_at)
-        future = self.book.begin(req.id)
-        self.spawn(self._run(job), "edgesched.pipeline.task")
+        future = self.book.begin(key)
+        self.spawn(self._run(job, key), "edgesched.pipeline.task")
         return future
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, key: Hashable) -> None:
         try:
             if self.edge:
                 reply = await self.dispatcher.place(job)
             else:
                 reply = await self.dispatcher.local_only(job)
         except asyncio.CancelledError:
-            self._finish(job, self._failure(job, "the node shut down before the task finished"))
+            self._finish(job, key,
+                         self._failure(job, "the node shut down before the task finished"))
             raise
         except Exception as exc:
             log.exception("task %s failed inside the pipeline", job.request.id)
             reply = self._failure(job, f"internal error: {exc!r}")
-        self._finish(job, reply)
+        self._finish(job, key, reply)
 
     def _failure(self, job: Job, error: str) -> p.Reply:
         return p.Reply(id=job.request.id, status=p.Status.FAILED, error=error,
                        latency_s=time.monotonic() - job.received_at)
 
-    def _finish(self, job: Job, reply: p.Reply) -> None:
+    def _finish(self, job: Job, key: Hashable, reply: p.Reply) -> None:
         m = self.rt.metrics
         placement = reply.placement.value if reply.placement else "none"
         m.tasks_completed.labels(placement=placement, status=reply.status.value).inc()
@@ -296,7 +344,7 @@ class TaskPipeline:
         late = job.deadline_s is not None and reply.latency_s > job.deadline_s
         if reply.status is p.Status.EXPIRED or (reply.status is p.Status.OK and late):
             m.deadline_misses.inc()
-        self.book.finish(job.request.id, reply)
+        self.book.finish(key, reply, remember=isinstance(key, tuple) and key[0] is not None)
 
     async def run_handed(self, req: p.OffloadRequest) -> p.OffloadReply:
         """A neighbour's task: run it here (admission first), never offload it again."""

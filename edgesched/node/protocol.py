@@ -58,6 +58,7 @@ class RejectCode(StrEnum):
     NO_TARGET = "no_target"
     SHUTTING_DOWN = "shutting_down"
     DUPLICATE_IN_FLIGHT = "duplicate_in_flight"
+    REPLY_TOPIC = "reply_topic"  # the reply route is not allowed (intake.reply_topics)
 
 
 class SubmissionError(InvalidTaskError):

@@ -80,6 +80,9 @@ class Identity:
     speed: float = 1.0  # executor.speed: lets neighbours scale their execution priors
 
 
+MAX_LOGGED_TOPIC = 160  # characters of a topic quoted in a log line
+
+
 class Topics:
     """The topic names of CONTRACTS §4 under one prefix."""
 
@@ -95,11 +98,19 @@ class Topics:
     def device_telemetry(self, device_id: str) -> str:
         return f"{self.prefix}/device/{device_id}/telemetry"
 
+    # A node or device id in a topic: [A-Za-z0-9_-]{1,64}, as config.NODE_ID_PATTERN and
+    # protocol's device_id rule.
+    ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+    MAX_ID_CHARS = 64
+
     def node_id_of(self, topic: str) -> str:
-        """The `{id}` level of `P/node/{id}/...` or `P/device/{id}/...`."""
+        """The `{id}` level of `P/node/{id}/...` or `P/device/{id}/...`; "" when that level
+        is not a valid id ([A-Za-z0-9_-]{1,64}), so no oversized or odd id gets further."""
         rest = topic[len(self.prefix) + 1 :]
-        parts = rest.split("/")
-        return parts[1] if len(parts) >= 3 else ""
+        parts = rest.split("/", 2)
+        level = parts[1] if len(parts) >= 3 else ""
+        ok = 0 < len(level) <= self.MAX_ID_CHARS and self.ID_CHARS.issuperset(level)
+        return level if ok else ""
 
 
 # ---- parsing (pure functions) ----------------------------------------------------------
@@ -597,13 +608,17 @@ class TelemetryStage:
 
     async def _on_device_message(self, msg: InboundMessage) -> None:
         device_id = self.topics.node_id_of(msg.topic)
+        if not device_id:  # before any parsing: an odd or oversized id costs nothing more
+            self._reject(Rejected("bad_id", "the device id level of the topic must match "
+                                  "[A-Za-z0-9_-]{1,64}"), msg.topic[:MAX_LOGGED_TOPIC])
+            return
         try:
             values, ts, samples = parse_device_payload(
                 msg.payload, limit=self._limit, now_wall=self._wall())
         except Rejected as rej:
-            self._reject(rej, msg.topic)
+            self._reject(rej, msg.topic[:MAX_LOGGED_TOPIC])
             return
-        self._apply_device(device_id, values, ts, samples, msg.topic)
+        self._apply_device(device_id, values, ts, samples, msg.topic[:MAX_LOGGED_TOPIC])
 
     def _apply_device(self, device_id: str, values: dict[str, float], ts: float | None,
                       samples: int, topic: str) -> None:
@@ -622,12 +637,13 @@ class TelemetryStage:
         for mapping in self._mappings:
             if not topic_matches(mapping.topic, msg.topic):
                 continue
+            topic = msg.topic[:MAX_LOGGED_TOPIC]
             try:
                 value = parse_mapped(msg.payload, mapping, limit=self._limit)
             except Rejected as rej:
-                self._reject(rej, msg.topic)
+                self._reject(rej, topic)
                 continue
-            self._apply_device(mapping.device_id, {mapping.name: value}, None, 1, msg.topic)
+            self._apply_device(mapping.device_id, {mapping.name: value}, None, 1, topic)
 
 
 class LinkReadingFeeder:

@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edgesched.config import TaskTypeSettings
+from edgesched.config import TaskTypeSettings, handler_base_environment
 from edgesched.errors import (
     ConfigError,
     EdgeschedError,
@@ -31,8 +31,10 @@ from edgesched.tasks import builtins
 
 log = logging.getLogger("edgesched.tasks")
 
-MAX_COMMAND_OUTPUT_BYTES = 16 << 20
+MAX_COMMAND_OUTPUT_BYTES = 16 << 20  # documented in docs/tasks.md
 STDERR_TAIL_CHARS = 400
+STDERR_KEEP_BYTES = 4096
+STREAM_CHUNK_BYTES = 64 << 10
 
 
 class Handler(Protocol):
@@ -132,11 +134,18 @@ class PythonHandler:
 
 
 class CommandHandler:
-    """An argv list run without a shell: input JSON on stdin, result JSON on stdout."""
+    """An argv list run without a shell: input JSON on stdin, result JSON on stdout.
 
-    def __init__(self, argv: tuple[str, ...], *,
+    The child gets a clean environment (`env`: PATH, LANG and the type's own `env` map, never
+    the daemon's credentials or settings) and its own session; stdout is read to EOF up to
+    `max_output` bytes (past it the child is killed and the task fails), stderr is drained and
+    only its tail kept for the error message.
+    """
+
+    def __init__(self, argv: tuple[str, ...], *, env: Mapping[str, str] | None = None,
                  max_output: int = MAX_COMMAND_OUTPUT_BYTES) -> None:
         self.argv = argv
+        self.env = dict(handler_base_environment() if env is None else env)
         self.max_output = max_output
 
     def validate(self, value: Any) -> Any:
@@ -146,14 +155,15 @@ class CommandHandler:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, env=self.env,
+                limit=STREAM_CHUNK_BYTES,
             )
         except OSError as exc:
             raise HandlerError(f"cannot start {self.argv[0]!r}: {exc.strerror}") from exc
         try:
             stdout, stderr = await self._exchange(proc, json.dumps(value).encode())
         except BaseException:
-            # Timeout or shutdown: the command must not outlive the task it served.
+            # Timeout, shutdown or too much output: the command must not outlive its task.
             _kill_group(proc)
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
@@ -162,17 +172,35 @@ class CommandHandler:
 
     async def _exchange(self, proc: asyncio.subprocess.Process, data: bytes) -> tuple[bytes, bytes]:
         assert proc.stdin and proc.stdout and proc.stderr
+        stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
 
         async def feed() -> None:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                proc.stdin.write(data)  # type: ignore[union-attr]
-                await proc.stdin.drain()  # type: ignore[union-attr]
-                proc.stdin.close()  # type: ignore[union-attr]
+                stdin.write(data)
+                await stdin.drain()
+                stdin.close()
 
-        _, out, err = await asyncio.gather(
-            feed(), proc.stdout.read(self.max_output + 1), proc.stderr.read(64 << 10)
-        )
+        async def read_all() -> bytes | None:
+            out = bytearray()
+            while chunk := await stdout.read(STREAM_CHUNK_BYTES):
+                out += chunk
+                if len(out) > self.max_output:
+                    _kill_group(proc)  # closes its pipes: feed() and the stderr reader end
+                    return None
+            return bytes(out)
+
+        async def tail_of_stderr() -> bytes:
+            tail = b""
+            while chunk := await stderr.read(STREAM_CHUNK_BYTES):
+                tail = (tail + chunk)[-STDERR_KEEP_BYTES:]
+            return tail
+
+        _, out, err = await asyncio.gather(feed(), read_all(), tail_of_stderr())
         await proc.wait()
+        if out is None:
+            raise HandlerError(
+                f"{self.argv[0]} wrote more than {self.max_output} bytes to stdout (the limit "
+                "of a command handler's output, see docs/tasks.md); it was killed")
         return out, err
 
     def _result(self, code: int | None, stdout: bytes, stderr: bytes) -> Any:
@@ -180,8 +208,6 @@ class CommandHandler:
         tail = stderr.decode("utf-8", "replace").strip()[-STDERR_TAIL_CHARS:]
         if code != 0:
             raise HandlerError(f"{name} exited with status {code}" + (f": {tail}" if tail else ""))
-        if len(stdout) > self.max_output:
-            raise HandlerError(f"{name} wrote more than {self.max_output} bytes to stdout")
         try:
             return json.loads(stdout)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -202,7 +228,7 @@ def build_handler(settings: TaskTypeSettings) -> Handler:
     if kind == "python":
         return PythonHandler(rest, cpu_bound=settings.cpu_bound)
     assert settings.command  # config validation guarantees a non-empty argv
-    return CommandHandler(settings.command)
+    return CommandHandler(settings.command, env={**handler_base_environment(), **settings.env})
 
 
 class TaskRegistry:

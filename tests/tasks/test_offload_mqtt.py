@@ -11,9 +11,10 @@ import pytest
 
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import MqttClient, MqttOptions
+from edgesched.core.model import Placement
 from edgesched.node import protocol as p
 from edgesched.node.offload import OffloadClient, OffloadServer
-from edgesched.node.pipeline import TaskBook
+from edgesched.node.pipeline import ENTRY_OVERHEAD_BYTES, TaskBook
 from tests.support.broker import Mosquitto
 
 PREFIX = "t"
@@ -113,8 +114,31 @@ async def test_task_book_idempotency() -> None:
     reply = p.Reply(id="a", status=p.Status.OK, result=1)
     book.finish("a", reply)
     assert future.result() is reply
-    assert book.existing("a").result() is reply  # type: ignore[union-attr]
+    assert book.existing("a").result() == reply  # type: ignore[union-attr]
     for other in ("b", "c"):
         book.begin(other)
         book.finish(other, p.Reply(id=other, status=p.Status.OK))
     assert book.existing("a") is None  # bounded: the oldest outcome was forgotten
+
+
+async def test_task_book_is_bounded_by_bytes() -> None:
+    reply = p.Reply(id="x", status=p.Status.OK, result="y" * 1000,
+                    placement=Placement.LOCAL, executed_by="gw-1", latency_s=0.25, attempts=1)
+    size = len(reply.encode()) + ENTRY_OVERHEAD_BYTES
+    book = TaskBook(max_bytes=3 * size)
+    for key in range(5):
+        book.begin(key)
+        book.finish(key, reply)
+    assert list(book.outcomes) == [2, 3, 4] and book.cached_bytes == 3 * size
+    assert book.existing(4).result() == reply  # type: ignore[union-attr]  # decoded as sent
+    book.existing(2)  # used: now the most recent
+    book.begin(5)
+    book.finish(5, reply)
+    assert list(book.outcomes) == [4, 2, 5]
+    huge = p.Reply(id="h", status=p.Status.OK, result="z" * (4 * size))
+    book.begin("h")
+    book.finish("h", huge)  # larger than the whole budget: never remembered
+    assert book.existing("h") is None and list(book.outcomes) == [4, 2, 5]
+    book.begin("n")
+    book.finish("n", reply, remember=False)
+    assert book.existing("n") is None
