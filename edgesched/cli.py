@@ -115,8 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                            ("healthcheck", "exit 0 when the node answers healthy")):
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("--url", default=None, help="node base URL (default from config)")
-        cmd.add_argument("--config", help="YAML config file, for the default URL")
+        cmd.add_argument("--config", help="YAML config file, for the default URL and token")
         cmd.add_argument("--timeout", type=_positive_float, default=5.0)
+        cmd.add_argument("--token-file", help="bearer token of the node's API (default: the "
+                         "config's http.token_file)")
+        cmd.add_argument("--ca-file", help="CA of the node's https certificate (default: the "
+                         "config's http.tls.cert_file, for a self-signed one)")
+        cmd.add_argument("--cert-file", help="client certificate, for http.tls.client_ca_file")
+        cmd.add_argument("--key-file", help="the client certificate's key")
 
     pki = sub.add_parser("dev-pki", help="make a CA, broker/node/device certificates, node "
                          "signing keys and the mosquitto ACL (docs/security.md)")

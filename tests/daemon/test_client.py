@@ -29,5 +29,5 @@ def test_render_status_tables(capsys: pytest.CaptureFixture[str]) -> None:
 def test_base_url_from_flag_or_config(tmp_path: Path) -> None:
     assert base_url(argparse.Namespace(url="http://h:1/", config=None)) == "http://h:1"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("http: {host: 0.0.0.0, port: 9999}\n")
+    cfg.write_text("http: {host: 0.0.0.0, port: 9999, allow_unauthenticated: true}\n")
     assert base_url(argparse.Namespace(url=None, config=str(cfg))) == "http://127.0.0.1:9999"

@@ -32,10 +32,12 @@ def deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 2.0,
+             headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
     """GET -> (status, body); (0, b"") when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        request = urllib.request.Request(url, headers=dict(headers or {}))
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
@@ -97,6 +99,16 @@ class NodeProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """`Authorization: Bearer` with the node's http.token_file, when it has one."""
+        token_file = self.config.get("http", {}).get("token_file")
+        if not token_file:
+            return {}
+        path = Path(token_file)
+        token = (path if path.is_absolute() else self.workdir / path).read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def start(self, *, wait: bool = True, timeout: float = 20.0) -> NodeProcess:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("EDGESCHED_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
@@ -131,7 +143,7 @@ class NodeProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def get_json(self, path: str) -> Any:
-        status, body = http_get(self.base_url + path)
+        status, body = http_get(self.base_url + path, headers=self.auth_headers)
         if status != 200:
             raise RuntimeError(f"GET {path} on {self.node_id}: HTTP {status}")
         return json.loads(body)
@@ -145,7 +157,7 @@ class NodeProcess:
         return {n["node_id"]: n["status"] for n in self.status()["neighbours"]}
 
     def metrics_text(self) -> str:
-        status, body = http_get(self.base_url + "/metrics")
+        status, body = http_get(self.base_url + "/metrics", headers=self.auth_headers)
         if status != 200:
             raise RuntimeError(f"GET /metrics on {self.node_id}: HTTP {status}")
         return body.decode()
