@@ -39,7 +39,7 @@ TASK_REJECT_REASONS = (
     "shutting_down", "duplicate_in_flight", "reply_topic",
 )
 CANDIDATE_REJECT_REASONS = tuple(reason.value for reason in RejectReason)
-DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full", "oversize")
+DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full", "oversize", "superseded")
 MESSAGE_REJECT_REASONS = (
     "unsigned", "malformed", "unknown_signer", "bad_signature", "wrong_signer", "replay", "stale",
 )

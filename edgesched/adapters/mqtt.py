@@ -194,12 +194,16 @@ class _Subscription:
     """One topic filter, its bounded queue and the handler its consumer loop awaits."""
 
     def __init__(self, topic_filter: str, handler: Handler, qos: int, queue_size: int, *,
-                 signed: bool = False, persistent: bool = False) -> None:
+                 signed: bool = False, persistent: bool = False,
+                 conflate: bool = False) -> None:
         self.topic_filter = topic_filter
         self.handler = handler
         self.qos = qos
         self.signed = signed
         self.persistent = persistent
+        # conflated: only the newest queued message of each topic is handled (telemetry)
+        self.conflate = conflate
+        self.newest: dict[str, InboundMessage] = {}
         self.queue: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=queue_size)
         self.started = False
 
@@ -282,7 +286,7 @@ class MqttClient:
 
     async def subscribe(
         self, topic_filter: str, handler: Handler, *, qos: int = 0, queue_size: int | None = None,
-        signed: bool = False, persistent: bool = False,
+        signed: bool = False, persistent: bool = False, conflate: bool = False,
     ) -> None:
         """Deliver messages matching `topic_filter` to `handler` (see the class docstring).
 
@@ -290,10 +294,12 @@ class MqttClient:
         messages reach the handler (`InboundMessage.signer` names the signer; refusals are
         counted in `edgesched_messages_rejected_total{reason}`); without it, signature headers
         are stripped. `persistent=True` for retained documents and Last Wills (see
-        `signing.Verifier`).
+        `signing.Verifier`). `conflate=True` (periodic telemetry: the latest value wins): when
+        the handler falls behind, a message whose topic has a newer one queued is skipped
+        before it costs a signature check (`..._dropped_total{reason="superseded"}`).
         """
         sub = _Subscription(topic_filter, handler, qos, queue_size or self.options.incoming_queue,
-                            signed=signed, persistent=persistent)
+                            signed=signed, persistent=persistent, conflate=conflate)
         self._subs.append(sub)
         self._topic_cache.clear()
         if self._tg is not None:
@@ -545,6 +551,11 @@ class MqttClient:
         handler = sub.handler
         while True:
             msg = await queue.get()
+            if sub.conflate:
+                if sub.newest.get(msg.topic) is not msg:
+                    self._metrics.messages_dropped.labels(reason="superseded").inc()
+                    continue
+                del sub.newest[msg.topic]
             if sub.signed:
                 checked = self._verified(sub, msg)
                 if checked is None:
@@ -593,6 +604,8 @@ class MqttClient:
         for sub in subs:
             try:
                 sub.queue.put_nowait(msg)
+                if sub.conflate:
+                    sub.newest[topic] = msg
             except asyncio.QueueFull:
                 self._metrics.messages_dropped.labels(reason="incoming_queue_full").inc()
                 self._ratelog.warning(

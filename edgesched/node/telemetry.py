@@ -484,7 +484,7 @@ class TelemetryStage:
             await mqtt.subscribe(f"{t.prefix}/node/+/state", self._on_state, qos=1,
                                  signed=True, persistent=True)
             await mqtt.subscribe(f"{t.prefix}/node/+/telemetry", self._on_node_telemetry,
-                                 signed=True)
+                                 signed=True, conflate=True)
             await mqtt.subscribe(f"{t.prefix}/device/+/telemetry", self._on_device_message)
             for flt in dict.fromkeys(m.topic for m in self._mappings):
                 await mqtt.subscribe(flt, self._on_mapped)
