@@ -7,6 +7,7 @@ messages; now each is refused, counted by reason, and honest tasks still get one
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -126,7 +127,7 @@ async def test_a_fake_node_forged_results_and_forged_offline_state_are_refused(
         for _ in range(5):
             evil.publish(f"{P}/node/evil/telemetry",
                          forged_telemetry("evil", int(time.time() * 1000)))
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         wait_until(lambda: rejected(gw1, "unsigned") >= 7, 10, what="forgeries counted")
         view = gw1.neighbour_status()
         assert "evil" not in view and view.get("gw-2") == "online", view
@@ -201,7 +202,7 @@ async def test_tampered_copies_are_bad_signature_and_exact_copies_replays(
                    and rejected(gw1, "bad_signature") >= before[0] + 2, 5,
                    what="tampered copies counted")
 
-        time.sleep(1.0)  # a request that ran again would have answered by now
+        await asyncio.sleep(1.0)  # a request that ran again would have answered by now
         assert len(spy.on("/offload-reply")) == replies_before, "a replayed request ran again"
         slots = {n["node_id"]: n["slots"] for n in gw1.status()["neighbours"]}
         assert slots["gw-2"] == 4
