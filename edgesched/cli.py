@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "status": ("edgesched.node.client:status_command", True),
     "healthcheck": ("edgesched.node.client:healthcheck_command", True),
     "version": ("edgesched.cli:version_command", False),
+    "keygen": ("edgesched.cli:keygen_command", False),
     "dev-pki": ("edgesched.pki:dev_pki_command", False),
 }
 
@@ -124,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--cert-file", help="client certificate, for http.tls.client_ca_file")
         cmd.add_argument("--key-file", help="the client certificate's key")
 
+    keygen = sub.add_parser("keygen", help="make a node's Ed25519 signing key pair")
+    keygen.add_argument("node_id", metavar="NODE_ID")
+    keygen.add_argument("--dir", required=True, help="writes DIR/NODE_ID.key and NODE_ID.pem")
+    keygen.add_argument("--force", action="store_true", help="replace existing files")
+
     pki = sub.add_parser("dev-pki", help="make a CA, broker/node/device certificates, node "
                          "signing keys and the mosquitto ACL (docs/security.md)")
     pki.add_argument("directory", metavar="DIR", help="where to write (created if missing)")
@@ -183,9 +189,27 @@ def check_config_command(args: argparse.Namespace) -> int:
     import yaml
 
     from edgesched.config import config_path_from_env, load_settings, masked_dump
+    from edgesched.node.service import message_security
 
     settings = load_settings(config_path_from_env(args.config))
+    message_security(settings)  # unusable key files are configuration errors too
     sys.stdout.write(yaml.safe_dump(masked_dump(settings), sort_keys=False))
+    return EXIT_OK
+
+
+def keygen_command(args: argparse.Namespace) -> int:
+    """`edgesched keygen NODE_ID --dir DIR`: the key pair signed messages need."""
+    from pathlib import Path
+
+    from edgesched.adapters.signing import KeyFileError, write_node_keypair
+
+    try:
+        key, pub = write_node_keypair(args.node_id, Path(args.dir), overwrite=args.force)
+    except (KeyFileError, OSError) as exc:
+        print(f"edgesched keygen: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote {key} (private, mode 0600: this node's security.key_file)")
+    print(f"wrote {pub} (public: copy it into every node's security.trust_dir)")
     return EXIT_OK
 
 
