@@ -14,6 +14,8 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -438,9 +440,6 @@ async def test_cloud_client_refused_token(tmp_path: Path,
 
 def post_task(node: Any, doc: dict[str, Any], token: str | None = None,
               timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
-    import urllib.error
-    import urllib.request
-
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -531,3 +530,55 @@ def test_status_command_sends_the_token(mosquitto: Mosquitto, node_factory: Any,
     assert ok.returncode == 0, ok.stderr
     health = cli("healthcheck", "--config", str(node.config_path), cwd=tmp_path)
     assert health.returncode == 0, health.stderr
+
+
+async def test_cloud_client_verifies_an_https_cloud_with_ca_file(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    server, _ = server_with_routes(
+        token=TOKEN, ssl_context=server_ssl_context(pki.server_cert, pki.server_key))
+    (tmp_path / "tok").write_text(TOKEN)
+    async with server:
+        trusting = CloudSettings(url=server.base_url, token_file=tmp_path / "tok",
+                                 ca_file=pki.ca_file)
+        async with CloudClient(trusting) as client:
+            assert await client.submit(b"{}") == {"status": "ok", "got": 2}
+        # without the private CA the certificate is not trusted: no request goes out
+        async with CloudClient(CloudSettings(url=server.base_url,
+                                             token_file=tmp_path / "tok")) as client:
+            with pytest.raises(HttpError) as err:
+                await client.submit(b"{}")
+            assert err.value.reason == "unreachable" and "Certificate" in str(err.value)
+
+
+@pytest.mark.e2e
+def test_https_node_with_the_status_and_healthcheck_commands(
+    mosquitto: Mosquitto, node_factory: Any, tmp_path: Path
+) -> None:
+    pki = Pki(tmp_path)
+    (tmp_path / "api.token").write_text(TOKEN + "\n")
+    node = node_factory("cloud-t", broker=mosquitto, start=False, overrides={
+        "role": "cloud", "http": {"token_file": "api.token", "tls": {
+            "cert_file": str(pki.server_cert), "key_file": str(pki.server_key)}}})
+    node.start(wait=False)
+    https = f"https://127.0.0.1:{node.http_port}"
+    context = pki.client_context(with_cert=False)
+
+    def healthy() -> bool:
+        assert node.running, node.log_text()
+        try:
+            with urllib.request.urlopen(https + "/healthz", timeout=1, context=context) as r:
+                return int(r.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_until(healthy, 20, what="https /healthz")
+    assert f"HTTP API listening on {https} (authentication: bearer token)" in node.log_text()
+    assert http_get(node.base_url + "/healthz")[0] == 0, "no plain HTTP on the TLS port"
+    ca = ("--ca-file", str(pki.ca_file))
+    health = cli("healthcheck", "--config", str(node.config_path), *ca, cwd=tmp_path)
+    assert health.returncode == 0, health.stderr
+    status = cli("status", "--config", str(node.config_path), *ca, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["node_id"] == "cloud-t"
+    untrusted = cli("status", "--config", str(node.config_path), cwd=tmp_path)
+    assert untrusted.returncode == 1 and "certificate" in untrusted.stderr.lower()
