@@ -154,3 +154,31 @@ async def test_listener_requiring_a_client_certificate(
     finally:
         broker.stop()
         shutil.rmtree(broker.workdir, ignore_errors=True)
+
+
+def test_submit_tls_flags_and_reply_topic(pki: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from edgesched.errors import UsageError
+    from edgesched.node.submit import reply_topic_for, tls_options
+
+    def ns(**kw: object) -> argparse.Namespace:
+        return argparse.Namespace(**{"ca_file": None, "cert_file": None, "key_file": None,
+                                     "no_check_hostname": False, **kw})
+
+    assert tls_options(ns()) == {}
+    ca, cert, key = (str(pki / "ca.pem"), str(pki / "devices" / "cam-1.pem"),
+                     str(pki / "devices" / "cam-1.key"))
+    assert tls_options(ns(ca_file=ca, cert_file=cert, key_file=key)) == {
+        "tls_ca_file": ca, "tls_cert_file": cert, "tls_key_file": key,
+        "tls_check_hostname": True}
+    with pytest.raises(UsageError, match="go together"):
+        tls_options(ns(ca_file=ca, cert_file=cert))
+    with pytest.raises(UsageError, match="needs --ca-file"):
+        tls_options(ns(cert_file=cert, key_file=key))
+    with pytest.raises(UsageError, match="--ca-file: cannot read"):
+        tls_options(ns(ca_file=str(tmp_path / "missing.pem")))
+    assert reply_topic_for("edgesched", "t0k", None) == "edgesched/client/t0k/reply"
+    assert reply_topic_for("edgesched", "t0k", cert) == "edgesched/device/cam-1/reply/t0k"
+    with pytest.raises(UsageError, match="not a PEM certificate"):
+        reply_topic_for("edgesched", "t0k", key)
