@@ -299,6 +299,9 @@ class HttpSettings(_Section):
                 raise ValueError(f"the http token in {path} must be printable ASCII without "
                                  "spaces (one line)")
             self._token = token
+        if self.metrics_auth and self._token is None and self.tls.client_ca_file is None:
+            raise ValueError("http.metrics_auth needs http.token_file (or "
+                             "http.tls.client_ca_file): without one there is nothing to check")
         if (not self.allow_unauthenticated and not is_loopback_host(self.host)
                 and self._token is None and self.tls.client_ca_file is None):
             raise ValueError(

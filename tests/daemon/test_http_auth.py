@@ -276,6 +276,9 @@ def test_protected_mode(tmp_path: Path) -> None:
         assert "allow_unauthenticated" in line and "client_ca_file" in line
     assert load_settings(None, http={"host": "0.0.0.0", "token_file": str(token)}).http.token
     assert load_settings(None, http={"host": "0.0.0.0", "allow_unauthenticated": True})
+    with pytest.raises(ConfigError, match=r"metrics_auth needs http\.token_file"):
+        load_settings(None, http={"metrics_auth": True})
+    assert load_settings(None, http={"metrics_auth": True, "token_file": str(token)})
     empty = tmp_path / "empty"
     empty.write_text("\n")
     with pytest.raises(ConfigError, match="empty"):
