@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from edgesched.adapters.signing import write_node_keypair
 from edgesched.config import child_environment
 from edgesched.demo.probe import ProbeError, http_get
 from edgesched.errors import EdgeschedError
@@ -138,9 +139,10 @@ class BrokerAddress:
 
 def node_config(
     node: NodeSpec, *, http_port: int, broker: BrokerAddress, cloud_url: str | None,
-    state_dir: Path,
+    state_dir: Path, keys_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The full config document of one demo node: its fragment plus the wiring."""
+    """The full config document of one demo node: its fragment plus the wiring; with
+    `keys_dir` (the demo's default) the node signs and verifies node-to-node messages."""
     doc: dict[str, Any] = {key: value for key, value in node.config.items()}
     doc.update({
         "node_id": node.node_id,
@@ -156,6 +158,9 @@ def node_config(
     })
     if node.role == "edge" and cloud_url:
         doc["cloud"] = {"url": cloud_url, "timeout_s": 20.0}
+    if keys_dir is not None:
+        doc["security"] = {"key_file": str(keys_dir / f"{node.node_id}.key"),
+                           "trust_dir": str(keys_dir)}
     return doc
 
 
@@ -215,6 +220,10 @@ class Cluster:
         ports = self._ports
         self._cloud_url = (cloud_url_for_edges or
                            f"http://127.0.0.1:{ports[self.spec.cloud.node_id]}")
+        keys = self.workdir / "keys"  # the demo runs signed, as a deployment should
+        for node in self.spec.nodes:
+            if not (keys / f"{node.node_id}.key").exists():
+                write_node_keypair(node.node_id, keys)
         for node in self.spec.nodes:
             path = self._write_config(node, ports[node.node_id])
             self.nodes[node.node_id] = NodeProcess(
@@ -226,7 +235,8 @@ class Cluster:
         state_dir = self.workdir / node.node_id
         state_dir.mkdir(parents=True, exist_ok=True)
         doc = node_config(node, http_port=http_port, broker=self.broker,
-                          cloud_url=self._cloud_url, state_dir=state_dir)
+                          cloud_url=self._cloud_url, state_dir=state_dir,
+                          keys_dir=self.workdir / "keys")
         path = self.workdir / f"{node.node_id}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         return path

@@ -40,11 +40,16 @@ def test_workload_is_seeded_and_exercises_every_phase() -> None:
 def test_every_generated_node_config_is_a_valid_edgesched_config(tmp_path: Path) -> None:
     import yaml
 
+    from edgesched.adapters.signing import write_node_keypair
+
     spec = load_cluster_spec()
     broker = BrokerAddress(host="127.0.0.1", port=1883, protocol="3.1.1", topic_prefix="es")
+    keys = tmp_path / "keys"
+    for node in spec.nodes:
+        write_node_keypair(node.node_id, keys)
     for node in spec.nodes:
         doc = node_config(node, http_port=18000, broker=broker, cloud_url="http://127.0.0.1:1",
-                          state_dir=tmp_path)
+                          state_dir=tmp_path, keys_dir=keys)
         path = tmp_path / f"{node.node_id}.yaml"
         path.write_text(yaml.safe_dump(doc))
         settings = load_settings(path)
@@ -52,6 +57,7 @@ def test_every_generated_node_config_is_a_valid_edgesched_config(tmp_path: Path)
         assert settings.role == node.role
         assert settings.mqtt.protocol == "3.1.1"
         assert (settings.cloud.url is not None) == (node.role == "edge")
+        assert settings.security.key_path == keys / f"{node.node_id}.key"  # the demo signs
     assert spec.node("gw-slow").battery_device == "gw-slow-bms"
 
 
