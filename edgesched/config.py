@@ -122,6 +122,20 @@ class MqttTlsSettings(_Section):
             raise ValueError("cert_file and key_file go together: give both (mTLS) or neither")
         if self.cert_file is not None and self.ca_file is None:
             raise ValueError("a client certificate needs ca_file too (to verify the broker)")
+        if self.ca_file is not None:  # what the adapter loads on connect, checked up front
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                context.load_verify_locations(cafile=self.ca_file)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ValueError(f"ca_file {self.ca_file} is not a PEM CA certificate: "
+                                 f"{exc}") from None
+            if self.cert_file is not None and self.key_file is not None:
+                try:
+                    context.load_cert_chain(self.cert_file, self.key_file, password=_no_password)
+                except (ssl.SSLError, OSError, ValueError) as exc:
+                    raise ValueError(f"cannot load cert_file {self.cert_file} with key_file "
+                                     f"{self.key_file} (not PEM, encrypted, or not a pair): "
+                                     f"{exc}") from None
         return self
 
     @property

@@ -205,10 +205,15 @@ def test_mqtt_tls_defaults_off_and_files_resolve_in_credentials_dir(
     s = load_settings(None)
     assert (s.mqtt.tls.ca_file, s.mqtt.tls.cert_file, s.mqtt.tls.key_file) == (None, None, None)
     assert s.mqtt.tls.check_hostname is True and not s.mqtt.tls.enabled
+    from edgesched.pki import DevPkiPlan, make_dev_pki
+
+    pki = tmp_path / "pki"
+    make_dev_pki(DevPkiPlan(directory=pki, nodes=("gw-1",)))
     creds = tmp_path / "creds"
     creds.mkdir()
-    for name in ("ca.pem", "node.pem", "node.key"):
-        (creds / name).write_text("x")
+    for name, src in (("ca.pem", "ca.pem"), ("node.pem", "nodes/gw-1.pem"),
+                      ("node.key", "nodes/gw-1.key")):
+        (creds / name).write_bytes((pki / src).read_bytes())
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     s = load_settings(write(tmp_path, "mqtt:\n  port: 8883\n  tls: {ca_file: ca.pem, "
                                       "cert_file: node.pem, key_file: node.key}\n"))
@@ -232,3 +237,20 @@ def test_mqtt_tls_invalid(tmp_path: Path, tls: str, message: str) -> None:
         load_settings(write(tmp_path, f"mqtt:\n  tls: {tls.replace('CA', str(ca))}\n"))
     assert info.value.problems[0][0].startswith("mqtt.tls"), info.value.problems
     assert message in info.value.problems[0][1], info.value.problems
+
+
+def test_mqtt_tls_files_are_loaded_by_check_config(tmp_path: Path) -> None:
+    from edgesched.pki import DevPkiPlan, make_dev_pki
+
+    pki = tmp_path / "pki"
+    make_dev_pki(DevPkiPlan(directory=pki, nodes=("gw-1", "gw-2")))
+    ca, n1, n2 = pki / "ca.pem", pki / "nodes" / "gw-1", pki / "nodes" / "gw-2"
+    ok = load_settings(write(tmp_path, f"mqtt: {{tls: {{ca_file: {ca}, "
+                                       f"cert_file: {n1}.pem, key_file: {n1}.key}}}}\n"))
+    assert ok.mqtt.tls.cert_file == Path(f"{n1}.pem")
+    with pytest.raises(ConfigError, match="not a PEM CA certificate"):
+        load_settings(write(tmp_path, f"mqtt: {{tls: {{ca_file: {n1}.key}}}}\n"))
+    with pytest.raises(ConfigError, match="not a pair") as info:
+        load_settings(write(tmp_path, f"mqtt: {{tls: {{ca_file: {ca}, "
+                                      f"cert_file: {n1}.pem, key_file: {n2}.key}}}}\n"))
+    assert "PRIVATE KEY" not in str(info.value)  # the error names files, never shows a key
