@@ -215,9 +215,8 @@ class SecuritySettings(_Section):
 
     @property
     def trust_path(self) -> Path | None:
-        if self.trust_dir is None:
-            return None
-        return _resolve_secret_path(self.trust_dir, os.environ.get("CREDENTIALS_DIRECTORY"))
+        """`trust_dir` as given: public keys are no secret, so not a systemd credential."""
+        return self.trust_dir
 
 
 class IntakeSettings(_Section):
