@@ -1,7 +1,7 @@
 """Command line: argument parsing, logging set-up, signals, exit codes and the event loop.
 
 Each command's body lives in the module that owns the capability; this module only parses,
-wires SIGTERM/SIGINT to a shutdown event, and maps errors to the exit codes of CONTRACTS §1.
+wires SIGTERM/SIGINT to a shutdown event, and maps errors to the exit codes of contract §1.
 """
 
 from __future__ import annotations

@@ -466,7 +466,7 @@ class TaskTypeSettings(_Section):
 
 
 def builtin_task_types() -> dict[str, dict[str, Any]]:
-    """Defaults of the four built-in types (CONTRACTS §2)."""
+    """Defaults of the four built-in types (contract §2)."""
     return {
         "echo": {"handler": "builtin:echo", "exec_prior_s": 0.0005, "output_bytes": 256},
         "hash": {"handler": "builtin:hash", "cpu_bound": True, "exec_prior_s": 0.05,

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgesched.stallguard")
 
-# CONTRACTS §1: 1 is a runtime failure. The log line says it was a stall.
+# contract §1: 1 is a runtime failure. The log line says it was a stall.
 STALL_EXIT_CODE = 1
 _LOG_GRACE_S = 2.0
 

@@ -121,7 +121,7 @@ def build_scenario(
     spec: ClusterSpec, phases: tuple[Phase, ...], *, seed: int,
     down_window: tuple[float, float] | None, roam_window: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """A CONTRACTS §5 scenario mapping equivalent to the demo run."""
+    """A contract §5 scenario mapping equivalent to the demo run."""
     total = phases[-1].end_s
     wan = next(p for p in phases if p.kind is PhaseKind.WAN)
     cloud = spec.cloud

@@ -129,7 +129,7 @@ class Runtime:
             callback(node_id, doc)
 
     def status_doc(self) -> dict[str, Any]:
-        """The built-in part of `/v1/status` (CONTRACTS §3)."""
+        """The built-in part of `/v1/status` (contract §3)."""
         now = time.monotonic()
         load = self.load()
         devices = self.view.devices(now)
@@ -252,7 +252,7 @@ def build_runtime(
     )
     rt_holder.append(rt)
     rt.telemetry = _telemetry_stage(rt)
-    # The Will is the same state document with status offline (CONTRACTS §4.1).
+    # The Will is the same state document with status offline (contract §4.1).
     stage = rt.telemetry
     state_topic = topics.node_state(identity.node_id)
     rt.mqtt.set_will(

@@ -84,7 +84,7 @@ MAX_LOGGED_TOPIC = 160  # characters of a topic quoted in a log line
 
 
 class Topics:
-    """The topic names of CONTRACTS §4 under one prefix."""
+    """The topic names of contract §4 under one prefix."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -298,7 +298,7 @@ def _incarnation(value: Any, max_incarnation: int) -> int:
 
 def parse_node_state(payload: bytes, node_id: str, *, limit: int,
                      max_incarnation: int = 1 << 63) -> NodeAnnouncement:
-    """A state document (CONTRACTS §4.1)."""
+    """A state document (contract §4.1)."""
     doc = _header(load_json(payload, limit), node_id)
     status = doc.get("status")
     if status not in ("online", "offline"):
@@ -330,7 +330,7 @@ def _optional_fraction(doc: dict[str, Any], key: str) -> float | None:
 
 def parse_node_telemetry(payload: bytes, node_id: str, *, limit: int,
                          max_incarnation: int = 1 << 63) -> NodeTelemetry:
-    """A node's periodic telemetry (CONTRACTS §4.2)."""
+    """A node's periodic telemetry (contract §4.2)."""
     doc = _header(load_json(payload, limit), node_id)
     power = doc.get("power_w")
     return NodeTelemetry(

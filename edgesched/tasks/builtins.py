@@ -1,4 +1,4 @@
-"""The four built-in task types (CONTRACTS §2): validation and deterministic work functions.
+"""The four built-in task types (contract §2): validation and deterministic work functions.
 
 Validation runs on the event loop before anything is queued, so a bad input is rejected at
 once; the work functions are plain top-level functions so the process pool can pickle them.

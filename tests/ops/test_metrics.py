@@ -21,7 +21,7 @@ from edgesched.core.view import ClusterView, NodeTelemetry, ViewParams
 
 REPO = Path(__file__).resolve().parents[2]
 
-# shared/CONTRACTS.md §6, as exposed (counters with their _total suffix).
+# docs/contract.md §6, as exposed (counters with their _total suffix).
 CONTRACT_METRICS = (
     "edgesched_tasks_submitted_total", "edgesched_decisions_total",
     "edgesched_tasks_completed_total", "edgesched_task_latency_seconds",
@@ -34,7 +34,7 @@ CONTRACT_METRICS = (
 
 
 def contract_names_missing(exposition: str) -> list[str]:
-    """CONTRACTS §6 names with no sample in `exposition` (histograms by their _count)."""
+    """contract §6 names with no sample in `exposition` (histograms by their _count)."""
     present = {sample.name for family in text_string_to_metric_families(exposition)
                for sample in family.samples}
     return [name for name in CONTRACT_METRICS

@@ -3,7 +3,7 @@
 - a node whose event loop blocks past `watchdog.stall_limit_s` exits non-zero by itself, and
   does not when systemd's watchdog is in charge;
 - after real tasks ran through every placement (local, neighbour, cloud), each node's
-  /metrics passes `promtool check metrics` and holds every CONTRACTS §6 name.
+  /metrics passes `promtool check metrics` and holds every contract §6 name.
 """
 
 from __future__ import annotations

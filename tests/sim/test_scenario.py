@@ -1,4 +1,4 @@
-"""Scenario loading and validation: the CONTRACTS §5 format and its error messages."""
+"""Scenario loading and validation: the contract §5 format and its error messages."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Built-in task types: exact semantics of CONTRACTS §2 and strict input validation."""
+"""Built-in task types: exact semantics of contract §2 and strict input validation."""
 
 from __future__ import annotations
 
