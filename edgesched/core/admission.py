@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
 
 from edgesched.core.candidates import queue_wait
 
@@ -14,9 +14,9 @@ class AdmissionReject(StrEnum):
     DEADLINE = "deadline"
 
 
-class Admission(NamedTuple):
-    """The verdict, with the wait the node predicted for the task (immutable; a NamedTuple:
-    one per task, built in one call)."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Admission:
+    """The verdict, with the wait the node predicted for the task."""
 
     accepted: bool
     reason: AdmissionReject | None = None
@@ -61,8 +61,4 @@ def admit(
             predicted_wait_s=wait_s,
             detail=f"predicted {wait_s + exec_s:.3f}s > {max(0.0, remaining_s):.3f}s left",
         )
-    # The usual verdict, one per task: built in one call, fields in declaration order.
-    return _new_tuple(Admission, (True, None, wait_s, ""))
-
-
-_new_tuple = tuple.__new__
+    return Admission(accepted=True, predicted_wait_s=wait_s)

@@ -98,16 +98,17 @@ def _aged_wait(
 
 
 def node_wait(
-    node: NodeState, extra: int, ex: ExecEstimate, age: float = 0.0
+    node: NodeState, ex: ExecEstimate, *, running: int, queued: int, extra: int,
+    age: float = 0.0,
 ) -> tuple[float, float]:
-    """Queue wait on `node` for one more task, `extra` of ours not in its report yet.
+    """Queue wait on `node` for one more task: `running` and `queued` as it reported them
+    (clamped to >= 0), `extra` of ours not in its report yet.
 
     A report `age` seconds old is aged (see `_aged_wait`), and the node's own wait estimate
     counts down by `age`: without this, a neighbour seen busy in a report taken mid-burst looks
     busy for a whole telemetry interval, however short its tasks. The node's own estimate wins
     when it is longer: it knows its real queue mix.
     """
-    running, queued = max(0, node.running), max(0, node.queued)
     reported = node.est_wait_s if 0.0 <= node.est_wait_s < math.inf else 0.0
     if 0.0 < age < math.inf and node.slots > 0 and ex.mean_s > 0.0:
         wait, std = _aged_wait(node, running, queued, extra, ex, age)
@@ -117,11 +118,6 @@ def node_wait(
     if reported > wait:
         return reported, max(std, 0.5 * reported)
     return wait, std
-
-
-def _capped(value: float, cap: float) -> float:
-    """`value`, at most `cap` (a NaN stays NaN, for the Candidate constructor to name)."""
-    return cap if value > cap else value
 
 
 def _battery(node: NodeState) -> float | None:
@@ -148,17 +144,18 @@ def local_candidate(
     time per slot ahead, and would send work away from a node about to free a slot).
     """
     ex = exec_estimate(task, node.node_id, bank, now)
+    running, queued = max(0, node.running), max(0, node.queued)
     own = node.est_wait_s
     if 0.0 < own < math.inf and extra == 0:
         wait, wait_std = own, 0.5 * own
     else:
-        wait, wait_std = node_wait(node, extra, ex)
+        wait, wait_std = node_wait(node, ex, running=running, queued=queued, extra=extra)
     battery = _battery(node)
     return Candidate(
         node_id=node.node_id, placement=Placement.LOCAL, liveness=Liveness.ONLINE, age_s=0.0,
-        slots=max(0, node.slots), running=max(0, node.running) + extra,
-        queued=max(0, node.queued), est_wait_s=_capped(wait, MAX_WAIT_S),
-        wait_std_s=_capped(wait_std, MAX_WAIT_S), battery=battery, power=power, link=None,
+        slots=max(0, node.slots), running=running + extra, queued=queued,
+        est_wait_s=min(wait, MAX_WAIT_S),
+        wait_std_s=min(wait_std, MAX_WAIT_S), battery=battery, power=power, link=None,
         exec=ex, supports_type=_supports(node, task.task_type), money_cost=0.0,
         max_queue=max_queue, origin_power=power, origin_battery=battery, excluded=False,
     )
@@ -172,12 +169,13 @@ def neighbour_candidate(
     ex = exec_estimate(task, node.node_id, bank, now)
     age = now - node.last_seen
     age = math.inf if math.isnan(age) else max(0.0, age)  # unknown last_seen: too old
-    wait, wait_std = node_wait(node, extra, ex, age)
+    running, queued = max(0, node.running), max(0, node.queued)
+    wait, wait_std = node_wait(node, ex, running=running, queued=queued, extra=extra, age=age)
     return Candidate(
         node_id=node.node_id, placement=Placement.NEIGHBOUR, liveness=node.liveness,
-        age_s=min(age, MAX_AGE_S), slots=max(0, node.slots),
-        running=max(0, node.running) + extra, queued=max(0, node.queued),
-        est_wait_s=_capped(wait, MAX_WAIT_S), wait_std_s=_capped(wait_std, MAX_WAIT_S),
+        age_s=min(age, MAX_AGE_S), slots=max(0, node.slots), running=running + extra,
+        queued=queued,
+        est_wait_s=min(wait, MAX_WAIT_S), wait_std_s=min(wait_std, MAX_WAIT_S),
         battery=_battery(node), power=power, link=bank.link(node.node_id, now), exec=ex,
         supports_type=_supports(node, task.task_type), money_cost=0.0, max_queue=None,
         origin_power=origin_power, origin_battery=_battery(local), excluded=excluded,
@@ -193,8 +191,8 @@ def cloud_candidate(
     wait, wait_std = queue_wait(cloud.slots, inflight, 0, ex.mean_s, ex.std_s)
     return Candidate(
         node_id=cloud.node_id, placement=Placement.CLOUD, liveness=Liveness.ONLINE, age_s=0.0,
-        slots=cloud.slots, running=inflight, queued=0, est_wait_s=_capped(wait, MAX_WAIT_S),
-        wait_std_s=_capped(wait_std, MAX_WAIT_S), battery=None, power=cloud.power,
+        slots=cloud.slots, running=inflight, queued=0, est_wait_s=min(wait, MAX_WAIT_S),
+        wait_std_s=min(wait_std, MAX_WAIT_S), battery=None, power=cloud.power,
         link=bank.link(cloud.node_id, now), exec=ex, supports_type=True,
         money_cost=cloud.money_cost, max_queue=None, origin_power=origin_power,
         origin_battery=_battery(local), excluded=False,

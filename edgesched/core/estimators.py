@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from edgesched.core.model import (
     ExecEstimate,
     LinkEstimate,
-    new_exec_estimate,
-    new_link_estimate,
     require_finite,
 )
 
@@ -31,21 +29,6 @@ INF = math.inf
 # Below this age/decay ratio the staleness weight exp(-(age/decay)²) is above 1 - 1e-6 and is
 # taken as 1: blending would move an estimate by under a millionth of its gap to the prior.
 STALENESS_FLAT = 1e-3
-
-
-def checked_exec_estimate(mean_s: float, std_s: float) -> ExecEstimate:
-    """ExecEstimate from computed values: a range check (NaN fails it) instead of the
-    constructor's validation, which runs only to report a bad value."""
-    if 0.0 <= mean_s <= MAX_SECONDS and 0.0 <= std_s <= MAX_SECONDS:
-        return new_exec_estimate(mean_s, std_s)
-    return ExecEstimate(mean_s=mean_s, std_s=std_s)
-
-
-def checked_link_estimate(rtt: float, rtt_std: float, bw: float, bw_std: float) -> LinkEstimate:
-    """LinkEstimate from computed values, checked the same cheap way."""
-    if 0.0 <= rtt < INF and 0.0 <= rtt_std < INF and 0.0 < bw < INF and 0.0 <= bw_std < INF:
-        return new_link_estimate(rtt, rtt_std, bw, bw_std)
-    return LinkEstimate(rtt_s=rtt, rtt_std_s=rtt_std, bandwidth_bps=bw, bandwidth_std_bps=bw_std)
 
 
 def _staleness_weight(age_s: float, decay_s: float) -> float:
@@ -209,7 +192,8 @@ class LinkEstimator:
                 spb, spb_std = _blend(w, spb, spb_std, 1.0 / bw, bw_std / (bw * bw))
             spb = min(MAX_S_PER_BIT, max(MIN_S_PER_BIT, spb))
             bw, bw_std = 1.0 / spb, min(spb_std / (spb * spb), 1.0 / MIN_S_PER_BIT)
-        return checked_link_estimate(rtt, rtt_std, bw, bw_std)
+        return LinkEstimate(rtt_s=rtt, rtt_std_s=rtt_std, bandwidth_bps=bw,
+                            bandwidth_std_bps=bw_std)
 
     @property
     def samples(self) -> tuple[int, int]:
@@ -335,8 +319,7 @@ class ExecTimeEstimator:
 
     def predict(self, input_bytes: float, now: float) -> ExecEstimate:
         """Mean and std of the execution time for an input of `input_bytes`."""
-        # Asked for every candidate of every task: the clamps are written out as comparisons
-        # (same results; NaN input counts as 0 bytes, as max() did).
+        # The input size clamped into 0..MAX_BYTES (NaN counts as 0 bytes).
         x = input_bytes if 0.0 <= input_bytes <= MAX_BYTES else (
             MAX_BYTES if input_bytes > MAX_BYTES else 0.0)
         x /= MB
@@ -346,7 +329,7 @@ class ExecTimeEstimator:
         prior_std = prior.cv * prior_mean
         prior_std = prior_std if prior_std < MAX_SECONDS else MAX_SECONDS
         if self.n == 0:
-            return checked_exec_estimate(prior_mean, prior_std)
+            return ExecEstimate(mean_s=prior_mean, std_s=prior_std)
         mean = self.a + self.b * x
         mean = mean if mean > 0.0 else 0.0
         leverage = self.p11 + 2.0 * self.p12 * x + self.p22 * x * x
@@ -358,8 +341,8 @@ class ExecTimeEstimator:
         if age > self._fresh_s:  # as LinkEstimator.snapshot: fresh estimates skip the blend
             w = _staleness_weight(age, self._decay_s)
             mean, std = _blend(w, mean, std, prior_mean, prior_std)
-        return checked_exec_estimate(mean if mean < MAX_SECONDS else MAX_SECONDS,
-                                     std if std < MAX_SECONDS else MAX_SECONDS)
+        return ExecEstimate(mean_s=mean if mean < MAX_SECONDS else MAX_SECONDS,
+                            std_s=std if std < MAX_SECONDS else MAX_SECONDS)
 
 
 class EstimatorBank:
@@ -502,7 +485,7 @@ class EstimatorBank:
             prior = self.exec_prior(task_type, node_id)
             size = min(MAX_BYTES, max(0.0, input_bytes))
             mean = min(MAX_SECONDS, prior.mean_s + prior.s_per_mb * size / MB)
-            return checked_exec_estimate(mean, min(MAX_SECONDS, prior.cv * mean))
+            return ExecEstimate(mean_s=mean, std_s=min(MAX_SECONDS, prior.cv * mean))
         return est.predict(input_bytes, now)
 
     def link(self, target: str, now: float) -> LinkEstimate:

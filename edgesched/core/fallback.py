@@ -6,7 +6,6 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
 
 from edgesched.core.model import CandidateEval, Decision, Placement, RejectReason, require_finite
 
@@ -36,8 +35,9 @@ class FallbackParams:
         return max(self.min_timeout_s, q + self.timeout_margin_s)
 
 
-class NextAttempt(NamedTuple):
-    """Try `target` next (immutable; a NamedTuple: one per attempt, built in one call)."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NextAttempt:
+    """Try `target` next."""
 
     target: CandidateEval
     timeout_s: float
@@ -45,7 +45,8 @@ class NextAttempt(NamedTuple):
     last_resort: bool = False  # local, although the decision did not rank it
 
 
-class Terminal(NamedTuple):
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Terminal:
     """No attempt left: the task ends with `outcome`."""
 
     outcome: Outcome
@@ -85,11 +86,8 @@ def next_attempt(
     timeout = params.timeout_for(target)
     if remaining is not None and remaining < timeout:
         timeout = remaining
-    # One per attempt: built in one call, fields in declaration order.
-    return _new_tuple(NextAttempt, (target, timeout, len(tried) + 1, last_resort))
-
-
-_new_tuple = tuple.__new__
+    return NextAttempt(target=target, timeout_s=timeout, attempt=len(tried) + 1,
+                       last_resort=last_resort)
 
 
 def _pick(

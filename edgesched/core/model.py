@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import NamedTuple
-
-from edgesched.core.fastinit import fast_constructor
+from typing import Any
 
 
 class Placement(StrEnum):
@@ -156,9 +154,14 @@ class ExecEstimate:
         require_finite("std_s", self.std_s, minimum=0.0)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Candidate:
-    """One possible target for one task, with everything the cost model needs, pre-resolved."""
+    """One possible target for one task, with everything the cost model needs, pre-resolved.
+
+    Built by core/candidates.py (or the simulator's oracle) from data validated where it
+    entered (the view's telemetry ingest, config, scenario files), clamped into range there;
+    one per target per task, not changed once built.
+    """
 
     node_id: str
     placement: Placement
@@ -182,31 +185,10 @@ class Candidate:
     origin_battery: float | None = None
     excluded: bool = False  # e.g. the node that forwarded this task to us (no ping-pong)
 
-    def __post_init__(self) -> None:
-        require_finite("age_s", self.age_s, minimum=0.0)
-        if self.origin_battery is not None:
-            require_finite("origin_battery", self.origin_battery, minimum=0.0)
-            if self.origin_battery > 1.0:
-                raise ValueError(f"origin_battery must be within 0..1, got {self.origin_battery!r}")
-        require_finite("est_wait_s", self.est_wait_s, minimum=0.0)
-        require_finite("wait_std_s", self.wait_std_s, minimum=0.0)
-        require_finite("money_cost", self.money_cost, minimum=0.0)
-        if self.slots < 0 or self.running < 0 or self.queued < 0:
-            raise ValueError("slots, running and queued must be >= 0")
-        if self.battery is not None:
-            require_finite("battery", self.battery, minimum=0.0)
-            if self.battery > 1.0:
-                raise ValueError(f"battery must be within 0..1, got {self.battery!r}")
 
-
-class CandidateEval(NamedTuple):
-    """The cost model's verdict on one candidate for one task (immutable).
-
-    A NamedTuple rather than a frozen dataclass: every decision builds one per candidate, and
-    a tuple is built in one C call while a frozen dataclass sets each field through
-    `object.__setattr__` (reading a field costs a little more, ~30 against ~14 ns, and an
-    evaluation is read far less often than it is built).
-    """
+@dataclass(kw_only=True, slots=True)
+class CandidateEval:
+    """The cost model's verdict on one candidate for one task (not changed once built)."""
 
     node_id: str
     placement: Placement
@@ -234,11 +216,11 @@ class CandidateEval(NamedTuple):
         }
 
 
-class Decision(NamedTuple):
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
     """A placement: the chosen target, the ranked fallbacks, and every candidate's breakdown.
 
     `chosen is None` means nothing was feasible; the evaluations say why for each candidate.
-    Immutable; a NamedTuple for the same reason as `CandidateEval` (one per task).
     """
 
     policy: str
@@ -289,25 +271,13 @@ class ClusterSnapshot:
     neighbours: tuple[NodeState, ...] = ()
 
 
-# Positional constructors (core/fastinit.py) for values computed from already-validated inputs,
-# on the decision and simulation hot paths: they skip __post_init__, so public code keeps using
-# the classes themselves. Arguments in field declaration order; if the fields ever change, the
-# names below no longer match and the validating keyword constructor is used instead.
-CANDIDATE_FIELDS = (
-    "node_id", "placement", "liveness", "age_s", "slots", "running", "queued", "est_wait_s",
-    "wait_std_s", "battery", "power", "link", "exec", "supports_type", "money_cost",
-    "max_queue", "origin_power", "origin_battery", "excluded",
-)
-new_candidate = fast_constructor(Candidate, CANDIDATE_FIELDS)
-new_exec_estimate = fast_constructor(ExecEstimate, ("mean_s", "std_s"))
-new_link_estimate = fast_constructor(
-    LinkEstimate, ("rtt_s", "rtt_std_s", "bandwidth_bps", "bandwidth_std_bps"))
-new_task_spec = fast_constructor(TaskSpec, (
-    "task_type", "input_bytes", "output_bytes", "work", "exact_s", "deadline_s", "priority",
-    "origin_device", "offload", "submitted_at",
-))
-new_node_state = fast_constructor(NodeState, (
-    "node_id", "role", "liveness", "incarnation", "last_seen", "slots", "running", "queued",
-    "est_wait_s", "cpu_util", "battery", "power_w", "task_types",
-))
-new_snapshot = fast_constructor(ClusterSnapshot, ("now", "local", "neighbours"))
+def new_node_state(*values: Any) -> NodeState:
+    """NodeState from its fields in declaration order.
+
+    Only for core/view.py, which still builds its states this way (it is being changed
+    separately); everything else constructs NodeState by keyword. Remove with that caller.
+    """
+    return NodeState(**dict(zip(_NODE_STATE_FIELDS, values, strict=True)))
+
+
+_NODE_STATE_FIELDS = tuple(f.name for f in fields(NodeState))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from operator import itemgetter
-from typing import Final, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -67,14 +66,10 @@ def _ranked_decision(
     name: str, ranked: Sequence[CandidateEval], evals: Sequence[CandidateEval],
     best_effort: bool = False,
 ) -> Decision:
-    """A Decision whose preference order is `ranked` (feasible evaluations, best first).
-
-    Built with one `tuple.__new__` call (a Decision per task); fields in declaration order."""
-    return _new_tuple(Decision, (name, ranked[0] if ranked else None, tuple(ranked[1:]),
-                                 tuple(evals), best_effort))
-
-
-_new_tuple = tuple.__new__
+    """A Decision whose preference order is `ranked` (feasible evaluations, best first)."""
+    return Decision(policy=name, chosen=ranked[0] if ranked else None,
+                    fallbacks=tuple(ranked[1:]), evaluations=tuple(evals),
+                    best_effort=best_effort)
 
 
 class CostPolicy:
@@ -86,35 +81,14 @@ class CostPolicy:
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now)
-        # The feasible ones by score (filter and key in C; the sort is stable, so ties keep
-        # candidate order).
-        ranked = sorted(filter(_is_feasible, evals), key=_score_of)
+        # The feasible ones by score (the sort is stable: ties keep candidate order).
+        ranked = sorted((e for e in evals if e.feasible), key=lambda e: e.score)
         if not ranked and self.params.deadline_best_effort:
             late = [e for e in evals if e.reason is RejectReason.DEADLINE]
             if late:
-                late.sort(key=_latency_q_of)
+                late.sort(key=lambda e: e.latency_q_s)
                 return _ranked_decision(self.name, late, evals, best_effort=True)
         return _ranked_decision(self.name, ranked, evals)
-
-
-# Positions of the CandidateEval fields read here: an evaluation is a tuple, and indexing it
-# skips the attribute lookup (these run for every candidate of every task). Literals, so the
-# type checker knows what an index reads; checked against the NamedTuple on import.
-_NODE_ID: Final = 0
-_LATENCY_MEAN: Final = 2
-_LATENCY_Q: Final = 3
-_SCORE: Final = 6
-_FEASIBLE: Final = 7
-_POSITIONS = {"node_id": _NODE_ID, "latency_mean_s": _LATENCY_MEAN, "latency_q_s": _LATENCY_Q,
-              "score": _SCORE, "feasible": _FEASIBLE}
-if any(CandidateEval._fields[i] != name for name, i in _POSITIONS.items()):
-    raise ImportError("CandidateEval's fields moved: update the positions in core/policies.py")
-
-# C getters of those fields.
-_score_of = itemgetter(_SCORE)
-_is_feasible = itemgetter(_FEASIBLE)
-_node_id_of = itemgetter(_NODE_ID)
-_latency_q_of = itemgetter(_LATENCY_Q)
 
 
 SortKey = Callable[[tuple[Candidate, CandidateEval]], tuple[float, ...]]
@@ -136,7 +110,7 @@ class KeyedBaseline:
         evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
         # (candidate, evaluation) pairs of the feasible ones, by key: the sort is stable, so
         # equal keys keep candidate order and the pairs themselves are never compared.
-        pairs = [p for p in zip(candidates, evals, strict=True) if p[1][_FEASIBLE]]
+        pairs = [p for p in zip(candidates, evals, strict=True) if p[1].feasible]
         pairs.sort(key=self._key)
         return _ranked_decision(self.name, [p[1] for p in pairs], evals)
 
@@ -144,25 +118,25 @@ class KeyedBaseline:
 _PLACEMENT_RANK_CLOUD_FIRST = {Placement.CLOUD: 0, Placement.LOCAL: 1, Placement.NEIGHBOUR: 2}
 
 
-# Sort keys of a (candidate, evaluation) pair; evaluations are tuples, read by index.
+# Sort keys of a (candidate, evaluation) pair.
 def _local_first(pair: tuple[Candidate, CandidateEval]) -> tuple[float, ...]:
     c, e = pair
-    return (0.0 if c.placement is Placement.LOCAL else 1.0, e[_LATENCY_MEAN])
+    return (0.0 if c.placement is Placement.LOCAL else 1.0, e.latency_mean_s)
 
 
 def _cloud_first(pair: tuple[Candidate, CandidateEval]) -> tuple[float, ...]:
     c, e = pair
-    return (float(_PLACEMENT_RANK_CLOUD_FIRST[c.placement]), e[_LATENCY_MEAN])
+    return (float(_PLACEMENT_RANK_CLOUD_FIRST[c.placement]), e.latency_mean_s)
 
 
 def _least_loaded(pair: tuple[Candidate, CandidateEval]) -> tuple[float, ...]:
     c, e = pair
     slots = c.slots
-    return ((c.running + c.queued) / (slots if slots > 1 else 1), e[_LATENCY_MEAN])
+    return ((c.running + c.queued) / (slots if slots > 1 else 1), e.latency_mean_s)
 
 
 def _greedy_latency(pair: tuple[Candidate, CandidateEval]) -> tuple[float, ...]:
-    return (pair[1][_LATENCY_MEAN],)
+    return (pair[1].latency_mean_s,)
 
 
 class RandomPolicy:
@@ -176,9 +150,9 @@ class RandomPolicy:
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
-        ranked = list(filter(_is_feasible, evals))
-        # Uniforms drawn from the seeded generator a block at a time: one numpy call per task
-        # (a permutation) costs more than the rest of the decision.
+        ranked = [e for e in evals if e.feasible]
+        # Uniforms from the seeded generator, drawn a block at a time (a numpy call per task
+        # would cost more than the decision).
         uniforms = self._uniforms
         for i in range(len(ranked) - 1, 0, -1):  # Fisher-Yates
             if not uniforms:
@@ -201,7 +175,7 @@ class RoundRobinPolicy:
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
-        feasible = sorted(filter(_is_feasible, evals), key=_node_id_of)
+        feasible = sorted((e for e in evals if e.feasible), key=lambda e: e.node_id)
         if feasible:
             start = self._next % len(feasible)
             feasible = feasible[start:] + feasible[:start]

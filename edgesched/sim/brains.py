@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from edgesched.core.admission import admit
 from edgesched.core.candidates import CloudTarget, build_candidates, exec_estimate
 from edgesched.core.costmodel import CostParams
-from edgesched.core.estimators import EstimatorBank, ExecPrior, checked_link_estimate
+from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
 from edgesched.core.model import (
     Candidate,
@@ -27,17 +27,11 @@ from edgesched.core.model import (
     NodeState,
     Placement,
     TaskSpec,
-    new_candidate,
-    new_exec_estimate,
-    new_node_state,
-    new_snapshot,
 )
 from edgesched.core.policies import Policy
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
 from edgesched.sim.scenario import CLOUD_ID
 
-_ONLINE = Liveness.ONLINE
-_INF = float("inf")
 # How long (simulated s) an estimator's answer is reused when nothing new was observed about
 # its key: its staleness weight exp(-(age/decay)²) moves by at most 0.86/decay per second
 # (decay 300-600 s), so the blend between learned value and prior moves by < 0.3%.
@@ -69,7 +63,7 @@ class MemoBank(EstimatorBank):
         hit = self._exec_memo.get(key)
         if hit is not None and hit[0] == input_bytes and now <= hit[1]:
             return hit[2]
-        est = _bank_exec_estimate(self, task_type, node_id, input_bytes, now)
+        est = super().exec_estimate(task_type, node_id, input_bytes, now)
         self._exec_memo[key] = (input_bytes, now + ESTIMATE_TTL_S, est)
         return est
 
@@ -77,50 +71,27 @@ class MemoBank(EstimatorBank):
         hit = self._link_memo.get(target)
         if hit is not None and now <= hit[0]:
             return hit[1]
-        est = _bank_link(self, target, now)
+        est = super().link(target, now)
         self._link_memo[target] = (now + ESTIMATE_TTL_S, est)
         return est
 
     def observe_exec(self, task_type: str, node_id: str, input_bytes: float, seconds: float,
                      now: float) -> bool:
         self._exec_memo.pop((task_type, node_id), None)
-        return _bank_observe_exec(self, task_type, node_id, input_bytes, seconds, now)
+        return super().observe_exec(task_type, node_id, input_bytes, seconds, now)
 
     def observe_rtt(self, target: str, seconds: float, now: float) -> bool:
         self._link_memo.pop(target, None)
-        return _bank_observe_rtt(self, target, seconds, now)
+        return super().observe_rtt(target, seconds, now)
 
     def observe_transfer(self, target: str, nbytes: float, seconds: float, now: float) -> bool:
         self._link_memo.pop(target, None)
-        return _bank_observe_transfer(self, target, nbytes, seconds, now)
+        return super().observe_transfer(target, nbytes, seconds, now)
 
     def set_speed(self, node_id: str, speed: float) -> None:
         self._exec_memo.clear()
         super().set_speed(node_id, speed)
 
-
-# The base class's methods, called directly from MemoBank's per-candidate paths (a `super()`
-# call builds a proxy object each time).
-_bank_exec_estimate = EstimatorBank.exec_estimate
-_bank_link = EstimatorBank.link
-_bank_observe_exec = EstimatorBank.observe_exec
-_bank_observe_rtt = EstimatorBank.observe_rtt
-_bank_observe_transfer = EstimatorBank.observe_transfer
-
-
-class _Unmemoised:
-    """A MemoBank's estimators answered fresh, as the plain EstimatorBank would (tests
-    compare the memoised candidates with these)."""
-
-    def __init__(self, bank: MemoBank) -> None:
-        self._bank = bank
-
-    def exec_estimate(self, task_type: str, node_id: str, input_bytes: float,
-                      now: float) -> ExecEstimate:
-        return _bank_exec_estimate(self._bank, task_type, node_id, input_bytes, now)
-
-    def link(self, target: str, now: float) -> LinkEstimate:
-        return _bank_link(self._bank, target, now)
 
 if TYPE_CHECKING:
     from edgesched.sim.engine import Engine, SimNode, SimTask
@@ -210,15 +181,14 @@ class DaemonBrain:
         self.bank.observe_rtt(CLOUD_ID, rtt_s, now)
         self.bank.observe_bandwidth(CLOUD_ID, bps, now)
 
-    def invalidate(self) -> None:
-        self._neighbours = None
-
     # ---- deciding -------------------------------------------------------------------------
     def local_state(self, now: float) -> NodeState:
         node = self.node
-        return new_node_state(
-            node.id, "edge", _ONLINE, 0, now, node.slots, len(node.running), len(node.queue),
-            node.est_wait_s(now), 0.0, node.battery_level(now), None, self._type_names,
+        return NodeState(
+            node_id=node.id, role="edge", liveness=Liveness.ONLINE, incarnation=0,
+            last_seen=now, slots=node.slots, running=len(node.running),
+            queued=len(node.queue), est_wait_s=node.est_wait_s(now), cpu_util=0.0,
+            battery=node.battery_level(now), power_w=None, task_types=self._type_names,
         )
 
     def candidates(self, task: SimTask, now: float) -> list[Candidate]:
@@ -229,7 +199,7 @@ class DaemonBrain:
             self._neighbours = self.view.neighbours(now)
             self._neighbours_at = now
         local = self.local_state(now)
-        snap = new_snapshot(now, local, self._neighbours)
+        snap = ClusterSnapshot(now=now, local=local, neighbours=self._neighbours)
         spec, node = task.spec, self.node
         out = build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
@@ -237,16 +207,6 @@ class DaemonBrain:
         )
         self._own_cache = ((spec.task_type, spec.work, now), out[0].exec.mean_s)
         return out
-
-    def fresh_candidates(self, task: SimTask, now: float) -> list[Candidate]:
-        """`build_candidates` on a fresh snapshot and unmemoised estimates (tests compare)."""
-        snap = ClusterSnapshot(now=now, local=self.local_state(now),
-                               neighbours=self.view.neighbours(now))
-        return build_candidates(
-            task.spec, snap, _Unmemoised(self.bank),  # type: ignore[arg-type]
-            offload=task.spec.offload, cloud=self.cloud, local_power=self.node.power,
-            local_max_queue=self.node.queue_size, inflight=self.inflight,
-        )
 
     def decide(self, task: SimTask, now: float) -> Decision:
         return self.policy.decide(task.spec, self.candidates(task, now), now)
@@ -326,33 +286,20 @@ class OracleBrain(DaemonBrain):
             back = self.engine.links[(node.id, origin.id)]
             # One bandwidth figure per candidate: the worse of the two directions' shares.
             bw = min(link.share_bps(), back.share_bps())
-            link_est = checked_link_estimate(link.rtt_s, 0.0, bw, 0.0)
+            link_est = LinkEstimate(rtt_s=link.rtt_s, bandwidth_bps=bw)
             arrive_after = task.in_bits / link.share_bps() + link.rtt_s / 2.0
         wait = max(0.0, true_slot_free_in(node, now) - arrive_after)
         battery, origin_battery = node.battery_level(now), origin.battery_level(now)
         exec_s = task.work / node.speed
         money = self.engine.scenario.cloud.cost_per_task if node.is_cloud else 0.0
-        if (0.0 <= wait < _INF and 0.0 <= exec_s < _INF and _charge_ok(battery)
-                and _charge_ok(origin_battery)):
-            # The truth, computed here from a validated scenario: the positional constructors
-            # skip re-validating it (the oracle builds every candidate of every task).
-            return new_candidate(
-                node.id, placement, _ONLINE, 0.0, node.slots, len(node.running),
-                len(node.queue), wait, 0.0, battery, node.power, link_est,
-                new_exec_estimate(exec_s, 0.0), True, money, None, origin.power, origin_battery,
-                False,
-            )
-        return Candidate(  # a bad value: the validating constructor says which one
-            node_id=node.id, placement=placement, liveness=Liveness.ONLINE,
+        return Candidate(
+            node_id=node.id, placement=placement, liveness=Liveness.ONLINE, age_s=0.0,
             slots=node.slots, running=len(node.running), queued=len(node.queue),
-            est_wait_s=wait, battery=battery, power=node.power, link=link_est,
-            exec=ExecEstimate(mean_s=exec_s), money_cost=money,
-            origin_power=origin.power, origin_battery=origin_battery,
+            est_wait_s=wait, wait_std_s=0.0, battery=battery, power=node.power, link=link_est,
+            exec=ExecEstimate(mean_s=exec_s), supports_type=True, money_cost=money,
+            max_queue=None, origin_power=origin.power, origin_battery=origin_battery,
+            excluded=False,
         )
-
-
-def _charge_ok(battery: float | None) -> bool:
-    return battery is None or 0.0 <= battery <= 1.0
 
 
 def true_slot_free_in(node: SimNode, now: float) -> float:

@@ -23,9 +23,6 @@ from edgesched.sim.links import Link, Transfer
 from edgesched.sim.scenario import CLOUD_ID, Scenario
 from edgesched.sim.workload import TaskStream
 
-_heappush = heapq.heappush
-_LOCAL, _NEIGHBOUR, _CLOUD = Placement.LOCAL.value, Placement.NEIGHBOUR.value, Placement.CLOUD.value
-
 WILL_DELAY_S = 15.0  # the broker publishes a dead node's Will after 1.5 x keepalive (10 s)
 
 
@@ -211,8 +208,7 @@ class Engine:
 
     # ---- event heap ---------------------------------------------------------------------
     def schedule(self, at: float, fn: Callable[[Any], None], arg: Any) -> None:
-        # The per-task paths below push their events themselves (same tuple, one call less).
-        _heappush(self.events, (at, next(self.seq), fn, arg))
+        heapq.heappush(self.events, (at, next(self.seq), fn, arg))
 
     def run(self) -> Outcome:
         self._schedule_conditions()
@@ -302,7 +298,7 @@ class Engine:
                     other.brain.telemetry(node, tel, self.now)
 
     def _telemetry_of(self, node: SimNode, battery: float | None) -> NodeTelemetry:
-        """What the node publishes (CONTRACTS §4.2): its load as it knows it, right now."""
+        """What the node publishes (contract §4.2): its load as it knows it, right now."""
         interval = self.scenario.telemetry_interval_s
         busy = node.busy_s + sum(self.now - job.start for job in node.running)
         util = (busy - node.busy_mark) / (interval * node.slots)
@@ -391,14 +387,13 @@ class Engine:
         token = task.token
         tr = link.start(task.in_bits, self._input_sent, (task, token, node,
                                                         task.origin.incarnation, link))
-        _heappush(self.events, (self.now + step.timeout_s, next(self.seq), self._timeout,
-                               (task, token, node, tr, link)))
+        self.schedule(self.now + step.timeout_s, self._timeout, (task, token, node, tr, link))
 
     def _input_sent(self, tr: Transfer) -> None:
         task, token, node, origin_inc, link = tr.payload
         now = self.now
-        _heappush(self.events, (now + link.rtt_s / 2.0, next(self.seq), self._input_arrived,
-                               (task, token, node, origin_inc)))
+        self.schedule(now + link.rtt_s / 2.0, self._input_arrived,
+                      (task, token, node, origin_inc))
 
     def _input_arrived(self, info: tuple[SimTask, int, SimNode, int]) -> None:
         task, token, node, origin_inc = info
@@ -452,8 +447,7 @@ class Engine:
         job.start = self.now
         node.running.append(job)
         node.wait_cache = None
-        _heappush(self.events, (self.now + job.exec_s, next(self.seq), self._exec_done,
-                               (node, job, node.incarnation)))
+        self.schedule(self.now + job.exec_s, self._exec_done, (node, job, node.incarnation))
 
     def _exec_done(self, info: tuple[SimNode, Job, int]) -> None:
         node, job, inc = info
@@ -468,7 +462,7 @@ class Engine:
             node.exec_mean[task.ttype] = job.exec_s if prev is None else (
                 prev + 0.1 * (job.exec_s - prev))
         else:
-            node.energy_j += node.power.compute_w * job.exec_s  # compute_energy_j, inlined
+            node.energy_j += node.power.compute_energy_j(job.exec_s)
             node.brain.executed(task.spec.task_type, task.spec.work, job.exec_s, self.now)
         while node.queue and len(node.running) < node.slots:
             nxt = node.queue.popleft()
@@ -483,9 +477,8 @@ class Engine:
 
     def _output_sent(self, tr: Transfer) -> None:
         task, job, node, inc, wait, link = tr.payload
-        _heappush(self.events, (self.now + link.rtt_s / 2.0, next(self.seq),
-                                self._output_arrived,
-                                (task, job, node, inc, wait, task.origin.incarnation)))
+        self.schedule(self.now + link.rtt_s / 2.0, self._output_arrived,
+                      (task, job, node, inc, wait, task.origin.incarnation))
 
     def _output_arrived(self, info: tuple[SimTask, Job, SimNode, int, float, int]) -> None:
         task, job, node, inc, wait, origin_inc = info
@@ -509,12 +502,12 @@ class Engine:
         if task.deadline is None or self.now <= task.deadline + 1e-9:
             out.completed_in_time += 1
         if node.is_cloud:
-            placement = _CLOUD
+            placement = Placement.CLOUD
         elif node is task.origin:
-            placement = _LOCAL
+            placement = Placement.LOCAL
         else:
-            placement = _NEIGHBOUR
-        out.placements[placement] += 1
+            placement = Placement.NEIGHBOUR
+        out.placements[placement.value] += 1
         out.prediction_error.append(self.now - task.started - task.predicted)
 
     def _fail(self, task: SimTask, reason: str) -> None:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 EPS_BITS = 1e-6
-_heappush = heapq.heappush
 
 
 class Transfer:
@@ -77,11 +76,9 @@ class Link:
         while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
         if heap:
-            left = heap[0][0] - self.service
-            engine = self.engine
-            _heappush(engine.events, (now + (left if left > 0.0 else 0.0) * self.active
-                                     / self.bandwidth_bps, next(engine.seq), self._on_event,
-                                     self.version))
+            left = max(0.0, heap[0][0] - self.service)  # bits still to serve per flow
+            self.engine.schedule(now + left * self.active / self.bandwidth_bps, self._on_event,
+                                 self.version)
 
     def start(self, bits: float, done: Callable[[Transfer], None], payload: Any) -> Transfer:
         now = self.engine.now
@@ -89,12 +86,9 @@ class Link:
         if bits <= EPS_BITS:
             self.engine.schedule(now, done, tr)
             return tr
-        if self.active:
-            self._advance(now)
-        else:  # idle: nothing was served since `last` (what _advance does, without the call)
-            self.last = now
+        self._advance(now)
         tr.tag = self.service + bits
-        _heappush(self._heap, (tr.tag, next(self.engine.seq), tr))
+        heapq.heappush(self._heap, (tr.tag, next(self.engine.seq), tr))
         self.active += 1
         self._reschedule(now)
         return tr
@@ -105,15 +99,6 @@ class Link:
         now = self.engine.now
         self._advance(now)
         heap = self._heap
-        if len(heap) == 1:
-            # The last transfer (the usual case; its head is never a cancelled one here): it
-            # is due now, and nothing is left to schedule. The loop below, written out.
-            tr = heap.pop()[2]
-            tr.finished = True
-            self.active -= 1
-            self.version += 1
-            tr.done(tr)
-            return
         finished: list[Transfer] = []
         service = self.service
         limit = service + EPS_BITS * (service if service > 1.0 else 1.0)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgesched.core.candidates import CloudTarget, build_candidates, queue_wait
-from edgesched.core.costmodel import CostParams, evaluate
+from edgesched.core.costmodel import CostParams
 from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.model import (
     ClusterSnapshot,
@@ -21,6 +21,7 @@ from edgesched.core.model import (
     PowerModel,
 )
 from tests.core.builders import task
+from tests.core.reference import evaluate
 
 CLOUD_LINK = LinkEstimate(rtt_s=0.08, bandwidth_bps=2e7)
 

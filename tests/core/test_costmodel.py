@@ -6,23 +6,17 @@ import math
 
 import pytest
 
-from edgesched.core.costmodel import (
-    BASELINE_CONSTRAINTS,
-    CostParams,
-    evaluate,
-    predict,
-)
+from edgesched.core.costmodel import BASELINE_CONSTRAINTS, CostParams
 from edgesched.core.model import (
-    CandidateEval,
     ExecEstimate,
     LinkEstimate,
     Liveness,
     OffloadPolicy,
-    Placement,
     PowerModel,
     RejectReason,
 )
 from tests.core.builders import cloud, local, neighbour, task
+from tests.core.reference import evaluate, predict
 
 Z95 = 1.6448536269514722
 
@@ -186,17 +180,6 @@ def test_baseline_constraints_ignore_deadline_and_battery() -> None:
     ev = evaluate(task(), neighbour(liveness=Liveness.OFFLINE), CostParams(),
                   enforce=BASELINE_CONSTRAINTS)
     assert ev.reason is RejectReason.OFFLINE
-
-
-def test_positional_eval_matches_the_keyword_one() -> None:
-    values = ("n", Placement.CLOUD, 1.0, 2.0, 3.0, 4.0, 5.0, False, RejectReason.STALE, 6.0)
-    slow = CandidateEval(node_id="n", placement=Placement.CLOUD, latency_mean_s=1.0,
-                         latency_q_s=2.0, energy_j=3.0, money=4.0, score=5.0, feasible=False,
-                         reason=RejectReason.STALE, latency_std_s=6.0)
-    fast = tuple.__new__(CandidateEval, values)  # how evaluate_many builds them
-    assert fast == slow and hash(fast) == hash(slow)
-    with pytest.raises(AttributeError):
-        fast.score = 1.0  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

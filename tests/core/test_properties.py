@@ -10,14 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from edgesched.core.costmodel import (
-    BASELINE_CONSTRAINTS,
-    CostParams,
-    check,
-    evaluate,
-    predict,
-    weighted_cost,
-)
+from edgesched.core.costmodel import BASELINE_CONSTRAINTS, CostParams, check
 from edgesched.core.model import (
     Candidate,
     ExecEstimate,
@@ -29,6 +22,7 @@ from edgesched.core.model import (
     TaskSpec,
 )
 from edgesched.core.policies import POLICY_NAMES, make_policy
+from tests.core.reference import evaluate, predict, weighted_cost
 
 pos = st.floats(min_value=0.0, max_value=10.0, allow_nan=False)
 small = st.floats(min_value=0.0, max_value=2.0, allow_nan=False)
@@ -206,11 +200,6 @@ SPEC = {"task_type": "t", "input_bytes": 1.0, "output_bytes": 1.0, "work": 1.0}
         (ExecEstimate, {"mean_s": 0.1}, "std_s"),
         (PowerModel, {}, "busy_w"),
         (PowerModel, {}, "kappa"),
-        (Candidate, {"node_id": "n", "placement": Placement.LOCAL}, "est_wait_s"),
-        (Candidate, {"node_id": "n", "placement": Placement.LOCAL}, "age_s"),
-        (Candidate, {"node_id": "n", "placement": Placement.LOCAL}, "battery"),
-        (Candidate, {"node_id": "n", "placement": Placement.LOCAL}, "origin_battery"),
-        (Candidate, {"node_id": "n", "placement": Placement.LOCAL}, "money_cost"),
         (CostParams, {}, "latency_weight"),
         (CostParams, {}, "energy_weight"),
         (CostParams, {}, "battery_knee"),
