@@ -175,3 +175,64 @@ def test_thresholds_scale_with_interval(interval: float) -> None:
     v.observe_telemetry("a", NodeTelemetry(incarnation=1), now=0.0)
     assert status(v, "a", 3 * interval + 1e-6) is Liveness.SUSPECT
     assert status(v, "a", 10 * interval + 1e-6) is Liveness.OFFLINE
+
+
+def test_a_full_table_refuses_new_ids_while_all_live_and_evicts_the_longest_offline() -> None:
+    refused: list[str] = []
+    v = ClusterView(local_id="me", params=PARAMS, on_refused=refused.append)
+    for i in range(4):
+        v.observe_announcement(f"n{i}", online(1), now=float(i))
+    assert v.observe_announcement("x", online(1), now=4.0) is Outcome.TABLE_FULL
+    assert v.observe_telemetry("y", NodeTelemetry(incarnation=1), now=4.0) is Outcome.TABLE_FULL
+    assert refused == ["x", "y"]
+    v.observe_announcement("n2", offline(1), now=5.0)  # a goodbye: offline at once
+    # n2 is offline (not yet forgotten, that takes 50 s): it makes room for a newcomer
+    assert v.observe_announcement("x", online(1), now=6.0) is Outcome.APPLIED
+    assert [n.node_id for n in v.neighbours(6.0)] == ["n0", "n1", "n3", "x"]
+    # silence: n0 (last heard at 0) goes offline first and is the one evicted
+    v.observe_telemetry("x", NodeTelemetry(incarnation=1), now=10.5)
+    assert v.observe_announcement("z", online(1), now=10.5) is Outcome.APPLIED
+    assert [n.node_id for n in v.neighbours(10.5)] == ["n1", "n3", "x", "z"]
+    assert refused == ["x", "y"]
+
+
+def test_snapshots_leave_out_long_offline_neighbours() -> None:
+    from edgesched.core.model import NodeState
+
+    v = view()
+    v.observe_telemetry("a", NodeTelemetry(incarnation=1), now=0.0)
+    v.observe_telemetry("b", NodeTelemetry(incarnation=1), now=0.0)
+    v.observe_announcement("b", offline(1), now=1.0)
+
+    def listed(now: float) -> list[tuple[str, Liveness]]:
+        snap = v.snapshot(NodeState(node_id="me"), now=now)
+        return [(n.node_id, n.liveness) for n in snap.neighbours]
+
+    # b said goodbye at 1.0: it stays visible for offline_after (10 s) so a running attempt
+    # sees it went offline, then only the status page lists it
+    assert listed(10.0) == [("a", Liveness.SUSPECT), ("b", Liveness.OFFLINE)]
+    assert listed(11.5) == [("a", Liveness.OFFLINE)]  # a offline since 10.0, b gone
+    assert listed(20.5) == []
+    assert [n.node_id for n in v.neighbours(20.5)] == ["a", "b"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["on", "off", "tel", "read", "expire"]),
+                          st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+                          st.floats(min_value=0.0, max_value=8.0)), max_size=60))
+def test_cached_neighbour_lists_equal_a_fresh_computation(
+        events: list[tuple[str, str, float]]) -> None:
+    v = view()
+    now = 0.0
+    for kind, node, step in events:
+        now += step
+        if kind == "on":
+            v.observe_announcement(node, online(1), now=now)
+        elif kind == "off":
+            v.observe_announcement(node, offline(1), now=now)
+        elif kind == "tel":
+            v.observe_telemetry(node, NodeTelemetry(incarnation=1, ts=now), now=now)
+        elif kind == "expire":
+            v.expire(now)
+        cached = (v.neighbours(now), v.decision_neighbours(now))
+        v._cache = None  # what a view without the cache would say
+        assert (v.neighbours(now), v.decision_neighbours(now)) == cached

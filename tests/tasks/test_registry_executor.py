@@ -258,3 +258,35 @@ def test_pool_workers_and_forkserver_exit_when_the_daemon_is_killed() -> None:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     assert not leftover, f"orphaned pool processes: {sorted(leftover)}"
+
+
+async def test_command_environment_is_clean_and_output_is_read_to_the_end(
+        executor: LocalExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/edgesched.service")
+    monkeypatch.setenv("EDGESCHED_MQTT__HOST", "broker")
+    dump = "import json, os; print(json.dumps(dict(os.environ)))"
+    big = ("import sys; sys.stdout.write('\"' + 'x' * (3 << 20) + '\"'); "
+           "sys.stderr.write('e' * 200000)")
+    reg = registry(env={"handler": "command", "command": _command(dump), "env": {"MODE": "a"}},
+                   big={"handler": "command", "command": _command(big)},
+                   small={"handler": "command", "command": _command(big), "timeout_s": 10})
+    env = (await executor.run(reg.get("env"), None, expected_s=0.0)).value
+    assert "CREDENTIALS_DIRECTORY" not in env and "EDGESCHED_MQTT__HOST" not in env
+    assert env["MODE"] == "a" and env["PATH"] == os.environ["PATH"]
+    out = await executor.run(reg.get("big"), None, expected_s=0.0)  # 3 MiB + 200 kB stderr
+    assert len(out.value) == 3 << 20
+    handler = reg.get("small").handler
+    handler.max_output = 1 << 20  # type: ignore[attr-defined]
+    started = time.monotonic()
+    with pytest.raises(HandlerError, match=r"more than 1048576 bytes to stdout.*killed"):
+        await executor.run(reg.get("small"), None, expected_s=0.0)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("name", ["CREDENTIALS_DIRECTORY", "EDGESCHED_MQTT__PASSWORD_FILE",
+                                  "NOTIFY_SOCKET", "1BAD", "A-B"])
+def test_command_env_names_are_checked(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(task_types={"c": {"handler": "command", "command": ["true"],
+                                        "env": {name: "x"}}})
+    assert info.value.problems[0][0] == "task_types.c.env"
