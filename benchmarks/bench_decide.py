@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+from batch import BatchView, decide_batch
 from bytecodes import per_function
 from interpreter import describe
 
-from edgesched.core.batch import BatchView, decide_batch
 from edgesched.core.costmodel import CostParams
 from edgesched.core.model import (
     Candidate,

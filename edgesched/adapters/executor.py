@@ -49,16 +49,6 @@ class ExecOutcome:
     exec_s: float
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class LoadReport:
-    """This node's load as telemetry and the cost model see it."""
-
-    slots: int
-    running: int
-    queued: int
-    est_wait_s: float
-
-
 def _warm_worker(daemon_pid: int) -> None:
     # Ctrl-C in a terminal and systemd's control-group kill signal every process of the
     # group; the daemon drains and shuts the pool down itself, so a worker that died on the
@@ -198,12 +188,6 @@ class LocalExecutor:
         for ticket in sorted(t for t in self._queue if t.waiter and not t.waiter.done()):
             heapq.heapreplace(free_at, free_at[0] + ticket.expected_s)
         return free_at[0]
-
-    def load(self) -> LoadReport:
-        return LoadReport(
-            slots=self.slots, running=self.running, queued=self.queued,
-            est_wait_s=self.estimated_wait(),
-        )
 
     def has_room(self) -> bool:
         return len(self._running) < self.slots or self._queued < self.queue_size

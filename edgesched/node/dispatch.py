@@ -129,14 +129,13 @@ class Dispatcher:
     """Places and runs accepted jobs; one per node, shared by intake and the offload server."""
 
     def __init__(
-        self, *, node_id: str, role: str, executor: LocalExecutor, bank: EstimatorBank,
+        self, *, node_id: str, executor: LocalExecutor, bank: EstimatorBank,
         policy: Policy, fallback: FallbackParams, metrics: Metrics,
         snapshot: Callable[[], ClusterSnapshot], local_power: PowerModel,
         cloud: CloudClient | None = None, offload: OffloadClient | None = None,
         clock: Callable[[], float] = time.monotonic, max_decisions: int = 50,
     ) -> None:
         self.node_id = node_id
-        self.role = role
         self.executor = executor
         self.bank = bank
         self.policy = policy
@@ -153,7 +152,6 @@ class Dispatcher:
         self._tokens = itertools.count()
         self.decisions: deque[DecisionRecord] = deque(maxlen=max_decisions)
         self.last_work: dict[str, float] = {}
-        self.prediction_errors: deque[tuple[str, float, float]] = deque(maxlen=2000)
 
     # -- deciding -----------------------------------------------------------------------------
 
@@ -439,7 +437,6 @@ class Dispatcher:
         placement = target.placement.value
         self.metrics.prediction_error.observe(elapsed - target.latency_mean_s)
         self.metrics.energy.labels(placement=placement).inc(max(0.0, target.energy_j))
-        self.prediction_errors.append((name, target.latency_mean_s, elapsed))
         record.status, record.predicted_s = "ok", round(target.latency_mean_s, 6)
         record.actual_s = round(elapsed, 6)
 

@@ -23,7 +23,6 @@ from edgesched.adapters.cloud import CloudClient
 from edgesched.adapters.executor import LocalExecutor
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.estimators import EstimatorBank, ExecParams, ExecPrior
-from edgesched.core.fallback import FallbackParams
 from edgesched.core.model import LinkEstimate, Placement, PowerModel
 from edgesched.core.policies import make_policy
 from edgesched.errors import InvalidTaskError
@@ -169,11 +168,9 @@ class TaskPipeline:
             max_payload_bytes=s.mqtt.max_payload_bytes) if self.edge else None
         pw = s.power
         self.dispatcher = Dispatcher(
-            node_id=self.node_id, role=s.role, executor=self.executor, bank=self.bank,
+            node_id=self.node_id, executor=self.executor, bank=self.bank,
             policy=make_policy(s.policy.name, s.policy.to_params(), np.random.default_rng()),
-            fallback=FallbackParams(max_attempts=s.offload.max_attempts,
-                                    timeout_margin_s=s.offload.timeout_margin_s,
-                                    min_timeout_s=s.offload.min_timeout_s),
+            fallback=s.offload.to_params(),
             metrics=rt.metrics, snapshot=rt.snapshot,
             local_power=PowerModel(idle_w=pw.idle_w, busy_w=pw.busy_w, tx_w=pw.tx_w,
                                    rx_w=pw.rx_w),

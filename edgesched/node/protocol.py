@@ -25,7 +25,6 @@ MAX_TOPIC_CHARS = 512
 MAX_CORRELATION_CHARS = 256
 MAX_DEADLINE_S = 86_400.0
 PRIORITY_RANGE = (-1000, 1000)
-MAX_HOPS = 1  # a neighbour never re-offloads what it was handed
 
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUBMIT_FIELDS = frozenset({
@@ -57,7 +56,6 @@ class RejectCode(StrEnum):
     DEADLINE = "deadline"
     NO_TARGET = "no_target"
     SHUTTING_DOWN = "shutting_down"
-    DUPLICATE_IN_FLIGHT = "duplicate_in_flight"
     REPLY_TOPIC = "reply_topic"  # the reply route is not allowed (intake.reply_topics)
 
 

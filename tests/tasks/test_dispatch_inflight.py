@@ -48,7 +48,7 @@ def test_the_dispatchers_candidates_wait_on_the_estimate_they_carry() -> None:
         neighbours=(NodeState(node_id="b", slots=1, running=1, queued=1, last_seen=100.0),),
     )
     dispatcher = Dispatcher(
-        node_id="a", role="edge", executor=SimpleNamespace(queue_size=8),  # type: ignore[arg-type]
+        node_id="a", executor=SimpleNamespace(queue_size=8),  # type: ignore[arg-type]
         bank=bank, policy=CostPolicy(CostParams()), fallback=FallbackParams(),
         metrics=None,  # type: ignore[arg-type]
         snapshot=lambda: snap, local_power=PowerModel(),
