@@ -38,6 +38,7 @@ Handler = Callable[["InboundMessage"], Awaitable[None]]
 ConnectHook = Callable[[], Awaitable[None]]
 
 _TOPIC_CACHE_LIMIT = 16_384
+_TOPIC_CACHE_MAX_CHARS = 256  # longer topics are matched every time: the cache stays < ~5 MB
 _PUBLISH_TIMEOUT_S = 10.0
 _SUBSCRIBE_TIMEOUT_S = 10.0
 
@@ -112,6 +113,10 @@ class MqttOptions:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_check_hostname: bool = True
+    # > 0: a persistent session (v5 clean start false + Session Expiry Interval; 3.1.1 clean
+    # session false): the broker keeps our subscriptions and queues QoS 1 messages for this
+    # client id while we are away. 0: a clean session on every connect.
+    session_expiry_s: int = 0
 
 
 _warned_no_hostname_check: set[tuple[str, int]] = set()
@@ -387,6 +392,11 @@ class MqttClient:
                 topic=self._will.topic, payload=payload, qos=self._will.qos,
                 retain=self._will.retain,
             )
+        persistent = opts.session_expiry_s > 0
+        session = None
+        if v5 and persistent:
+            session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            session.SessionExpiryInterval = opts.session_expiry_s
         return aiomqtt.Client(
             opts.host,
             opts.port,
@@ -395,7 +405,9 @@ class MqttClient:
             identifier=opts.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=will,
-            clean_session=None if v5 else True,
+            clean_session=None if v5 else not persistent,
+            clean_start=False if v5 and persistent else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=session,
             keepalive=opts.keepalive_s,
             timeout=max(5.0, float(opts.keepalive_s)),
             queue_type=self._queue_factory(),
@@ -573,9 +585,10 @@ class MqttClient:
         subs = self._topic_cache.get(topic)
         if subs is None:
             subs = tuple(s for s in self._subs if topic_matches(s.topic_filter, topic))
-            if len(self._topic_cache) >= _TOPIC_CACHE_LIMIT:
-                self._topic_cache.clear()
-            self._topic_cache[topic] = subs
+            if len(topic) <= _TOPIC_CACHE_MAX_CHARS:
+                if len(self._topic_cache) >= _TOPIC_CACHE_LIMIT:
+                    self._topic_cache.clear()
+                self._topic_cache[topic] = subs
         return subs
 
     def _deliver(self, message: aiomqtt.Message) -> None:

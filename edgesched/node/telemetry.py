@@ -113,6 +113,9 @@ class Topics:
         return level if ok else ""
 
 
+_BAD_NODE_ID = Rejected("bad_id", "the node id level of the topic must match [A-Za-z0-9_-]{1,64}")
+
+
 # ---- parsing (pure functions) ----------------------------------------------------------
 def _reject_constant(name: str) -> float:
     return float(name)  # NaN/Infinity parse, then fail the finiteness check with a reason
@@ -557,6 +560,9 @@ class TelemetryStage:
         if not msg.payload:
             return  # a cleared retained message
         node_id = self.topics.node_id_of(msg.topic)
+        if not node_id:
+            self._reject(_BAD_NODE_ID, msg.topic[:200])
+            return
         if self._mqtt is not None and self._mqtt.reject_signer(msg, node_id):
             return
         try:
@@ -593,6 +599,9 @@ class TelemetryStage:
 
     async def _on_node_telemetry(self, msg: InboundMessage) -> None:
         node_id = self.topics.node_id_of(msg.topic)
+        if not node_id:
+            self._reject(_BAD_NODE_ID, msg.topic[:200])
+            return
         if node_id == self.identity.node_id:
             return
         if self._mqtt is not None and self._mqtt.reject_signer(msg, node_id):

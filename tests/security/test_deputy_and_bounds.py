@@ -261,9 +261,6 @@ def test_long_device_ids_in_topics_are_rejected_and_counted(
     print(f"\n2,000 x 30 kB device ids: RSS {before:.0f} MB -> {rss_mb(node):.0f} MB")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "adapters/mqtt.py (not this change's file): MqttClient._topic_cache remembers up to "
-    "16,384 topics of any length, ~30 MB per 1,000 such messages; see the report of #14"))
 def test_long_device_ids_leave_no_memory_behind(
         mosquitto: Mosquitto, node_factory: Any, peer: Peer) -> None:
     node = node_factory("gw-1", broker=mosquitto)
@@ -274,6 +271,20 @@ def test_long_device_ids_leave_no_memory_behind(
     after = rss_mb(node)
     print(f"\n2,000 x 30 kB device ids: RSS {before:.0f} MB -> {after:.0f} MB")
     assert after - before < 20, f"RSS grew by {after - before:.0f} MB"
+
+
+def test_node_topics_with_invalid_ids_are_refused(
+        mosquitto: Mosquitto, node_factory: Any, peer: Peer) -> None:
+    node = node_factory("gw-1", broker=mosquitto)
+    wait_until(lambda: node.status()["mqtt"]["connected"], 10, what="connected")
+    state = {"v": 1, "node_id": "", "status": "online", "role": "edge",
+             "incarnation": int(time.time() * 1000), "ts": time.time(), "task_types": ["echo"],
+             "slots": 8}
+    peer.publish(f"{P}/node//state", json.dumps(state))
+    peer.publish(f"{P}/node/{'n' * 65}/telemetry", '{"v": 1}')
+    wait_until(lambda: counted(node, "edgesched_telemetry_rejected_total", "bad_id") == 2, 5,
+               what="both refused as bad_id")
+    assert node.status()["neighbours"] == []
 
 
 def test_fake_neighbours_are_bounded_and_do_not_slow_decisions(
