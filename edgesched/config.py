@@ -156,6 +156,10 @@ class MqttSettings(_Section):
     incoming_queue: int = Field(10_000, ge=16, le=10_000_000)
     reconnect_initial_s: float = Field(0.5, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+    session_expiry_s: int = Field(
+        3600, ge=0, le=4_294_967_295,
+        description="persistent session: the broker queues QoS 1 messages this long while "
+                    "the node is away (0 = clean session on every connect)")
     tls: MqttTlsSettings = MqttTlsSettings()
 
     _password: SecretStr | None = PrivateAttr(default=None)
@@ -550,6 +554,14 @@ class OffloadSettings(_Section):
         )
 
 
+class ShutdownSettings(_Section):
+    """The graceful drain on SIGTERM (docs/running.md, "Stopping")."""
+
+    grace_s: float = Field(
+        8.0, gt=0, le=300,
+        description="running tasks may finish this long; the process exits within grace_s + 2 s")
+
+
 class WatchdogSettings(_Section):
     stall_limit_s: float = Field(30.0, gt=0, description="exit non-zero past this loop stall")
 
@@ -606,6 +618,7 @@ class Settings(BaseSettings):
     power: PowerSettings = PowerSettings()
     offload: OffloadSettings = OffloadSettings()
     watchdog: WatchdogSettings = WatchdogSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -25,6 +25,10 @@ HealthCheck = Callable[[], str | None]  # a reason when unhealthy, None when fin
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REFUSAL_LOG_INTERVAL_S = 60.0  # at most one "refused unauthenticated requests" line per minute
+# How long a stopping server waits for handlers still running (aiohttp's default is 60 s).
+# The node drains its tasks before the server stops, so by then every waiting handler has
+# its reply and only has to write it.
+SHUTDOWN_TIMEOUT_S = 1.0
 
 
 def _no_password() -> bytes:
@@ -144,7 +148,8 @@ class HttpServer:
         return f"{scheme}://{host}:{self.bound_port or self._port}"
 
     async def __aenter__(self) -> HttpServer:
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port, reuse_address=True,
                            ssl_context=self._ssl)

@@ -45,7 +45,7 @@ MESSAGE_REJECT_REASONS = (
 )
 # A task refused before any placement was tried (bad input, queue full) completes as "none".
 COMPLETION_PLACEMENTS = (*PLACEMENTS, "none")
-REPLY_DROP_REASONS = ("no_route", "publish_failed")
+REPLY_DROP_REASONS = ("no_route", "publish_failed", "shutdown")
 OFFLOAD_IGNORE_REASONS = ("late", "malformed")
 HTTP_AUTH_PATHS = ("/v1/status", "/v1/tasks", "/metrics", "other")
 CLOUD_FAILURE_REASONS = ("unauthorized", "timeout", "unreachable", "http_status", "bad_reply")

@@ -42,7 +42,11 @@ log = logging.getLogger("edgesched.pipeline")
 MAX_OUTCOMES = 10_000  # remembered replies for idempotent ids (and intake.result_cache_bytes)
 RESULT_CACHE_BYTES = 16 << 20  # the default of intake.result_cache_bytes
 ENTRY_OVERHEAD_BYTES = 200  # a remembered reply's key, dict slot and bytes header
-DRAIN_GRACE_S = 10.0  # how long a stopping node lets in-flight tasks finish
+FLUSH_S = 1.0  # after the grace: how long the last replies may take to go out
+SHUTTING_DOWN = "node shutting down"
+# spawned tasks that do work (cut when the grace is over); every other spawned task sends a
+# reply and is left to finish until the flush is over
+WORK_TASKS = frozenset({"edgesched.pipeline.task"})
 STATUS_DECISIONS = 20
 
 
@@ -142,8 +146,46 @@ def decode_reply(data: bytes) -> p.Reply:
     )
 
 
+class DrainingExecutor(LocalExecutor):
+    """The local executor, plus what a drain needs: `drain()` answers every task waiting for
+    a slot at once (its task is cancelled: the pipeline replies `failed`, node shutting down)
+    and no task starts from then on; running tasks go on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.draining = False
+        self._waiting: set[asyncio.Task[Any]] = set()
+
+    def drain(self) -> int:
+        """Stop starting tasks; cancel the ones queued for a slot; returns how many."""
+        self.draining = True
+        queued = [t for t in self._waiting if not t.done()]
+        for task in queued:
+            task.cancel()
+        return len(queued)
+
+    async def _acquire(self, ticket: Any) -> None:
+        task = asyncio.current_task()
+        if self.draining and task is not None:
+            task.cancel()  # a task reaching the queue during the drain: never started
+            await asyncio.sleep(0)
+        if task is not None:
+            self._waiting.add(task)
+        try:
+            await super()._acquire(ticket)
+        finally:
+            self._waiting.discard(task)
+
+
 class TaskPipeline:
-    """Async context manager; construct it with the runtime before the HTTP server starts."""
+    """Async context manager; construct it with the runtime before the HTTP server starts.
+
+    Stopping is a drain (`drain()`, called by service.run on SIGTERM, else by `__aexit__`):
+    intake refuses new work (`rejected`, shutting_down), tasks waiting for a slot are answered
+    `failed` ("node shutting down") at once, running ones get up to `shutdown.grace_s` and
+    are then answered the same way; the reply-sending tasks are left to publish (or write the
+    HTTP response) until `FLUSH_S` later, and only then is anything left cancelled.
+    """
 
     def __init__(self, rt: Runtime) -> None:
         s = rt.settings
@@ -152,14 +194,20 @@ class TaskPipeline:
         self.node_id = s.node_id
         self.edge = s.role == "edge"
         self.registry = TaskRegistry.from_settings(s.task_types)
-        self.executor = LocalExecutor(s.executor)
+        self.executor = DrainingExecutor(s.executor)
+        self.grace_s = s.shutdown.grace_s
         self.bank = make_bank(s)
         self.book = TaskBook(max_bytes=s.intake.result_cache_bytes)
         self._once = itertools.count()  # keys of submissions never deduplicated (HTTP)
         self.max_inflight = 4 * (s.executor.slots + s.executor.queue_size) + 64
         self.closing = False
+        self._drained = False
+        self._stopping = False  # past the drain: whatever is left is cancelled for good
         self._tg: asyncio.TaskGroup | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # every spawned task
+        self._work: set[asyncio.Task[None]] = set()  # the ones doing a task's work
+        self._handed: set[asyncio.Task[Any]] = set()  # running a neighbour's task locally
+        self._late: set[asyncio.Task[None]] = set()  # replies spawned after the TaskGroup
         prefix = s.mqtt.topic_prefix
         max_bytes = min(s.mqtt.max_payload_bytes, s.http.max_body_bytes)
         self.cloud = CloudClient(s.cloud) if self.edge and s.cloud.url else None
@@ -212,34 +260,72 @@ class TaskPipeline:
                  self.settings.policy.name)
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        """Drain: refuse new work, let in-flight tasks finish (bounded), then stop the rest."""
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Refuse new work, answer queued tasks now, give running ones up to `grace_s`
+        (default `shutdown.grace_s`), answer what is left `failed`, then flush the replies
+        (bounded by FLUSH_S). Every accepted task has its one terminal reply when it returns
+        (sent, or counted in replies_dropped{reason="shutdown"})."""
+        if self._drained:
+            return
+        self._drained = True
         self.closing = True
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            log.info("draining %d in-flight task(s) for up to %.0fs", len(pending),
-                     DRAIN_GRACE_S)
-            await asyncio.wait(pending, timeout=DRAIN_GRACE_S)
-        for task in self._tasks:
-            task.cancel()  # each answers its task `failed` (shutting down) as it stops
-        tg, self._tg = self._tg, None
+        grace = self.grace_s if grace_s is None else grace_s
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        queued = self.executor.drain()
+        work = [t for t in self._work | self._handed if not t.done() and not t.cancelling()]
+        log.info("draining: %d queued task(s) answered, %d in flight given up to %gs",
+                 queued, len(work), grace)
+        if work:
+            await asyncio.wait(work, timeout=grace)
+            cut = [t for t in self._work | self._handed if not t.done()]
+            if cut:
+                log.warning("grace period over: %d task(s) still running answered failed",
+                            len(cut))
+                for task in cut:
+                    task.cancel()  # each answers its task `failed` (node shutting down)
+                await asyncio.wait(cut, timeout=FLUSH_S / 2)
+        senders = [t for t in self._tasks if not t.done() and t not in self._work]
+        if senders:
+            _, unsent = await asyncio.wait(senders, timeout=FLUSH_S)
+            if unsent:
+                self.rt.metrics.replies_dropped.labels(reason="shutdown").inc(len(unsent))
+                log.warning("%d reply(ies) not sent within %gs of the grace period: dropped "
+                            "(is the broker reachable?)", len(unsent), FLUSH_S)
+        log.info("drained in %.2fs", loop.time() - started)
+
+    async def __aexit__(self, *exc: object) -> None:
+        """The drain (when service.run has not done it), then stop what is left."""
         try:
-            if tg is not None:
-                await tg.__aexit__(None, None, None)
+            await self.drain()
         finally:
-            if self.cloud is not None:
-                await self.cloud.__aexit__(None, None, None)
-            await self.executor.__aexit__(None, None, None)
+            self._stopping = True
+            for task in self._tasks:
+                task.cancel()
+            tg, self._tg = self._tg, None
+            try:
+                if tg is not None:
+                    await tg.__aexit__(None, None, None)
+            finally:
+                if self.cloud is not None:
+                    await self.cloud.__aexit__(None, None, None)
+                await self.executor.__aexit__(None, None, None)
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
-        """Run `coro` in the pipeline's TaskGroup (it must not raise)."""
+        """Run `coro` in the pipeline's TaskGroup (it must not raise). After the pipeline has
+        stopped (a rejection for a message MQTT delivers just before it disconnects) it runs
+        on its own, cancelled at exit at the latest."""
         if self._tg is None:
-            if asyncio.iscoroutine(coro):
-                coro.close()
+            late = asyncio.ensure_future(self._guard(coro, name))
+            self._late.add(late)
+            late.add_done_callback(self._late.discard)
             return
         task = self._tg.create_task(self._guard(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if name in WORK_TASKS:
+            self._work.add(task)
+            task.add_done_callback(self._work.discard)
 
     async def _guard(self, coro: Awaitable[None], name: str) -> None:
         try:
@@ -320,13 +406,17 @@ class TaskPipeline:
             else:
                 reply = await self.dispatcher.local_only(job)
         except asyncio.CancelledError:
-            self._finish(job, key,
-                         self._failure(job, "the node shut down before the task finished"))
+            self._finish(job, key, self._failure(job, self._cut_reason()))
             raise
         except Exception as exc:
             log.exception("task %s failed inside the pipeline", job.request.id)
             reply = self._failure(job, f"internal error: {exc!r}")
         self._finish(job, key, reply)
+
+    def _cut_reason(self) -> str:
+        if self.executor.draining:
+            return f"{SHUTTING_DOWN}: {self.node_id} stopped before the task finished"
+        return f"{SHUTTING_DOWN}: {self.node_id} stopped"
 
     def _failure(self, job: Job, error: str) -> p.Reply:
         return p.Reply(id=job.request.id, status=p.Status.FAILED, error=error,
@@ -358,7 +448,18 @@ class TaskPipeline:
             job = self._job(task, time.monotonic())
         except p.SubmissionError as exc:
             return answer(p.Status.REJECTED, error=str(exc))
-        result = await self.dispatcher.run_local(job)
+        me = asyncio.current_task()
+        if me is not None:
+            self._handed.add(me)
+        try:
+            result = await self.dispatcher.run_local(job)
+        except asyncio.CancelledError:
+            if not self.closing or self._stopping or me is None:
+                raise
+            me.uncancel()  # the drain cut it: the neighbour still gets its one reply
+            return answer(p.Status.FAILED, error=self._cut_reason())
+        finally:
+            self._handed.discard(me)
         self.dispatcher.observe_local(job, result)
         status = {AttemptStatus.OK: p.Status.OK, AttemptStatus.REJECTED: p.Status.REJECTED,
                   AttemptStatus.EXPIRED: p.Status.EXPIRED,

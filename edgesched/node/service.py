@@ -194,6 +194,7 @@ def mqtt_options(settings: Settings) -> MqttOptions:
         tls_cert_file=str(m.tls.cert_file) if m.tls.cert_file else None,
         tls_key_file=str(m.tls.key_file) if m.tls.key_file else None,
         tls_check_hostname=m.tls.check_hostname,
+        session_expiry_s=m.session_expiry_s,
     )
 
 
@@ -295,9 +296,14 @@ def _speed_feeder(pipeline: TaskPipeline) -> Callable[[str, NodeAnnouncement], N
 def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
     """THE list of the node's components, entered in order and exited in reverse.
 
-    Exit order is the drain order: stop accepting HTTP, then the task pipeline (stop intake,
-    finish or hand back in-flight work), then telemetry, then MQTT (which publishes the
-    offline state and disconnects), then the stall guard and the systemd notifier.
+    On stop, `run()` first drains the task pipeline (`TaskPipeline.drain()`:
+    intake refuses new work, queued tasks are answered, running ones get `shutdown.grace_s`,
+    every reply is flushed) while HTTP and MQTT still carry the replies; then the list is
+    exited in reverse: HTTP (its handlers have their replies by then), the pipeline, telemetry,
+    MQTT (which publishes the offline state and disconnects), the stall guard and the systemd
+    notifier.
+    MQTT is the exception to "entered in order": `run()` connects it after all the others
+    have entered (and subscribed), see there.
     Add a component by appending its async context manager at the right place; construct it
     with `rt` (it may call `rt.mqtt.subscribe`, `rt.http.add_routes`, ... in `__aenter__`
     before HTTP starts, and set `rt.load_source`).
@@ -349,8 +355,17 @@ async def run(
     stop = asyncio.ensure_future(shutdown_trigger)
     try:
         async with AsyncExitStack() as stack:
-            for component in components(rt):
+            parts = components(rt)
+            for component in parts:
+                if component is rt.mqtt:
+                    # MQTT exits in its place (after everything that replies over it) but
+                    # connects only once every component has subscribed: on a persistent
+                    # session the broker delivers what it queued for us right after CONNACK,
+                    # and a message that no subscription matches yet would be lost.
+                    stack.push_async_exit(component)
+                    continue
                 await stack.enter_async_context(component)
+            await rt.mqtt.__aenter__()
             if settings.role == "edge":  # a cloud node never waits for the broker
                 await _first(rt.mqtt.wait_connected(), asyncio.shield(stop))
             if not stop.done():
@@ -358,8 +373,13 @@ async def run(
                 log.info("node %s (%s, incarnation %d) ready", rt.identity.node_id,
                          rt.identity.role, rt.identity.incarnation)
             await stop
-            log.info("shutting down")
+            log.info("shutting down: running tasks get up to %gs (shutdown.grace_s)",
+                     settings.shutdown.grace_s)
             rt.notifier.stopping()
+            # Drain before any component exits: the replies still need HTTP and MQTT.
+            for part in reversed(parts):
+                if isinstance(part, TaskPipeline):
+                    await part.drain(settings.shutdown.grace_s)
     finally:
         stop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
