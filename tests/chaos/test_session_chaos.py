@@ -8,13 +8,14 @@ Issue #15 measured before sessions were persistent: 10 submitted while the node 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from typing import Any
 
 import pytest
 
 from tests.e2e.client import TaskClient
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, broker_workdir
 from tests.support.nodes import NodeProcess
 
 pytestmark = pytest.mark.e2e
@@ -71,3 +72,30 @@ async def test_clean_session_when_expiry_is_zero(mosquitto: Mosquitto,
         keys, _ = await down_and_back(client, a, 3)
         with pytest.raises(TimeoutError):
             await client.wait_all(keys, within_s=3)
+
+
+async def test_queued_submissions_survive_a_broker_restart(node_factory: Any) -> None:
+    """With mosquitto's `persistence true` the queued submissions outlive a broker restart
+    (a clean one: mosquitto writes its database on exit and every `autosave_interval`)."""
+    workdir = broker_workdir()
+    broker = Mosquitto(workdir=workdir,
+                       extra_conf=f"persistence true\npersistence_location {workdir}/\n")
+    broker.start()
+    try:
+        a = node(node_factory, broker, "5")
+        async with TaskClient(broker) as client:
+            first = await client.submit("A", {"type": "echo", "input": "before"})
+            await client.wait_all([first], within_s=10)
+            assert a.terminate(timeout=10) == 0
+            keys = [await client.submit("A", {"type": "echo", "input": i}) for i in range(10)]
+            await asyncio.sleep(0.3)
+            broker.stop()
+            broker.start()
+            await asyncio.to_thread(a.start)
+            replies = await client.wait_all(keys, within_s=20)
+            await asyncio.sleep(0.5)
+        assert all(len(client.replies[k]) == 1 for k in keys)
+        assert [replies[k]["result"] for k in keys] == list(range(10))
+    finally:
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

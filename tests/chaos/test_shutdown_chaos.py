@@ -142,3 +142,34 @@ async def test_sigterm_with_20_http_clients_waiting(mosquitto: Mosquitto,
     assert set(counts) <= {"ok", "shutdown"}, counts
     assert code == 0
     assert took <= EXIT_BUDGET_S, f"exit took {took:.2f}s, over grace_s + 2 = {EXIT_BUDGET_S}s"
+
+
+async def test_sigterm_of_a_neighbour_answers_the_tasks_it_runs_for_others(
+        mosquitto: Mosquitto, node_factory: Any) -> None:
+    """B runs A's offloaded tasks when it gets SIGTERM: it answers each one (`failed`, node
+    shutting down) over MQTT before it exits, so A moves on at once instead of waiting for an
+    attempt timeout or B's offline state; every client task still gets exactly one reply."""
+    b = node_factory("B", broker=mosquitto, overrides={
+        "executor": {"slots": 2}, "shutdown": {"grace_s": 1.0}})
+    a = node_factory("A", broker=mosquitto, overrides={
+        "executor": {"slots": 1},
+        "task_types": {"hold": {"handler": "builtin:sleep", "offload": "local"}}})
+    await asyncio.to_thread(wait_until, lambda: a.neighbour_status().get("B") == "online", 10,
+                            0.05, "A sees B")
+    async with TaskClient(mosquitto) as client:
+        hold = await client.submit("A", {"type": "hold", "input": {"seconds": 3}})
+        await wait_load(a, running=1, queued=0)
+        work = [await client.submit("A", {"type": "sleep", "input": {"seconds": 2.5},
+                                          "deadline_s": 30}) for _ in range(3)]
+        await wait_load(b, running=1, queued=0)
+        code, took = await sigterm_and_wait(b)
+        replies = await client.wait_all([hold, *work], within_s=25)
+        await asyncio.sleep(0.5)
+    attempts = [att for d in a.status()["scheduler"]["decisions"] for att in d["attempts"]
+                if att["node_id"] == "B"]
+    print(f"\nSIGTERM of neighbour B: exit {code} after {took:.2f}s; A's attempts on B:",
+          [att["error"] for att in attempts], "; replies:",
+          [(r["status"], r["executed_by"]) for r in replies.values()])
+    assert all(len(client.replies[k]) == 1 for k in [hold, *work])
+    assert code == 0 and took <= 1.0 + 2.0
+    assert any(SHUTTING_DOWN in (att["error"] or "") for att in attempts), attempts
