@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgesched.config import ExecutorSettings
+from edgesched.core.queueing import fifo_wait
 from edgesched.errors import HandlerError, TaskError, TaskTimeoutError
 from edgesched.tasks.registry import TaskType
 
@@ -180,14 +181,10 @@ class LocalExecutor:
         if len(self._running) < self.slots and self._queued == 0:
             return 0.0
         now = self._clock() if now is None else now
-        free_at = [
-            max(0.0, t.expected_s - (now - (t.started or now))) for t in self._running
-        ]
-        free_at += [0.0] * (self.slots - len(free_at))
-        heapq.heapify(free_at)
-        for ticket in sorted(t for t in self._queue if t.waiter and not t.waiter.done()):
-            heapq.heapreplace(free_at, free_at[0] + ticket.expected_s)
-        return free_at[0]
+        return fifo_wait(
+            self.slots, [t.expected_s - (now - (t.started or now)) for t in self._running],
+            [t.expected_s for t in sorted(self._queue) if t.waiter and not t.waiter.done()],
+        )
 
     def has_room(self) -> bool:
         return len(self._running) < self.slots or self._queued < self.queue_size

@@ -8,7 +8,6 @@ Every completion feeds the estimators and the metrics.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ from edgesched.core.admission import admit
 from edgesched.core.candidates import CLOUD_ID, CloudTarget, build_candidates, exec_estimate
 from edgesched.core.estimators import EstimatorBank
 from edgesched.core.fallback import FallbackParams, NextAttempt, Outcome, Terminal, next_attempt
+from edgesched.core.feedback import InFlight, learn_from_reply
 from edgesched.core.model import (
     Candidate,
     CandidateEval,
@@ -71,7 +71,6 @@ class AttemptResult:
     executed_by: str | None = None
     wait_s: float = 0.0
     exec_s: float = 0.0
-    remote_s: float = 0.0  # time the target reports for itself (cloud: its latency_s)
     reject_code: p.RejectCode | None = None
 
 
@@ -147,9 +146,8 @@ class Dispatcher:
         self.cloud_target = CloudTarget() if cloud is not None else None
         self.offload = offload
         self.clock = clock
-        # Remote attempts under way, per target: token -> when it was sent (see _unreported).
-        self.outstanding: dict[str, dict[int, float]] = {}
-        self._tokens = itertools.count()
+        # Remote attempts under way that their targets' load reports may not show yet.
+        self.inflight = InFlight()
         self.decisions: deque[DecisionRecord] = deque(maxlen=max_decisions)
         self.last_work: dict[str, float] = {}
 
@@ -171,25 +169,8 @@ class Dispatcher:
         return build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud_target,
             local_power=self.local_power, local_max_queue=self.executor.queue_size,
-            inflight=self._unreported(snap),
+            inflight=self.inflight.unreported({n.node_id: n.last_seen for n in snap.neighbours}),
         )
-
-    def _unreported(self, snap: ClusterSnapshot) -> dict[str, int]:
-        """Tasks this node sent that the target's own figures cannot show yet.
-
-        The local executor's load is live in the snapshot, and a neighbour's telemetry counts
-        what it received before it reported; adding every outstanding attempt on top would
-        count our own tasks twice and make idle targets look busy. The cloud publishes no
-        load, so all attempts there count.
-        """
-        heard = {node.node_id: node.last_seen for node in snap.neighbours}
-        counts = {}
-        for node_id, sent in self.outstanding.items():
-            since = heard.get(node_id)
-            n = len(sent) if since is None else sum(1 for t in sent.values() if t > since)
-            if n:
-                counts[node_id] = n
-        return counts
 
     def decide(self, job: Job) -> tuple[Decision, dict[str, float]]:
         """The policy's decision, and the execution time (s) it expects on each candidate."""
@@ -311,17 +292,13 @@ class Dispatcher:
         target = step.target
         if target.placement is Placement.LOCAL:
             return await self.run_local(job, expected_s)
-        token = next(self._tokens)
-        sent = self.outstanding.setdefault(target.node_id, {})
-        sent[token] = self.clock()
+        token = self.inflight.sent(target.node_id, self.clock())
         try:
             if target.placement is Placement.NEIGHBOUR:
                 return await self._run_neighbour(job, target, step.timeout_s, expected_s)
             return await self._run_cloud(job, step.timeout_s)
         finally:
-            del sent[token]
-            if not sent:
-                self.outstanding.pop(target.node_id, None)
+            self.inflight.settled(target.node_id, token)
 
     async def run_local(self, job: Job, expected: float | None = None) -> AttemptResult:
         """Admission control, then the local executor (also serves neighbours' offloads).
@@ -376,8 +353,7 @@ class Dispatcher:
                    else f"no reply from {target.node_id} in {timeout_s:.3g}s")
             return AttemptResult(status=AttemptStatus.TIMEOUT, error=why)
         return _from_remote(reply.status, reply.result, reply.error,
-                            reply.executed_by or target.node_id, reply.wait_s, reply.exec_s,
-                            reply.wait_s + reply.exec_s)
+                            reply.executed_by or target.node_id, reply.wait_s, reply.exec_s)
 
     def _gone_watch(self, node_id: str) -> Callable[[], bool]:
         """True once the view says `node_id` is offline or runs a new incarnation (the task
@@ -414,41 +390,32 @@ class Dispatcher:
             self.metrics.cloud_requests_failed.labels(reason="bad_reply").inc()
             return AttemptResult(status=AttemptStatus.FAILED, error=f"bad cloud reply: {exc}")
         return _from_remote(reply.status, reply.result, reply.error,
-                            reply.executed_by or CLOUD_ID, 0.0, reply.latency_s,
-                            reply.latency_s)
+                            reply.executed_by or CLOUD_ID, 0.0, reply.latency_s)
 
     # -- feedback -----------------------------------------------------------------------------
 
     def _feedback(self, job: Job, target: CandidateEval, result: AttemptResult,
                   elapsed: float, record: DecisionRecord) -> None:
-        now, name = self.clock(), job.task_type.name
-        if job.exact_s is None:
-            # Locally the whole attempt but the queueing counts as execution: the pool's IPC
-            # and the executor's bookkeeping are part of what a local placement costs.
-            local = target.placement is Placement.LOCAL
-            seconds = max(0.0, elapsed - result.wait_s) if local else result.exec_s
-            self.bank.observe_exec(name, target.node_id, job.work, seconds, now)
-        if target.placement is not Placement.LOCAL:
-            # One figure holds both the RTT and the transfer time: the bank splits it with its
-            # current estimates (feeding it whole to both would count the RTT twice).
-            network = max(0.0, elapsed - result.remote_s)
-            nbytes = job.request.input_bytes + len(p.encode(result.value))
-            self.bank.observe_exchange(target.node_id, nbytes, network, now)
-        placement = target.placement.value
+        local = target.placement is Placement.LOCAL
+        nbytes = 0.0 if local else job.request.input_bytes + len(p.encode(result.value))
+        learn_from_reply(self.bank, self.spec(job), target.node_id, local=local,
+                         round_trip_s=elapsed, wait_s=result.wait_s, exec_s=result.exec_s,
+                         nbytes=nbytes, now=self.clock())
         self.metrics.prediction_error.observe(elapsed - target.latency_mean_s)
-        self.metrics.energy.labels(placement=placement).inc(max(0.0, target.energy_j))
+        self.metrics.energy.labels(placement=target.placement.value).inc(
+            max(0.0, target.energy_j))
         record.status, record.predicted_s = "ok", round(target.latency_mean_s, 6)
         record.actual_s = round(elapsed, 6)
 
 
 def _from_remote(status: p.Status, value: Any, error: str | None, by: str, wait_s: float,
-                 exec_s: float, remote_s: float) -> AttemptResult:
+                 exec_s: float) -> AttemptResult:
     mapping = {p.Status.OK: AttemptStatus.OK, p.Status.REJECTED: AttemptStatus.REJECTED,
                p.Status.FAILED: AttemptStatus.FAILED, p.Status.EXPIRED: AttemptStatus.EXPIRED}
     result_status = mapping[status]
     return AttemptResult(
         status=result_status, value=value if result_status is AttemptStatus.OK else p.MISSING,
         error=None if status is p.Status.OK else f"{by}: {error or status.value}",
-        executed_by=by, wait_s=wait_s, exec_s=exec_s, remote_s=remote_s,
+        executed_by=by, wait_s=wait_s, exec_s=exec_s,
         reject_code=None,
     )

@@ -9,7 +9,6 @@ candidates with the true state of the world at decision time.
 
 from __future__ import annotations
 
-import heapq
 from typing import TYPE_CHECKING, Any
 
 from edgesched.core.admission import admit
@@ -17,6 +16,7 @@ from edgesched.core.candidates import CloudTarget, build_candidates, exec_estima
 from edgesched.core.costmodel import CostParams
 from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
+from edgesched.core.feedback import InFlight, learn_from_reply
 from edgesched.core.model import (
     Candidate,
     ClusterSnapshot,
@@ -29,6 +29,7 @@ from edgesched.core.model import (
     TaskSpec,
 )
 from edgesched.core.policies import Policy
+from edgesched.core.queueing import fifo_wait
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
 from edgesched.sim.scenario import CLOUD_ID
 
@@ -113,12 +114,10 @@ class DaemonBrain:
         self._view_params = ViewParams(interval_s=sc.telemetry_interval_s)
         self.cloud = None if engine.cloud is None else CloudTarget(
             slots=sc.cloud.slots, money_cost=sc.cloud.cost_per_task)
-        # Attempts outstanding per remote target that its latest telemetry cannot show yet
-        # (sent after it was published), so a burst does not herd onto one neighbour; those
-        # sent earlier are already in its running/queued counts. The cloud sends no telemetry:
-        # every outstanding attempt counts.
-        self.inflight: dict[str, int] = {}
-        self.tel_epoch: dict[str, int] = {}
+        # Attempts under way that their targets' telemetry may not show yet (core/feedback.py,
+        # as the daemon counts them), and when each target's latest telemetry arrived.
+        self.inflight = InFlight()
+        self.reported_at: dict[str, float] = {}
         self._neighbours: tuple[NodeState, ...] | None = None
         self._neighbours_at = 0.0
         self._own_cache: tuple[tuple[str, float, float], float] | None = None
@@ -141,7 +140,7 @@ class DaemonBrain:
             speeds[CLOUD_ID] = self.engine.cloud.speed
         self.bank = MemoBank(exec_priors=priors, speeds=speeds,
                              link_priors=self._nominal_links())
-        self.inflight.clear()
+        self.inflight = InFlight()
         self._neighbours = None
         self._own_cache = None
 
@@ -171,8 +170,7 @@ class DaemonBrain:
 
     def telemetry(self, other: SimNode, tel: NodeTelemetry, now: float) -> None:
         self.view.observe_telemetry(other.id, tel, now=now)
-        self.tel_epoch[other.id] = self.tel_epoch.get(other.id, 0) + 1
-        self.inflight.pop(other.id, None)
+        self.reported_at[other.id] = now
         self._neighbours = None
 
     def uplink_reading(self, bps: float, rtt_s: float, now: float) -> None:
@@ -203,7 +201,8 @@ class DaemonBrain:
         spec, node = task.spec, self.node
         out = build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
-            local_power=node.power, local_max_queue=node.queue_size, inflight=self.inflight,
+            local_power=node.power, local_max_queue=node.queue_size,
+            inflight=self.inflight.unreported(self.reported_at),
         )
         self._own_cache = ((spec.task_type, spec.work, now), out[0].exec.mean_s)
         return out
@@ -220,20 +219,13 @@ class DaemonBrain:
 
     # ---- what the node learns -------------------------------------------------------------
     def dispatched(self, target: str) -> int:
-        """Count an attempt to `target`; returns the telemetry epoch to pass to `settled`."""
+        """Count an attempt to `target`; returns the token to pass to `settled`."""
         if target == self.node.id:  # this node's own queue is in its live local state
             return -1
-        self.inflight[target] = self.inflight.get(target, 0) + 1
-        return self.tel_epoch.get(target, 0)
+        return self.inflight.sent(target, self.engine.now)
 
-    def settled(self, target: str, epoch: int) -> None:
-        if epoch != self.tel_epoch.get(target, 0) or target == self.node.id:
-            return  # already shown by (and forgotten at) a newer telemetry sample
-        left = self.inflight.get(target, 0) - 1
-        if left <= 0:
-            self.inflight.pop(target, None)
-        else:
-            self.inflight[target] = left
+    def settled(self, target: str, token: int) -> None:
+        self.inflight.settled(target, token)
 
     def executed(self, type_name: str, work: float, exec_s: float, now: float) -> None:
         """This node ran a task (its own or a neighbour's): it learns its own speed."""
@@ -242,18 +234,14 @@ class DaemonBrain:
 
     def observed(self, task: SimTask, target: SimNode, exec_s: float, wait_s: float,
                  now: float) -> None:
-        """A reply from a remote target, learned from as the daemon does (node/dispatch.py,
-        `_feedback`): its execution time, and one exchange (input + output bytes) over the
-        network time = the attempt's round trip minus the remote's queueing and execution.
-        The bank splits that into RTT or bandwidth with its current estimates: a daemon
-        cannot time the two transfers and the RTT apart."""
+        """A reply from a remote target, learned from as the daemon learns from one
+        (core/feedback.py): its execution time, and the round trip minus the target's own
+        time as one exchange of the input and output bytes."""
         if target is self.node:
-            return  # already learned in `executed`
-        bank, name = self.bank, self._types[task.ttype].name
-        bank.observe_exec(name, target.id, task.spec.work, exec_s, now)
-        network = now - task.started - wait_s - exec_s
-        bank.observe_exchange(target.id, (task.in_bits + task.out_bits) / 8.0,
-                              network if network > 0.0 else 0.0, now)
+            return  # already learned in `executed`, as the daemon's executor path does
+        learn_from_reply(self.bank, task.spec, target.id, local=False,
+                         round_trip_s=now - task.started, wait_s=wait_s, exec_s=exec_s,
+                         nbytes=(task.in_bits + task.out_bits) / 8.0, now=now)
 
     def own_exec_estimate(self, task: SimTask, now: float) -> float:
         spec = task.spec
@@ -304,14 +292,8 @@ class OracleBrain(DaemonBrain):
 
 def true_slot_free_in(node: SimNode, now: float) -> float:
     """Exactly how long until a task arriving now would start on `node` (FIFO, k slots)."""
-    if len(node.running) + len(node.queue) < node.slots:
-        return 0.0
-    free = [max(0.0, job.start + job.exec_s - now) for job in node.running]
-    free += [0.0] * (node.slots - len(free))
-    heapq.heapify(free)
-    for job in node.queue:
-        heapq.heappush(free, heapq.heappop(free) + job.exec_s)
-    return free[0]
+    return fifo_wait(node.slots, [job.start + job.exec_s - now for job in node.running],
+                     [job.exec_s for job in node.queue])
 
 
 def admit_here(node: SimNode, task: SimTask, exec_s: float, now: float) -> bool:

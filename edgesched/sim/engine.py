@@ -17,6 +17,7 @@ from typing import Any
 
 from edgesched.core.fallback import Terminal
 from edgesched.core.model import Placement, PowerModel
+from edgesched.core.queueing import fifo_wait
 from edgesched.core.view import NodeTelemetry
 from edgesched.sim.brains import admit_here, task_spec
 from edgesched.sim.links import Link, Transfer
@@ -29,10 +30,9 @@ WILL_DELAY_S = 15.0  # the broker publishes a dead node's Will after 1.5 x keepa
 class SimTask:
     """One submitted task and the progress of its attempts."""
 
-    __slots__ = ("arrival", "attempt", "deadline", "decision", "done", "epoch", "in_bits", "index",
-                 "origin",
-                 "out_bits", "placement", "predicted", "ranked", "reason", "spec", "started",
-                 "token", "tried", "ttype", "work")
+    __slots__ = ("arrival", "attempt", "deadline", "decision", "done", "in_bits", "index",
+                 "origin", "out_bits", "placement", "predicted", "ranked", "reason", "sent_token",
+                 "spec", "started", "token", "tried", "ttype", "work")
 
     def __init__(self, index: int, arrival: float, origin: SimNode, ttype: int, work: float,
                  in_bytes: float, out_bytes: float, deadline: float | None) -> None:
@@ -54,7 +54,7 @@ class SimTask:
         self.reason: str | None = None  # why the latest attempt failed
         self.started = 0.0  # when the current attempt was dispatched
         self.tried: list[str] = []
-        self.epoch = 0  # the origin's telemetry epoch of the target when dispatched
+        self.sent_token = -1  # the origin's in-flight token of the current attempt
 
 
 class Job:
@@ -95,7 +95,6 @@ class SimNode:
     pending: set[SimTask] = field(default_factory=set)  # tasks submitted here, not finished
     brain: Any = None
     exec_mean: dict[int, float] = field(default_factory=dict)  # own measured exec time by type
-    queued_est_s: float = 0.0  # sum of own estimates of queued jobs' exec time
     wait_cache: tuple[float, float, float] | None = None  # (wait, at, valid for) est_wait_s
 
     def battery_level(self, now: float) -> float | None:
@@ -109,8 +108,8 @@ class SimNode:
         return self.exec_mean.get(ttype, default)
 
     def est_wait_s(self, now: float) -> float:
-        """This node's own estimate of the wait before a new task gets a slot: FIFO over the
-        expected run times, as the daemon's executor computes it (`estimated_wait`)."""
+        """This node's own estimate of the wait before a new task gets a slot: the core's FIFO
+        model over its own expected run times, as the daemon's executor reports it."""
         running = self.running
         if len(running) < self.slots and not self.queue:
             return 0.0
@@ -119,16 +118,9 @@ class SimNode:
             # Nothing started or finished since, and no running task has outlived its
             # expected time: every free time has just moved `now - then` closer.
             return max(0.0, cached[0] - (now - cached[1]))
-        free = [max(0.0, job.est - (now - job.start)) for job in running]
-        slack = min(free) if free else 0.0
-        if self.slots == 1:
-            wait = (free[0] if free else 0.0) + self.queued_est_s
-        else:
-            free += [0.0] * (self.slots - len(free))
-            heapq.heapify(free)
-            for job in self.queue:
-                heapq.heapreplace(free, free[0] + job.est)
-            wait = free[0]
+        left = [job.est - (now - job.start) for job in running]
+        wait = fifo_wait(self.slots, left, [job.est for job in self.queue])
+        slack = max(0.0, min(left)) if left else 0.0  # until a running task is overdue
         self.wait_cache = (wait, now, slack)
         return wait
 
@@ -325,7 +317,6 @@ class Engine:
         node.running.clear()
         node.wait_cache = None
         node.queue.clear()
-        node.queued_est_s = 0.0
         for task in list(node.pending):
             self._fail(task, "origin_down")
         # The broker publishes the Will of the incarnation that died; the node's next start
@@ -377,7 +368,7 @@ class Engine:
         task.token += 1
         task.started = self.now
         task.predicted = target.latency_mean_s
-        task.epoch = task.origin.brain.dispatched(node.id)
+        task.sent_token = task.origin.brain.dispatched(node.id)
         if node is task.origin:
             if not self._admit(node, task, task.token):
                 task.reason = "rejected"
@@ -407,7 +398,7 @@ class Engine:
         task, token, node = info
         if task.done or token != task.token or not task.origin.alive:
             return
-        task.origin.brain.settled(node.id, task.epoch)
+        task.origin.brain.settled(node.id, task.sent_token)
         task.reason = "rejected"
         self._next_attempt(task)
 
@@ -416,7 +407,7 @@ class Engine:
         if task.done or token != task.token:
             return
         link.cancel(tr)  # stop sending what nobody awaits
-        task.origin.brain.settled(node.id, task.epoch)
+        task.origin.brain.settled(node.id, task.sent_token)
         task.reason = "timeout"
         self._next_attempt(task)
 
@@ -434,7 +425,6 @@ class Engine:
         else:
             node.queue.append(job)
             node.wait_cache = None
-            node.queued_est_s += job.est
         return True
 
     def _own_estimate(self, node: SimNode, task: SimTask) -> float:
@@ -465,9 +455,7 @@ class Engine:
             node.energy_j += node.power.compute_energy_j(job.exec_s)
             node.brain.executed(task.spec.task_type, task.spec.work, job.exec_s, self.now)
         while node.queue and len(node.running) < node.slots:
-            nxt = node.queue.popleft()
-            node.queued_est_s = max(0.0, node.queued_est_s - nxt.est)
-            self._start(node, nxt)
+            self._start(node, node.queue.popleft())
         wait = job.wait_s
         if node is task.origin:
             self._complete(task, job.token, node, job.exec_s, wait)
@@ -492,7 +480,7 @@ class Engine:
         `exec_s` (what a reply tells a daemon, next to the round trip it timed itself)."""
         if task.done or token != task.token:
             return  # the attempt was abandoned (timed out): the daemon ignores its reply
-        task.origin.brain.settled(node.id, task.epoch)
+        task.origin.brain.settled(node.id, task.sent_token)
         task.origin.brain.observed(task, node, exec_s, wait_s, self.now)
         task.done = True
         task.origin.pending.discard(task)

@@ -143,7 +143,8 @@ def _fresh_candidates(brain: Any, task: Any, now: float) -> list[Candidate]:
     return build_candidates(
         task.spec, snap, _Unmemoised(brain.bank),  # type: ignore[arg-type]
         offload=task.spec.offload, cloud=brain.cloud, local_power=brain.node.power,
-        local_max_queue=brain.node.queue_size, inflight=brain.inflight,
+        local_max_queue=brain.node.queue_size,
+        inflight=brain.inflight.unreported(brain.reported_at),
     )
 
 

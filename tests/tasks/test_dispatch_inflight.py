@@ -1,4 +1,5 @@
-"""Tasks sent elsewhere count against a target only until its own report can show them."""
+"""The dispatcher's candidates: attempts sent elsewhere count against a target only until its
+own report can show them, and each candidate's wait is built on the estimate it carries."""
 
 from __future__ import annotations
 
@@ -15,8 +16,17 @@ from edgesched.core.policies import CostPolicy
 from edgesched.node.dispatch import Dispatcher
 
 
-def unreported(outstanding: dict[str, dict[int, float]], snap: ClusterSnapshot) -> dict[str, int]:
-    return Dispatcher._unreported(SimpleNamespace(outstanding=outstanding), snap)  # type: ignore[arg-type]
+def dispatcher(snap: ClusterSnapshot, bank: EstimatorBank | None = None) -> Dispatcher:
+    return Dispatcher(
+        node_id="a", executor=SimpleNamespace(queue_size=8),  # type: ignore[arg-type]
+        bank=bank if bank is not None else EstimatorBank(), policy=CostPolicy(CostParams()),
+        fallback=FallbackParams(),
+        metrics=None,  # type: ignore[arg-type]
+        snapshot=lambda: snap, local_power=PowerModel(),
+    )
+
+
+SPEC = TaskSpec(task_type="t", input_bytes=1000.0, output_bytes=100.0, work=1000.0)
 
 
 def test_only_attempts_newer_than_the_targets_last_report_count() -> None:
@@ -25,18 +35,26 @@ def test_only_attempts_newer_than_the_targets_last_report_count() -> None:
         local=NodeState(node_id="a", last_seen=100.0),
         neighbours=(NodeState(node_id="b", last_seen=99.0),),
     )
-    outstanding = {
-        "b": {1: 98.0, 2: 98.5, 3: 99.5},  # two sent before b's last report: b counts them
-        CLOUD_ID: {4: 90.0, 5: 99.9},  # the cloud reports no load: every attempt counts
-    }
-    assert unreported(outstanding, snap) == {"b": 1, CLOUD_ID: 2}
+    d = dispatcher(snap)
+    for target, sent_at in (("b", 98.0), ("b", 98.5), ("b", 99.5), (CLOUD_ID, 90.0),
+                            (CLOUD_ID, 99.9)):
+        d.inflight.sent(target, sent_at)
+    # two sent before b's last report: b counts them; the cloud reports no load: all count
+    cands = {c.node_id: c for c in d.candidates(SPEC)}
+    assert cands["b"].running == 1
+    assert d.inflight.unreported({"b": 99.0}) == {"b": 1, CLOUD_ID: 2}
 
 
 def test_a_target_whose_report_covers_everything_is_left_out() -> None:
     snap = ClusterSnapshot(
         now=10.0, local=NodeState(node_id="a"), neighbours=(NodeState(node_id="b", last_seen=9.0),)
     )
-    assert unreported({"b": {1: 8.0}}, snap) == {}
+    d = dispatcher(snap)
+    token = d.inflight.sent("b", 8.0)
+    assert d.candidates(SPEC)[1].running == 0
+    d.inflight.settled("b", token)
+    d.inflight.settled("b", token)  # twice, or unknown: ignored
+    assert d.inflight.unreported({}) == {}
 
 
 def test_the_dispatchers_candidates_wait_on_the_estimate_they_carry() -> None:
@@ -47,14 +65,8 @@ def test_the_dispatchers_candidates_wait_on_the_estimate_they_carry() -> None:
         now=100.0, local=NodeState(node_id="a", last_seen=100.0),
         neighbours=(NodeState(node_id="b", slots=1, running=1, queued=1, last_seen=100.0),),
     )
-    dispatcher = Dispatcher(
-        node_id="a", executor=SimpleNamespace(queue_size=8),  # type: ignore[arg-type]
-        bank=bank, policy=CostPolicy(CostParams()), fallback=FallbackParams(),
-        metrics=None,  # type: ignore[arg-type]
-        snapshot=lambda: snap, local_power=PowerModel(),
-    )
     spec = TaskSpec(task_type="matmul", input_bytes=300.0, output_bytes=100.0, work=5.9e6)
-    local, neighbour = dispatcher.candidates(spec)
+    local, neighbour = dispatcher(snap, bank).candidates(spec)
     assert neighbour.exec.mean_s == pytest.approx(1.68)  # at x = work: 0.5 + 0.2 x 5.9 MB
     assert neighbour.est_wait_s == pytest.approx(2 * neighbour.exec.mean_s)
     assert local.exec.mean_s == pytest.approx(1.68)

@@ -1,0 +1,75 @@
+"""What a deciding node learns from its attempts, shared by the daemon (node/dispatch.py) and
+the simulator's daemon model (sim/brains.py): the estimators' lesson from a reply, and the
+attempts under way that a target's own load report cannot show yet."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+
+from edgesched.core.estimators import EstimatorBank
+from edgesched.core.model import TaskSpec
+
+
+def learn_from_reply(
+    bank: EstimatorBank, task: TaskSpec, target: str, *, local: bool, round_trip_s: float,
+    wait_s: float, exec_s: float, nbytes: float, now: float,
+) -> None:
+    """Feed one successful attempt on `target` into the estimators.
+
+    `round_trip_s`: from sending the attempt to its reply, as this node timed it; `wait_s` and
+    `exec_s`: the target's own queueing and execution time, as its reply says (the cloud's
+    whole latency counts as execution); `nbytes`: input plus output moved over the link.
+    - Execution time (unless the task's is exactly known): a local attempt counts all but its
+      queueing (the executor's IPC and bookkeeping are part of what running here costs); a
+      remote one counts what the target reports.
+    - The network, for a remote target: the round trip minus the target's own time is one
+      exchange of `nbytes`; the bank splits it into RTT or bandwidth with its current
+      estimates (a node cannot time the two transfers and the RTT apart).
+    """
+    if task.exact_s is None:
+        seconds = max(0.0, round_trip_s - wait_s) if local else exec_s
+        bank.observe_exec(task.task_type, target, task.work, seconds, now)
+    if not local:
+        network = round_trip_s - wait_s - exec_s
+        bank.observe_exchange(target, nbytes, max(0.0, network), now)
+
+
+class InFlight:
+    """Attempts this node has sent to other targets and not yet seen settled.
+
+    An attempt counts against its target only while the target's latest load report may not
+    show it: one sent after that report was received. A target's report counts what it had
+    received before publishing, so counting older attempts too would count our own tasks
+    twice and make idle targets look busy; a target that publishes no load (the cloud) has
+    every attempt counted. This node's own executor is never a target here: its load is live.
+    """
+
+    def __init__(self) -> None:
+        self._sent: dict[str, dict[int, float]] = {}  # target -> token -> when it was sent
+        self._tokens = itertools.count()
+
+    def sent(self, target: str, now: float) -> int:
+        """Count an attempt sent to `target` at `now`; returns the token to settle it with."""
+        token = next(self._tokens)
+        self._sent.setdefault(target, {})[token] = now
+        return token
+
+    def settled(self, target: str, token: int) -> None:
+        """The attempt got its reply, failed or was given up (unknown tokens are ignored)."""
+        sent = self._sent.get(target)
+        if sent is not None:
+            sent.pop(token, None)
+            if not sent:
+                del self._sent[target]
+
+    def unreported(self, reported_at: Mapping[str, float]) -> dict[str, int]:
+        """Per target, the attempts sent after `reported_at[target]`, when its latest load
+        report was received (all of them for a target that never reported)."""
+        counts = {}
+        for target, sent in self._sent.items():
+            since = reported_at.get(target)
+            n = len(sent) if since is None else sum(1 for t in sent.values() if t > since)
+            if n:
+                counts[target] = n
+        return counts

@@ -1,0 +1,71 @@
+"""What a node learns from its attempts (core/feedback.py) and its FIFO wait (core/queueing.py):
+the daemon and the simulator both call these."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgesched.core.estimators import EstimatorBank, ExecPrior
+from edgesched.core.feedback import InFlight, learn_from_reply
+from edgesched.core.queueing import fifo_wait
+from tests.core.builders import task
+
+
+@pytest.mark.parametrize(
+    ("slots", "left", "queued", "wait"),
+    [
+        (2, [], [], 0.0),  # idle
+        (2, [0.3], [], 0.0),  # a slot free
+        (2, [0.3, 0.1], [], 0.1),  # the first slot to free
+        (2, [0.3, 0.1], [0.5], 0.3),  # the queued task takes the 0.1 slot, we get the 0.3 one
+        (1, [0.2], [0.5, 0.4], pytest.approx(1.1)),  # one slot: all of it, in order
+        (1, [-0.5], [], 0.0),  # overdue: about to finish
+        (2, [], [0.2, 0.2, 0.2], pytest.approx(0.2)),  # queued behind free slots
+    ],
+)
+def test_fifo_wait(slots: int, left: list[float], queued: list[float], wait: object) -> None:
+    assert fifo_wait(slots, left, queued) == wait
+
+
+def bank() -> EstimatorBank:
+    return EstimatorBank(exec_priors={"detect": ExecPrior(mean_s=0.2)})
+
+
+def test_a_local_reply_teaches_the_execution_time_without_the_queueing() -> None:
+    b = bank()
+    for i in range(20):
+        learn_from_reply(b, task(), "gw-1", local=True, round_trip_s=0.9, wait_s=0.4,
+                         exec_s=0.3, nbytes=0.0, now=float(i))
+    assert b.exec_estimate("detect", "gw-1", 200_000.0, 20.0).mean_s == pytest.approx(0.5,
+                                                                                     rel=0.05)
+    assert b.link("gw-1", 20.0) == b.default_link_prior  # nothing crossed a link
+
+
+def test_a_remote_reply_teaches_exec_and_the_network_time() -> None:
+    b = bank()
+    for i in range(20):  # 0.05 s of network time for a small exchange: an RTT sample
+        learn_from_reply(b, task(), "gw-2", local=False, round_trip_s=0.45, wait_s=0.1,
+                         exec_s=0.3, nbytes=1000.0, now=float(i))
+    assert b.exec_estimate("detect", "gw-2", 200_000.0, 20.0).mean_s == pytest.approx(0.3,
+                                                                                     rel=0.05)
+    assert b.link("gw-2", 20.0).rtt_s == pytest.approx(0.05, rel=0.1)
+
+
+def test_an_exactly_known_execution_time_is_not_learned() -> None:
+    b = bank()
+    learn_from_reply(b, task(exact_s=1.0), "gw-2", local=False, round_trip_s=1.05, wait_s=0.0,
+                     exec_s=1.0, nbytes=100.0, now=1.0)
+    assert b.exec_estimate("detect", "gw-2", 200_000.0, 1.0).mean_s == pytest.approx(0.2)
+
+
+def test_in_flight_attempts_count_until_the_targets_report_can_show_them() -> None:
+    inflight = InFlight()
+    early = inflight.sent("b", 1.0)
+    inflight.sent("b", 3.0)
+    inflight.sent("cloud", 1.0)
+    assert inflight.unreported({}) == {"b": 2, "cloud": 1}
+    assert inflight.unreported({"b": 2.0}) == {"b": 1, "cloud": 1}  # b's report shows one
+    inflight.settled("b", early)
+    assert inflight.unreported({"b": 0.0}) == {"b": 1, "cloud": 1}
+    inflight.settled("b", 999)  # unknown token: ignored
+    assert inflight.unreported({"b": 5.0}) == {"cloud": 1}
