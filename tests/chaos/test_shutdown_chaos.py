@@ -173,3 +173,23 @@ async def test_sigterm_of_a_neighbour_answers_the_tasks_it_runs_for_others(
     assert all(len(client.replies[k]) == 1 for k in [hold, *work])
     assert code == 0 and took <= 1.0 + 2.0
     assert any(SHUTTING_DOWN in (att["error"] or "") for att in attempts), attempts
+
+
+async def test_sigterm_while_the_broker_is_away_still_exits_in_time(
+        mosquitto: Mosquitto, node_factory: Any) -> None:
+    """The replies cannot go out (no broker, no spool yet): the flush gives up 1 s after the
+    grace, counts them as dropped (reason shutdown) and the node still exits 0 in time."""
+    node = origin(node_factory, mosquitto)
+    async with TaskClient(mosquitto) as client:
+        keys = [await client.submit("A", {"type": "sleep", "input": {"seconds": 5}})
+                for _ in range(5)]
+        await wait_load(node, running=1, queued=4)
+        mosquitto.stop()
+        await asyncio.to_thread(wait_until, lambda: not node.status()["mqtt"]["connected"], 10,
+                                0.05, "A sees the broker gone")
+        code, took = await sigterm_and_wait(node)
+    log = node.log_text()
+    print(f"\nSIGTERM with the broker away, 5 tasks: exit {code} after {took:.2f}s")
+    assert not any(client.replies.get(k) for k in keys)
+    assert code == 0 and took <= EXIT_BUDGET_S, took
+    assert "5 reply(ies) not sent" in log, log[-2000:]
