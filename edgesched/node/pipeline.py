@@ -154,6 +154,7 @@ class DrainingExecutor(LocalExecutor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.draining = False
+        self.cut = False  # set when the drain cut running tasks: a worker may still be busy
         self._waiting: set[asyncio.Task[Any]] = set()
 
     def drain(self) -> int:
@@ -163,6 +164,16 @@ class DrainingExecutor(LocalExecutor):
         for task in queued:
             task.cancel()
         return len(queued)
+
+    async def __aexit__(self, *exc: object) -> None:
+        pool = self._pool
+        if self.cut and pool is not None:
+            # What still runs in a worker process was answered `failed` when the grace ended
+            # (cancelling its asyncio task does not stop the process): waiting the pool's
+            # shutdown grace for it would only push the exit past shutdown.grace_s + 2 s.
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.kill()
+        await super().__aexit__(*exc)
 
     async def _acquire(self, ticket: Any) -> None:
         task = asyncio.current_task()
@@ -282,6 +293,7 @@ class TaskPipeline:
             if cut:
                 log.warning("grace period over: %d task(s) still running answered failed",
                             len(cut))
+                self.executor.cut = True
                 for task in cut:
                     task.cancel()  # each answers its task `failed` (node shutting down)
                 await asyncio.wait(cut, timeout=FLUSH_S / 2)

@@ -193,3 +193,21 @@ async def test_sigterm_while_the_broker_is_away_still_exits_in_time(
     assert not any(client.replies.get(k) for k in keys)
     assert code == 0 and took <= EXIT_BUDGET_S, took
     assert "5 reply(ies) not sent" in log, log[-2000:]
+
+
+async def test_sigterm_cuts_a_cpu_bound_task_in_a_worker_process(
+        mosquitto: Mosquitto, node_factory: Any) -> None:
+    """A CPU-bound task runs in a pool worker, which cancelling its asyncio task does not
+    stop: the node still answers it and exits in time."""
+    node: NodeProcess = node_factory("A", broker=mosquitto, overrides={
+        "executor": {"slots": 1}, "shutdown": {"grace_s": GRACE_S},
+        "task_types": {"hash": {"offload": "local", "timeout_s": 120}}})
+    async with TaskClient(mosquitto) as client:
+        key = await client.submit("A", {"type": "hash",
+                                        "input": {"data": "x", "rounds": 10_000_000}})
+        await wait_load(node, running=1, queued=0)
+        code, took = await sigterm_and_wait(node)
+        reply = (await client.wait_all([key], within_s=3))[key]
+    print(f"\nSIGTERM, a CPU-bound task in a worker: exit {code} after {took:.2f}s")
+    assert check_terminal(reply) == "shutdown"
+    assert code == 0 and took <= EXIT_BUDGET_S, took
