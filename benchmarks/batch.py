@@ -1,10 +1,10 @@
-"""The batch path: place many tasks against one view at once, with numpy (bursts, simulator).
+"""A numpy batch path: many tasks against one view at once (benchmarks only; was core/batch.py).
 
 `BatchView.from_candidates` turns the candidate list of one task type into per-target arrays;
 `decide_batch` then scores every (task, target) pair with the same formulas as
-`costmodel.evaluate` and picks each task's lowest-cost feasible target. By default the tasks
-are decided independently against the same view (as many single decisions at one instant
-would be), fully vectorised. With `spread=True` (a burst) they are decided in order and each
+`costmodel.evaluate_candidate` and picks each task's lowest-cost feasible target. By default
+the tasks are decided independently against the same view (as many single decisions at one
+instant would be), fully vectorised. With `spread=True` (a burst) they are decided in order and each
 one sees the queue the earlier ones built: a target's k-th task beyond its free slots waits
 k·exec/slots longer, in the score and in the deadline check. That pass is a plain-Python
 loop over n·m numbers (exact, but several times slower per task).

@@ -66,7 +66,7 @@ class InFlight:
     def unreported(self, reported_at: Mapping[str, float]) -> dict[str, int]:
         """Per target, the attempts sent after `reported_at[target]`, when its latest load
         report was received (all of them for a target that never reported)."""
-        counts = {}
+        counts: dict[str, int] = {}
         for target, sent in self._sent.items():
             since = reported_at.get(target)
             n = len(sent) if since is None else sum(1 for t in sent.values() if t > since)
