@@ -289,17 +289,18 @@ class TaskPipeline:
                  queued, len(work), grace)
         if work:
             await asyncio.wait(work, timeout=grace)
-            cut = [t for t in self._work | self._handed if not t.done()]
-            if cut:
-                log.warning("grace period over: %d task(s) still running answered failed",
-                            len(cut))
-                self.executor.cut = True
-                for task in cut:
-                    task.cancel()  # each answers its task `failed` (node shutting down)
-                await asyncio.wait(cut, timeout=FLUSH_S / 2)
+        flush_by = loop.time() + FLUSH_S  # one budget for the cut tasks and every reply
+        cut = [t for t in self._work | self._handed if not t.done() and not t.cancelling()]
+        if cut:
+            log.warning("grace period over: %d task(s) still running answered failed",
+                        len(cut))
+            self.executor.cut = True
+            for task in cut:
+                task.cancel()  # each answers its task `failed` (node shutting down)
+            await asyncio.wait(cut, timeout=FLUSH_S / 2)
         senders = [t for t in self._tasks if not t.done() and t not in self._work]
         if senders:
-            _, unsent = await asyncio.wait(senders, timeout=FLUSH_S)
+            _, unsent = await asyncio.wait(senders, timeout=max(0.0, flush_by - loop.time()))
             if unsent:
                 self.rt.metrics.replies_dropped.labels(reason="shutdown").inc(len(unsent))
                 log.warning("%d reply(ies) not sent within %gs of the grace period: dropped "

@@ -42,6 +42,7 @@ log = logging.getLogger("edgesched.service")
 
 MAX_STATUS_DEVICES = 1000  # /v1/status lists the most recently seen ones; the total is given
 MAX_SPEEDS = 4096  # neighbours whose announced speed is remembered
+FIRST_CONNECT_WAIT_S = 2.0  # an edge node's HTTP API waits this long for the first connect
 
 
 class LoadSource(Protocol):
@@ -302,8 +303,9 @@ def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
     exited in reverse: HTTP (its handlers have their replies by then), the pipeline, telemetry,
     MQTT (which publishes the offline state and disconnects), the stall guard and the systemd
     notifier.
-    MQTT is the exception to "entered in order": `run()` connects it after all the others
-    have entered (and subscribed), see there.
+    MQTT is the exception to "entered in order": `run()` connects it once the components
+    before HTTP have entered (and subscribed), and an edge node's HTTP waits up to
+    FIRST_CONNECT_WAIT_S for that first connection (see `_connect_mqtt`).
     Add a component by appending its async context manager at the right place; construct it
     with `rt` (it may call `rt.mqtt.subscribe`, `rt.http.add_routes`, ... in `__aenter__`
     before HTTP starts, and set `rt.load_source`).
@@ -323,6 +325,19 @@ def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
         pipeline,  # intake -> decide -> dispatch -> reply -> feedback
         rt.http,  # last in, first out: the API goes away before anything it reads
     ]
+
+
+async def _connect_mqtt(rt: Runtime, stop: asyncio.Future[Any]) -> bool:
+    """Start the MQTT connection (every subscription is registered by now). An edge node
+    gives the first connection up to FIRST_CONNECT_WAIT_S before its HTTP API opens, so
+    `/healthz` answering normally means the node's subscriptions are in place; with the
+    broker away the API opens anyway."""
+    await rt.mqtt.__aenter__()
+    if rt.settings.role == "edge":
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_CONNECT_WAIT_S):
+                await _first(rt.mqtt.wait_connected(), asyncio.shield(stop))
+    return True
 
 
 async def _first(*aws: Awaitable[Any]) -> None:
@@ -356,6 +371,7 @@ async def run(
     try:
         async with AsyncExitStack() as stack:
             parts = components(rt)
+            connected = False
             for component in parts:
                 if component is rt.mqtt:
                     # MQTT exits in its place (after everything that replies over it) but
@@ -364,8 +380,11 @@ async def run(
                     # and a message that no subscription matches yet would be lost.
                     stack.push_async_exit(component)
                     continue
+                if component is rt.http and not connected:
+                    connected = await _connect_mqtt(rt, stop)
                 await stack.enter_async_context(component)
-            await rt.mqtt.__aenter__()
+            if not connected:
+                await _connect_mqtt(rt, stop)
             if settings.role == "edge":  # a cloud node never waits for the broker
                 await _first(rt.mqtt.wait_connected(), asyncio.shield(stop))
             if not stop.done():
