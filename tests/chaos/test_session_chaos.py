@@ -32,13 +32,17 @@ def node(node_factory: Any, mosquitto: Mosquitto, protocol: str,
 
 
 async def down_and_back(client: TaskClient, a: NodeProcess, count: int,
-                        protocol: str = "5") -> tuple[list[str], float]:
-    """Stop `a` (SIGTERM), publish `count` QoS 1 submissions, start it again. On 3.1.1 the
-    node sees no v5 properties: every submission names `reply_to` in its body."""
+                        protocol: str = "5", how: str = "sigterm") -> tuple[list[str], float]:
+    """Stop `a` (SIGTERM, or SIGKILL with how="sigkill"), publish `count` QoS 1 submissions,
+    start it again. On 3.1.1 the node sees no v5 properties: every submission names
+    `reply_to` in its body."""
     v5 = protocol == "5"
     first = await client.submit("A", {"type": "echo", "input": "before"}, v5=v5)
     await client.wait_all([first], within_s=10)  # A is subscribed: its session exists
-    assert a.terminate(timeout=10) == 0
+    if how == "sigkill":
+        a.kill()
+    else:
+        assert a.terminate(timeout=10) == 0
     keys = [await client.submit("A", {"type": "echo", "input": i}, v5=v5 and i % 2 == 0)
             for i in range(count)]
     await asyncio.sleep(0.3)
@@ -48,16 +52,17 @@ async def down_and_back(client: TaskClient, a: NodeProcess, count: int,
     return keys, restarted
 
 
-@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize(("protocol", "how"),
+                         [("5", "sigterm"), ("3.1.1", "sigterm"), ("5", "sigkill")])
 async def test_submissions_while_node_down_are_answered_after_restart(
-        mosquitto: Mosquitto, node_factory: Any, protocol: str) -> None:
+        mosquitto: Mosquitto, node_factory: Any, protocol: str, how: str) -> None:
     a = node(node_factory, mosquitto, protocol)
     async with TaskClient(mosquitto) as client:
-        keys, restarted = await down_and_back(client, a, 10, protocol)
+        keys, restarted = await down_and_back(client, a, 10, protocol, how)
         replies = await client.wait_all(keys, within_s=20)
         took = time.monotonic() - restarted
         await asyncio.sleep(0.5)  # time for a duplicate to show up
-    print(f"\nMQTT {protocol}: 10 submitted while down, {len(replies)} answered "
+    print(f"\nMQTT {protocol}, {how}: 10 submitted while down, {len(replies)} answered "
           f"{took:.2f}s after the restart began")
     for i, key in enumerate(keys):
         assert len(client.replies[key]) == 1, client.replies[key]
