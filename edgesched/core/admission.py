@@ -14,7 +14,7 @@ class AdmissionReject(StrEnum):
     DEADLINE = "deadline"
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Admission:
     """The verdict, with the wait the node predicted for the task."""
 

@@ -35,7 +35,7 @@ class FallbackParams:
         return max(self.min_timeout_s, q + self.timeout_margin_s)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class NextAttempt:
     """Try `target` next."""
 
@@ -45,7 +45,7 @@ class NextAttempt:
     last_resort: bool = False  # local, although the decision did not rank it
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Terminal:
     """No attempt left: the task ends with `outcome`."""
 

@@ -69,7 +69,7 @@ class InFlight:
         counts: dict[str, int] = {}
         for target, sent in self._sent.items():
             since = reported_at.get(target)
-            n = len(sent) if since is None else sum(1 for t in sent.values() if t > since)
+            n = len(sent) if since is None else len([t for t in sent.values() if t > since])
             if n:
                 counts[target] = n
         return counts

@@ -1,11 +1,16 @@
-"""Data model of the decision core: tasks, candidates, estimates and decisions (pure, frozen)."""
+"""Data model of the decision core: tasks, candidates, estimates and decisions (pure).
+
+Every record here is built once and never changed. The small, shared values (power models,
+estimates, snapshots, parameters) are frozen dataclasses; the records built several times
+per task (task specs, node states, candidates, evaluations, decisions) are plain `slots`
+dataclasses, because freezing makes every field assignment a call and they are the bulk of
+what a decision builds."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 
 class Placement(StrEnum):
@@ -86,9 +91,10 @@ class PowerModel:
         return self.compute_w * exec_s
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class TaskSpec:
-    """What the core needs to know about one task to place it."""
+    """What the core needs to know about one task to place it (one per task, validated here,
+    not changed once built)."""
 
     task_type: str
     input_bytes: float
@@ -216,11 +222,12 @@ class CandidateEval:
         }
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Decision:
     """A placement: the chosen target, the ranked fallbacks, and every candidate's breakdown.
 
     `chosen is None` means nothing was feasible; the evaluations say why for each candidate.
+    Not changed once built.
     """
 
     policy: str
@@ -240,9 +247,12 @@ class Decision:
         return ((self.chosen,) if self.chosen is not None else ()) + self.fallbacks
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class NodeState:
-    """What one node is known to be doing, as last reported (its own telemetry + state)."""
+    """What one node is known to be doing, as last reported (its own telemetry + state).
+
+    Never changed once built: the view builds a new one for each report or liveness change,
+    and snapshots share them."""
 
     node_id: str
     role: str = "edge"  # "edge" | "cloud"
@@ -271,13 +281,18 @@ class ClusterSnapshot:
     neighbours: tuple[NodeState, ...] = ()
 
 
-def new_node_state(*values: Any) -> NodeState:
+def new_node_state(
+    node_id: str, role: str, liveness: Liveness, incarnation: int, last_seen: float, slots: int,
+    running: int, queued: int, est_wait_s: float, cpu_util: float, battery: float | None,
+    power_w: float | None, task_types: frozenset[str],
+) -> NodeState:
     """NodeState from its fields in declaration order.
 
     Only for core/view.py, which still builds its states this way (it is being changed
     separately); everything else constructs NodeState by keyword. Remove with that caller.
     """
-    return NodeState(**dict(zip(_NODE_STATE_FIELDS, values, strict=True)))
-
-
-_NODE_STATE_FIELDS = tuple(f.name for f in fields(NodeState))
+    return NodeState(
+        node_id=node_id, role=role, liveness=liveness, incarnation=incarnation,
+        last_seen=last_seen, slots=slots, running=running, queued=queued, est_wait_s=est_wait_s,
+        cpu_util=cpu_util, battery=battery, power_w=power_w, task_types=task_types,
+    )
