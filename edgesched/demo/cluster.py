@@ -150,7 +150,9 @@ def node_config(
         "state_dir": str(state_dir),
         "mqtt": {"host": broker.host, "port": broker.port, "protocol": broker.protocol,
                  "topic_prefix": broker.topic_prefix, "keepalive_s": 3,
-                 "client_id": f"edgesched-demo-{node.node_id}-{os.getpid()}"},
+                 "client_id": f"edgesched-demo-{node.node_id}-{os.getpid()}",
+                 # a fresh client id each run: a persistent session would outlive it unused
+                 "session_expiry_s": 0},
         "http": {"host": "127.0.0.1", "port": http_port},
         "telemetry": {"interval_s": 0.5, "suspect_after_intervals": 3,
                       "offline_after_intervals": 6},
