@@ -3,6 +3,10 @@
 Each candidate's execution time is estimated once, for the task's `work` (or taken from its
 `exact_s`), and that one estimate is what its queue wait is derived from and what the cost
 model reads: the two never disagree.
+
+The node states come from the cluster view, which takes only validated reports (counts and
+slots >= 0, cpu_util and battery within 0..1, a finite est_wait_s: node/telemetry.py refuses
+and counts the rest), and from this node's own live executor; they are used as they are.
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ from edgesched.core.model import (
 
 CLOUD_ID = "cloud"
 DEFAULT_POWER = PowerModel()  # frozen: one shared instance, not one per candidate per task
-# Bounds on computed times (s): a report far out of range is clamped into them, not trusted.
-MAX_AGE_S = 1e12
+# A wait can be infinite (a target without slots): candidates carry at most this (s).
 MAX_WAIT_S = 1e9
 # Spread of an execution time the input states exactly (sleep): a little scheduling jitter.
 EXACT_STD_FRACTION = 0.02
@@ -79,17 +82,13 @@ def queue_wait(
     return wait, std
 
 
-def _aged_wait(
-    node: NodeState, running: int, queued: int, extra: int, ex: ExecEstimate, age: float
-) -> tuple[float, float]:
+def _aged_wait(node: NodeState, ex: ExecEstimate, extra: int, age: float) -> tuple[float, float]:
     """The count model on a report `age` seconds old: the tasks it counted have been worked on
     since, so the backlog relaxes towards the node's average load (cpu_util x slots), with the
     execution time as time constant; our `extra` tasks it cannot show yet do not relax."""
     slots = node.slots
-    util = node.cpu_util if 0.0 <= node.cpu_util <= 1.0 else (
-        1.0 if 1.0 < node.cpu_util < math.inf else 0.0)
-    average = util * slots
-    relaxed = average + (running + queued - average) * math.exp(-age / ex.mean_s)
+    average = node.cpu_util * slots
+    relaxed = average + (node.running + node.queued - average) * math.exp(-age / ex.mean_s)
     ahead = relaxed + extra - slots + 1
     if ahead <= 0.0:
         return 0.0, 0.0
@@ -98,33 +97,25 @@ def _aged_wait(
 
 
 def node_wait(
-    node: NodeState, ex: ExecEstimate, *, running: int, queued: int, extra: int,
-    age: float = 0.0,
+    node: NodeState, ex: ExecEstimate, *, extra: int = 0, age: float = 0.0
 ) -> tuple[float, float]:
-    """Queue wait on `node` for one more task: `running` and `queued` as it reported them
-    (clamped to >= 0), `extra` of ours not in its report yet.
+    """Queue wait on `node` for one more task, `extra` of ours not in its report yet.
 
     A report `age` seconds old is aged (see `_aged_wait`), and the node's own wait estimate
     counts down by `age`: without this, a neighbour seen busy in a report taken mid-burst looks
     busy for a whole telemetry interval, however short its tasks. The node's own estimate wins
     when it is longer: it knows its real queue mix.
     """
-    reported = node.est_wait_s if 0.0 <= node.est_wait_s < math.inf else 0.0
-    if 0.0 < age < math.inf and node.slots > 0 and ex.mean_s > 0.0:
-        wait, std = _aged_wait(node, running, queued, extra, ex, age)
+    reported = node.est_wait_s
+    if age > 0.0 and node.slots > 0 and ex.mean_s > 0.0:
+        wait, std = _aged_wait(node, ex, extra, age)
         reported = max(0.0, reported - age)
     else:
-        wait, std = queue_wait(node.slots, running + extra, queued, ex.mean_s, ex.std_s)
+        wait, std = queue_wait(node.slots, node.running + extra, node.queued, ex.mean_s,
+                               ex.std_s)
     if reported > wait:
         return reported, max(std, 0.5 * reported)
     return wait, std
-
-
-def _battery(node: NodeState) -> float | None:
-    """A reported charge, or None when missing or nonsense (one bad reading must not make the
-    whole decision fail; the view is where bad telemetry gets counted and refused)."""
-    b = node.battery
-    return b if b is not None and 0.0 <= b <= 1.0 else None
 
 
 def _supports(node: NodeState, task_type: str) -> bool:
@@ -144,20 +135,17 @@ def local_candidate(
     time per slot ahead, and would send work away from a node about to free a slot).
     """
     ex = exec_estimate(task, node.node_id, bank, now)
-    running, queued = max(0, node.running), max(0, node.queued)
-    own = node.est_wait_s
-    if 0.0 < own < math.inf and extra == 0:
-        wait, wait_std = own, 0.5 * own
+    if node.est_wait_s > 0.0 and extra == 0:
+        wait, wait_std = node.est_wait_s, 0.5 * node.est_wait_s
     else:
-        wait, wait_std = node_wait(node, ex, running=running, queued=queued, extra=extra)
-    battery = _battery(node)
+        wait, wait_std = node_wait(node, ex, extra=extra)
     return Candidate(
         node_id=node.node_id, placement=Placement.LOCAL, liveness=Liveness.ONLINE, age_s=0.0,
-        slots=max(0, node.slots), running=running + extra, queued=queued,
-        est_wait_s=min(wait, MAX_WAIT_S),
-        wait_std_s=min(wait_std, MAX_WAIT_S), battery=battery, power=power, link=None,
-        exec=ex, supports_type=_supports(node, task.task_type), money_cost=0.0,
-        max_queue=max_queue, origin_power=power, origin_battery=battery, excluded=False,
+        slots=node.slots, running=node.running + extra, queued=node.queued,
+        est_wait_s=min(wait, MAX_WAIT_S), wait_std_s=min(wait_std, MAX_WAIT_S),
+        battery=node.battery, power=power, link=None, exec=ex,
+        supports_type=_supports(node, task.task_type), money_cost=0.0, max_queue=max_queue,
+        origin_power=power, origin_battery=node.battery, excluded=False,
     )
 
 
@@ -167,18 +155,15 @@ def neighbour_candidate(
 ) -> Candidate:
     """An edge neighbour as a candidate, as last heard from (`age_s` says how long ago)."""
     ex = exec_estimate(task, node.node_id, bank, now)
-    age = now - node.last_seen
-    age = math.inf if math.isnan(age) else max(0.0, age)  # unknown last_seen: too old
-    running, queued = max(0, node.running), max(0, node.queued)
-    wait, wait_std = node_wait(node, ex, running=running, queued=queued, extra=extra, age=age)
+    age = max(0.0, now - node.last_seen)
+    wait, wait_std = node_wait(node, ex, extra=extra, age=age)
     return Candidate(
         node_id=node.node_id, placement=Placement.NEIGHBOUR, liveness=node.liveness,
-        age_s=min(age, MAX_AGE_S), slots=max(0, node.slots), running=running + extra,
-        queued=queued,
+        age_s=age, slots=node.slots, running=node.running + extra, queued=node.queued,
         est_wait_s=min(wait, MAX_WAIT_S), wait_std_s=min(wait_std, MAX_WAIT_S),
-        battery=_battery(node), power=power, link=bank.link(node.node_id, now), exec=ex,
+        battery=node.battery, power=power, link=bank.link(node.node_id, now), exec=ex,
         supports_type=_supports(node, task.task_type), money_cost=0.0, max_queue=None,
-        origin_power=origin_power, origin_battery=_battery(local), excluded=excluded,
+        origin_power=origin_power, origin_battery=local.battery, excluded=excluded,
     )
 
 
@@ -195,7 +180,7 @@ def cloud_candidate(
         wait_std_s=min(wait_std, MAX_WAIT_S), battery=None, power=cloud.power,
         link=bank.link(cloud.node_id, now), exec=ex, supports_type=True,
         money_cost=cloud.money_cost, max_queue=None, origin_power=origin_power,
-        origin_battery=_battery(local), excluded=False,
+        origin_battery=local.battery, excluded=False,
     )
 
 
