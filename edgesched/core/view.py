@@ -57,7 +57,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NodeTelemetry:
-    """One node's periodic telemetry (CONTRACTS §4.2), already validated."""
+    """One node's periodic telemetry (contract §4.2), already validated."""
 
     incarnation: int
     ts: float = 0.0  # the sender's clock
@@ -72,7 +72,7 @@ class NodeTelemetry:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NodeAnnouncement:
-    """One node's retained state document (CONTRACTS §4.1), already validated."""
+    """One node's retained state document (contract §4.1), already validated."""
 
     incarnation: int
     online: bool

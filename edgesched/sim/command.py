@@ -63,7 +63,7 @@ def print_report(report: dict[str, Any], elapsed_s: float) -> None:
 
 
 def simulate_command(args: argparse.Namespace) -> int:
-    """Entry point of `edgesched simulate` (see CONTRACTS §1 and docs/simulator.md)."""
+    """Entry point of `edgesched simulate` (see contract §1 and docs/simulator.md)."""
     scenario = load_scenario(args.scenario)
     policies = check_policies(args.policies)
     if args.plot_path:

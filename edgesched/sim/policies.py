@@ -96,7 +96,7 @@ class EcsThresholdPolicy:
 
 
 def make_sim_policy(name: str, params: CostParams, rng: np.random.Generator) -> Policy:
-    """Any policy of CONTRACTS §5 by name: the core's, the EdgeCloudSim rules or the oracle."""
+    """Any policy of contract §5 by name: the core's, the EdgeCloudSim rules or the oracle."""
     if name == "oracle":
         return OraclePolicy()
     if name.startswith("ecs_"):

@@ -1,4 +1,4 @@
-"""The simulator's report: per-policy figures (CONTRACTS §5), the comparison, the text table."""
+"""The simulator's report: per-policy figures (contract §5), the comparison, the text table."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def comparison(policies: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
 
 def build_report(scenario: Scenario, seed: int, tasks: int,
                  policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The JSON report: CONTRACTS §5 keys, plus `comparison` (an extension)."""
+    """The JSON report: contract §5 keys, plus `comparison` (an extension)."""
     report: dict[str, Any] = {"scenario": scenario.name, "seed": seed, "tasks": tasks,
                               "policies": policies}
     cmp = comparison(policies)

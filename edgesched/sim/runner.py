@@ -82,7 +82,7 @@ def run_scenario(
     on_progress: Callable[[str, int, int], None] | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
-    """Run each policy on the same task stream; the CONTRACTS §5 report as a plain dict.
+    """Run each policy on the same task stream; the contract §5 report as a plain dict.
 
     `on_progress(policy, tasks_done, tasks_total)` is called now and then during each run
     (with `workers > 1`, once per policy when it finishes). `workers > 1` runs policies in

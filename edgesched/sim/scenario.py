@@ -1,4 +1,4 @@
-"""Simulator scenarios: the YAML format of CONTRACTS §5, validated into frozen dataclasses."""
+"""Simulator scenarios: the YAML format of contract §5, validated into frozen dataclasses."""
 
 from __future__ import annotations
 
