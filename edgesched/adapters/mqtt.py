@@ -40,6 +40,8 @@ ConnectHook = Callable[[], Awaitable[None]]
 _TOPIC_CACHE_LIMIT = 16_384
 _TOPIC_CACHE_MAX_CHARS = 256  # longer topics are matched every time: the cache stays < ~5 MB
 _PUBLISH_TIMEOUT_S = 10.0
+# publish_reliably: how long a reply waits for the broker to come back before it is given up
+RECONNECT_WAIT_S = 30.0
 _SUBSCRIBE_TIMEOUT_S = 10.0
 
 
@@ -226,6 +228,8 @@ class MqttClient:
     - `await publish(topic, payload, qos=0, retain=False, response_topic=None,
       correlation_data=None, user_properties=None)`; raises `MqttError` when not connected or
       the broker does not acknowledge in time. MQTT v5 properties are left out on 3.1.1.
+    - `await publish_reliably(topic, payload, correlation_data=None, signed=False)`: QoS 1,
+      and when the broker is gone one retry after a bounded wait for the reconnect (replies).
     - `on_connect(hook)`: `async () -> None` awaited after every (re)connect, once the
       subscriptions are renewed (e.g. to republish a retained state document).
     - `connected`, `disconnected_for()`, `wait_connected()`.
@@ -345,6 +349,34 @@ class MqttClient:
                 self._ratelog.warning("outgoing", "outgoing queue full (%d): not published to "
                                       "%s", self.options.incoming_queue, topic)
             raise MqttError(f"publish to {topic} failed: {exc}") from exc
+
+    async def publish_reliably(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        correlation_data: bytes | None = None,
+        signed: bool = False,
+        reconnect_wait_s: float = RECONNECT_WAIT_S,
+    ) -> None:
+        """Publish at QoS 1; when the broker is gone, wait (at most `reconnect_wait_s`) for
+        the reconnect and retry once, so a short broker outage does not cost a task its only
+        reply. Raises `MqttError` when that retry fails too, or the broker stays away."""
+        try:
+            await self.publish(topic, payload, qos=1, correlation_data=correlation_data,
+                               signed=signed)
+            return
+        except MqttError:
+            if self.connected:
+                raise
+        try:
+            async with asyncio.timeout(reconnect_wait_s):
+                await self.wait_connected()
+        except TimeoutError:
+            raise MqttError(f"cannot publish to {topic}: not connected to the broker for "
+                            f"{reconnect_wait_s:g}s") from None
+        await self.publish(topic, payload, qos=1, correlation_data=correlation_data,
+                           signed=signed)
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def __aenter__(self) -> MqttClient:

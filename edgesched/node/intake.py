@@ -33,7 +33,6 @@ from edgesched.node import protocol as p
 
 log = logging.getLogger("edgesched.intake")
 
-REPLY_RECONNECT_WAIT_S = 30.0
 MAX_PENDING_REJECTS = 1000  # rejection replies in flight before intake answers inline
 
 
@@ -191,8 +190,8 @@ class Intake:
                                   "no response topic and no reply_to", reply.id)
             return
         try:
-            await publish_reliably(self._mqtt, route.topic, reply.encode(),
-                                   correlation_data=route.correlation_data)
+            await self._mqtt.publish_reliably(route.topic, reply.encode(),
+                                              correlation_data=route.correlation_data)
         except MqttError as exc:
             self._metrics.replies_dropped.labels(reason="publish_failed").inc()
             self._ratelog.warning("publish", "reply to task %s lost: %s", reply.id, exc)
@@ -221,25 +220,6 @@ class Intake:
         status = {p.RejectCode.OVERSIZE: 413, p.RejectCode.MALFORMED: 400,
                   p.RejectCode.SCHEMA: 400, p.RejectCode.UNKNOWN_TYPE: 400}.get(exc.reason, 200)
         return web.Response(status=status, body=reply.encode(), content_type="application/json")
-
-
-async def publish_reliably(mqtt: MqttClient, topic: str, payload: bytes, *,
-                           correlation_data: bytes | None = None, signed: bool = False) -> None:
-    """Publish at QoS 1; when the broker is gone, wait (bounded) for the reconnect and retry
-    once, so a short broker outage does not cost a task its only reply."""
-    try:
-        await mqtt.publish(topic, payload, qos=1, correlation_data=correlation_data,
-                           signed=signed)
-        return
-    except MqttError:
-        if mqtt.connected:
-            raise
-    try:
-        async with asyncio.timeout(REPLY_RECONNECT_WAIT_S):
-            await mqtt.wait_connected()
-    except TimeoutError:
-        raise MqttError(f"not connected to the broker for {REPLY_RECONNECT_WAIT_S:g}s") from None
-    await mqtt.publish(topic, payload, qos=1, correlation_data=correlation_data, signed=signed)
 
 
 def _with_correlation(reply: p.Reply, correlation_id: str) -> p.Reply:

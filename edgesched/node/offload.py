@@ -19,7 +19,6 @@ from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog
 from edgesched.errors import MqttError
 from edgesched.node import protocol as p
-from edgesched.node.intake import publish_reliably
 
 log = logging.getLogger("edgesched.offload")
 
@@ -182,7 +181,7 @@ class OffloadServer:
 
     async def _send(self, topic: str, reply: p.OffloadReply) -> None:
         try:
-            await publish_reliably(self._mqtt, topic, p.encode(reply.to_dict()), signed=True)
+            await self._mqtt.publish_reliably(topic, p.encode(reply.to_dict()), signed=True)
         except MqttError as exc:
             self._metrics.replies_dropped.labels(reason="publish_failed").inc()
             self._ratelog.warning("offload-reply", "cannot send offload reply: %s", exc)

@@ -149,6 +149,49 @@ async def test_reconnect_resubscribes_runs_hooks_and_counts(mosquitto: Mosquitto
     assert metrics.registry.get_sample_value("edgesched_mqtt_reconnects_total") == 1
 
 
+async def _until_disconnected(mqtt: MqttClient) -> None:
+    for _ in range(200):
+        if not mqtt.connected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the client never noticed the broker was gone")
+
+
+async def test_publish_reliably_waits_for_the_reconnect_and_retries(
+        mosquitto: Mosquitto) -> None:
+    """A reply published while the broker is away goes out once it is back (QoS 1, with the
+    correlation data), instead of being lost on the first failure."""
+    sender, _ = client(mosquitto, "replier")
+    async with sender:
+        await asyncio.wait_for(sender.wait_connected(), 5)
+        # its own subscription is renewed before it counts as connected again: no race
+        box = await collect(sender, "replies/#", qos=1)
+        await asyncio.to_thread(mosquitto.stop)
+        await _until_disconnected(sender)
+        reply = asyncio.create_task(sender.publish_reliably(
+            "replies/1", b"late", correlation_data=b"c1", reconnect_wait_s=15))
+        await asyncio.sleep(0.3)
+        assert not reply.done()  # waiting for the broker, not failed
+        await asyncio.to_thread(mosquitto.start)
+        await asyncio.wait_for(reply, 15)
+        msg = await asyncio.wait_for(box.get(), 10)
+    assert (msg.topic, msg.payload, msg.qos, msg.correlation_data) == (
+        "replies/1", b"late", 1, b"c1")
+
+
+async def test_publish_reliably_gives_up_after_its_bounded_wait(mosquitto: Mosquitto) -> None:
+    sender, _ = client(mosquitto, "impatient")
+    with pytest.raises(MqttError, match=r"not connected to the broker for 0\.2s"):
+        await sender.publish_reliably("t", b"x", reconnect_wait_s=0.2)  # never connected
+    async with sender:
+        await asyncio.wait_for(sender.wait_connected(), 5)
+        await sender.publish_reliably("t", b"x")  # connected: a plain QoS 1 publish
+        await asyncio.to_thread(mosquitto.stop)
+        await _until_disconnected(sender)
+        with pytest.raises(MqttError, match="cannot publish to t2"):
+            await sender.publish_reliably("t2", b"y", reconnect_wait_s=0.3)
+
+
 async def test_will_on_kill_and_goodbye_on_graceful_stop(mosquitto: Mosquitto) -> None:
     watcher, _ = client(mosquitto, "watcher")
     a, _ = client(mosquitto, "mortal")
