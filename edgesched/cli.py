@@ -19,13 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from edgesched import __version__
-from edgesched.errors import (
-    ConfigError,
-    EdgeschedError,
-    NotImplementedYetError,
-    StallError,
-    UsageError,
-)
+from edgesched.errors import ConfigError, EdgeschedError, KeyFileError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -201,7 +195,7 @@ def keygen_command(args: argparse.Namespace) -> int:
     """`edgesched keygen NODE_ID --dir DIR`: the key pair signed messages need."""
     from pathlib import Path
 
-    from edgesched.adapters.signing import KeyFileError, write_node_keypair
+    from edgesched.adapters.signing import write_node_keypair
 
     try:
         key, pub = write_node_keypair(args.node_id, Path(args.dir), overwrite=args.force)
@@ -215,12 +209,7 @@ def keygen_command(args: argparse.Namespace) -> int:
 
 def _resolve(target: str) -> Callable[..., Any]:
     module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise NotImplementedYetError("this command is not implemented yet") from None
-        raise
+    module = importlib.import_module(module_name)
     fn: Callable[..., Any] = getattr(module, attr)
     return fn
 
@@ -304,9 +293,6 @@ def _report(exc: EdgeschedError, command: str) -> int:
     if isinstance(exc, UsageError):
         print(f"edgesched: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if isinstance(exc, StallError):
-        print(f"edgesched: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
     print(f"edgesched {command}: {exc}", file=sys.stderr)
     return EXIT_FAILURE
 

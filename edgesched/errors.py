@@ -4,23 +4,40 @@
     ├── ConfigError                 invalid configuration (exit code 78); carries `problems`
     │   └── ScenarioError           invalid simulator scenario (also exit 78)
     ├── UsageError                  bad command-line use (exit code 2)
-    ├── NotImplementedYetError      a command whose capability has not landed (exit code 1)
+    ├── KeyFileError                a key or trust file cannot be used (names the file)
     ├── TransportError              a network peer could not be reached or answered badly
     │   ├── MqttError               broker connection / publish / subscribe failed
-    │   └── HttpError               HTTP client or server failure
-    │       └── UnauthorizedError   the peer refused our token (401/403)
+    │   ├── HttpError               HTTP client or server failure; `reason` is a metric label
+    │   │   ├── HttpTimeoutError    no answer within the attempt's timeout (`timeout`)
+    │   │   └── UnauthorizedError   the peer refused our token (401/403)
+    │   └── ProbeError *            the demo's status poll got no usable answer (demo/probe.py)
     ├── TaskError                   a task could not be run
     │   ├── InvalidTaskError        the submission itself is wrong (-> `rejected`)
+    │   │   └── SubmissionError *   a submission refused at intake, with its RejectCode
+    │   │                           (node/protocol.py, beside the RejectCode it carries)
     │   ├── UnknownTaskTypeError    the type is not configured on this node (-> `rejected`)
+    │   ├── QueueFullError          no slot and no queue place left (-> `rejected`)
     │   ├── TaskTimeoutError        the handler ran past its timeout (-> `failed`)
+    │   │   └── DeadlineExpiredError  the task's own deadline passed (-> `expired`)
     │   └── HandlerError            the handler raised or exited non-zero (-> `failed`)
-    └── StallError                  the event loop stalled past its limit (daemon exits non-zero)
+    ├── InputRejected               a message from outside refused where it entered; `reason`
+    │   │                           is a bounded metric label, the message says what was wrong
+    │   ├── TelemetryRejected       node or device telemetry (node/wire.py)
+    │   └── MessageRejected         signature, signer, replay or clock skew (adapters/signing.py)
+    └── ClusterError *              a demo node could not be started or stopped (demo/cluster.py)
 
-Expected outcomes of scheduling (no feasible target, a neighbour rejecting work) are values
-returned by the core, not exceptions.
+`*`: defined in the module named, next to what it carries or the only code that raises it.
+`InputRejected` and its subclasses are value-like: the stage that parses the message catches
+them, counts the reason and drops (or answers) the message; they never leave that stage.
+
+How an attempt or a task ended (ok, rejected, failed, timeout, expired, invalid) is the
+value `core.model.Outcome`, not an exception; so are the other expected outcomes of
+scheduling (no feasible target, a neighbour rejecting work).
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class EdgeschedError(Exception):
@@ -47,8 +64,8 @@ class UsageError(EdgeschedError):
     """The command line is wrong."""
 
 
-class NotImplementedYetError(EdgeschedError):
-    """The command exists in the contract but its capability has not landed yet."""
+class KeyFileError(EdgeschedError):
+    """A key file that cannot be used; the message says which file and what to fix."""
 
 
 class TransportError(EdgeschedError):
@@ -70,6 +87,13 @@ class HttpError(TransportError):
         self.reason = reason
 
 
+class HttpTimeoutError(HttpError):
+    """The peer did not answer within the time we gave it (`reason` is `timeout`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="timeout")
+
+
 class UnauthorizedError(HttpError):
     """The peer refused our credentials (HTTP 401/403): a wrong or missing token."""
 
@@ -89,13 +113,42 @@ class UnknownTaskTypeError(TaskError):
     """The task type is not configured on this node."""
 
 
+class QueueFullError(TaskError):
+    """No slot and no queue place left (-> `rejected`)."""
+
+
 class TaskTimeoutError(TaskError):
     """The handler ran past its timeout."""
+
+
+class DeadlineExpiredError(TaskTimeoutError):
+    """The task's own deadline passed while it queued or ran (-> `expired`)."""
 
 
 class HandlerError(TaskError):
     """The handler raised, or the command exited non-zero."""
 
 
-class StallError(EdgeschedError):
-    """The event loop was blocked longer than the configured stall limit."""
+class InputRejected(EdgeschedError):
+    """A message from outside that is not accepted where it entered.
+
+    `reason` is a bounded metric label (a `str` or a module's `StrEnum` of labels); the
+    message (`detail`) says what was wrong. Caught by the stage that parsed the message."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class TelemetryRejected(InputRejected):
+    """Node or device telemetry that is not taken into the view (node/wire.py)."""
+
+
+class MessageRejected(InputRejected):
+    """A node-to-node message that failed verification; `reason` is a signing.RejectReason."""
+
+    reason: StrEnum
+
+    def __init__(self, reason: StrEnum, detail: str) -> None:
+        super().__init__(reason, detail)

@@ -15,7 +15,7 @@ import aiohttp
 
 from edgesched import __version__
 from edgesched.config import MASK, CloudSettings, mask_url
-from edgesched.errors import HttpError, UnauthorizedError
+from edgesched.errors import HttpError, HttpTimeoutError, UnauthorizedError
 
 log = logging.getLogger("edgesched.cloud")
 
@@ -70,7 +70,8 @@ class CloudClient:
         return text
 
     async def submit(self, body: bytes, *, timeout_s: float | None = None) -> dict[str, Any]:
-        """POST one encoded submit body; the reply document (any status) or HttpError."""
+        """POST one encoded submit body; the reply document (any status) or HttpError
+        (HttpTimeoutError when no answer came within `timeout_s` / cloud.timeout_s)."""
         if self._session is None:
             raise HttpError("the cloud client is not open")
         limit = min(timeout_s, self._settings.timeout_s) if timeout_s else None
@@ -85,8 +86,8 @@ class CloudClient:
                 return _reply_document(resp.status, raw, self.shown_url,
                                        resp.headers.get("Content-Type", ""))
         except TimeoutError as exc:
-            raise HttpError(f"cloud {self.shown_url} did not answer within {limit}s",
-                            reason="timeout") from exc
+            raise HttpTimeoutError(
+                f"cloud {self.shown_url} did not answer within {limit}s") from exc
         except (aiohttp.ClientError, ValueError) as exc:
             detail = self._scrub(f"{exc.__class__.__name__}: {exc}")
             raise HttpError(f"cloud {self.shown_url}: {detail}", reason="unreachable") from exc

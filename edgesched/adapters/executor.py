@@ -25,20 +25,18 @@ from typing import Any
 
 from edgesched.config import ExecutorSettings
 from edgesched.core.queueing import fifo_wait
-from edgesched.errors import HandlerError, TaskError, TaskTimeoutError
+from edgesched.errors import (
+    DeadlineExpiredError,
+    HandlerError,
+    QueueFullError,
+    TaskError,
+    TaskTimeoutError,
+)
 from edgesched.tasks.registry import TaskType
 
 log = logging.getLogger("edgesched.executor")
 
 POOL_SHUTDOWN_GRACE_S = 2.0
-
-
-class DeadlineExpiredError(TaskTimeoutError):
-    """The task's own deadline passed while it queued or ran (-> `expired`)."""
-
-
-class QueueFullError(TaskError):
-    """No slot and no queue place left (-> `rejected`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

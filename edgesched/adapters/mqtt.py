@@ -29,8 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgesched.adapters.metrics import Metrics
-from edgesched.adapters.signing import MessageRejected, MessageSecurity, strip_frame
-from edgesched.errors import MqttError
+from edgesched.adapters.signing import MessageSecurity, strip_frame
+from edgesched.errors import MessageRejected, MqttError
 
 log = logging.getLogger("edgesched.mqtt")
 

@@ -34,6 +34,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edgesched.errors import KeyFileError, MessageRejected
+
 FRAME_MAGIC = b"ES1 "
 _DOMAIN = b"edgesched-sig-v1\n"
 MAX_HEADER_BYTES = 512
@@ -53,18 +55,6 @@ class RejectReason(StrEnum):
     WRONG_SIGNER = "wrong_signer"  # validly signed, but by another node than it claims to be
     REPLAY = "replay"
     STALE = "stale"
-
-
-class MessageRejected(Exception):  # a value-like outcome: callers count it and drop the message
-    """A message that failed verification; `reason` is a `RejectReason`."""
-
-    def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-class KeyFileError(ValueError):
-    """A key file that cannot be used; the message says which file and what to fix."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
-from enum import StrEnum
 
-from edgesched.core.model import CandidateEval, Decision, Placement, RejectReason, require_finite
-
-
-class Outcome(StrEnum):
-    FAILED = "failed"
-    EXPIRED = "expired"
+from edgesched.core.model import (
+    CandidateEval,
+    Decision,
+    Outcome,
+    Placement,
+    RejectReason,
+    require_finite,
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,7 +48,7 @@ class NextAttempt:
 
 @dataclass(kw_only=True, slots=True)
 class Terminal:
-    """No attempt left: the task ends with `outcome`."""
+    """No attempt left: the task ends with `outcome` (`FAILED` or `EXPIRED`)."""
 
     outcome: Outcome
     reason: str

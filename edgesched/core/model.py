@@ -40,6 +40,22 @@ class Liveness(StrEnum):
     OFFLINE = "offline"
 
 
+class Outcome(StrEnum):
+    """How one attempt, or one task, ended: the one vocabulary of the fallback chain
+    (core/fallback.py), the dispatcher, the task pipeline and the simulator.
+
+    A task's reply carries the wire `Status` (node/protocol.py `to_status`): ok -> ok,
+    rejected and invalid -> rejected, failed and timeout -> failed, expired -> expired.
+    Every wire status is also an outcome of the same name (`Outcome(status.value)`)."""
+
+    OK = "ok"
+    REJECTED = "rejected"  # the target refused it (admission): try the next one
+    FAILED = "failed"  # the handler failed or the target broke: try the next one
+    TIMEOUT = "timeout"  # no answer in time: abandon the attempt, try the next one
+    EXPIRED = "expired"  # the task's deadline passed: terminal
+    INVALID = "invalid"  # the input is wrong for the handler: terminal (replied `rejected`)
+
+
 class RejectReason(StrEnum):
     """Why a candidate was not feasible for a task (a value, never an exception)."""
 
@@ -279,20 +295,3 @@ class ClusterSnapshot:
     now: float
     local: NodeState
     neighbours: tuple[NodeState, ...] = ()
-
-
-def new_node_state(
-    node_id: str, role: str, liveness: Liveness, incarnation: int, last_seen: float, slots: int,
-    running: int, queued: int, est_wait_s: float, cpu_util: float, battery: float | None,
-    power_w: float | None, task_types: frozenset[str],
-) -> NodeState:
-    """NodeState from its fields in declaration order.
-
-    Only for core/view.py, which still builds its states this way (it is being changed
-    separately); everything else constructs NodeState by keyword. Remove with that caller.
-    """
-    return NodeState(
-        node_id=node_id, role=role, liveness=liveness, incarnation=incarnation,
-        last_seen=last_seen, slots=slots, running=running, queued=queued, est_wait_s=est_wait_s,
-        cpu_util=cpu_util, battery=battery, power_w=power_w, task_types=task_types,
-    )

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from edgesched.core.model import ClusterSnapshot, Liveness, NodeState, new_node_state
+from edgesched.core.model import ClusterSnapshot, Liveness, NodeState
 
 # Ranges of the device measurement names the cost model recognises; other names only need
 # to be finite.
@@ -46,8 +46,9 @@ class ViewParams:
         return self.offline_after_s
 
 
-class Outcome(StrEnum):
-    """What the view did with one observation."""
+class Observed(StrEnum):
+    """What the view did with one observation (not how a task ended: that is
+    `core.model.Outcome`)."""
 
     APPLIED = "applied"
     STALE_INCARNATION = "stale_incarnation"  # e.g. a late Will of an older run: ignored
@@ -145,7 +146,7 @@ class ClusterView:
 
     Bounds: at most `params.max_nodes` neighbours. A message about a new node when the table
     is full first makes room by forgetting the offline neighbour heard from longest ago; when
-    every entry is alive it is refused (`Outcome.TABLE_FULL`, and `on_refused(node_id)` is
+    every entry is alive it is refused (`Observed.TABLE_FULL`, and `on_refused(node_id)` is
     called so the caller can count it). Decision snapshots leave out neighbours offline for
     longer than `params.snapshot_offline_s`, and the sorted neighbour list is cached until
     something changes or a liveness threshold passes, so a decision never pays per-message
@@ -167,22 +168,22 @@ class ClusterView:
     # ---- node observations ------------------------------------------------------------
     def observe_announcement(
         self, node_id: str, doc: NodeAnnouncement, *, now: float
-    ) -> Outcome:
+    ) -> Observed:
         """Apply a state document (`online` or `offline`, possibly a Will)."""
         if node_id == self.local_id:
-            return Outcome.SELF
+            return Observed.SELF
         entry = self._nodes.get(node_id)
         if entry is not None and doc.incarnation < entry.state.incarnation:
-            return Outcome.STALE_INCARNATION
+            return Observed.STALE_INCARNATION
         if entry is None:
             if not self._make_room(node_id, now):
-                return Outcome.TABLE_FULL
+                return Observed.TABLE_FULL
             entry = _Neighbour(state=NodeState(node_id=node_id))
             self._nodes[node_id] = entry
         self._generation += 1
         same_run = doc.incarnation == entry.state.incarnation
         if same_run and entry.declared_offline and doc.online and doc.ts <= entry.offline_ts:
-            return Outcome.STALE_INCARNATION  # older than its goodbye
+            return Observed.STALE_INCARNATION  # older than its goodbye
         entry.state = replace(
             entry.state,
             role=doc.role,
@@ -194,33 +195,35 @@ class ClusterView:
         entry.declared_offline = not doc.online
         entry.offline_since = None if doc.online else now
         entry.offline_ts = 0.0 if doc.online else doc.ts
-        return Outcome.APPLIED
+        return Observed.APPLIED
 
-    def observe_telemetry(self, node_id: str, tel: NodeTelemetry, *, now: float) -> Outcome:
+    def observe_telemetry(self, node_id: str, tel: NodeTelemetry, *, now: float) -> Observed:
         """Apply a periodic telemetry message: the node is alive and this loaded."""
         if node_id == self.local_id:
-            return Outcome.SELF
+            return Observed.SELF
         entry = self._nodes.get(node_id)
         if entry is not None:
             if tel.incarnation < entry.state.incarnation:
-                return Outcome.STALE_INCARNATION
+                return Observed.STALE_INCARNATION
             if (tel.incarnation == entry.state.incarnation and entry.declared_offline
                     and tel.ts <= entry.offline_ts):
-                return Outcome.STALE_INCARNATION  # sent before its goodbye, delivered after
+                return Observed.STALE_INCARNATION  # sent before its goodbye, delivered after
         elif not self._make_room(node_id, now):
-            return Outcome.TABLE_FULL
+            return Observed.TABLE_FULL
         else:
             entry = _Neighbour(state=NodeState(node_id=node_id))
             self._nodes[node_id] = entry
         self._generation += 1
         old = entry.state  # replace(old, ...) without its per-call field introspection
-        entry.state = new_node_state(
-            old.node_id, old.role, old.liveness, tel.incarnation, now, tel.slots, tel.running,
-            tel.queued, tel.est_wait_s, tel.cpu_util, tel.battery, tel.power_w, old.task_types,
+        entry.state = NodeState(
+            node_id=old.node_id, role=old.role, liveness=old.liveness,
+            incarnation=tel.incarnation, last_seen=now, slots=tel.slots, running=tel.running,
+            queued=tel.queued, est_wait_s=tel.est_wait_s, cpu_util=tel.cpu_util,
+            battery=tel.battery, power_w=tel.power_w, task_types=old.task_types,
         )
         entry.declared_offline = False
         entry.offline_since = None
-        return Outcome.APPLIED
+        return Observed.APPLIED
 
     def _make_room(self, node_id: str, now: float) -> bool:
         if len(self._nodes) < self.params.max_nodes:
@@ -249,14 +252,14 @@ class ClusterView:
         *,
         now: float,
         ts: float | None = None,
-    ) -> Outcome:
+    ) -> Observed:
         """Merge a device's latest values (conflated: the latest value per name wins)."""
         dev = self._devices.get(device_id)
         if dev is None:
             if len(self._devices) >= self.params.max_devices:
                 self._expire_devices(now)
                 if len(self._devices) >= self.params.max_devices:
-                    return Outcome.TABLE_FULL
+                    return Observed.TABLE_FULL
             dev = _Device(last_seen=now)
             self._devices[device_id] = dev
         if ts is not None and dev.ts is not None and ts < dev.ts:
@@ -268,7 +271,7 @@ class ClusterView:
             if ts is not None:
                 dev.ts = ts
         dev.last_seen = now
-        return Outcome.APPLIED
+        return Observed.APPLIED
 
     def device_value(self, device_id: str, name: str) -> float | None:
         dev = self._devices.get(device_id)
@@ -320,10 +323,12 @@ class ClusterView:
             state, liveness = entry.state, _liveness(entry, now, params)
             # States are frozen: share the stored one unless its liveness has changed.
             if state.liveness is not liveness:
-                state = new_node_state(
-                    state.node_id, state.role, liveness, state.incarnation, state.last_seen,
-                    state.slots, state.running, state.queued, state.est_wait_s,
-                    state.cpu_util, state.battery, state.power_w, state.task_types,
+                state = NodeState(
+                    node_id=state.node_id, role=state.role, liveness=liveness,
+                    incarnation=state.incarnation, last_seen=state.last_seen,
+                    slots=state.slots, running=state.running, queued=state.queued,
+                    est_wait_s=state.est_wait_s, cpu_util=state.cpu_util,
+                    battery=state.battery, power_w=state.power_w, task_types=state.task_types,
                 )
             out.append(state)
             dead_at = _offline_since(entry, params) + keep_s

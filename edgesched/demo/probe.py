@@ -6,10 +6,12 @@ import asyncio
 import json
 from typing import Any
 
+from edgesched.errors import TransportError
+
 MAX_RESPONSE_BYTES = 4 << 20
 
 
-class ProbeError(Exception):
+class ProbeError(TransportError):
     """The node did not answer, or answered something unusable."""
 
 

@@ -14,16 +14,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from edgesched.adapters.cloud import CloudClient
-from edgesched.adapters.executor import DeadlineExpiredError, LocalExecutor, QueueFullError
+from edgesched.adapters.executor import LocalExecutor
 from edgesched.adapters.metrics import Metrics
 from edgesched.core.admission import admit
 from edgesched.core.candidates import CLOUD_ID, CloudTarget, build_candidates, exec_estimate
 from edgesched.core.estimators import EstimatorBank
-from edgesched.core.fallback import FallbackParams, NextAttempt, Outcome, Terminal, next_attempt
+from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
 from edgesched.core.feedback import InFlight, learn_from_reply
 from edgesched.core.model import (
     Candidate,
@@ -33,16 +32,20 @@ from edgesched.core.model import (
     Liveness,
     NodeState,
     OffloadPolicy,
+    Outcome,
     Placement,
     PowerModel,
     TaskSpec,
 )
 from edgesched.core.policies import Policy
 from edgesched.errors import (
+    DeadlineExpiredError,
     HandlerError,
     HttpError,
+    HttpTimeoutError,
     InvalidTaskError,
     MqttError,
+    QueueFullError,
     TaskTimeoutError,
 )
 from edgesched.node import protocol as p
@@ -54,18 +57,11 @@ log = logging.getLogger("edgesched.dispatch")
 MAX_ERROR_CHARS = 600
 
 
-class AttemptStatus(StrEnum):
-    OK = "ok"
-    REJECTED = "rejected"  # the target refused it (admission): try the next one
-    FAILED = "failed"  # the handler failed or the target broke: try the next one
-    TIMEOUT = "timeout"  # no answer in time: abandon, try the next one
-    EXPIRED = "expired"  # the deadline passed: terminal
-    INVALID = "invalid"  # the input is wrong for the handler: terminal `rejected`
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AttemptResult:
-    status: AttemptStatus
+    """How one attempt on one target ended (`outcome`) and what it returned."""
+
+    outcome: Outcome
     value: Any = p.MISSING
     error: str | None = None
     executed_by: str | None = None
@@ -211,16 +207,17 @@ class Dispatcher:
             result = await self._attempt(job, step, expected[step.target.node_id])
             elapsed = self.clock() - started
             results.append((step.target, result))
-            record.attempts.append({"node_id": step.target.node_id, "status": result.status.value,
-                                    "error": result.error, "duration_s": round(elapsed, 6)})
-            if result.status is AttemptStatus.OK:
+            record.attempts.append({"node_id": step.target.node_id,
+                                    "status": result.outcome.value, "error": result.error,
+                                    "duration_s": round(elapsed, 6)})
+            if result.outcome is Outcome.OK:
                 self._feedback(job, step.target, result, elapsed, record)
                 return self._reply(job, p.Status.OK, step.target.placement, result, len(tried))
-            if result.status in (AttemptStatus.EXPIRED, AttemptStatus.INVALID):
-                status = (p.Status.EXPIRED if result.status is AttemptStatus.EXPIRED
-                          else p.Status.REJECTED)
+            if result.outcome in (Outcome.EXPIRED, Outcome.INVALID):  # terminal: no retry helps
+                status = p.to_status(result.outcome)
                 record.status = status.value
                 return self._reply(job, status, step.target.placement, result, len(tried))
+            # rejected, failed, timeout: the fallback chain says what is next
 
     async def local_only(self, job: Job) -> p.Reply:
         """Run here and nowhere else (the cloud tier's role): admission, executor, reply."""
@@ -228,12 +225,10 @@ class Dispatcher:
         expected = self.expected_s(job, started)
         result = await self.run_local(job, expected)
         self.observe_local(job, result)
-        if result.status is AttemptStatus.REJECTED:
+        if result.outcome is Outcome.REJECTED:
             self.metrics.tasks_rejected.labels(
                 reason=(result.reject_code or p.RejectCode.NO_TARGET).value).inc()
-        status = {AttemptStatus.OK: p.Status.OK, AttemptStatus.EXPIRED: p.Status.EXPIRED,
-                  AttemptStatus.REJECTED: p.Status.REJECTED,
-                  AttemptStatus.INVALID: p.Status.REJECTED}.get(result.status, p.Status.FAILED)
+        status = p.to_status(result.outcome)
         reply = self._reply(job, status, Placement.LOCAL, result, 1)
         if status is p.Status.OK:
             self.metrics.prediction_error.observe(self.clock() - started - expected)
@@ -245,16 +240,16 @@ class Dispatcher:
 
     def observe_local(self, job: Job, result: AttemptResult) -> None:
         """Feed a local execution's time into this node's own estimator."""
-        if result.status is AttemptStatus.OK and job.exact_s is None:
+        if result.outcome is Outcome.OK and job.exact_s is None:
             self.bank.observe_exec(job.task_type.name, self.node_id, job.work, result.exec_s,
                                    self.clock())
 
     def _give_up(self, job: Job, step: Terminal,
                  results: list[tuple[CandidateEval, AttemptResult]],
                  record: DecisionRecord) -> p.Reply:
-        notes = "; ".join(f"{t.node_id}: {r.status.value}" + (f" ({r.error})" if r.error else "")
+        notes = "; ".join(f"{t.node_id}: {r.outcome.value}" + (f" ({r.error})" if r.error else "")
                           for t, r in results)
-        refused = bool(results) and all(r.status is AttemptStatus.REJECTED for _, r in results)
+        refused = bool(results) and all(r.outcome is Outcome.REJECTED for _, r in results)
         head = "no target could take it" if refused else step.reason
         error = head + (f" [{notes}]" if notes else "")
         if step.outcome is Outcome.EXPIRED:
@@ -315,22 +310,22 @@ class Dispatcher:
         )
         if not verdict.accepted:
             code = p.RejectCode(verdict.reason.value) if verdict.reason else None
-            return AttemptResult(status=AttemptStatus.REJECTED, reject_code=code,
+            return AttemptResult(outcome=Outcome.REJECTED, reject_code=code,
                                  error=f"{code.value if code else 'refused'}: {verdict.detail}")
         try:
             out = await ex.run(job.task_type, job.value, expected_s=expected,
                                priority=job.request.priority, deadline=deadline_at)
         except QueueFullError as exc:
-            return AttemptResult(status=AttemptStatus.REJECTED, error=str(exc),
+            return AttemptResult(outcome=Outcome.REJECTED, error=str(exc),
                                  reject_code=p.RejectCode.QUEUE_FULL)
         except DeadlineExpiredError as exc:
-            return AttemptResult(status=AttemptStatus.EXPIRED, error=str(exc))
+            return AttemptResult(outcome=Outcome.EXPIRED, error=str(exc))
         except InvalidTaskError as exc:
-            return AttemptResult(status=AttemptStatus.INVALID, error=str(exc))
+            return AttemptResult(outcome=Outcome.INVALID, error=str(exc))
         except (TaskTimeoutError, HandlerError) as exc:
-            return AttemptResult(status=AttemptStatus.FAILED, error=str(exc),
+            return AttemptResult(outcome=Outcome.FAILED, error=str(exc),
                                  executed_by=self.node_id)
-        return AttemptResult(status=AttemptStatus.OK, value=out.value, executed_by=self.node_id,
+        return AttemptResult(outcome=Outcome.OK, value=out.value, executed_by=self.node_id,
                              wait_s=out.wait_s, exec_s=out.exec_s)
 
     def _remaining(self, job: Job) -> float | None:
@@ -340,18 +335,18 @@ class Dispatcher:
     async def _run_neighbour(self, job: Job, target: CandidateEval, timeout_s: float,
                              expected: float) -> AttemptResult:
         if self.offload is None:
-            return AttemptResult(status=AttemptStatus.FAILED, error="offload is not available")
+            return AttemptResult(outcome=Outcome.FAILED, error="offload is not available")
         gone = self._gone_watch(target.node_id)
         try:
             reply = await self.offload.request(
                 target.node_id, job.request, deadline_s=self._remaining(job),
                 expected_s=expected, timeout_s=timeout_s, gone=gone)
         except MqttError as exc:
-            return AttemptResult(status=AttemptStatus.FAILED, error=str(exc))
+            return AttemptResult(outcome=Outcome.FAILED, error=str(exc))
         if reply is None:
             why = (f"{target.node_id} went offline or restarted" if gone()
                    else f"no reply from {target.node_id} in {timeout_s:.3g}s")
-            return AttemptResult(status=AttemptStatus.TIMEOUT, error=why)
+            return AttemptResult(outcome=Outcome.TIMEOUT, error=why)
         return _from_remote(reply.status, reply.result, reply.error,
                             reply.executed_by or target.node_id, reply.wait_s, reply.exec_s)
 
@@ -380,15 +375,16 @@ class Dispatcher:
         try:
             doc = await self.cloud.submit(body, timeout_s=timeout_s)
             reply = p.parse_reply(doc)
+        except HttpTimeoutError as exc:
+            self.metrics.cloud_requests_failed.labels(reason=exc.reason).inc()
+            return AttemptResult(outcome=Outcome.TIMEOUT, error=str(exc))
         except HttpError as exc:
             # a refused token (`unauthorized`) fails the attempt: the chain moves on
             self.metrics.cloud_requests_failed.labels(reason=exc.reason).inc()
-            timed_out = exc.reason == "timeout"
-            return AttemptResult(status=AttemptStatus.TIMEOUT if timed_out
-                                 else AttemptStatus.FAILED, error=str(exc))
+            return AttemptResult(outcome=Outcome.FAILED, error=str(exc))
         except p.SubmissionError as exc:
             self.metrics.cloud_requests_failed.labels(reason="bad_reply").inc()
-            return AttemptResult(status=AttemptStatus.FAILED, error=f"bad cloud reply: {exc}")
+            return AttemptResult(outcome=Outcome.FAILED, error=f"bad cloud reply: {exc}")
         return _from_remote(reply.status, reply.result, reply.error,
                             reply.executed_by or CLOUD_ID, 0.0, reply.latency_s)
 
@@ -410,11 +406,9 @@ class Dispatcher:
 
 def _from_remote(status: p.Status, value: Any, error: str | None, by: str, wait_s: float,
                  exec_s: float) -> AttemptResult:
-    mapping = {p.Status.OK: AttemptStatus.OK, p.Status.REJECTED: AttemptStatus.REJECTED,
-               p.Status.FAILED: AttemptStatus.FAILED, p.Status.EXPIRED: AttemptStatus.EXPIRED}
-    result_status = mapping[status]
+    outcome = p.to_outcome(status)
     return AttemptResult(
-        status=result_status, value=value if result_status is AttemptStatus.OK else p.MISSING,
+        outcome=outcome, value=value if outcome is Outcome.OK else p.MISSING,
         error=None if status is p.Status.OK else f"{by}: {error or status.value}",
         executed_by=by, wait_s=wait_s, exec_s=exec_s,
         reject_code=None,

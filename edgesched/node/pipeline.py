@@ -27,7 +27,7 @@ from edgesched.core.model import LinkEstimate, Placement, PowerModel
 from edgesched.core.policies import make_policy
 from edgesched.errors import InvalidTaskError
 from edgesched.node import protocol as p
-from edgesched.node.dispatch import AttemptStatus, Dispatcher, Job
+from edgesched.node.dispatch import Dispatcher, Job
 from edgesched.node.intake import Intake
 from edgesched.node.offload import OffloadClient, OffloadServer
 from edgesched.node.telemetry import Load
@@ -474,11 +474,8 @@ class TaskPipeline:
         finally:
             self._handed.discard(me)
         self.dispatcher.observe_local(job, result)
-        status = {AttemptStatus.OK: p.Status.OK, AttemptStatus.REJECTED: p.Status.REJECTED,
-                  AttemptStatus.EXPIRED: p.Status.EXPIRED,
-                  AttemptStatus.INVALID: p.Status.REJECTED}.get(result.status, p.Status.FAILED)
-        return answer(status, result=result.value, error=result.error, wait_s=result.wait_s,
-                      exec_s=result.exec_s)
+        return answer(p.to_status(result.outcome), result=result.value, error=result.error,
+                      wait_s=result.wait_s, exec_s=result.exec_s)
 
 
 def _est(estimate: Any) -> dict[str, float]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NoReturn
 
-from edgesched.core.model import Placement
+from edgesched.core.model import Outcome, Placement
 from edgesched.errors import InvalidTaskError
 
 VERSION = 1
@@ -43,6 +43,28 @@ class Status(StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"
     EXPIRED = "expired"
+
+
+# How an attempt or task ended -> the status its reply carries (the one mapping; every
+# Status is also the Outcome of the same name).
+_STATUS_OF: dict[Outcome, Status] = {
+    Outcome.OK: Status.OK,
+    Outcome.REJECTED: Status.REJECTED,
+    Outcome.INVALID: Status.REJECTED,  # the input is wrong: refused, not failed
+    Outcome.FAILED: Status.FAILED,
+    Outcome.TIMEOUT: Status.FAILED,
+    Outcome.EXPIRED: Status.EXPIRED,
+}
+
+
+def to_status(outcome: Outcome) -> Status:
+    """The wire status of a reply for a task or attempt that ended with `outcome`."""
+    return _STATUS_OF[outcome]
+
+
+def to_outcome(status: Status) -> Outcome:
+    """The outcome a remote reply reports (the wire statuses are a subset of the outcomes)."""
+    return Outcome(status.value)
 
 
 class RejectCode(StrEnum):

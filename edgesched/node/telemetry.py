@@ -28,7 +28,7 @@ from edgesched.core.view import (
     ClusterView,
     NodeAnnouncement,
     NodeTelemetry,
-    Outcome,
+    Observed,
 )
 from edgesched.errors import MqttError
 
@@ -576,7 +576,7 @@ class TelemetryStage:
             await self._on_own_state(doc)
             return
         outcome = self.view.observe_announcement(node_id, doc, now=self._clock())
-        if outcome is Outcome.TABLE_FULL:
+        if outcome is Observed.TABLE_FULL:
             self._ratelog.warning("nodes_full", "neighbour table full: ignored %s", node_id)
         elif self._on_announcement is not None:
             self._on_announcement(node_id, doc)
@@ -632,7 +632,7 @@ class TelemetryStage:
     def _apply_device(self, device_id: str, values: dict[str, float], ts: float | None,
                       samples: int, topic: str) -> None:
         now = self._clock()
-        if self.view.observe_device(device_id, values, now=now, ts=ts) is Outcome.TABLE_FULL:
+        if self.view.observe_device(device_id, values, now=now, ts=ts) is Observed.TABLE_FULL:
             self._reject(Rejected("unknown_device_limit",
                                   f"device table full (telemetry.max_devices); {device_id} "
                                   "ignored"), topic)

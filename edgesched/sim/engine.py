@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgesched.core.fallback import Terminal
-from edgesched.core.model import Placement, PowerModel
+from edgesched.core.model import Outcome, Placement, PowerModel
 from edgesched.core.queueing import fifo_wait
 from edgesched.core.view import NodeTelemetry
 from edgesched.sim.brains import admit_here, task_spec
@@ -51,13 +51,13 @@ class SimTask:
         self.done = False
         self.placement: str | None = None
         self.predicted = 0.0
-        self.reason: str | None = None  # why the latest attempt failed
+        self.reason: Outcome | None = None  # how the latest attempt failed
         self.started = 0.0  # when the current attempt was dispatched
         self.tried: list[str] = []
         self.sent_token = -1  # the origin's in-flight token of the current attempt
 
 
-class Job:
+class SimJob:
     """One attempt of a task executing (or queued) on one node."""
 
     __slots__ = ("est", "exec_s", "start", "task", "token", "wait_s")
@@ -86,8 +86,8 @@ class SimNode:
     battery_initial: float = 1.0
     alive: bool = True
     incarnation: int = 1
-    running: list[Job] = field(default_factory=list)
-    queue: deque[Job] = field(default_factory=deque)
+    running: list[SimJob] = field(default_factory=list)
+    queue: deque[SimJob] = field(default_factory=deque)
     energy_j: float = 0.0  # marginal compute + radio energy (what the report counts)
     busy_s: float = 0.0  # slot-seconds of finished execution, for cpu_util
     busy_mark: float = 0.0  # busy slot-seconds at the last telemetry
@@ -126,7 +126,7 @@ class SimNode:
 
 
 @dataclass(kw_only=True, slots=True)
-class Outcome:
+class RunRecord:
     """Per-task results collected by a run, turned into the report by `report.py`."""
 
     latency: list[float] = field(default_factory=list)
@@ -141,7 +141,7 @@ class Outcome:
 
 
 class Engine:
-    """Runs one policy over one task stream; `run()` returns the collected Outcome."""
+    """Runs one policy over one task stream; `run()` returns the collected RunRecord."""
 
     def __init__(self, scenario: Scenario, stream: TaskStream,
                  make_brain: Callable[[Engine, SimNode], Any],
@@ -152,7 +152,7 @@ class Engine:
         # The event heap of (time, seq, fn, arg); links push their completions onto it.
         self.events: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self.seq = itertools.count()  # tie-breaker: events at the same time run in order
-        self.outcome = Outcome()
+        self.record = RunRecord()
         self._progress = progress
         self._rows: list[tuple[int, int, float, float, float]] = []
         self.nodes = [self._make_node(i, spec) for i, spec in enumerate(scenario.nodes)]
@@ -202,7 +202,7 @@ class Engine:
     def schedule(self, at: float, fn: Callable[[Any], None], arg: Any) -> None:
         heapq.heappush(self.events, (at, next(self.seq), fn, arg))
 
-    def run(self) -> Outcome:
+    def run(self) -> RunRecord:
         self._schedule_conditions()
         st = self.stream
         times = st.time.tolist()
@@ -232,7 +232,7 @@ class Engine:
             self.now = at
             fn(arg)
         self._finish_leftovers()
-        return self.outcome
+        return self.record
 
     def _schedule_conditions(self) -> None:
         sc = self.scenario
@@ -371,7 +371,7 @@ class Engine:
         task.sent_token = task.origin.brain.dispatched(node.id)
         if node is task.origin:
             if not self._admit(node, task, task.token):
-                task.reason = "rejected"
+                task.reason = Outcome.REJECTED
                 self._next_attempt(task)
             return
         link = self.links[(task.origin.id, node.id)]
@@ -399,7 +399,7 @@ class Engine:
         if task.done or token != task.token or not task.origin.alive:
             return
         task.origin.brain.settled(node.id, task.sent_token)
-        task.reason = "rejected"
+        task.reason = Outcome.REJECTED
         self._next_attempt(task)
 
     def _timeout(self, info: tuple[SimTask, int, SimNode, Transfer, Link]) -> None:
@@ -408,7 +408,7 @@ class Engine:
             return
         link.cancel(tr)  # stop sending what nobody awaits
         task.origin.brain.settled(node.id, task.sent_token)
-        task.reason = "timeout"
+        task.reason = Outcome.TIMEOUT
         self._next_attempt(task)
 
     # ---- execution ----------------------------------------------------------------------
@@ -417,7 +417,7 @@ class Engine:
         est = self._own_estimate(node, task)
         if not admit_here(node, task, est, self.now):
             return False
-        job = Job(task, token, task.work / node.speed)
+        job = SimJob(task, token, task.work / node.speed)
         job.start = self.now  # queued since; replaced when it starts running
         job.est = est
         if len(node.running) < node.slots:
@@ -432,14 +432,14 @@ class Engine:
             return node.own_estimate(task.ttype, self.prior_exec(task.ttype) / node.speed)
         return float(node.brain.own_exec_estimate(task, self.now))
 
-    def _start(self, node: SimNode, job: Job) -> None:
+    def _start(self, node: SimNode, job: SimJob) -> None:
         job.wait_s = self.now - job.start
         job.start = self.now
         node.running.append(job)
         node.wait_cache = None
         self.schedule(self.now + job.exec_s, self._exec_done, (node, job, node.incarnation))
 
-    def _exec_done(self, info: tuple[SimNode, Job, int]) -> None:
+    def _exec_done(self, info: tuple[SimNode, SimJob, int]) -> None:
         node, job, inc = info
         if inc != node.incarnation:
             return  # the node went down meanwhile; the job was lost
@@ -468,7 +468,7 @@ class Engine:
         self.schedule(self.now + link.rtt_s / 2.0, self._output_arrived,
                       (task, job, node, inc, wait, task.origin.incarnation))
 
-    def _output_arrived(self, info: tuple[SimTask, Job, SimNode, int, float, int]) -> None:
+    def _output_arrived(self, info: tuple[SimTask, SimJob, SimNode, int, float, int]) -> None:
         task, job, node, inc, wait, origin_inc = info
         if node.incarnation != inc or task.origin.incarnation != origin_inc:
             return  # sender died mid-reply, or the origin restarted: the reply is lost
@@ -485,7 +485,7 @@ class Engine:
         task.done = True
         task.origin.pending.discard(task)
         latency = self.now - task.arrival
-        out = self.outcome
+        out = self.record
         out.latency.append(latency)
         if task.deadline is None or self.now <= task.deadline + 1e-9:
             out.completed_in_time += 1
@@ -503,16 +503,18 @@ class Engine:
             return
         task.done = True
         task.origin.pending.discard(task)
-        self.outcome.fail(reason)
+        self.record.fail(reason)
 
 
 
 def _failure_bucket(step: Terminal, task: SimTask) -> str:
     """A short, bounded failure label for the report (the core's reason text is detailed)."""
-    if step.outcome.value == "expired":
+    if step.outcome is Outcome.EXPIRED:
         return "expired"
     if step.reason.startswith("gave up"):
         return "max_attempts"
     if step.reason.startswith("all targets failed"):  # the last attempt's fate says why
-        return {"rejected": "rejected", "timeout": "timed_out"}.get(task.reason or "", "failed")
+        if task.reason is Outcome.REJECTED:
+            return "rejected"
+        return "timed_out" if task.reason is Outcome.TIMEOUT else "failed"
     return "no_feasible_target"

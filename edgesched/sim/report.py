@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edgesched.sim.engine import Outcome
+from edgesched.sim.engine import RunRecord
 from edgesched.sim.scenario import Scenario
 
 MISS_TOLERANCE = 0.01  # cost may miss at most this much more often than the best baseline
@@ -20,7 +20,7 @@ def _round(x: float) -> float | None:
     return None if not math.isfinite(x) else round(float(x), 6)
 
 
-def policy_summary(outcome: Outcome, submitted: int, edge_energy_j: float) -> dict[str, Any]:
+def policy_summary(outcome: RunRecord, submitted: int, edge_energy_j: float) -> dict[str, Any]:
     """One policy's figures. Latencies are over completed tasks; a task that never completed
     counts as a deadline miss; energy is edge energy per submitted task."""
     lat = np.asarray(outcome.latency, dtype=float)

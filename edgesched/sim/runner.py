@@ -12,7 +12,7 @@ from edgesched.core.costmodel import CostParams
 from edgesched.core.fallback import FallbackParams
 from edgesched.errors import UsageError
 from edgesched.sim.brains import DaemonBrain, OracleBrain
-from edgesched.sim.engine import Engine, Outcome, SimNode
+from edgesched.sim.engine import Engine, RunRecord, SimNode
 from edgesched.sim.policies import ALL_POLICY_NAMES, OraclePolicy, make_sim_policy
 from edgesched.sim.report import build_report, policy_summary
 from edgesched.sim.scenario import Scenario, load_scenario
@@ -41,7 +41,7 @@ def _brain_factory(scenario: Scenario, policy: str, seed: int
 
 
 def run_policy(scenario: Scenario, policy: str, stream: TaskStream, seed: int,
-               progress: Callable[[int], None] | None = None) -> tuple[Outcome, Engine]:
+               progress: Callable[[int], None] | None = None) -> tuple[RunRecord, Engine]:
     """One run of one policy over a task stream; returns the outcome and the finished engine."""
     engine = Engine(scenario, stream, _brain_factory(scenario, policy, seed), progress)
     return engine.run(), engine

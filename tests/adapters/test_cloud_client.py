@@ -13,7 +13,7 @@ from aiohttp import web
 
 from edgesched.adapters.cloud import CloudClient
 from edgesched.config import CloudSettings
-from edgesched.errors import HttpError
+from edgesched.errors import HttpError, HttpTimeoutError
 
 
 class Server:
@@ -76,9 +76,14 @@ async def test_errors_become_http_errors(server: tuple[Server, str]) -> None:
         with pytest.raises(HttpError, match="HTTP 500, 5 bytes") as info:
             await client.submit(body(1))
         assert "kaput" not in str(info.value)  # upstream bodies are never echoed (#14)
+        assert not isinstance(info.value, HttpTimeoutError)
         srv.mode = "slow"
-        with pytest.raises(HttpError, match=r"did not answer within 0\.2s"):
+        # a timeout is its own type: the dispatcher tells it from a failure by type
+        with pytest.raises(HttpTimeoutError, match=r"did not answer within 0\.2s") as late:
             await client.submit(body(1), timeout_s=0.2)
+        assert late.value.reason == "timeout"
     async with CloudClient(CloudSettings(url="http://127.0.0.1:9")) as client:
-        with pytest.raises(HttpError, match=r"cloud http://127\.0\.0\.1:9/v1/tasks"):
+        with pytest.raises(HttpError, match=r"cloud http://127\.0\.0\.1:9/v1/tasks") as down:
             await client.submit(body(1))
+        assert not isinstance(down.value, HttpTimeoutError)
+        assert down.value.reason == "unreachable"

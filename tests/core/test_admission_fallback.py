@@ -7,8 +7,8 @@ import pytest
 
 from edgesched.core.admission import AdmissionReject, admit
 from edgesched.core.costmodel import CostParams
-from edgesched.core.fallback import FallbackParams, NextAttempt, Outcome, Terminal, next_attempt
-from edgesched.core.model import ExecEstimate, Liveness
+from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
+from edgesched.core.model import ExecEstimate, Liveness, Outcome
 from edgesched.core.policies import make_policy
 from tests.core.builders import cloud, local, neighbour, task
 

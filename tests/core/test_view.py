@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgesched.core.model import Liveness
-from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, Outcome, ViewParams
+from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, Observed, ViewParams
 
 PARAMS = ViewParams(interval_s=1.0, suspect_after_intervals=3, offline_after_intervals=10,
                     max_devices=3, device_ttl_s=100.0, max_nodes=4,
@@ -35,7 +35,7 @@ def offline(inc: int) -> NodeAnnouncement:
 
 def test_silence_turns_online_into_suspect_then_offline() -> None:
     v = view()
-    assert v.observe_telemetry("a", NodeTelemetry(incarnation=1), now=0.0) is Outcome.APPLIED
+    assert v.observe_telemetry("a", NodeTelemetry(incarnation=1), now=0.0) is Observed.APPLIED
     assert status(v, "a", 3.0) is Liveness.ONLINE
     assert status(v, "a", 3.01) is Liveness.SUSPECT
     assert status(v, "a", 10.01) is Liveness.OFFLINE
@@ -50,7 +50,7 @@ def test_offline_state_is_immediate_and_final_for_its_incarnation() -> None:
     assert status(v, "a", 1.0) is Liveness.OFFLINE
     # telemetry of the same run that was still queued is not a resurrection
     assert v.observe_telemetry("a", NodeTelemetry(incarnation=5), now=1.1) \
-        is Outcome.STALE_INCARNATION
+        is Observed.STALE_INCARNATION
     assert status(v, "a", 1.1) is Liveness.OFFLINE
 
 
@@ -62,11 +62,11 @@ def test_will_of_a_live_node_is_undone_by_its_next_message() -> None:
     v.observe_announcement("a", NodeAnnouncement(incarnation=5, online=False, ts=100.0), now=1.0)
     assert status(v, "a", 1.0) is Liveness.OFFLINE
     assert v.observe_telemetry("a", NodeTelemetry(incarnation=5, ts=150.0), now=2.0) \
-        is Outcome.APPLIED
+        is Observed.APPLIED
     assert status(v, "a", 2.0) is Liveness.ONLINE
     v.observe_announcement("a", NodeAnnouncement(incarnation=5, online=False, ts=100.0), now=3.0)
     assert v.observe_announcement(
-        "a", NodeAnnouncement(incarnation=5, online=True, ts=151.0), now=4.0) is Outcome.APPLIED
+        "a", NodeAnnouncement(incarnation=5, online=True, ts=151.0), now=4.0) is Observed.APPLIED
     assert status(v, "a", 4.0) is Liveness.ONLINE
 
 
@@ -75,7 +75,7 @@ def test_goodbye_is_not_undone_by_telemetry_sent_before_it() -> None:
     v.observe_telemetry("a", NodeTelemetry(incarnation=5, ts=190.0), now=0.0)
     v.observe_announcement("a", NodeAnnouncement(incarnation=5, online=False, ts=200.0), now=1.0)
     assert v.observe_telemetry("a", NodeTelemetry(incarnation=5, ts=199.0), now=1.1) \
-        is Outcome.STALE_INCARNATION
+        is Observed.STALE_INCARNATION
     assert status(v, "a", 1.1) is Liveness.OFFLINE
 
 
@@ -83,7 +83,7 @@ def test_will_of_an_older_incarnation_is_ignored() -> None:
     v = view()
     v.observe_announcement("a", online(5), now=0.0)
     v.observe_announcement("a", online(6), now=1.0)  # restarted
-    assert v.observe_announcement("a", offline(5), now=2.0) is Outcome.STALE_INCARNATION
+    assert v.observe_announcement("a", offline(5), now=2.0) is Observed.STALE_INCARNATION
     assert status(v, "a", 2.0) is Liveness.ONLINE
     assert v.neighbours(2.0)[0].incarnation == 6
 
@@ -93,7 +93,7 @@ def test_new_incarnation_brings_an_offline_node_back() -> None:
     v.observe_announcement("a", online(5), now=0.0)
     v.observe_announcement("a", offline(5), now=1.0)
     assert v.observe_telemetry("a", NodeTelemetry(incarnation=7, running=1), now=2.0) \
-        is Outcome.APPLIED
+        is Observed.APPLIED
     state = v.neighbours(2.0)[0]
     assert (state.liveness, state.incarnation, state.running) == (Liveness.ONLINE, 7, 1)
 
@@ -106,8 +106,8 @@ def test_retained_offline_state_of_unknown_node_lists_it_offline() -> None:
 
 def test_own_messages_are_not_neighbours() -> None:
     v = view()
-    assert v.observe_announcement("me", online(1), now=0.0) is Outcome.SELF
-    assert v.observe_telemetry("me", NodeTelemetry(incarnation=1), now=0.0) is Outcome.SELF
+    assert v.observe_announcement("me", online(1), now=0.0) is Observed.SELF
+    assert v.observe_telemetry("me", NodeTelemetry(incarnation=1), now=0.0) is Observed.SELF
     assert v.neighbours(0.0) == ()
 
 
@@ -115,10 +115,10 @@ def test_node_table_is_bounded_and_forgets_long_offline_nodes() -> None:
     v = view()
     for i in range(4):
         assert v.observe_telemetry(f"n{i}", NodeTelemetry(incarnation=1), now=0.0) \
-            is Outcome.APPLIED
-    assert v.observe_telemetry("n9", NodeTelemetry(incarnation=1), now=1.0) is Outcome.TABLE_FULL
+            is Observed.APPLIED
+    assert v.observe_telemetry("n9", NodeTelemetry(incarnation=1), now=1.0) is Observed.TABLE_FULL
     # offline after 10 s of silence, forgotten 50 s later
-    assert v.observe_telemetry("n9", NodeTelemetry(incarnation=1), now=61.0) is Outcome.APPLIED
+    assert v.observe_telemetry("n9", NodeTelemetry(incarnation=1), now=61.0) is Observed.APPLIED
     assert [n.node_id for n in v.neighbours(61.0)] == ["n9"]
 
 
@@ -130,10 +130,10 @@ def test_devices_are_conflated_bounded_and_expire() -> None:
     assert v.devices(2.0)[0].values == {"battery": 0.5, "rtt_s": 0.01}
     v.observe_device("d2", {"x": 1.0}, now=3.0)
     v.observe_device("d3", {"x": 1.0}, now=4.0)
-    assert v.observe_device("d4", {"x": 1.0}, now=5.0) is Outcome.TABLE_FULL
+    assert v.observe_device("d4", {"x": 1.0}, now=5.0) is Observed.TABLE_FULL
     assert [d.device_id for d in v.devices(5.0)] == ["d3", "d2", "d1"]
     # d1 (last seen at 2.0) is past its 100 s TTL at 102.5: its slot is reused
-    assert v.observe_device("d4", {"x": 2.0}, now=102.5) is Outcome.APPLIED
+    assert v.observe_device("d4", {"x": 2.0}, now=102.5) is Observed.APPLIED
     assert {d.device_id for d in v.devices(102.5)} == {"d2", "d3", "d4"}
 
 
@@ -182,16 +182,16 @@ def test_a_full_table_refuses_new_ids_while_all_live_and_evicts_the_longest_offl
     v = ClusterView(local_id="me", params=PARAMS, on_refused=refused.append)
     for i in range(4):
         v.observe_announcement(f"n{i}", online(1), now=float(i))
-    assert v.observe_announcement("x", online(1), now=4.0) is Outcome.TABLE_FULL
-    assert v.observe_telemetry("y", NodeTelemetry(incarnation=1), now=4.0) is Outcome.TABLE_FULL
+    assert v.observe_announcement("x", online(1), now=4.0) is Observed.TABLE_FULL
+    assert v.observe_telemetry("y", NodeTelemetry(incarnation=1), now=4.0) is Observed.TABLE_FULL
     assert refused == ["x", "y"]
     v.observe_announcement("n2", offline(1), now=5.0)  # a goodbye: offline at once
     # n2 is offline (not yet forgotten, that takes 50 s): it makes room for a newcomer
-    assert v.observe_announcement("x", online(1), now=6.0) is Outcome.APPLIED
+    assert v.observe_announcement("x", online(1), now=6.0) is Observed.APPLIED
     assert [n.node_id for n in v.neighbours(6.0)] == ["n0", "n1", "n3", "x"]
     # silence: n0 (last heard at 0) goes offline first and is the one evicted
     v.observe_telemetry("x", NodeTelemetry(incarnation=1), now=10.5)
-    assert v.observe_announcement("z", online(1), now=10.5) is Outcome.APPLIED
+    assert v.observe_announcement("z", online(1), now=10.5) is Observed.APPLIED
     assert [n.node_id for n in v.neighbours(10.5)] == ["n1", "n3", "x", "z"]
     assert refused == ["x", "y"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edgesched.core.model import Placement
+from edgesched.core.model import Outcome, Placement
 from edgesched.node import protocol as p
 
 TYPES = frozenset({"echo", "hash"})
@@ -121,3 +121,14 @@ def test_parse_reply_from_cloud() -> None:
     assert (reply.status, reply.error, reply.latency_s) == (p.Status.FAILED, "x", 0.5)
     with pytest.raises(p.SubmissionError):
         p.parse_reply({"status": "weird", "id": "a"})
+
+
+def test_one_status_mapping_from_outcomes() -> None:
+    assert {o: p.to_status(o) for o in Outcome} == {
+        Outcome.OK: p.Status.OK, Outcome.REJECTED: p.Status.REJECTED,
+        Outcome.INVALID: p.Status.REJECTED, Outcome.FAILED: p.Status.FAILED,
+        Outcome.TIMEOUT: p.Status.FAILED, Outcome.EXPIRED: p.Status.EXPIRED,
+    }
+    for status in p.Status:  # a remote reply's status is the outcome of the same name
+        assert p.to_outcome(status).value == status.value
+        assert p.to_status(p.to_outcome(status)) is status

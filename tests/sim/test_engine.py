@@ -101,7 +101,7 @@ def test_energy_is_marginal_compute_plus_radio() -> None:
     stream = draw_stream(sc, 5)
     _, engine = run_policy(sc, "local", stream, 5)
     a = engine.by_id["a"]
-    assert engine.outcome.placements["local"] == len(stream)
+    assert engine.record.placements["local"] == len(stream)
     assert abs(a.energy_j - (6.0 - 2.0) * a.busy_s) < 1e-6  # nothing sent: compute only
     _, engine = run_policy(sc, "cloud", stream, 5)
     # Only radio: 1.5 W while sending 400 kbit at 20 Mbit/s, 1 W while receiving 4 kbit.
