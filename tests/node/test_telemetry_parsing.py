@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from edgesched.adapters.metrics import TELEMETRY_REJECT_REASONS
 from edgesched.config import DeviceMapping
-from edgesched.node.telemetry import (
-    Rejected,
+from edgesched.errors import TelemetryRejected
+from edgesched.node.wire import (
     parse_device_payload,
     parse_mapped,
     parse_node_state,
@@ -27,7 +27,7 @@ def parse(payload: object, limit: int = 65536) -> tuple[dict[str, float], float 
 
 
 def reason(payload: object, limit: int = 65536) -> str:
-    with pytest.raises(Rejected) as info:
+    with pytest.raises(TelemetryRejected) as info:
         parse(payload, limit)
     return info.value.reason
 
@@ -133,7 +133,7 @@ def test_node_state() -> None:
     ],
 )
 def test_node_state_rejections(extra: dict[str, object], topic_id: str, expected: str) -> None:
-    with pytest.raises(Rejected) as info:
+    with pytest.raises(TelemetryRejected) as info:
         parse_node_state(node_doc(**extra), topic_id, limit=4096)
     assert info.value.reason == expected
 
@@ -145,7 +145,7 @@ def test_node_telemetry() -> None:
     tel = parse_node_telemetry(raw, "gw-1", limit=4096)
     assert (tel.running, tel.queued, tel.slots, tel.est_wait_s, tel.battery) == (1, 2, 4, 0.25,
                                                                                None)
-    with pytest.raises(Rejected) as info:
+    with pytest.raises(TelemetryRejected) as info:
         parse_node_telemetry(raw.replace(b"0.5", b"1.5"), "gw-1", limit=4096)
     assert info.value.reason == "out_of_range"
 
@@ -157,10 +157,10 @@ def test_config_mappings() -> None:
                            field="link.rtt_ms", scale=0.001)
     assert parse_mapped(b'{"link": {"rtt_ms": 40}}', nested, limit=4096) == pytest.approx(0.04)
     for payload, expected in ((b"abc", "malformed"), (b"250", "out_of_range")):
-        with pytest.raises(Rejected) as info:
+        with pytest.raises(TelemetryRejected) as info:
             parse_mapped(payload, plain, limit=4096)
         assert info.value.reason == expected
-    with pytest.raises(Rejected) as info:
+    with pytest.raises(TelemetryRejected) as info:
         parse_mapped(b'{"link": {}}', nested, limit=4096)
     assert info.value.reason == "schema"
 
@@ -187,7 +187,7 @@ def test_any_json_is_accepted_or_rejected_never_crashes(doc: object) -> None:
     ):
         try:
             parse_one()
-        except Rejected as rej:
+        except TelemetryRejected as rej:
             assert rej.reason in TELEMETRY_REJECT_REASONS
 
 
@@ -195,5 +195,20 @@ def test_any_json_is_accepted_or_rejected_never_crashes(doc: object) -> None:
 def test_any_bytes_are_accepted_or_rejected(raw: bytes) -> None:
     try:
         parse_device_payload(raw, limit=65536, now_wall=NOW)
-    except Rejected as rej:
+    except TelemetryRejected as rej:
         assert rej.reason in TELEMETRY_REJECT_REASONS
+
+
+def test_wire_parsing_is_pure() -> None:
+    """node/wire.py parses; it never imports the event loop, MQTT or the adapters."""
+    import ast
+    from pathlib import Path
+
+    import edgesched.node.wire as wire
+
+    tree = ast.parse(Path(wire.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported
+                if m.split(".")[0] in ("asyncio", "aiomqtt", "aiohttp")
+                or m.startswith(("edgesched.adapters", "edgesched.node"))}, imported
