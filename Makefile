@@ -31,7 +31,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 unit: setup
-	$(VENV)/bin/pytest -q -m "not e2e"
+	$(VENV)/bin/pytest -q -m "not e2e and not slow"
 
 test: setup system-deps lint
 	$(VENV)/bin/pytest -q -ra
