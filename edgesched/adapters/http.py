@@ -9,7 +9,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +77,14 @@ def json_response(body: Any, *, status: int = 200) -> web.Response:
 class HttpServer:
     """The node's HTTP API, as an async context manager (started on enter, stopped on exit).
 
-    Extension points (call before entering):
+    Everything it serves is given at construction (the composition root builds it last):
 
-    - `add_routes([web.post("/v1/tasks", handler), ...])`: extra aiohttp routes.
-    - `register_status_provider(name, fn)`: `fn()` (sync or async) returns a JSON-able dict
-      put under `name` in `/v1/status` (a provider named like a built-in key replaces it, e.g.
+    - `status()`: the built-in part of `/v1/status`.
+    - `routes=[web.post("/v1/tasks", handler), ...]`: extra aiohttp routes.
+    - `status_providers={name: fn}`: `fn()` (sync or async) returns a JSON-able dict put
+      under `name` in `/v1/status` (a provider named like a built-in key replaces it, e.g.
       `tasks`).
-    - `register_health_check(name, fn)`: `fn()` returns a reason string while unhealthy, else
+    - `health_checks={name: fn}`: `fn()` returns a reason string while unhealthy, else
       None; `/healthz` answers 503 with every reason.
 
     `base_url` is known once started (with `port: 0` the OS picks the port).
@@ -96,6 +97,9 @@ class HttpServer:
         port: int,
         metrics: Metrics,
         status: Callable[[], dict[str, Any]],
+        routes: Iterable[web.AbstractRouteDef] = (),
+        status_providers: Mapping[str, StatusProvider] | None = None,
+        health_checks: Mapping[str, HealthCheck] | None = None,
         max_body_bytes: int = 1 << 20,
         token: str | None = None,
         metrics_auth: bool = False,
@@ -105,8 +109,8 @@ class HttpServer:
         self._port = port
         self._metrics = metrics
         self._status = status
-        self._providers: dict[str, StatusProvider] = {}
-        self._checks: dict[str, HealthCheck] = {}
+        self._providers = dict(status_providers or {})
+        self._checks = dict(health_checks or {})
         self._token = token.encode("utf-8") if token else None
         self._ssl = ssl_context
         self._client_certs = (ssl_context is not None
@@ -119,23 +123,13 @@ class HttpServer:
         self._app.router.add_get("/healthz", self._healthz)
         self._app.router.add_get("/metrics", self._metrics_handler)
         self._app.router.add_get("/v1/status", self._status_handler)
+        self._app.router.add_routes(list(routes))
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
     @property
     def app(self) -> web.Application:
         return self._app
-
-    def add_routes(self, routes: Iterable[web.AbstractRouteDef]) -> None:
-        if self._runner is not None:
-            raise RuntimeError("add routes before the HTTP server starts")
-        self._app.router.add_routes(list(routes))
-
-    def register_status_provider(self, name: str, fn: StatusProvider) -> None:
-        self._providers[name] = fn
-
-    def register_health_check(self, name: str, fn: HealthCheck) -> None:
-        self._checks[name] = fn
 
     @property
     def base_url(self) -> str:

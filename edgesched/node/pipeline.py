@@ -1,8 +1,13 @@
 """The task pipeline component: intake -> decide -> dispatch -> reply -> feedback.
 
-Plugged into the runtime's component list (service.components). It owns the local executor,
-the cloud client, the estimators and every in-flight task (as tasks of its TaskGroup), and
-guarantees one terminal reply per accepted task; a repeated task id gets the first outcome.
+Built by the composition root (service.build_runtime) from its settings and the
+collaborators it uses: the MQTT client, the metrics, the local executor and the estimator bank
+(both built before it: the telemetry stage reads the executor's load, and neighbours' speeds and
+uplink readings feed the bank), a snapshot function and the view's neighbour list. It runs the
+executor it is given (enters, drains and exits it), owns the cloud client, the intake, the
+offload client/server, the dispatcher and every in-flight task (as tasks of its TaskGroup),
+and guarantees one terminal reply per accepted task; a repeated task id gets the first outcome.
+It knows nothing of the composition root.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,9 +26,11 @@ from aiohttp import web
 
 from edgesched.adapters.cloud import CloudClient
 from edgesched.adapters.executor import LocalExecutor
+from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.mqtt import MqttClient
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.estimators import EstimatorBank, ExecParams, ExecPrior
-from edgesched.core.model import LinkEstimate, Placement, PowerModel
+from edgesched.core.model import ClusterSnapshot, LinkEstimate, NodeState, Placement, PowerModel
 from edgesched.core.policies import make_policy
 from edgesched.errors import InvalidTaskError
 from edgesched.node import protocol as p
@@ -35,7 +42,6 @@ from edgesched.tasks.registry import TaskRegistry
 
 if TYPE_CHECKING:
     from edgesched.config import Settings
-    from edgesched.node.service import Runtime
 
 log = logging.getLogger("edgesched.pipeline")
 
@@ -157,6 +163,11 @@ class DrainingExecutor(LocalExecutor):
         self.cut = False  # set when the drain cut running tasks: a worker may still be busy
         self._waiting: set[asyncio.Task[Any]] = set()
 
+    def load(self) -> Load:
+        """This node's load as its telemetry publishes it (running, queued, slots, wait)."""
+        return Load(running=self.running, queued=self.queued, slots=self.slots,
+                    est_wait_s=self.estimated_wait())
+
     def drain(self) -> int:
         """Stop starting tasks; cancel the ones queued for a slot; returns how many."""
         self.draining = True
@@ -189,7 +200,8 @@ class DrainingExecutor(LocalExecutor):
 
 
 class TaskPipeline:
-    """Async context manager; construct it with the runtime before the HTTP server starts.
+    """Async context manager, entered after the telemetry stage and before the HTTP server,
+    which serves its `routes()` and `status()`.
 
     Stopping is a drain (`drain()`, called by service.run on SIGTERM, else by `__aexit__`):
     intake refuses new work (`rejected`, shutting_down), tasks waiting for a slot are answered
@@ -198,16 +210,28 @@ class TaskPipeline:
     HTTP response) until `FLUSH_S` later, and only then is anything left cancelled.
     """
 
-    def __init__(self, rt: Runtime) -> None:
-        s = rt.settings
-        self.rt = rt
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        mqtt: MqttClient,
+        metrics: Metrics,
+        executor: DrainingExecutor,
+        bank: EstimatorBank,
+        snapshot: Callable[[], ClusterSnapshot],
+        neighbours: Callable[[float], Sequence[NodeState]],
+    ) -> None:
+        s = settings
         self.settings = s
+        self.mqtt = mqtt
+        self.metrics = metrics
+        self.neighbours = neighbours
         self.node_id = s.node_id
         self.edge = s.role == "edge"
         self.registry = TaskRegistry.from_settings(s.task_types)
-        self.executor = DrainingExecutor(s.executor)
+        self.executor = executor
         self.grace_s = s.shutdown.grace_s
-        self.bank = make_bank(s)
+        self.bank = bank
         self.book = TaskBook(max_bytes=s.intake.result_cache_bytes)
         self._once = itertools.count()  # keys of submissions never deduplicated (HTTP)
         self.max_inflight = 4 * (s.executor.slots + s.executor.queue_size) + 64
@@ -223,32 +247,33 @@ class TaskPipeline:
         max_bytes = min(s.mqtt.max_payload_bytes, s.http.max_body_bytes)
         self.cloud = CloudClient(s.cloud) if self.edge and s.cloud.url else None
         self.offload_client = OffloadClient(
-            mqtt=rt.mqtt, prefix=prefix, node_id=self.node_id, metrics=rt.metrics,
+            mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes) if self.edge else None
         pw = s.power
         self.dispatcher = Dispatcher(
             node_id=self.node_id, executor=self.executor, bank=self.bank,
             policy=make_policy(s.policy.name, s.policy.to_params(), np.random.default_rng()),
             fallback=s.offload.to_params(),
-            metrics=rt.metrics, snapshot=rt.snapshot,
+            metrics=metrics, snapshot=snapshot,
             local_power=PowerModel(idle_w=pw.idle_w, busy_w=pw.busy_w, tx_w=pw.tx_w,
                                    rx_w=pw.rx_w),
             cloud=self.cloud, offload=self.offload_client,
         )
         self.intake = Intake(
-            mqtt=rt.mqtt, metrics=rt.metrics, accept=self.accept, spawn=self.spawn,
+            mqtt=mqtt, metrics=metrics, accept=self.accept, spawn=self.spawn,
             known_types=self.registry.names, max_payload_bytes=max_bytes,
             max_input_bytes=s.executor.max_input_bytes, prefix=prefix,
             reply_topics=s.intake.reply_topics)
         self.offload_server = OffloadServer(
-            mqtt=rt.mqtt, prefix=prefix, node_id=self.node_id, metrics=rt.metrics,
+            mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes,
             max_input_bytes=s.executor.max_input_bytes, known_types=self.registry.names,
             run=self.run_handed, spawn=self.spawn) if self.edge else None
         self.submit_topic = p.submit_topic(prefix, self.node_id)
-        rt.http.add_routes([web.post("/v1/tasks", self.intake.on_http_submit)])
-        rt.http.register_status_provider("scheduler", self.status)
-        rt.load_source = self
+
+    def routes(self) -> list[web.RouteDef]:
+        """The HTTP routes it serves (given to the HTTP server at its construction)."""
+        return [web.post("/v1/tasks", self.intake.on_http_submit)]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -258,14 +283,14 @@ class TaskPipeline:
             await self.cloud.__aenter__()
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
-        m = self.rt.metrics
+        m = self.metrics
         m.tasks_running.set_function(lambda: self.executor.running)
         m.tasks_queued.set_function(lambda: self.executor.queued)
         if self.edge:
             assert self.offload_client is not None and self.offload_server is not None
             await self.offload_client.start()
             await self.offload_server.start()
-            await self.rt.mqtt.subscribe(self.submit_topic, self.intake.on_mqtt_submit, qos=1)
+            await self.mqtt.subscribe(self.submit_topic, self.intake.on_mqtt_submit, qos=1)
         log.info("task pipeline ready: types %s, %d slots, policy %s",
                  ", ".join(sorted(self.registry.names())), self.executor.slots,
                  self.settings.policy.name)
@@ -302,7 +327,7 @@ class TaskPipeline:
         if senders:
             _, unsent = await asyncio.wait(senders, timeout=max(0.0, flush_by - loop.time()))
             if unsent:
-                self.rt.metrics.replies_dropped.labels(reason="shutdown").inc(len(unsent))
+                self.metrics.replies_dropped.labels(reason="shutdown").inc(len(unsent))
                 log.warning("%d reply(ies) not sent within %gs of the grace period: dropped "
                             "(is the broker reachable?)", len(unsent), FLUSH_S)
         log.info("drained in %.2fs", loop.time() - started)
@@ -348,17 +373,12 @@ class TaskPipeline:
         except Exception:  # a bug in one task must never take the pipeline down
             log.exception("%s failed", name)
 
-    # -- LoadSource and status ----------------------------------------------------------------
-
-    def load(self) -> Load:
-        ex = self.executor
-        return Load(running=ex.running, queued=ex.queued, slots=ex.slots,
-                    est_wait_s=ex.estimated_wait())
+    # -- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         d = self.dispatcher
-        nodes = [self.node_id] + [n.node_id for n in self.rt.view.neighbours(now)
+        nodes = [self.node_id] + [n.node_id for n in self.neighbours(now)
                                   if n.role == "edge"]
         if self.cloud is not None:
             nodes.append(CLOUD_ID)
@@ -436,7 +456,7 @@ class TaskPipeline:
                        latency_s=time.monotonic() - job.received_at)
 
     def _finish(self, job: Job, key: Hashable, reply: p.Reply) -> None:
-        m = self.rt.metrics
+        m = self.metrics
         placement = reply.placement.value if reply.placement else "none"
         m.tasks_completed.labels(placement=placement, status=reply.status.value).inc()
         if reply.status is p.Status.OK and reply.placement is not None:

@@ -1,4 +1,11 @@
-"""Composition root of `edgesched run`: builds the node's components and runs them until stop."""
+"""Composition root of `edgesched run`: builds the node's components once, in dependency
+order, each with the collaborators it uses, and runs them until stop.
+
+`build_runtime(settings)` returns `Runtime`, the node's object graph: a frozen record of the
+components, not a service locator (no component receives it). `components(rt)` is the one
+ordered list entered at start and exited in reverse; `run()` connects MQTT, drains, stops.
+docs/architecture.md ("How the node is wired") says who constructs what and who owns what.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -20,10 +27,11 @@ from edgesched import __version__
 from edgesched.adapters.http import HttpServer, server_ssl_context
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import MqttClient, MqttOptions, OutboundMessage
-from edgesched.adapters.signing import KeyFileError, MessageSecurity, load_security
-from edgesched.adapters.stallguard import stall_guard_for
+from edgesched.adapters.signing import MessageSecurity, load_security
+from edgesched.adapters.stallguard import StallGuard, stall_guard_for
 from edgesched.adapters.systemd import Notifier
 from edgesched.config import (
+    MqttSettings,
     ProcessEnvironment,
     Settings,
     config_path_from_env,
@@ -32,10 +40,11 @@ from edgesched.config import (
     read_process_environment,
 )
 from edgesched.core.candidates import CLOUD_ID
+from edgesched.core.estimators import EstimatorBank
 from edgesched.core.model import ClusterSnapshot, PowerModel
 from edgesched.core.view import ClusterView, NodeAnnouncement, ViewParams
-from edgesched.errors import ConfigError
-from edgesched.node.pipeline import TaskPipeline
+from edgesched.errors import ConfigError, KeyFileError
+from edgesched.node.pipeline import DrainingExecutor, TaskPipeline, make_bank
 from edgesched.node.telemetry import Identity, LinkReadingFeeder, Load, TelemetryStage, Topics
 
 log = logging.getLogger("edgesched.service")
@@ -43,22 +52,6 @@ log = logging.getLogger("edgesched.service")
 MAX_STATUS_DEVICES = 1000  # /v1/status lists the most recently seen ones; the total is given
 MAX_SPEEDS = 4096  # neighbours whose announced speed is remembered
 FIRST_CONNECT_WAIT_S = 2.0  # an edge node's HTTP API waits this long for the first connect
-
-
-class LoadSource(Protocol):
-    """Where this node's load comes from (the executor); `load()` must be cheap and sync."""
-
-    def load(self) -> Load: ...
-
-
-@dataclass
-class IdleLoadSource:
-    """The default until an executor is plugged in: nothing running, `slots` free."""
-
-    slots: int = 1
-
-    def load(self) -> Load:
-        return Load(running=0, queued=0, slots=self.slots, est_wait_s=0.0)
 
 
 def next_incarnation(state_dir: Path | None, *, wall_ms: int) -> int:
@@ -82,59 +75,26 @@ def next_incarnation(state_dir: Path | None, *, wall_ms: int) -> int:
     return value
 
 
-@dataclass
-class Runtime:
-    """Everything the node's components share; other components receive this object.
+@dataclass(frozen=True, kw_only=True)
+class NodeStatus:
+    """The built-in part of `/v1/status` and the MQTT health check, read from parts that
+    exist before the HTTP server is built (it is handed `doc` and `mqtt_health`)."""
 
-    - `mqtt`: the `MqttClient` (subscribe/publish/on_connect), `http`: the `HttpServer`
-      (add_routes/register_status_provider/register_health_check, before start),
-    - `snapshot()`: a consistent `ClusterSnapshot` for decisions,
-    - `load_source`: replace with the executor (anything with `load() -> Load`),
-    - `on_device_values`: callbacks `(device_id, values, now)` for accepted device readings
-      (e.g. to feed link estimators), `on_announcement`: callbacks `(node_id, announcement)`
-      for neighbours' accepted state documents, `metrics`, `settings`, `identity`, `topics`,
-      `view`.
-    """
-
-    settings: Settings
-    metrics: Metrics
-    process_env: ProcessEnvironment
     identity: Identity
-    topics: Topics
-    view: ClusterView
+    mqtt_settings: MqttSettings
     mqtt: MqttClient
-    http: HttpServer
-    notifier: Notifier
-    telemetry: TelemetryStage | None = None
-    load_source: LoadSource = field(default_factory=IdleLoadSource)
-    on_device_values: list[Callable[[str, Mapping[str, float], float], None]] = field(
-        default_factory=list
-    )
-    on_announcement: list[Callable[[str, NodeAnnouncement], None]] = field(default_factory=list)
+    view: ClusterView
+    telemetry: TelemetryStage
+    load: Callable[[], Load]
     started_at: float = field(default_factory=time.monotonic)
 
-    def load(self) -> Load:
-        return self.load_source.load()
-
-    def snapshot(self) -> ClusterSnapshot:
-        now = time.monotonic()
-        assert self.telemetry is not None
-        return self.view.snapshot(self.telemetry.local_state(now), now)
-
-    def _device_values(self, device_id: str, values: Mapping[str, float], now: float) -> None:
-        for callback in self.on_device_values:
-            callback(device_id, values, now)
-
-    def _announcement(self, node_id: str, doc: NodeAnnouncement) -> None:
-        for callback in self.on_announcement:
-            callback(node_id, doc)
-
-    def status_doc(self) -> dict[str, Any]:
-        """The built-in part of `/v1/status` (contract §3)."""
+    def doc(self) -> dict[str, Any]:
+        """The built-in part of `/v1/status` (docs/contract.md)."""
         now = time.monotonic()
         load = self.load()
         devices = self.view.devices(now)
-        local = self.telemetry.local_state(now) if self.telemetry else None
+        local = self.telemetry.local_state(now)
+        m = self.mqtt_settings
         return {
             "node_id": self.identity.node_id,
             "role": self.identity.role,
@@ -143,14 +103,13 @@ class Runtime:
             "uptime_s": round(now - self.started_at, 3),
             "mqtt": {
                 "connected": self.mqtt.connected,
-                "broker": mask_url(f"mqtt://{self.settings.mqtt.host}:{self.settings.mqtt.port}")
-                .removeprefix("mqtt://"),
+                "broker": mask_url(f"mqtt://{m.host}:{m.port}").removeprefix("mqtt://"),
                 "disconnected_for_s": round(self.mqtt.disconnected_for(now), 3),
             },
             "local": {
-                "cpu_util": local.cpu_util if local else None,
-                "battery": local.battery if local else None,
-                "power_w": local.power_w if local else None,
+                "cpu_util": local.cpu_util,
+                "battery": local.battery,
+                "power_w": local.power_w,
             },
             "neighbours": [
                 {
@@ -175,11 +134,38 @@ class Runtime:
 
     def mqtt_health(self) -> str | None:
         """Unhealthy when an edge node has been off the broker for too long."""
-        limit = max(30.0, 3.0 * self.settings.mqtt.keepalive_s)
+        limit = max(30.0, 3.0 * self.mqtt_settings.keepalive_s)
         gone = self.mqtt.disconnected_for()
         if gone > limit:
             return f"MQTT broker disconnected for {gone:.0f}s (limit {limit:.0f}s)"
         return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runtime:
+    """The node's object graph as `build_runtime` built it; never changed afterwards.
+
+    No component receives this record: each got its collaborators at construction. It exists
+    so `components()` can list them in order and `run()` (and tests, through `run`'s
+    `runtime_hook`) can reach them.
+    """
+
+    settings: Settings
+    process_env: ProcessEnvironment
+    metrics: Metrics
+    identity: Identity
+    topics: Topics
+    view: ClusterView  # written by the telemetry stage only
+    mqtt: MqttClient
+    executor: DrainingExecutor  # run (entered, drained, exited) by the pipeline
+    bank: EstimatorBank  # the pipeline learns into it; telemetry feeds speeds and uplink
+    uplink_feeder: LinkReadingFeeder | None  # devices.uplink_device -> the cloud link
+    telemetry: TelemetryStage
+    pipeline: TaskPipeline
+    status: NodeStatus
+    http: HttpServer
+    notifier: Notifier
+    stall_guard: StallGuard
 
 
 def mqtt_options(settings: Settings) -> MqttOptions:
@@ -217,7 +203,8 @@ def build_runtime(
     registry: CollectorRegistry | None = None,
     process_env: ProcessEnvironment | None = None,
 ) -> Runtime:
-    """Construct (not start) every component of the node from its settings."""
+    """Construct (not start) every component of the node once, in dependency order, each
+    with the collaborators it uses; nothing is plugged in afterwards."""
     metrics = Metrics(registry)
     env = process_env if process_env is not None else read_process_environment()
     identity = Identity(
@@ -227,69 +214,110 @@ def build_runtime(
         speed=settings.executor.speed,
     )
     topics = Topics(settings.mqtt.topic_prefix)
-    t = settings.telemetry
-    refused = metrics.telemetry_rejected.labels(reason="neighbour_limit")
-    view = ClusterView(local_id=settings.node_id, params=ViewParams(
-        interval_s=t.interval_s, suspect_after_intervals=t.suspect_after_intervals,
-        offline_after_intervals=t.offline_after_intervals, max_devices=t.max_devices,
-        device_ttl_s=t.device_ttl_s, max_nodes=t.max_neighbours,
-    ), on_refused=lambda _node_id: refused.inc())
+    view = _cluster_view(settings, metrics)
     metrics.bind_cluster_view(view, time.monotonic)  # telemetry age, device count at scrape
-    rt_holder: list[Runtime] = []
+    mqtt = MqttClient(mqtt_options(settings), metrics, security=message_security(settings))
+    # Built before the telemetry stage (which publishes its load) and the pipeline (which
+    # runs it); the bank before the stage, whose state documents and device readings feed it.
+    executor = DrainingExecutor(settings.executor)
+    bank = make_bank(settings)
+    uplink = settings.devices.uplink_device
+    # the modem/uplink monitor's readings are this node's link to the cloud
+    uplink_feeder = LinkReadingFeeder(bank, {uplink: CLOUD_ID}) if uplink else None
+    telemetry = _telemetry_stage(settings, identity=identity, topics=topics, view=view,
+                                 metrics=metrics, mqtt=mqtt, load=executor.load,
+                                 on_device=uplink_feeder, on_announcement=speed_feeder(bank))
+    # The Will is the stage's state document with status offline (docs/contract.md). The
+    # one wiring step after construction: the stage publishes over the client, so the
+    # client cannot be built with the stage's document; it is set before anything starts.
+    state_topic = topics.node_state(identity.node_id)
+    mqtt.set_will(
+        OutboundMessage(topic=state_topic, payload=telemetry.state_doc(online=False),
+                        signed=True),
+        goodbye=lambda: OutboundMessage(topic=state_topic,
+                                        payload=telemetry.state_doc(online=False), signed=True),
+    )
+    pipeline = TaskPipeline(settings=settings, mqtt=mqtt, metrics=metrics, executor=executor,
+                            bank=bank, snapshot=snapshot_source(view, telemetry),
+                            neighbours=view.neighbours)
+    status = NodeStatus(identity=identity, mqtt_settings=settings.mqtt, mqtt=mqtt, view=view,
+                        telemetry=telemetry, load=executor.load)
     h = settings.http
     tls = h.tls
     http = HttpServer(
-        host=h.host, port=h.port, metrics=metrics,
-        status=lambda: rt_holder[0].status_doc(), max_body_bytes=h.max_body_bytes,
+        host=h.host, port=h.port, metrics=metrics, status=status.doc,
+        routes=pipeline.routes(), status_providers={"scheduler": pipeline.status},
+        health_checks={"mqtt": status.mqtt_health} if settings.role == "edge" else None,
+        max_body_bytes=h.max_body_bytes,
         token=h.token.get_secret_value() if h.token is not None else None,
         metrics_auth=h.metrics_auth,
         ssl_context=server_ssl_context(tls.cert_file, tls.key_file, tls.client_ca_file)
         if tls.cert_file is not None and tls.key_file is not None else None,
     )
-    rt = Runtime(
-        settings=settings, metrics=metrics, process_env=env, identity=identity, topics=topics,
-        view=view, http=http,
-        mqtt=MqttClient(mqtt_options(settings), metrics, security=message_security(settings)),
-        notifier=Notifier(env), load_source=IdleLoadSource(slots=settings.executor.slots),
+    return Runtime(
+        settings=settings, process_env=env, metrics=metrics, identity=identity, topics=topics,
+        view=view, mqtt=mqtt, executor=executor, bank=bank, uplink_feeder=uplink_feeder,
+        telemetry=telemetry, pipeline=pipeline, status=status, http=http,
+        notifier=Notifier(env),
+        # exits the process when the loop stalls and systemd's watchdog is not in charge
+        stall_guard=stall_guard_for(settings, metrics=metrics, env=env),
     )
-    rt_holder.append(rt)
-    rt.telemetry = _telemetry_stage(rt)
-    # The Will is the same state document with status offline (contract §4.1).
-    stage = rt.telemetry
-    state_topic = topics.node_state(identity.node_id)
-    rt.mqtt.set_will(
-        OutboundMessage(topic=state_topic, payload=stage.state_doc(online=False), signed=True),
-        goodbye=lambda: OutboundMessage(topic=state_topic, payload=stage.state_doc(online=False),
-                                        signed=True),
-    )
-    if settings.role == "edge":
-        http.register_health_check("mqtt", rt.mqtt_health)
-    return rt
 
 
-def _telemetry_stage(rt: Runtime) -> TelemetryStage:
-    s = rt.settings
+def _cluster_view(settings: Settings, metrics: Metrics) -> ClusterView:
+    t = settings.telemetry
+    refused = metrics.telemetry_rejected.labels(reason="neighbour_limit")
+    return ClusterView(local_id=settings.node_id, params=ViewParams(
+        interval_s=t.interval_s, suspect_after_intervals=t.suspect_after_intervals,
+        offline_after_intervals=t.offline_after_intervals, max_devices=t.max_devices,
+        device_ttl_s=t.device_ttl_s, max_nodes=t.max_neighbours,
+    ), on_refused=lambda _node_id: refused.inc())
+
+
+def _telemetry_stage(
+    s: Settings,
+    *,
+    identity: Identity,
+    topics: Topics,
+    view: ClusterView,
+    metrics: Metrics,
+    mqtt: MqttClient,
+    load: Callable[[], Load],
+    on_device: Callable[[str, Mapping[str, float], float], None] | None,
+    on_announcement: Callable[[str, NodeAnnouncement], None],
+) -> TelemetryStage:
     p = s.power
     return TelemetryStage(
-        identity=rt.identity, topics=rt.topics, view=rt.view, metrics=rt.metrics, mqtt=rt.mqtt,
+        identity=identity, topics=topics, view=view, metrics=metrics, mqtt=mqtt,
         interval_s=s.telemetry.interval_s, max_payload_bytes=s.telemetry.max_payload_bytes,
-        mappings=s.devices.mappings, load=rt.load,
+        mappings=s.devices.mappings, load=load,
         power=PowerModel(idle_w=p.idle_w, busy_w=p.busy_w, tx_w=p.tx_w, rx_w=p.rx_w),
-        battery_device=p.battery_device, on_device=rt._device_values,
-        on_announcement=rt._announcement,
+        battery_device=p.battery_device, on_device=on_device,
+        on_announcement=on_announcement,
         observe=s.role == "edge", max_clock_skew_s=s.security.max_clock_skew_s,
     )
 
 
-def _speed_feeder(pipeline: TaskPipeline) -> Callable[[str, NodeAnnouncement], None]:
+def snapshot_source(view: ClusterView,
+                    telemetry: TelemetryStage) -> Callable[[], ClusterSnapshot]:
+    """A consistent `ClusterSnapshot` for each decision: this node now, and the view."""
+
+    def snapshot() -> ClusterSnapshot:
+        now = time.monotonic()
+        return view.snapshot(telemetry.local_state(now), now)
+
+    return snapshot
+
+
+def speed_feeder(bank: EstimatorBank) -> Callable[[str, NodeAnnouncement], None]:
     """A neighbour's announced speed scales its execution priors until its own times are
     measured, so a faster neighbour is tried before any task has run there."""
 
     def feed(node_id: str, doc: NodeAnnouncement) -> None:
-        speeds = pipeline.bank.speeds
+        speeds = bank.speeds
         # bounded like the view's node table: ids beyond it are not remembered
         if doc.speed is not None and (node_id in speeds or len(speeds) < MAX_SPEEDS):
-            pipeline.bank.set_speed(node_id, doc.speed)
+            bank.set_speed(node_id, doc.speed)
 
     return feed
 
@@ -306,23 +334,15 @@ def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
     MQTT is the exception to "entered in order": `run()` connects it once the components
     before HTTP have entered (and subscribed), and an edge node's HTTP waits up to
     FIRST_CONNECT_WAIT_S for that first connection (see `_connect_mqtt`).
-    Add a component by appending its async context manager at the right place; construct it
-    with `rt` (it may call `rt.mqtt.subscribe`, `rt.http.add_routes`, ... in `__aenter__`
-    before HTTP starts, and set `rt.load_source`).
+    Add a component by constructing it in `build_runtime` with what it uses, adding it to
+    `Runtime`, and listing it here at the right place.
     """
-    assert rt.telemetry is not None
-    pipeline = TaskPipeline(rt)
-    uplink = rt.settings.devices.uplink_device
-    if uplink:  # the modem/uplink monitor's readings are this node's link to the cloud
-        rt.on_device_values.append(LinkReadingFeeder(pipeline.bank, {uplink: CLOUD_ID}))
-    rt.on_announcement.append(_speed_feeder(pipeline))
     return [
         rt.notifier,  # watchdog pings from the event loop
-        # exits the process when the loop stalls and systemd's watchdog is not in charge
-        stall_guard_for(rt.settings, metrics=rt.metrics, env=rt.process_env),
+        rt.stall_guard,
         rt.mqtt,  # owns the connection; reconnects in the background
         rt.telemetry,  # the single writer of the cluster view
-        pipeline,  # intake -> decide -> dispatch -> reply -> feedback
+        rt.pipeline,  # intake -> decide -> dispatch -> reply -> feedback
         rt.http,  # last in, first out: the API goes away before anything it reads
     ]
 
@@ -361,8 +381,8 @@ async def run(
 ) -> int:
     """Run the node until `shutdown_trigger` completes; returns the exit code.
 
-    `runtime_hook(rt)` is called once the runtime is built and before anything starts (tests
-    and embedding programs use it to reach the components).
+    `runtime_hook(rt)` is called with the built object graph before anything starts (tests
+    and embedding programs use it to reach the components; the graph is not to be changed).
     """
     rt = build_runtime(settings, registry=registry, process_env=process_env)
     if runtime_hook is not None:
@@ -396,9 +416,7 @@ async def run(
                      settings.shutdown.grace_s)
             rt.notifier.stopping()
             # Drain before any component exits: the replies still need HTTP and MQTT.
-            for part in reversed(parts):
-                if isinstance(part, TaskPipeline):
-                    await part.drain(settings.shutdown.grace_s)
+            await rt.pipeline.drain(settings.shutdown.grace_s)
     finally:
         stop.cancel()
         with contextlib.suppress(asyncio.CancelledError):

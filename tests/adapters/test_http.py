@@ -22,8 +22,6 @@ async def get(url: str) -> tuple[int, Any, str]:
 async def test_endpoints_and_extension_points() -> None:
     metrics = Metrics(CollectorRegistry())
     problem: list[str] = []
-    server = HttpServer(host="127.0.0.1", port=0, metrics=metrics,
-                        status=lambda: {"node_id": "n", "tasks": {"running": 0}, "x": float("nan")})
 
     async def hello(request: web.Request) -> web.Response:
         return web.json_response({"hello": True})
@@ -31,10 +29,12 @@ async def test_endpoints_and_extension_points() -> None:
     async def pipeline_status() -> dict[str, Any]:
         return {"running": 3, "queued": 1}
 
-    server.add_routes([web.get("/v1/hello", hello)])
-    server.register_status_provider("tasks", pipeline_status)
-    server.register_status_provider("extra", lambda: {"k": 1})
-    server.register_health_check("thing", lambda: problem[0] if problem else None)
+    server = HttpServer(
+        host="127.0.0.1", port=0, metrics=metrics,
+        status=lambda: {"node_id": "n", "tasks": {"running": 0}, "x": float("nan")},
+        routes=[web.get("/v1/hello", hello)],
+        status_providers={"tasks": pipeline_status, "extra": lambda: {"k": 1}},
+        health_checks={"thing": lambda: problem[0] if problem else None})
     async with server:
         assert server.bound_port and server.bound_port > 0
         base = server.base_url

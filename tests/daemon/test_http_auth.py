@@ -66,13 +66,13 @@ def unauthorized(metrics: Metrics, path: str) -> float:
 
 def server_with_routes(**kwargs: Any) -> tuple[HttpServer, Metrics]:
     metrics = Metrics(CollectorRegistry())
-    server = HttpServer(host="127.0.0.1", port=0, metrics=metrics,
-                        status=lambda: {"node_id": "n"}, **kwargs)
 
     async def tasks(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "got": len(await request.read())})
 
-    server.add_routes([web.post("/v1/tasks", tasks)])
+    server = HttpServer(host="127.0.0.1", port=0, metrics=metrics,
+                        status=lambda: {"node_id": "n"},
+                        routes=[web.post("/v1/tasks", tasks)], **kwargs)
     return server, metrics
 
 

@@ -86,11 +86,43 @@ def test_link_reading_feeder_feeds_only_mapped_devices() -> None:
 
 def test_uplink_device_is_wired_to_the_cloud_link(tmp_path: Path) -> None:
     from edgesched.config import load_settings
-    from edgesched.node.service import build_runtime, components
-    from edgesched.node.telemetry import LinkReadingFeeder
+    from edgesched.core.candidates import CLOUD_ID
+    from edgesched.node.service import build_runtime
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("node_id: n1\nhttp: {port: 0}\ndevices: {uplink_device: modem}\n")
     rt = build_runtime(load_settings(cfg), process_env=read_process_environment({}))
-    components(rt)
-    assert any(isinstance(cb, LinkReadingFeeder) for cb in rt.on_device_values)
+    assert rt.uplink_feeder is not None and rt.pipeline.bank is rt.bank
+    prior = rt.bank.link(CLOUD_ID, 0.0)
+    for i in range(20):
+        rt.uplink_feeder("modem", {"rtt_s": 0.9, "uplink_bps": 1e5}, float(i))
+    assert rt.pipeline.bank.link(CLOUD_ID, 20.0).rtt_s == pytest.approx(0.9, rel=0.2)
+    assert prior.rtt_s != pytest.approx(0.9, rel=0.2)
+    plain = tmp_path / "p.yaml"
+    plain.write_text("node_id: n2\nhttp: {port: 0}\n")
+    assert build_runtime(load_settings(plain),
+                         process_env=read_process_environment({})).uplink_feeder is None
+
+
+def test_the_object_graph_is_built_once_and_wired_explicitly(tmp_path: Path) -> None:
+    """Every component is constructed by build_runtime with its collaborators: the
+    telemetry stage publishes the executor's load from the start (no placeholder), the
+    pipeline and the stage share the runtime's executor and bank, the HTTP server already
+    serves the pipeline's route and status section, and the graph is frozen."""
+    import dataclasses
+
+    from edgesched.config import load_settings
+    from edgesched.node.service import build_runtime, components
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("node_id: n1\nhttp: {port: 0}\nexecutor: {slots: 3}\n")
+    rt = build_runtime(load_settings(cfg), process_env=read_process_environment({}))
+    assert rt.pipeline.executor is rt.executor and rt.pipeline.bank is rt.bank
+    assert rt.executor.load().slots == 3 and rt.telemetry.local_state().slots == 3
+    assert rt.status.doc()["tasks"]["slots"] == 3
+    paths = {r.resource.canonical for r in rt.http.app.router.routes() if r.resource}
+    assert "/v1/tasks" in paths
+    assert components(rt) == [rt.notifier, rt.stall_guard, rt.mqtt, rt.telemetry,
+                              rt.pipeline, rt.http]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rt.pipeline = rt.pipeline  # type: ignore[misc]
