@@ -5,8 +5,9 @@ Each candidate's execution time is estimated once, for the task's `work` (or tak
 model reads: the two never disagree.
 
 The node states come from the cluster view, which takes only validated reports (counts and
-slots >= 0, cpu_util and battery within 0..1, a finite est_wait_s: node/telemetry.py refuses
-and counts the rest), and from this node's own live executor; they are used as they are.
+slots >= 0, cpu_util and battery within 0..1, a finite est_wait_s: node/wire.py refuses
+the rest, the telemetry stage counts them), and from this node's own live executor; they are
+used as they are.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def test_reported_wait_wins_when_longer() -> None:
 
 
 def test_a_node_without_slots_is_refused_with_a_finite_wait() -> None:
-    # Telemetry may say slots = 0 (node/telemetry.py accepts it): no wait ever ends there.
+    # Telemetry may say slots = 0 (node/wire.py accepts it): no wait ever ends there.
     full = NodeState(node_id="gw-9", slots=0, running=0, last_seen=100.0)
     snap = ClusterSnapshot(now=100.0, local=NodeState(node_id="gw-1", last_seen=100.0),
                            neighbours=(full,))
@@ -121,7 +121,7 @@ def test_a_neighbours_candidate_stays_in_range(
     slots: int, running: int, queued: int, reported: float, util: float, age: float,
     extra: int,
 ) -> None:
-    """Any report the view accepts (node/telemetry.py's ranges) gives a candidate with the
+    """Any report the view accepts (node/wire.py's ranges) gives a candidate with the
     reported counts plus ours, and a wait within 0..MAX_WAIT_S."""
     node = NodeState(node_id="gw-2", slots=slots, running=running, queued=queued,
                      est_wait_s=reported, cpu_util=util, last_seen=100.0 - age)
