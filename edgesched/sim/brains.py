@@ -9,7 +9,7 @@ candidates with the true state of the world at decision time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgesched.core.admission import admit
 from edgesched.core.candidates import CloudTarget, build_candidates, exec_estimate
@@ -31,7 +31,8 @@ from edgesched.core.model import (
 from edgesched.core.policies import Policy
 from edgesched.core.queueing import fifo_wait
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
-from edgesched.sim.scenario import CLOUD_ID
+from edgesched.sim.scenario import CLOUD_ID, Scenario
+from edgesched.sim.world import SimNode, SimTask, World
 
 # How long (simulated s) an estimator's answer is reused when nothing new was observed about
 # its key: its staleness weight exp(-(age/decay)²) moves by at most 0.86/decay per second
@@ -94,25 +95,25 @@ class MemoBank(EstimatorBank):
         super().set_speed(node_id, speed)
 
 
-if TYPE_CHECKING:
-    from edgesched.sim.engine import Engine, SimNode, SimTask
-
-
 class DaemonBrain:
-    """One edge node's decision making, with only the information its daemon would have."""
+    """One edge node's decision making, with only the information its daemon would have.
 
-    def __init__(self, engine: Engine, node: SimNode, policy: Policy, params: CostParams,
+    Built by the engine (through runner's brain factory) with its node and the `World`; the
+    engine calls it, it never calls the engine: it reads its node and the world, and the
+    engine passes the simulated time to every call that needs it."""
+
+    def __init__(self, node: SimNode, world: World, policy: Policy, params: CostParams,
                  fallback: FallbackParams) -> None:
-        self.engine = engine
+        self.world = world
         self.node = node
         self.policy = policy
         self.params = params
         self.fallback = fallback
-        sc = engine.scenario
+        sc = world.scenario
         self._types = sc.task_types
         self._type_names = frozenset(t.name for t in sc.task_types)
         self._view_params = ViewParams(interval_s=sc.telemetry_interval_s)
-        self.cloud = None if engine.cloud is None else CloudTarget(
+        self.cloud = None if world.cloud is None else CloudTarget(
             slots=sc.cloud.slots, money_cost=sc.cloud.cost_per_task)
         # Attempts under way that their targets' telemetry may not show yet (core/feedback.py,
         # as the daemon counts them), and when each target's latest telemetry arrived.
@@ -122,22 +123,22 @@ class DaemonBrain:
         self._neighbours_at = 0.0
         self._own_cache: tuple[tuple[str, float, float], float] | None = None
         self.restarted(0.0)
-        for other in engine.nodes:
+        for other in world.nodes:
             if other is not node:
                 self.announce(other, online=True, now=0.0)
 
     def restarted(self, now: float) -> None:
         """A (re)start: empty view, estimators back at their priors (they live in memory)."""
         self.view = ClusterView(local_id=self.node.id, params=self._view_params)
-        priors = {t.name: ExecPrior(mean_s=self.engine.prior_exec(i), cv=0.5)
+        priors = {t.name: ExecPrior(mean_s=self.world.prior_exec(i), cv=0.5)
                   for i, t in enumerate(self._types)}
         # Priors, as an operator configures them: the node's own speed (executor.speed), the
         # cloud tier's relative speed, and the nominal figures of its links (LAN, uplink).
         # Neighbours' speeds arrive with their state documents (see `announce`); everything
         # else is learned from completions.
         speeds = {self.node.id: self.node.speed}
-        if self.engine.cloud is not None:
-            speeds[CLOUD_ID] = self.engine.cloud.speed
+        if self.world.cloud is not None:
+            speeds[CLOUD_ID] = self.world.cloud.speed
         self.bank = MemoBank(exec_priors=priors, speeds=speeds,
                              link_priors=self._nominal_links())
         self.inflight = InFlight()
@@ -145,7 +146,7 @@ class DaemonBrain:
         self._own_cache = None
 
     def _nominal_links(self) -> dict[str, LinkEstimate]:
-        sc, me = self.engine.scenario, self.node.id
+        sc, me = self.world.scenario, self.node.id
         lan = LinkEstimate(rtt_s=sc.links.rtt_s, rtt_std_s=0.25 * sc.links.rtt_s,
                            bandwidth_bps=sc.links.bandwidth_bps,
                            bandwidth_std_bps=0.1 * sc.links.bandwidth_bps)
@@ -218,11 +219,11 @@ class DaemonBrain:
         )
 
     # ---- what the node learns -------------------------------------------------------------
-    def dispatched(self, target: str) -> int:
+    def dispatched(self, target: str, now: float) -> int:
         """Count an attempt to `target`; returns the token to pass to `settled`."""
         if target == self.node.id:  # this node's own queue is in its live local state
             return -1
-        return self.inflight.sent(target, self.engine.now)
+        return self.inflight.sent(target, now)
 
     def settled(self, target: str, token: int) -> None:
         self.inflight.settled(target, token)
@@ -255,13 +256,13 @@ class OracleBrain(DaemonBrain):
     """Decides on the truth: real execution times, current link states, exact queue waits."""
 
     def candidates(self, task: SimTask, now: float) -> list[Candidate]:
-        eng, origin = self.engine, self.node
+        world, origin = self.world, self.node
         out = [self._true_candidate(task, origin, Placement.LOCAL, now)]
         if task.spec.offload.allows(Placement.NEIGHBOUR):
             out += [self._true_candidate(task, n, Placement.NEIGHBOUR, now)
-                    for n in eng.nodes if n is not origin and n.alive]
-        if eng.cloud is not None and task.spec.offload.allows(Placement.CLOUD):
-            out.append(self._true_candidate(task, eng.cloud, Placement.CLOUD, now))
+                    for n in world.nodes if n is not origin and n.alive]
+        if world.cloud is not None and task.spec.offload.allows(Placement.CLOUD):
+            out.append(self._true_candidate(task, world.cloud, Placement.CLOUD, now))
         return out
 
     def _true_candidate(self, task: SimTask, node: SimNode, placement: Placement,
@@ -270,8 +271,8 @@ class OracleBrain(DaemonBrain):
         link_est = None
         arrive_after = 0.0
         if placement is not Placement.LOCAL:
-            link = self.engine.links[(origin.id, node.id)]
-            back = self.engine.links[(node.id, origin.id)]
+            link = self.world.links[(origin.id, node.id)]
+            back = self.world.links[(node.id, origin.id)]
             # One bandwidth figure per candidate: the worse of the two directions' shares.
             bw = min(link.share_bps(), back.share_bps())
             link_est = LinkEstimate(rtt_s=link.rtt_s, bandwidth_bps=bw)
@@ -279,7 +280,7 @@ class OracleBrain(DaemonBrain):
         wait = max(0.0, true_slot_free_in(node, now) - arrive_after)
         battery, origin_battery = node.battery_level(now), origin.battery_level(now)
         exec_s = task.work / node.speed
-        money = self.engine.scenario.cloud.cost_per_task if node.is_cloud else 0.0
+        money = self.world.scenario.cloud.cost_per_task if node.is_cloud else 0.0
         return Candidate(
             node_id=node.id, placement=placement, liveness=Liveness.ONLINE, age_s=0.0,
             slots=node.slots, running=len(node.running), queued=len(node.queue),
@@ -305,11 +306,11 @@ def admit_here(node: SimNode, task: SimTask, exec_s: float, now: float) -> bool:
     return verdict.accepted
 
 
-def task_spec(engine: Engine, task: SimTask) -> TaskSpec:
+def task_spec(scenario: Scenario, task: SimTask) -> TaskSpec:
     """The core's view of a simulated task. A simulated daemon knows the input's size, not the
     work it hides (that is the simulator's truth, `task.work`): its estimators are linear in
     the input bytes, as a daemon's are for a task type without `work_units`."""
-    tt = engine.scenario.task_types[task.ttype]
+    tt = scenario.task_types[task.ttype]
     in_bytes = task.in_bits / 8.0
     return TaskSpec(task_type=tt.name, input_bytes=in_bytes, output_bytes=task.out_bits / 8.0,
                     work=in_bytes, deadline_s=tt.deadline_s, offload=tt.offload,

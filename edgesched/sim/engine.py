@@ -10,119 +10,22 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgesched.core.fallback import Terminal
 from edgesched.core.model import Outcome, Placement, PowerModel
-from edgesched.core.queueing import fifo_wait
 from edgesched.core.view import NodeTelemetry
 from edgesched.sim.brains import admit_here, task_spec
 from edgesched.sim.links import Link, Transfer
 from edgesched.sim.scenario import CLOUD_ID, Scenario
 from edgesched.sim.workload import TaskStream
+from edgesched.sim.world import SimJob, SimNode, SimTask, World
+
+__all__ = ["Engine", "RunRecord", "SimJob", "SimNode", "SimTask", "World"]
 
 WILL_DELAY_S = 15.0  # the broker publishes a dead node's Will after 1.5 x keepalive (10 s)
-
-
-class SimTask:
-    """One submitted task and the progress of its attempts."""
-
-    __slots__ = ("arrival", "attempt", "deadline", "decision", "done", "in_bits", "index",
-                 "origin", "out_bits", "placement", "predicted", "ranked", "reason", "sent_token",
-                 "spec", "started", "token", "tried", "ttype", "work")
-
-    def __init__(self, index: int, arrival: float, origin: SimNode, ttype: int, work: float,
-                 in_bytes: float, out_bytes: float, deadline: float | None) -> None:
-        self.index = index
-        self.arrival = arrival
-        self.origin = origin
-        self.ttype = ttype
-        self.work = work
-        self.in_bits = 8.0 * in_bytes
-        self.out_bits = 8.0 * out_bytes
-        self.deadline = deadline  # absolute time, or None
-        self.spec: Any = None  # the core TaskSpec, built by the brain
-        self.decision: Any = None  # the core Decision taken at submission
-        self.attempt = 0
-        self.token = 0
-        self.done = False
-        self.placement: str | None = None
-        self.predicted = 0.0
-        self.reason: Outcome | None = None  # how the latest attempt failed
-        self.started = 0.0  # when the current attempt was dispatched
-        self.tried: list[str] = []
-        self.sent_token = -1  # the origin's in-flight token of the current attempt
-
-
-class SimJob:
-    """One attempt of a task executing (or queued) on one node."""
-
-    __slots__ = ("est", "exec_s", "start", "task", "token", "wait_s")
-
-    def __init__(self, task: SimTask, token: int, exec_s: float) -> None:
-        self.task = task
-        self.token = token
-        self.exec_s = exec_s
-        self.start = 0.0
-        self.wait_s = 0.0  # time spent queued on the executing node
-        self.est = 0.0  # the executing node's own estimate of exec_s (for its est_wait_s)
-
-
-@dataclass(kw_only=True, slots=True)
-class SimNode:
-    """An edge node (or the cloud tier) and everything the engine tracks about it."""
-
-    index: int
-    id: str
-    is_cloud: bool
-    speed: float
-    slots: int
-    queue_size: int
-    power: PowerModel
-    battery_capacity_j: float | None = None
-    battery_initial: float = 1.0
-    alive: bool = True
-    incarnation: int = 1
-    running: list[SimJob] = field(default_factory=list)
-    queue: deque[SimJob] = field(default_factory=deque)
-    energy_j: float = 0.0  # marginal compute + radio energy (what the report counts)
-    busy_s: float = 0.0  # slot-seconds of finished execution, for cpu_util
-    busy_mark: float = 0.0  # busy slot-seconds at the last telemetry
-    dead_battery: bool = False
-    pending: set[SimTask] = field(default_factory=set)  # tasks submitted here, not finished
-    brain: Any = None
-    exec_mean: dict[int, float] = field(default_factory=dict)  # own measured exec time by type
-    wait_cache: tuple[float, float, float] | None = None  # (wait, at, valid for) est_wait_s
-
-    def battery_level(self, now: float) -> float | None:
-        """Charge 0..1: initial minus idle drain minus the marginal energy spent so far."""
-        if self.battery_capacity_j is None:
-            return None
-        used = self.power.idle_w * now + self.energy_j
-        return max(0.0, self.battery_initial - used / self.battery_capacity_j)
-
-    def own_estimate(self, ttype: int, default: float) -> float:
-        return self.exec_mean.get(ttype, default)
-
-    def est_wait_s(self, now: float) -> float:
-        """This node's own estimate of the wait before a new task gets a slot: the core's FIFO
-        model over its own expected run times, as the daemon's executor reports it."""
-        running = self.running
-        if len(running) < self.slots and not self.queue:
-            return 0.0
-        cached = self.wait_cache
-        if cached is not None and now - cached[1] <= cached[2]:
-            # Nothing started or finished since, and no running task has outlived its
-            # expected time: every free time has just moved `now - then` closer.
-            return max(0.0, cached[0] - (now - cached[1]))
-        left = [job.est - (now - job.start) for job in running]
-        wait = fifo_wait(self.slots, left, [job.est for job in self.queue])
-        slack = max(0.0, min(left)) if left else 0.0  # until a running task is overdue
-        self.wait_cache = (wait, now, slack)
-        return wait
 
 
 @dataclass(kw_only=True, slots=True)
@@ -144,7 +47,7 @@ class Engine:
     """Runs one policy over one task stream; `run()` returns the collected RunRecord."""
 
     def __init__(self, scenario: Scenario, stream: TaskStream,
-                 make_brain: Callable[[Engine, SimNode], Any],
+                 make_brain: Callable[[SimNode, World], Any],
                  progress: Callable[[int], None] | None = None) -> None:
         self.scenario = scenario
         self.stream = stream
@@ -166,10 +69,12 @@ class Engine:
             self.by_id[CLOUD_ID] = self.cloud
         self.links: dict[tuple[str, str], Link] = {}
         self._build_links()
-        self._priors = [t.prior_s if t.prior_s is not None else t.work.expected
-                        for t in scenario.task_types]
+        self.world = World(
+            scenario=scenario, nodes=tuple(self.nodes), cloud=self.cloud, links=self.links,
+            priors=tuple(t.prior_s if t.prior_s is not None else t.work.expected
+                         for t in scenario.task_types))
         for node in self.nodes:
-            node.brain = make_brain(self, node)
+            node.brain = make_brain(node, self.world)  # the engine owns its nodes' brains
 
     # ---- construction -------------------------------------------------------------------
     def _make_node(self, index: int, spec: Any) -> SimNode:
@@ -196,7 +101,7 @@ class Engine:
 
     def prior_exec(self, ttype: int) -> float:
         """Execution time at speed 1 the operator configured for a type (exec_prior_s)."""
-        return self._priors[ttype]
+        return self.world.prior_exec(ttype)
 
     # ---- event heap ---------------------------------------------------------------------
     def schedule(self, at: float, fn: Callable[[Any], None], arg: Any) -> None:
@@ -350,7 +255,7 @@ class Engine:
         if not origin.alive:
             self._fail(task, "origin_down")
             return
-        task.spec = task_spec(self, task)
+        task.spec = task_spec(self.scenario, task)
         origin.pending.add(task)
         task.decision = origin.brain.decide(task, self.now)
         self._next_attempt(task)
@@ -368,7 +273,7 @@ class Engine:
         task.token += 1
         task.started = self.now
         task.predicted = target.latency_mean_s
-        task.sent_token = task.origin.brain.dispatched(node.id)
+        task.sent_token = task.origin.brain.dispatched(node.id, self.now)
         if node is task.origin:
             if not self._admit(node, task, task.token):
                 task.reason = Outcome.REJECTED

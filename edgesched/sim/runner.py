@@ -12,11 +12,12 @@ from edgesched.core.costmodel import CostParams
 from edgesched.core.fallback import FallbackParams
 from edgesched.errors import UsageError
 from edgesched.sim.brains import DaemonBrain, OracleBrain
-from edgesched.sim.engine import Engine, RunRecord, SimNode
+from edgesched.sim.engine import Engine, RunRecord
 from edgesched.sim.policies import ALL_POLICY_NAMES, OraclePolicy, make_sim_policy
 from edgesched.sim.report import build_report, policy_summary
 from edgesched.sim.scenario import Scenario, load_scenario
 from edgesched.sim.workload import TaskStream, draw_stream
+from edgesched.sim.world import SimNode, World
 
 __all__ = ["ALL_POLICY_NAMES", "load_scenario", "run_policy", "run_scenario"]
 
@@ -27,15 +28,15 @@ def cost_params(scenario: Scenario) -> CostParams:
 
 
 def _brain_factory(scenario: Scenario, policy: str, seed: int
-                   ) -> Callable[[Engine, SimNode], DaemonBrain]:
+                   ) -> Callable[[SimNode, World], DaemonBrain]:
     params = cost_params(scenario)
     fallback = FallbackParams()
 
-    def make(engine: Engine, node: SimNode) -> DaemonBrain:
+    def make(node: SimNode, world: World) -> DaemonBrain:
         if policy == "oracle":
-            return OracleBrain(engine, node, OraclePolicy(), params, fallback)
+            return OracleBrain(node, world, OraclePolicy(), params, fallback)
         rng = np.random.default_rng([seed, node.index, 0x5EED])
-        return DaemonBrain(engine, node, make_sim_policy(policy, params, rng), params, fallback)
+        return DaemonBrain(node, world, make_sim_policy(policy, params, rng), params, fallback)
 
     return make
 
