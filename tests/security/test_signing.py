@@ -10,8 +10,6 @@ import pytest
 
 from edgesched.adapters.signing import (
     FRAME_MAGIC,
-    KeyFileError,
-    MessageRejected,
     RejectReason,
     Signer,
     Verifier,
@@ -21,6 +19,7 @@ from edgesched.adapters.signing import (
     strip_frame,
     write_node_keypair,
 )
+from edgesched.errors import KeyFileError, MessageRejected
 
 TOPIC = "edgesched/node/gw-1/telemetry"
 BODY = b'{"v":1,"node_id":"gw-1","running":0}'
