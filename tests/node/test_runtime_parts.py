@@ -13,6 +13,7 @@ from edgesched.adapters.procstat import CpuSampler, read_cpu_times
 from edgesched.adapters.systemd import Notifier
 from edgesched.config import read_process_environment
 from edgesched.node.service import next_incarnation
+from tests.support.broker import Mosquitto
 
 
 def test_incarnation_grows_even_when_the_clock_steps_back(tmp_path: Path) -> None:
@@ -126,3 +127,48 @@ def test_the_object_graph_is_built_once_and_wired_explicitly(tmp_path: Path) -> 
                               rt.pipeline, rt.http]
     with pytest.raises(dataclasses.FrozenInstanceError):
         rt.pipeline = rt.pipeline  # type: ignore[misc]
+
+
+async def test_run_hands_the_built_graph_to_the_hook_and_serves_it(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """In process: `run()` builds the graph, gives it to `runtime_hook` before anything
+    starts, serves the pipeline's section of /v1/status and its route over the HTTP server it
+    was built with, and stops cleanly (drain, then the components in reverse)."""
+    import aiohttp
+
+    from edgesched.config import load_settings
+    from edgesched.node.service import Runtime, run
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"node_id: n1\nhttp: {{port: 0}}\nexecutor: {{slots: 2}}\n"
+                   f"mqtt: {{host: {mosquitto.host}, port: {mosquitto.port}}}\n")
+    got: list[Runtime] = []
+    hooked_before_start: list[bool] = []
+
+    def hook(rt: Runtime) -> None:
+        got.append(rt)
+        hooked_before_start.append(rt.http.bound_port is None and not rt.mqtt.connected)
+
+    stop = asyncio.get_running_loop().create_future()
+    node = asyncio.create_task(run(load_settings(cfg), stop, runtime_hook=hook,
+                                   process_env=read_process_environment({})))
+    try:
+        for _ in range(400):  # 20 s at most
+            if got and got[0].http.bound_port is not None and got[0].mqtt.connected:
+                break
+            await asyncio.sleep(0.05)
+        rt = got[0]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(rt.http.base_url + "/v1/status") as resp:
+                status = await resp.json()
+            async with session.post(rt.http.base_url + "/v1/tasks",
+                                    json={"type": "echo", "input": {"x": 1}}) as resp:
+                reply = await resp.json()
+        assert hooked_before_start == [True]
+        assert status["node_id"] == "n1" and status["tasks"]["slots"] == 2
+        assert status["mqtt"]["connected"] is True and "scheduler" in status
+        assert reply["status"] == "ok" and reply["executed_by"] == "n1"
+    finally:
+        stop.set_result(None)
+        assert await asyncio.wait_for(node, 20) == 0
+    assert not got[0].mqtt.connected and got[0].pipeline.closing
