@@ -89,6 +89,7 @@ async def test_tls_with_the_ca_only_roundtrip(tls_broker: Mosquitto, pki: Path) 
     assert (msg.topic, msg.payload) == ("t/1", b"over tls")
 
 
+@pytest.mark.slow  # ~5 s: the refused client waits out its connect timeout
 async def test_plain_tcp_client_gets_nothing_from_a_tls_listener(
     tls_broker: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -136,6 +137,7 @@ async def test_hostname_mismatch_is_named_and_can_be_turned_off(
         shutil.rmtree(broker.workdir, ignore_errors=True)
 
 
+@pytest.mark.slow  # ~5 s: the refused client waits out its connect timeout
 async def test_listener_requiring_a_client_certificate(
     pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
