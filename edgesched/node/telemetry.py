@@ -374,7 +374,7 @@ class TelemetryStage:
 class LinkReadingFeeder:
     """Feeds device link readings (`rtt_s`, `uplink_bps`) into an `EstimatorBank`.
 
-    Register it with `runtime.on_device_values.append(LinkReadingFeeder(bank, targets))`.
+    The composition root passes it to the telemetry stage as `on_device` (service.build_runtime).
     Only devices named in `targets` are fed: a reading of device D updates the link estimator
     of target `targets[D]` (e.g. `{"gw-1-modem": "cloud"}`); other devices are ignored, so a
     fleet of sensors cannot crowd the bank's bounded table of real links. A bandwidth reading
