@@ -8,6 +8,9 @@ PYTHON ?= $(shell bash scripts/pick-python.sh)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The suite mostly waits on real brokers and node processes: 3 pytest-xdist workers on 2 cores
+# take it from ~5.5 to ~3 minutes. `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 3
 
 .PHONY: setup demo test lint unit system-deps bench clean
 
@@ -31,10 +34,10 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 unit: setup
-	$(VENV)/bin/pytest -q -m "not e2e and not slow"
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) -m "not e2e and not slow"
 
 test: setup system-deps lint
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS)
 
 bench: setup system-deps
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
