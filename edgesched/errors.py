@@ -146,7 +146,7 @@ class TelemetryRejected(InputRejected):
 
 
 class MessageRejected(InputRejected):
-    """A node-to-node message that failed verification; `reason` is a signing.RejectReason."""
+    """A node-to-node message that failed verification; `reason` is a signing.SignatureReject."""
 
     reason: StrEnum
 

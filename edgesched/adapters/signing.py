@@ -45,7 +45,7 @@ TRUST_RESCAN_S = 30.0  # an unknown signer makes the trust directory be read aga
 _NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class RejectReason(StrEnum):
+class SignatureReject(StrEnum):
     """Why a node-to-node message was dropped (a bounded metric label)."""
 
     UNSIGNED = "unsigned"
@@ -143,13 +143,13 @@ def split_frame(payload: bytes) -> tuple[dict[str, object], bytes] | None:
         return None
     end = payload.find(b"\n", 0, MAX_HEADER_BYTES)
     if end < 0:
-        raise MessageRejected(RejectReason.MALFORMED, "signature header is not terminated")
+        raise MessageRejected(SignatureReject.MALFORMED, "signature header is not terminated")
     try:
         header = json.loads(payload[len(FRAME_MAGIC):end])
     except (ValueError, UnicodeDecodeError):
-        raise MessageRejected(RejectReason.MALFORMED, "signature header is not JSON") from None
+        raise MessageRejected(SignatureReject.MALFORMED, "signature header is not JSON") from None
     if not isinstance(header, dict):
-        raise MessageRejected(RejectReason.MALFORMED, "signature header is not an object")
+        raise MessageRejected(SignatureReject.MALFORMED, "signature header is not an object")
     return header, payload[end + 1:]
 
 
@@ -218,14 +218,14 @@ class Verifier:
                retained: bool = False) -> Verified:
         parts = split_frame(payload)
         if parts is None:
-            raise MessageRejected(RejectReason.UNSIGNED, f"unsigned message on {topic}")
+            raise MessageRejected(SignatureReject.UNSIGNED, f"unsigned message on {topic}")
         header, body = parts
         kid, ts_ms, nonce, sig = _header_fields(header)
         key = self._key_of(kid)
         try:
             key.verify(sig, _signed_bytes(topic, kid, ts_ms, nonce, body))
         except InvalidSignature:
-            raise MessageRejected(RejectReason.BAD_SIGNATURE,
+            raise MessageRejected(SignatureReject.BAD_SIGNATURE,
                                   f"bad signature by {kid} on {topic}") from None
         self._check_fresh(kid, ts_ms, nonce, persistent=persistent, retained=retained)
         return Verified(body=body, signer=kid)
@@ -241,7 +241,7 @@ class Verifier:
                     self._trusted = load_trust_dir(self._trust_dir) | self._pinned
                 key = self._trusted.get(kid)
         if key is None:
-            raise MessageRejected(RejectReason.UNKNOWN_SIGNER,
+            raise MessageRejected(SignatureReject.UNKNOWN_SIGNER,
                                   f"signer {kid!r} is not in the trust directory")
         return key
 
@@ -249,16 +249,16 @@ class Verifier:
                      retained: bool) -> None:
         now_ms = int(self._wall() * 1000)
         if ts_ms > now_ms + self._skew_ms:
-            raise MessageRejected(RejectReason.STALE, f"{kid} signed {ts_ms - now_ms} ms in "
+            raise MessageRejected(SignatureReject.STALE, f"{kid} signed {ts_ms - now_ms} ms in "
                                   "the future (beyond security.max_clock_skew_s)")
         if not persistent and ts_ms < now_ms - self._skew_ms:
-            raise MessageRejected(RejectReason.STALE, f"{kid} signed {now_ms - ts_ms} ms ago "
+            raise MessageRejected(SignatureReject.STALE, f"{kid} signed {now_ms - ts_ms} ms ago "
                                   "(beyond security.max_clock_skew_s)")
         if persistent and retained:
             return
         key = (kid, nonce)
         if key in self._nonces or (not persistent and ts_ms <= self._floor_ms):
-            raise MessageRejected(RejectReason.REPLAY, f"{kid}'s message was seen before")
+            raise MessageRejected(SignatureReject.REPLAY, f"{kid}'s message was seen before")
         # an old persistent document is remembered from when it arrived, for one window
         self._remember(key, now_ms if persistent else ts_ms, now_ms)
 
@@ -279,17 +279,17 @@ def _header_fields(header: Mapping[str, object]) -> tuple[str, int, str, bytes]:
     kid, ts_ms, nonce, sig = header.get("kid"), header.get("ts"), header.get("n"), header.get(
         "sig")
     if not isinstance(kid, str) or not _NODE_ID_RE.match(kid):
-        raise MessageRejected(RejectReason.MALFORMED, "signature header: bad kid")
+        raise MessageRejected(SignatureReject.MALFORMED, "signature header: bad kid")
     if isinstance(ts_ms, bool) or not isinstance(ts_ms, int):
-        raise MessageRejected(RejectReason.MALFORMED, "signature header: ts must be an integer")
+        raise MessageRejected(SignatureReject.MALFORMED, "signature header: ts must be an integer")
     if not isinstance(nonce, str) or not 8 <= len(nonce) <= 64:
-        raise MessageRejected(RejectReason.MALFORMED, "signature header: bad nonce")
+        raise MessageRejected(SignatureReject.MALFORMED, "signature header: bad nonce")
     if not isinstance(sig, str) or len(sig) > 128:
-        raise MessageRejected(RejectReason.MALFORMED, "signature header: bad sig")
+        raise MessageRejected(SignatureReject.MALFORMED, "signature header: bad sig")
     try:
         raw = base64.b64decode(sig, validate=True)
     except (binascii.Error, ValueError):
-        raise MessageRejected(RejectReason.MALFORMED, "signature is not base64") from None
+        raise MessageRejected(SignatureReject.MALFORMED, "signature is not base64") from None
     return kid, ts_ms, nonce, raw
 
 

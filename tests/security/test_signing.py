@@ -10,7 +10,7 @@ import pytest
 
 from edgesched.adapters.signing import (
     FRAME_MAGIC,
-    RejectReason,
+    SignatureReject,
     Signer,
     Verifier,
     load_private_key,
@@ -49,7 +49,7 @@ def verifier(keys: Path, wall: Clock, **kw: object) -> Verifier:
     return Verifier(trusted, max_skew_s=30.0, wall=wall, **kw)  # type: ignore[arg-type]
 
 
-def reason(fn, *args, **kw) -> RejectReason:
+def reason(fn, *args, **kw) -> SignatureReject:
     with pytest.raises(MessageRejected) as info:
         fn(*args, **kw)
     return info.value.reason
@@ -68,20 +68,20 @@ def test_tampering_anywhere_is_a_bad_signature(keys: Path) -> None:
     frame = signer(keys, "gw-1", wall).sign(TOPIC, BODY)
     v = verifier(keys, wall)
     assert reason(v.verify, TOPIC, frame.replace(b'"running":0', b'"running":9')) == (
-        RejectReason.BAD_SIGNATURE)
+        SignatureReject.BAD_SIGNATURE)
     # moved to another topic or node: the topic is signed too
-    assert reason(v.verify, "edgesched/node/gw-2/telemetry", frame) == RejectReason.BAD_SIGNATURE
+    assert reason(v.verify, "edgesched/node/gw-2/telemetry", frame) == SignatureReject.BAD_SIGNATURE
     # claims another signer (gw-2 is trusted, but did not sign this)
     header, body = frame.split(b"\n", 1)
     doc = json.loads(header[len(FRAME_MAGIC):])
     doc["kid"] = "gw-2"
     forged = FRAME_MAGIC + json.dumps(doc).encode() + b"\n" + body
-    assert reason(v.verify, TOPIC, forged) == RejectReason.BAD_SIGNATURE
+    assert reason(v.verify, TOPIC, forged) == SignatureReject.BAD_SIGNATURE
     # a new timestamp or nonce breaks it as well
     doc = json.loads(header[len(FRAME_MAGIC):])
     doc["n"] = "0" * 16
     assert reason(v.verify, TOPIC, FRAME_MAGIC + json.dumps(doc).encode() + b"\n" + body) == (
-        RejectReason.BAD_SIGNATURE)
+        SignatureReject.BAD_SIGNATURE)
 
 
 def test_an_exact_copy_is_a_replay(keys: Path) -> None:
@@ -90,7 +90,7 @@ def test_an_exact_copy_is_a_replay(keys: Path) -> None:
     v = verifier(keys, wall)
     v.verify(TOPIC, frame)
     wall.now += 5
-    assert reason(v.verify, TOPIC, frame) == RejectReason.REPLAY
+    assert reason(v.verify, TOPIC, frame) == SignatureReject.REPLAY
 
 
 def test_old_and_future_messages_are_stale(keys: Path) -> None:
@@ -98,9 +98,9 @@ def test_old_and_future_messages_are_stale(keys: Path) -> None:
     s, v = signer(keys, "gw-1", wall), verifier(keys, wall)
     frame = s.sign(TOPIC, BODY)
     wall.now += 31
-    assert reason(v.verify, TOPIC, frame) == RejectReason.STALE
+    assert reason(v.verify, TOPIC, frame) == SignatureReject.STALE
     wall.now -= 62  # the signer's clock is now 31 s ahead of ours
-    assert reason(v.verify, TOPIC, frame) == RejectReason.STALE
+    assert reason(v.verify, TOPIC, frame) == SignatureReject.STALE
     wall.now += 31 + 29  # within the skew: fine
     assert v.verify(TOPIC, frame).signer == "gw-1"
 
@@ -108,14 +108,14 @@ def test_old_and_future_messages_are_stale(keys: Path) -> None:
 def test_unsigned_unknown_and_malformed(keys: Path, tmp_path: Path) -> None:
     wall = Clock()
     v = verifier(keys, wall)
-    assert reason(v.verify, TOPIC, BODY) == RejectReason.UNSIGNED
+    assert reason(v.verify, TOPIC, BODY) == SignatureReject.UNSIGNED
     write_node_keypair("evil", tmp_path / "elsewhere")
     evil = Signer("evil", load_private_key(tmp_path / "elsewhere" / "evil.key"), wall=wall)
-    assert reason(v.verify, TOPIC, evil.sign(TOPIC, BODY)) == RejectReason.UNKNOWN_SIGNER
+    assert reason(v.verify, TOPIC, evil.sign(TOPIC, BODY)) == SignatureReject.UNKNOWN_SIGNER
     for bad in (FRAME_MAGIC + b"{not json\n{}", FRAME_MAGIC + b"[]\n{}",
                 FRAME_MAGIC + b'{"kid":"gw-1","ts":1.5,"n":"00000000","sig":"AA=="}\n{}',
                 FRAME_MAGIC + b"x" * 600):
-        assert reason(v.verify, TOPIC, bad) == RejectReason.MALFORMED
+        assert reason(v.verify, TOPIC, bad) == SignatureReject.MALFORMED
 
 
 def test_persistent_documents_may_be_old_and_retained_copies_repeat(keys: Path) -> None:
@@ -129,10 +129,10 @@ def test_persistent_documents_may_be_old_and_retained_copies_repeat(keys: Path) 
     assert v.verify(topic, frame, persistent=True, retained=True).signer == "gw-1"
     # a live (not retained) copy is checked for replay
     assert v.verify(topic, frame, persistent=True).signer == "gw-1"
-    assert reason(v.verify, topic, frame, persistent=True) == RejectReason.REPLAY
+    assert reason(v.verify, topic, frame, persistent=True) == SignatureReject.REPLAY
     # never from the future, persistent or not
     wall.now -= 7200
-    assert reason(v.verify, topic, frame, persistent=True, retained=True) == RejectReason.STALE
+    assert reason(v.verify, topic, frame, persistent=True, retained=True) == SignatureReject.STALE
 
 
 def test_nonce_memory_is_bounded_and_forgotten_messages_are_refused(keys: Path) -> None:
@@ -146,7 +146,7 @@ def test_nonce_memory_is_bounded_and_forgotten_messages_are_refused(keys: Path) 
         wall.now += 0.01
     assert len(v._nonces) <= 10
     # the first ones were forgotten while still fresh: they are refused as replays anyway
-    assert reason(v.verify, TOPIC, frames[0]) == RejectReason.REPLAY
+    assert reason(v.verify, TOPIC, frames[0]) == SignatureReject.REPLAY
     wall.now += 0.01
     assert v.verify(TOPIC, s.sign(TOPIC, BODY)).signer == "gw-1"  # new messages still pass
 
