@@ -39,7 +39,8 @@ TASK_REJECT_REASONS = (
     "shutting_down", "duplicate_in_flight", "reply_topic",
 )
 CANDIDATE_REJECT_REASONS = tuple(reason.value for reason in RejectReason)
-DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full", "oversize", "superseded")
+DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full", "oversize", "superseded",
+                "duplicate")
 MESSAGE_REJECT_REASONS = (
     "unsigned", "malformed", "unknown_signer", "bad_signature", "wrong_signer", "replay", "stale",
 )
@@ -181,6 +182,19 @@ class Metrics:
             "HTTP requests refused with 401 (missing or wrong bearer token), by route.",
             ["path"], registry=r,
         )
+        self.expired_on_arrival = Counter(
+            "edgesched_tasks_expired_on_arrival",
+            "Handed-over tasks (neighbour offload, cloud tier) answered expired without running: "
+            "their deadline had passed when this node got to them (it was frozen, or the "
+            "request queued at the broker).", ["via"], registry=r,
+        )
+        self.cancels = Counter(
+            "edgesched_cancels",
+            "Cancels of abandoned offload attempts: sent by the origin (result sent|failed), "
+            "received by the target (result dropped: not started, dropped; running: too "
+            "late; unknown: no such attempt, or already answered).",
+            ["direction", "result"], registry=r,
+        )
         self.cloud_requests_failed = Counter(
             "edgesched_cloud_requests_failed",
             "Cloud attempts that failed before a task reply came back, by reason.",
@@ -208,6 +222,11 @@ class Metrics:
         each(self.offload_replies_ignored, "reason", OFFLOAD_IGNORE_REASONS)
         each(self.http_unauthorized, "path", HTTP_AUTH_PATHS)
         each(self.cloud_requests_failed, "reason", CLOUD_FAILURE_REASONS)
+        each(self.expired_on_arrival, "via", ("offload", "http"))
+        for result in ("sent", "failed"):
+            self.cancels.labels(direction="sent", result=result)
+        for result in ("dropped", "running", "unknown"):
+            self.cancels.labels(direction="received", result=result)
         for status in STATUSES:
             self.tasks_completed.labels(placement="none", status=status)
         for placement in PLACEMENTS:

@@ -371,7 +371,8 @@ class Dispatcher:
 
     async def _run_cloud(self, job: Job, timeout_s: float) -> AttemptResult:
         assert self.cloud is not None
-        body = p.encode(job.request.as_submit(deadline_s=self._remaining(job)))
+        body = p.encode(job.request.as_submit(deadline_s=self._remaining(job),
+                                              sent_at_ms=int(time.time() * 1000)))
         try:
             doc = await self.cloud.submit(body, timeout_s=timeout_s)
             reply = p.parse_reply(doc)

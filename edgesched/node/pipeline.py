@@ -13,6 +13,7 @@ It knows nothing of the composition root.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -168,6 +169,10 @@ class DrainingExecutor(LocalExecutor):
         return Load(running=self.running, queued=self.queued, slots=self.slots,
                     est_wait_s=self.estimated_wait())
 
+    def waiting(self, task: asyncio.Task[Any]) -> bool:
+        """True while `task` waits for a slot (queued: its work has not started)."""
+        return task in self._waiting
+
     def drain(self) -> int:
         """Stop starting tasks; cancel the ones queued for a slot; returns how many."""
         self.draining = True
@@ -268,7 +273,8 @@ class TaskPipeline:
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes,
             max_input_bytes=s.executor.max_input_bytes, known_types=self.registry.names,
-            run=self.run_handed, spawn=self.spawn) if self.edge else None
+            run=self.run_handed, spawn=self.spawn,
+            waiting=self.executor.waiting) if self.edge else None
         self.submit_topic = p.submit_topic(prefix, self.node_id)
 
     def routes(self) -> list[web.RouteDef]:
@@ -437,7 +443,7 @@ class TaskPipeline:
             if self.edge:
                 reply = await self.dispatcher.place(job)
             else:
-                reply = await self.dispatcher.local_only(job)
+                reply = await self._run_for_edge(job)
         except asyncio.CancelledError:
             self._finish(job, key, self._failure(job, self._cut_reason()))
             raise
@@ -445,6 +451,19 @@ class TaskPipeline:
             log.exception("task %s failed inside the pipeline", job.request.id)
             reply = self._failure(job, f"internal error: {exc!r}")
         self._finish(job, key, reply)
+
+    async def _run_for_edge(self, job: Job) -> p.Reply:
+        """The cloud tier's path: never start a task whose time is up (an edge node stamps
+        `sent_at`: a request read late — this node was frozen — has less time left)."""
+        expired = self._expired_on_arrival(job.request, "http")
+        if expired is not None:
+            return p.Reply(id=job.request.id, status=p.Status.EXPIRED, error=expired,
+                           placement=Placement.LOCAL, executed_by=None,
+                           latency_s=time.monotonic() - job.received_at, attempts=1)
+        late = p.late_s(job.request.sent_at_ms, int(time.time() * 1000))
+        if late > 0:
+            job = dataclasses.replace(job, received_at=job.received_at - late)
+        return await self.dispatcher.local_only(job)
 
     def _cut_reason(self) -> str:
         if self.executor.draining:
@@ -466,6 +485,22 @@ class TaskPipeline:
             m.deadline_misses.inc()
         self.book.finish(key, reply, remember=isinstance(key, tuple) and key[0] is not None)
 
+    def _received_at(self, task: p.SubmitRequest) -> float:
+        """When `task` counts as received on our monotonic clock: now, moved back by how late
+        it reached us past its `sent_at` (so its deadline runs from when it was sent)."""
+        return time.monotonic() - p.late_s(task.sent_at_ms, int(time.time() * 1000))
+
+    def _expired_on_arrival(self, task: p.SubmitRequest, via: str) -> str | None:
+        """Why a handed-over task's time was up before it started (counted), else None."""
+        left = p.time_left(task.deadline_s, task.sent_at_ms, int(time.time() * 1000))
+        if left is None or left > 0:
+            return None
+        self.metrics.expired_on_arrival.labels(via=via).inc()
+        log.info("task %s arrived %.1fs after its %gs deadline: expired, not run", task.id,
+                 -left, task.deadline_s or 0.0)
+        return (f"{self.node_id} got it {-left:.3f}s after its deadline (sent "
+                f"{task.deadline_s:g}s before it): not run")
+
     async def run_handed(self, req: p.OffloadRequest) -> p.OffloadReply:
         """A neighbour's task: run it here (admission first), never offload it again."""
         task = req.task
@@ -477,8 +512,11 @@ class TaskPipeline:
 
         if self.closing:
             return answer(p.Status.REJECTED, error=f"{self.node_id} is shutting down")
+        expired = self._expired_on_arrival(task, "offload")
+        if expired is not None:
+            return answer(p.Status.EXPIRED, error=expired)
         try:
-            job = self._job(task, time.monotonic())
+            job = self._job(task, self._received_at(task))
         except p.SubmissionError as exc:
             return answer(p.Status.REJECTED, error=str(exc))
         me = asyncio.current_task()

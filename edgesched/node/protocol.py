@@ -29,9 +29,15 @@ PRIORITY_RANGE = (-1000, 1000)
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUBMIT_FIELDS = frozenset({
     "v", "id", "type", "input", "input_b64", "deadline_s", "priority", "device_id",
-    "reply_to", "correlation_id",
+    "reply_to", "correlation_id", "sent_at",
 })
-_OFFLOAD_FIELDS = _SUBMIT_FIELDS | {"origin", "hop", "expected_s"}
+_OFFLOAD_FIELDS = _SUBMIT_FIELDS | {"origin", "hop", "expected_s", "attempt"}
+_CANCEL_FIELDS = frozenset({"v", "id", "origin", "attempt", "correlation_id"})
+MAX_ATTEMPT_CHARS = 64
+# How far the sender's wall clock may be off ours before `sent_at` is believed: a request seen
+# later than this after it was sent (a frozen receiver, a queue at the broker) has that much
+# less time left; below it, only the relative `deadline_s` counts (clocks never agree exactly).
+SENT_AT_TOLERANCE_S = 1.0
 _OFFLOAD_REPLY_FIELDS = frozenset({
     "v", "id", "correlation_id", "status", "result", "result_b64", "error", "executed_by",
     "wait_s", "exec_s",
@@ -125,6 +131,7 @@ class SubmitRequest:
     correlation_id: str | None = None
     input_bytes: int = 0
     generated_id: bool = False
+    sent_at_ms: int | None = None  # the sender's wall clock when it sent it (`sent_at`)
 
     def task_input(self) -> Any:
         """What the handler receives: the JSON input, else the base64 input as text, else null."""
@@ -141,12 +148,16 @@ class SubmitRequest:
             return {"input_b64": base64.b64encode(self.input_b64).decode("ascii")}
         return {}
 
-    def as_submit(self, *, deadline_s: float | None = None) -> dict[str, Any]:
-        """The body to forward (e.g. to the cloud), with the deadline that is left."""
+    def as_submit(self, *, deadline_s: float | None = None,
+                  sent_at_ms: int | None = None) -> dict[str, Any]:
+        """The body to forward (e.g. to the cloud), with the deadline that is left and the
+        time it is sent (our wall clock, ms)."""
         doc: dict[str, Any] = {"v": VERSION, "id": self.id, "type": self.type,
                                **self.wire_input(), "priority": self.priority}
         if deadline_s is not None:
             doc["deadline_s"] = deadline_s
+        if sent_at_ms is not None:
+            doc["sent_at"] = sent_at_ms
         if self.device_id is not None:
             doc["device_id"] = self.device_id
         return doc
@@ -160,6 +171,48 @@ class OffloadRequest:
     origin: str
     hop: int
     expected_s: float | None = None
+    attempt: str | None = None  # unique per attempt of the task at its origin
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What a receiver deduplicates by: (origin, task id, attempt); an origin that sends
+        no `attempt` is keyed by its correlation id (also unique per attempt)."""
+        return (self.origin, self.task.id, self.attempt or self.task.correlation_id or "")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CancelRequest:
+    """An origin gave up on one attempt: drop it if it has not started."""
+
+    id: str
+    origin: str
+    attempt: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.origin, self.id, self.attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": VERSION, "id": self.id, "origin": self.origin, "attempt": self.attempt}
+
+
+def late_s(sent_at_ms: int | None, now_ms: int,
+           tolerance_s: float = SENT_AT_TOLERANCE_S) -> float:
+    """How long ago (s) a message stamped `sent_at_ms` was sent, beyond `tolerance_s` of clock
+    disagreement; 0 without a stamp, or seen within the tolerance (or "before" it was sent)."""
+    if sent_at_ms is None:
+        return 0.0
+    age = (now_ms - sent_at_ms) / 1000.0
+    return age if age > tolerance_s else 0.0
+
+
+def time_left(deadline_s: float | None, sent_at_ms: int | None, now_ms: int,
+              tolerance_s: float = SENT_AT_TOLERANCE_S) -> float | None:
+    """The deadline left on arrival: `deadline_s - (now - sent_at)` once the lateness passes
+    the tolerance, else `deadline_s`; None without a deadline. <= 0: its time is up."""
+    if deadline_s is None:
+        return None
+    return deadline_s - late_s(sent_at_ms, now_ms, tolerance_s)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -305,8 +358,16 @@ def _parse_fields(doc: dict[str, Any], max_input_bytes: int, known: frozenset[st
         device_id=_device(doc.get("device_id")),
         reply_to=_opt_str(doc, "reply_to", MAX_TOPIC_CHARS),
         correlation_id=_opt_str(doc, "correlation_id", MAX_CORRELATION_CHARS),
-        input_bytes=size, generated_id=generated,
+        input_bytes=size, generated_id=generated, sent_at_ms=_sent_at(doc.get("sent_at")),
     )
+
+
+def _sent_at(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
+        _schema("sent_at must be the sender's wall clock in integer milliseconds")
+    return int(value)
 
 
 def _schema(message: str) -> NoReturn:
@@ -397,6 +458,7 @@ def parse_offload(payload: bytes, *, max_bytes: int, max_input_bytes: int,
     task = parse_submit(doc, max_bytes=max_bytes, max_input_bytes=max_input_bytes,
                         known_types=known_types, extra_fields=frozenset(_OFFLOAD_FIELDS))
     origin, hop, expected = doc.get("origin"), doc.get("hop"), doc.get("expected_s")
+    attempt = doc.get("attempt")
     error = None
     if task.reply_to is None or task.correlation_id is None or task.generated_id:
         error = "an offload request needs id, reply_to and correlation_id"
@@ -407,20 +469,47 @@ def parse_offload(payload: bytes, *, max_bytes: int, max_input_bytes: int,
     elif expected is not None and (isinstance(expected, bool) or not isinstance(
             expected, int | float) or not math.isfinite(expected) or expected < 0):
         error = "expected_s must be a finite number >= 0"
+    elif attempt is not None and not _valid_attempt(attempt):
+        error = f"attempt must be a printable string of 1..{MAX_ATTEMPT_CHARS} characters"
     if error:
         raise SubmissionError(RejectCode.SCHEMA, error, task_id=task.id,
                               reply_to=task.reply_to, correlation_id=task.correlation_id)
     return OffloadRequest(task=task, origin=str(origin), hop=int(hop or 1),
-                          expected_s=None if expected is None else float(expected))
+                          expected_s=None if expected is None else float(expected),
+                          attempt=None if attempt is None else str(attempt))
+
+
+def _valid_attempt(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ATTEMPT_CHARS and value.isprintable()
+
+
+def parse_cancel(payload: bytes, *, max_bytes: int) -> CancelRequest:
+    """An origin's `cancel` of one attempt, or SubmissionError."""
+    doc = decode_object(payload, max_bytes=max_bytes)
+    unknown = sorted(str(k) for k in doc if k not in _CANCEL_FIELDS)
+    if unknown:
+        _schema(f"unknown field(s) {', '.join(unknown)}")
+    task_id, origin, attempt = doc.get("id"), doc.get("origin"), doc.get("attempt")
+    if not isinstance(task_id, str) or not _valid_id(task_id):
+        _schema(f"id must be a printable string of 1..{MAX_ID_CHARS} characters")
+    if not isinstance(origin, str) or not _DEVICE_RE.match(origin):
+        _schema("origin must be a node id")
+    if not _valid_attempt(attempt):
+        _schema(f"attempt must be a printable string of 1..{MAX_ATTEMPT_CHARS} characters")
+    return CancelRequest(id=task_id, origin=origin, attempt=str(attempt))
 
 
 def offload_request_doc(task: SubmitRequest, *, origin: str, reply_to: str,
                         correlation_id: str, deadline_s: float | None,
-                        expected_s: float | None) -> dict[str, Any]:
-    """The offload body: the submit fields with the deadline left, plus origin and hop."""
-    doc = task.as_submit(deadline_s=deadline_s)
+                        expected_s: float | None, attempt: str | None = None,
+                        sent_at_ms: int | None = None) -> dict[str, Any]:
+    """The offload body: the submit fields with the deadline left and the send time, plus
+    origin, hop and the attempt id."""
+    doc = task.as_submit(deadline_s=deadline_s, sent_at_ms=sent_at_ms)
     doc.update({"origin": origin, "hop": 1, "reply_to": reply_to,
                 "correlation_id": correlation_id})
+    if attempt is not None:
+        doc["attempt"] = attempt
     if expected_s is not None:
         doc["expected_s"] = round(expected_s, 6)
     return doc
@@ -490,3 +579,7 @@ def offload_topic(prefix: str, node_id: str) -> str:
 
 def offload_reply_topic(prefix: str, node_id: str) -> str:
     return f"{prefix}/node/{node_id}/offload-reply"
+
+
+def cancel_topic(prefix: str, node_id: str) -> str:
+    return f"{prefix}/node/{node_id}/cancel"

@@ -143,6 +143,7 @@ class TelemetryStage:
         self._wall = wall
         self._cpu = CpuSampler()
         self._cpu_util = 0.0
+        self._kick = asyncio.Event()  # set on (re)connect: publish telemetry at once
         self._stopping = False
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -208,6 +209,7 @@ class TelemetryStage:
                 await mqtt.subscribe(flt, self._on_mapped)
         if mqtt is not None:
             mqtt.on_connect(self.publish_online_state)
+            mqtt.on_connect(self._catch_up_on_connect)
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         self._tasks = [
@@ -232,9 +234,14 @@ class TelemetryStage:
         await self._mqtt.publish(self.topics.node_state(self.identity.node_id),
                                  self.state_doc(online=True), qos=1, retain=True, signed=True)
 
+    async def _catch_up_on_connect(self) -> None:
+        """After a (re)connect the neighbours hear our telemetry now, not a tick later."""
+        self._kick.set()
+
     async def _publish_loop(self) -> None:
         next_at = self._clock()
         while True:
+            self._kick.clear()
             self._cpu_util = self._cpu.sample()
             mqtt = self._mqtt
             if mqtt is not None and mqtt.connected:
@@ -248,7 +255,24 @@ class TelemetryStage:
             if delay < 0:  # fell behind (loop busy): skip the missed ticks, do not burst
                 next_at = self._clock()
                 delay = 0.0
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._kick.wait(), delay)
+                next_at = self._clock()  # reconnected: published now, next tick from here
+                continue
+            except TimeoutError:
+                pass
+            behind = self._clock() - next_at
+            if behind > 2 * self._interval_s:
+                # the loop did not run for > 2 intervals (SIGSTOP/SIGCONT, a suspended VM):
+                # re-announce our state and publish telemetry at once (this iteration)
+                next_at = self._clock()
+                log.info("resumed after a %.1fs pause: re-announcing state and telemetry",
+                         behind)
+                if mqtt is not None and mqtt.connected:
+                    try:
+                        await self.publish_online_state()
+                    except MqttError as exc:
+                        self._ratelog.warning("publish", "state not re-announced: %s", exc)
 
     async def _housekeeping_loop(self) -> None:
         while True:
