@@ -45,6 +45,7 @@ def node_acl_lines(node_id: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
         # hand tasks to any neighbour, answer any neighbour's offload
         f"topic write {p}/node/+/offload",
         f"topic write {p}/node/+/offload-reply",
+        f"topic write {p}/node/+/cancel",  # drop an attempt given up on (offload-protocol.md)
         # answer devices' submissions on their reply topics
         f"topic write {p}/device/+/reply/#",
         # the cluster view
@@ -55,6 +56,7 @@ def node_acl_lines(node_id: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
         f"topic read {p}/node/{node_id}/submit",
         f"topic read {p}/node/{node_id}/offload",
         f"topic read {p}/node/{node_id}/offload-reply",
+        f"topic read {p}/node/{node_id}/cancel",
     ]
 
 
