@@ -188,6 +188,11 @@ class Metrics:
             "their deadline had passed when this node got to them (it was frozen, or the "
             "request queued at the broker).", ["via"], registry=r,
         )
+        self.offload_served = Counter(
+            "edgesched_offload_served",
+            "Neighbours' offload requests this node answered, by the status of its reply "
+            "(ok and failed ran here; rejected and expired did not).", ["status"], registry=r,
+        )
         self.cancels = Counter(
             "edgesched_cancels",
             "Cancels of abandoned offload attempts: sent by the origin (result sent|failed), "
@@ -223,6 +228,7 @@ class Metrics:
         each(self.http_unauthorized, "path", HTTP_AUTH_PATHS)
         each(self.cloud_requests_failed, "reason", CLOUD_FAILURE_REASONS)
         each(self.expired_on_arrival, "via", ("offload", "http"))
+        each(self.offload_served, "status", STATUSES)
         for result in ("sent", "failed"):
             self.cancels.labels(direction="sent", result=result)
         for result in ("dropped", "running", "unknown"):
