@@ -436,6 +436,9 @@ class TaskTypeSettings(_Section):
     exec_prior_s: float = Field(0.05, ge=0, description="prior execution time at speed 1")
     exec_prior_s_per_mb: float = Field(0.0, ge=0, description="prior extra time per MB input")
     output_bytes: int = Field(1024, ge=0, description="expected output size")
+    idempotent: bool = Field(
+        False, description="safe to run again: a task of this type unfinished at a crash is "
+        "re-run after the restart (else answered failed, 'interrupted by restart')")
     env: dict[str, str] = Field(
         default_factory=dict, description="a command handler's environment besides PATH, LANG"
     )
@@ -472,13 +475,14 @@ class TaskTypeSettings(_Section):
 def builtin_task_types() -> dict[str, dict[str, Any]]:
     """Defaults of the four built-in types (contract §2)."""
     return {
-        "echo": {"handler": "builtin:echo", "exec_prior_s": 0.0005, "output_bytes": 256},
+        "echo": {"handler": "builtin:echo", "exec_prior_s": 0.0005, "output_bytes": 256,
+                 "idempotent": True},
         "hash": {"handler": "builtin:hash", "cpu_bound": True, "exec_prior_s": 0.05,
-                 "output_bytes": 100, "timeout_s": 120.0},
+                 "output_bytes": 100, "timeout_s": 120.0, "idempotent": True},
         "matmul": {"handler": "builtin:matmul", "cpu_bound": True, "exec_prior_s": 0.1,
-                   "output_bytes": 64, "timeout_s": 120.0},
+                   "output_bytes": 64, "timeout_s": 120.0, "idempotent": True},
         "sleep": {"handler": "builtin:sleep", "exec_prior_s": 1.0, "output_bytes": 32,
-                  "timeout_s": 90.0},
+                  "timeout_s": 90.0, "idempotent": True},
     }
 
 
@@ -554,6 +558,16 @@ class OffloadSettings(_Section):
         )
 
 
+class SpoolSettings(_Section):
+    """The durable spool in `state_dir/spool.sqlite` (docs/reliability.md); off without
+    state_dir."""
+
+    max_bytes: int = Field(64 << 20, ge=64 << 10, le=64 << 30,
+                           description="payload bytes it holds; past it tasks run unspooled")
+    reply_ttl_s: float = Field(3600.0, gt=0, le=30 * 86_400,
+                               description="a reply the broker never took is given up after")
+
+
 class ShutdownSettings(_Section):
     """The graceful drain on SIGTERM (docs/running.md, "Stopping")."""
 
@@ -619,6 +633,7 @@ class Settings(BaseSettings):
     offload: OffloadSettings = OffloadSettings()
     watchdog: WatchdogSettings = WatchdogSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    spool: SpoolSettings = SpoolSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

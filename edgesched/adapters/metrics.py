@@ -50,6 +50,9 @@ REPLY_DROP_REASONS = ("no_route", "publish_failed", "shutdown")
 OFFLOAD_IGNORE_REASONS = ("late", "malformed")
 HTTP_AUTH_PATHS = ("/v1/status", "/v1/tasks", "/metrics", "other")
 CLOUD_FAILURE_REASONS = ("unauthorized", "timeout", "unreachable", "http_status", "bad_reply")
+# what the durable spool could not keep: over spool.max_bytes, past spool.reply_ttl_s, a
+# write failed (disk full, I/O error)
+SPOOL_SHED_REASONS = ("full", "ttl", "write_error")
 
 # Decisions take microseconds; tasks take milliseconds to minutes.
 DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
@@ -205,6 +208,20 @@ class Metrics:
             "Cloud attempts that failed before a task reply came back, by reason.",
             ["reason"], registry=r,
         )
+        self.spool_shed = Counter(
+            "edgesched_spool_shed",
+            "Tasks or replies the durable spool did not keep (they run or go out unspooled, "
+            "or, for ttl, are given up), by reason.", ["reason"], registry=r,
+        )
+        self.spool_tasks = Gauge(
+            "edgesched_spool_tasks", "Accepted MQTT tasks recorded in the spool, unfinished.",
+            registry=r,
+        )
+        self.spool_replies = Gauge(
+            "edgesched_spool_replies",
+            "Terminal replies recorded in the spool, not yet acknowledged by the broker.",
+            registry=r,
+        )
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
         ProcessCollector(registry=r)
         self._preinitialise()
@@ -233,6 +250,7 @@ class Metrics:
             self.cancels.labels(direction="sent", result=result)
         for result in ("dropped", "running", "unknown"):
             self.cancels.labels(direction="received", result=result)
+        each(self.spool_shed, "reason", SPOOL_SHED_REASONS)
         for status in STATUSES:
             self.tasks_completed.labels(placement="none", status=status)
         for placement in PLACEMENTS:

@@ -82,6 +82,9 @@ class InboundMessage:
     user_properties: tuple[tuple[str, str], ...] = ()
     received_at: float = field(default_factory=time.monotonic)
     signer: str | None = None  # on a signed subscription: the verified signing node's id
+    # on a `manual_ack` subscription: sends the QoS 1 PUBACK (call it once the message is
+    # safe, e.g. spooled); None when the message needs no ack or was already acknowledged
+    ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -202,8 +205,9 @@ class _Subscription:
 
     def __init__(self, topic_filter: str, handler: Handler, qos: int, queue_size: int, *,
                  signed: bool = False, persistent: bool = False,
-                 conflate: bool = False) -> None:
+                 conflate: bool = False, manual_ack: bool = False) -> None:
         self.topic_filter = topic_filter
+        self.manual_ack = manual_ack
         self.handler = handler
         self.qos = qos
         self.signed = signed
@@ -263,6 +267,8 @@ class MqttClient:
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ratelog = RateLimitedLog(log)
+        self._paho: Any = None  # the paho client of the current connection (manual acks)
+        self._manual_ack = False
 
     # ---- public API ---------------------------------------------------------------------
     @property
@@ -296,6 +302,7 @@ class MqttClient:
     async def subscribe(
         self, topic_filter: str, handler: Handler, *, qos: int = 0, queue_size: int | None = None,
         signed: bool = False, persistent: bool = False, conflate: bool = False,
+        manual_ack: bool = False,
     ) -> None:
         """Deliver messages matching `topic_filter` to `handler` (see the class docstring).
 
@@ -306,9 +313,14 @@ class MqttClient:
         `signing.Verifier`). `conflate=True` (periodic telemetry: the latest value wins): when
         the handler falls behind, a message whose topic has a newer one queued is skipped
         before it costs a signature check (`..._dropped_total{reason="superseded"}`).
+        `manual_ack=True` (the submit topic with a spool): a QoS 1 message is acknowledged
+        to the broker only when the handler calls `msg.ack()` (paho's manual acks; every
+        other subscription is still acknowledged on receipt). Must be subscribed before the
+        client starts (paho's manual-ack mode is set per connection).
         """
         sub = _Subscription(topic_filter, handler, qos, queue_size or self.options.incoming_queue,
-                            signed=signed, persistent=persistent, conflate=conflate)
+                            signed=signed, persistent=persistent, conflate=conflate,
+                            manual_ack=manual_ack)
         self._subs.append(sub)
         self._topic_cache.clear()
         if self._tg is not None:
@@ -429,7 +441,7 @@ class MqttClient:
         if v5 and persistent:
             session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             session.SessionExpiryInterval = opts.session_expiry_s
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             opts.host,
             opts.port,
             username=opts.username,
@@ -449,6 +461,31 @@ class MqttClient:
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             tls_context=tls_context(opts),
         )
+        # aiomqtt 2.5 does not expose paho's manual acks: set them on its paho client (its
+        # `_client`), so a submission is acknowledged only once it is safe (spooled).
+        self._manual_ack = any(sub.manual_ack for sub in self._subs)
+        self._paho = client._client
+        if self._manual_ack:
+            self._paho.manual_ack_set(True)
+        return client
+
+    def _ack_later(self, mid: int, qos: int) -> Callable[[], None]:
+        paho_client = self._paho
+        done = False
+
+        def ack() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            if paho_client is not self._paho:
+                return  # that connection is gone: the broker redelivers on the new session
+            try:
+                paho_client.ack(mid, qos)
+            except Exception as exc:  # a lost socket: the broker redelivers
+                log.debug("could not acknowledge message %d: %s", mid, exc)
+
+        return ack
 
     def _queue_factory(self) -> Any:
         owner = self
@@ -629,12 +666,20 @@ class MqttClient:
             payload = b"" if payload is None else str(payload).encode()
         topic = message.topic.value
         if len(payload) > self.options.max_payload_bytes:
+            if self._manual_ack and message.qos > 0:
+                self._ack_later(message.mid, message.qos)()
             self._metrics.messages_dropped.labels(reason="oversize").inc()
             self._ratelog.warning("oversize", "dropped a %d-byte message on %s: over "
                                   "mqtt.max_payload_bytes=%d", len(payload), topic,
                                   self.options.max_payload_bytes)
             return
         subs = self._matching(topic)
+        ack = None
+        if self._manual_ack and message.qos > 0:
+            ack = self._ack_later(message.mid, message.qos)
+            if not any(sub.manual_ack for sub in subs):
+                ack()  # acknowledged on receipt, as without manual acks
+                ack = None
         if not subs:
             return
         props = message.properties
@@ -644,7 +689,7 @@ class MqttClient:
         msg = InboundMessage(
             topic=topic, payload=bytes(payload), qos=message.qos, retain=bool(message.retain),
             response_topic=response_topic, correlation_data=correlation,
-            user_properties=user_props,
+            user_properties=user_props, ack=ack,
         )
         for sub in subs:
             try:
@@ -652,6 +697,8 @@ class MqttClient:
                 if sub.conflate:
                     sub.newest[topic] = msg
             except asyncio.QueueFull:
+                if ack is not None and sub.manual_ack:
+                    ack()  # dropped and counted: the broker must not hold it for ever
                 self._metrics.messages_dropped.labels(reason="incoming_queue_full").inc()
                 self._ratelog.warning(
                     f"full:{sub.topic_filter}", "incoming queue of %s is full (%d): dropped a "

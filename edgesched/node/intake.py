@@ -12,6 +12,14 @@ route is refused is rejected (`reason="reply_topic"`) and answered nowhere.
 Repeated task ids are deduplicated per reply route (`route_key`): the same submission
 redelivered on the same route gets the first outcome; the same id from another route is a
 task of its own. HTTP submissions are never deduplicated across requests.
+
+With a spool (`state_dir` set, adapters/spool.py): an accepted MQTT submission is recorded
+before its PUBACK goes to the broker (the submit subscription acknowledges manually), its
+terminal reply replaces that record and stays until the broker acknowledges the reply's
+publish; replies that cannot go out wait for the next connect (`flush_spooled`, an on-connect
+hook). `resume()` at start runs again what a crash left unfinished (idempotent types) or
+answers it `failed` ("interrupted by restart"). HTTP submissions are never spooled: the
+client's connection dies with the node.
 """
 
 from __future__ import annotations
@@ -28,12 +36,14 @@ from aiohttp import web
 
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog, topic_matches
+from edgesched.adapters.spool import Spool
 from edgesched.errors import MqttError
 from edgesched.node import protocol as p
 
 log = logging.getLogger("edgesched.intake")
 
 MAX_PENDING_REJECTS = 1000  # rejection replies in flight before intake answers inline
+INTERRUPTED = "interrupted by restart"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -85,7 +95,8 @@ class Intake:
     def __init__(self, *, mqtt: MqttClient, metrics: Metrics, accept: Accept, spawn: Spawn,
                  known_types: Callable[[], frozenset[str]], max_payload_bytes: int,
                  max_input_bytes: int, prefix: str = "edgesched",
-                 reply_topics: tuple[str, ...] = ("#",)) -> None:
+                 reply_topics: tuple[str, ...] = ("#",), spool: Spool | None = None,
+                 idempotent: Callable[[str], bool] = lambda _name: False) -> None:
         self._mqtt = mqtt
         self._metrics = metrics
         self._accept = accept
@@ -97,6 +108,9 @@ class Intake:
         self._pending_rejects = 0
         self._prefix = prefix
         self._reply_topics = tuple(reply_topics)
+        self._spool = spool
+        self._idempotent = idempotent
+        self._sending: set[str] = set()  # spooled replies being published now
 
     def parse(self, payload: bytes) -> p.SubmitRequest:
         return p.parse_submit(payload, max_bytes=self._max_bytes,
@@ -135,19 +149,29 @@ class Intake:
 
     async def on_mqtt_submit(self, msg: InboundMessage) -> None:
         """Consumer of the submit topic: must return quickly (the job runs in the pipeline)."""
+        try:
+            await self._on_mqtt_submit(msg)
+        finally:
+            if msg.ack is not None:
+                msg.ack()  # recorded (or answered, or refused): the broker may forget it
+
+    async def _on_mqtt_submit(self, msg: InboundMessage,
+                              spool_key: str | None = None) -> str | None:
+        """Accept (or answer the refusal of) one MQTT submission; returns its spool key when
+        it was recorded in the spool."""
         received = time.monotonic()
         try:
-            _, future, route = self.submit(msg.payload, received, msg)
+            req, future, route = self.submit(msg.payload, received, msg)
         except p.SubmissionError as exc:
             route = self._route(msg, exc.reply_to, exc.correlation_id)
             if exc.reason is p.RejectCode.REPLY_TOPIC:
-                return  # never answered on a forbidden topic (logged and counted above)
+                return None  # never answered on a forbidden topic (logged, counted above)
             why = self.refusal(route)
             if why is not None:
                 assert route is not None
                 self._ratelog.warning("reply-topic", "rejection not sent to %r: %s",
                                       route.topic[:128], why)
-                return
+                return None
             reply = p.Reply(id=exc.task_id or p.new_task_id(), status=p.Status.REJECTED,
                             error=str(exc), latency_s=time.monotonic() - received,
                             correlation_id=route.correlation_id if route else None)
@@ -157,8 +181,16 @@ class Intake:
                 # Answer off the consumer loop so valid submissions behind it are not delayed.
                 self._pending_rejects += 1
                 self._spawn(self._send_reject(route, reply), "edgesched.pipeline.reject")
-            return
-        self._spawn(self._reply_when_done(future, route), "edgesched.pipeline.reply")
+            return None
+        key = None
+        if self._spool is not None and route is not None and not future.done():
+            key = spool_key or f"{route_key(route).hex()}:{req.id}"
+            if not self._spool.record_task(key, req.type, msg.payload,
+                                           response_topic=msg.response_topic,
+                                           correlation_data=msg.correlation_data):
+                key = None  # not kept (counted): runs and is answered unspooled
+        self._spawn(self._reply_when_done(future, route, key), "edgesched.pipeline.reply")
+        return key
 
     @staticmethod
     def _route(msg: InboundMessage, reply_to: str | None,
@@ -177,11 +209,99 @@ class Intake:
             self._pending_rejects -= 1
 
     async def _reply_when_done(self, future: asyncio.Future[p.Reply],
-                               route: ReplyRoute | None) -> None:
+                               route: ReplyRoute | None, key: str | None = None) -> None:
         reply = await asyncio.shield(future)
         if route is not None and route.correlation_id is not None:
             reply = _with_correlation(reply, route.correlation_id)
+        if key is not None and route is not None and self._spool is not None:
+            data = reply.encode()
+            if self._spool.complete(key, topic=route.topic,
+                                    correlation_data=route.correlation_data, payload=data):
+                await self._send_spooled(key, route.topic, route.correlation_data, data)
+                return
         await self.send(route, reply)
+
+    # -- the spool ----------------------------------------------------------------------------
+
+    async def _send_spooled(self, key: str, topic: str, correlation_data: bytes | None,
+                            data: bytes) -> None:
+        """Publish a spooled reply once; on the broker's PUBACK its row is dropped. When it
+        cannot go out now it stays in the spool for the next connect (or the next start)."""
+        spool = self._spool
+        if spool is None or key in self._sending:
+            return
+        self._sending.add(key)
+        try:
+            await self._mqtt.publish(topic, data, qos=1, correlation_data=correlation_data)
+        except MqttError as exc:
+            self._ratelog.warning("spooled", "reply %s kept in the spool until the broker is "
+                                  "back: %s", key.partition(":")[2], exc)
+            return
+        finally:
+            self._sending.discard(key)
+        spool.forget_reply(key)
+
+    async def flush_spooled(self) -> None:
+        """On-connect hook: send every spooled reply not being sent now (each in its own
+        task, so the connection's hooks are not held up)."""
+        if self._spool is None:
+            return
+        pending = [r for r in self._spool.pending_replies() if r.key not in self._sending]
+        if pending:
+            log.info("spool: sending %d reply(ies) held while the broker was away",
+                     len(pending))
+        for r in pending:
+            self._spawn(self._send_spooled(r.key, r.topic, r.correlation_data, r.payload),
+                        "edgesched.pipeline.spooled")
+
+    async def resume(self, submit_topic: str) -> None:
+        """At start: every task a previous run left unfinished is run again through the
+        normal accept path (idempotent types) or answered `failed` ("interrupted by
+        restart"), once. Spooled replies go out on the first connect (flush_spooled)."""
+        spool = self._spool
+        if spool is None:
+            return
+        tasks = spool.pending_tasks()
+        if not tasks:
+            return
+        rerun = failed = 0
+        for t in tasks:
+            msg = InboundMessage(topic=submit_topic, payload=t.payload, qos=1,
+                                 response_topic=t.response_topic,
+                                 correlation_data=t.correlation_data)
+            if self._idempotent(t.type):
+                rerun += 1
+                if await self._on_mqtt_submit(msg, spool_key=t.key) != t.key:
+                    spool.forget_task(t.key)  # refused now (answered so) or not kept
+                continue
+            failed += 1
+            self._interrupted(t.key, t.type, msg)
+        log.info("spool: resumed %d unfinished task(s): %d run again (idempotent), %d "
+                 "answered failed (%s)", len(tasks), rerun, failed, INTERRUPTED)
+
+    def _interrupted(self, key: str, task_type: str, msg: InboundMessage) -> None:
+        assert self._spool is not None
+        try:
+            req = p.parse_submit(msg.payload, max_bytes=1 << 62, max_input_bytes=1 << 62,
+                                 known_types=frozenset({task_type}))
+            task_id, reply_to, corr = req.id, req.reply_to, req.correlation_id
+        except p.SubmissionError as exc:
+            task_id, reply_to, corr = exc.task_id or p.new_task_id(), exc.reply_to, (
+                exc.correlation_id)
+        route = self._route(msg, reply_to, corr)
+        if route is None or self.refusal(route) is not None:
+            self._spool.forget_task(key)
+            return
+        reply = p.Reply(id=task_id, status=p.Status.FAILED, error=INTERRUPTED, latency_s=0.0,
+                        correlation_id=route.correlation_id)
+        self._metrics.tasks_completed.labels(placement="none", status="failed").inc()
+        data = reply.encode()
+        if self._spool.complete(key, topic=route.topic, correlation_data=route.correlation_data,
+                                payload=data):
+            self._spawn(self._send_spooled(key, route.topic, route.correlation_data, data),
+                        "edgesched.pipeline.reply")
+        else:
+            self._spawn(self.send(route, reply), "edgesched.pipeline.reply")
 
     async def send(self, route: ReplyRoute | None, reply: p.Reply) -> None:
         if route is None:

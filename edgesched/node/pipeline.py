@@ -29,6 +29,7 @@ from edgesched.adapters.cloud import CloudClient
 from edgesched.adapters.executor import LocalExecutor
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import MqttClient
+from edgesched.adapters.spool import Spool
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.estimators import EstimatorBank, ExecParams, ExecPrior
 from edgesched.core.model import ClusterSnapshot, LinkEstimate, NodeState, Placement, PowerModel
@@ -225,8 +226,10 @@ class TaskPipeline:
         bank: EstimatorBank,
         snapshot: Callable[[], ClusterSnapshot],
         neighbours: Callable[[float], Sequence[NodeState]],
+        spool: Spool | None = None,
     ) -> None:
         s = settings
+        self.spool = spool  # the durable spool (state_dir set): MQTT tasks and their replies
         self.settings = s
         self.mqtt = mqtt
         self.metrics = metrics
@@ -268,7 +271,7 @@ class TaskPipeline:
             mqtt=mqtt, metrics=metrics, accept=self.accept, spawn=self.spawn,
             known_types=self.registry.names, max_payload_bytes=max_bytes,
             max_input_bytes=s.executor.max_input_bytes, prefix=prefix,
-            reply_topics=s.intake.reply_topics)
+            reply_topics=s.intake.reply_topics, spool=spool, idempotent=self._idempotent)
         self.offload_server = OffloadServer(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes,
@@ -296,7 +299,12 @@ class TaskPipeline:
             assert self.offload_client is not None and self.offload_server is not None
             await self.offload_client.start()
             await self.offload_server.start()
-            await self.mqtt.subscribe(self.submit_topic, self.intake.on_mqtt_submit, qos=1)
+            # with a spool, a submission's PUBACK waits until it is recorded (manual ack)
+            await self.mqtt.subscribe(self.submit_topic, self.intake.on_mqtt_submit, qos=1,
+                                      manual_ack=self.spool is not None)
+        if self.spool is not None:
+            self.mqtt.on_connect(self.intake.flush_spooled)  # replies held while away
+            await self.intake.resume(self.submit_topic)  # what a crash left unfinished
         log.info("task pipeline ready: types %s, %d slots, policy %s",
                  ", ".join(sorted(self.registry.names())), self.executor.slots,
                  self.settings.policy.name)
@@ -401,6 +409,10 @@ class TaskPipeline:
         }
 
     # -- accepting and running ----------------------------------------------------------------
+
+    def _idempotent(self, name: str) -> bool:
+        """May a task of type `name` left unfinished by a crash run again after a restart?"""
+        return name in self.registry.names() and self.registry.get(name).settings.idempotent
 
     def _job(self, req: p.SubmitRequest, received_at: float) -> Job:
         task_type = self.registry.get(req.type)

@@ -28,6 +28,7 @@ from edgesched.adapters.http import HttpServer, server_ssl_context
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import MqttClient, MqttOptions, OutboundMessage
 from edgesched.adapters.signing import MessageSecurity, load_security
+from edgesched.adapters.spool import Spool
 from edgesched.adapters.stallguard import StallGuard, stall_guard_for
 from edgesched.adapters.systemd import Notifier
 from edgesched.config import (
@@ -197,6 +198,21 @@ def message_security(settings: Settings) -> MessageSecurity | None:
         raise ConfigError([("security", str(exc))]) from None
 
 
+def open_spool(settings: Settings, metrics: Metrics) -> Spool | None:
+    """The durable spool in `state_dir` (ConfigError, exit 78, when it is corrupt or cannot
+    be written); None, logged once, without `state_dir`."""
+    if settings.state_dir is None:
+        log.info("no state_dir: no durable spool (accepted tasks and unsent replies do not "
+                 "survive a crash or restart)")
+        return None
+    sp = settings.spool
+    spool = Spool.open(settings.state_dir, max_bytes=sp.max_bytes, reply_ttl_s=sp.reply_ttl_s,
+                       metrics=metrics)
+    log.info("durable spool %s: %d unfinished task(s), %d unsent reply(ies)", spool.path,
+             spool.task_count, spool.reply_count)
+    return spool
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -239,7 +255,7 @@ def build_runtime(
     )
     pipeline = TaskPipeline(settings=settings, mqtt=mqtt, metrics=metrics, executor=executor,
                             bank=bank, snapshot=snapshot_source(view, telemetry),
-                            neighbours=view.neighbours)
+                            neighbours=view.neighbours, spool=open_spool(settings, metrics))
     status = NodeStatus(identity=identity, mqtt_settings=settings.mqtt, mqtt=mqtt, view=view,
                         telemetry=telemetry, load=executor.load)
     h = settings.http
