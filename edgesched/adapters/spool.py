@@ -184,9 +184,9 @@ class Spool:
             self._shed("full", "task", key, f"spool.max_bytes={self.max_bytes}")
             return False
         try:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, task_type, payload, response_topic, correlation_data, self._clock(), size))
+            self._write("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (key, task_type, payload, response_topic, correlation_data,
+                         self._clock(), size))
         except sqlite3.Error as exc:
             self._shed("write_error", "task", key, str(exc))
             return False
@@ -201,9 +201,10 @@ class Spool:
             return
         self.bytes -= size
         try:
-            self._conn.execute("DELETE FROM tasks WHERE key = ?", (key,))
+            self._write("DELETE FROM tasks WHERE key = ?", (key,))
         except sqlite3.Error as exc:
-            log.warning("spool: could not delete task %s: %s", key, exc)
+            log.error("spool: could not delete task %s (%s): a restart may run it again",
+                      key, exc)
 
     def complete(self, key: str, *, topic: str, correlation_data: bytes | None,
                  payload: bytes) -> bool:
@@ -238,6 +239,18 @@ class Spool:
         self._replies[key] = size
         return True
 
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        """One statement; on a full disk, checkpoint (and truncate) the WAL once and retry:
+        rows deleted since the last checkpoint free their room only then."""
+        try:
+            self._conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc):
+                raise
+            self._rollback()
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute(sql, params)
+
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("ROLLBACK")
@@ -249,9 +262,10 @@ class Spool:
             return
         self.bytes -= size
         try:
-            self._conn.execute("DELETE FROM replies WHERE key = ?", (key,))
+            self._write("DELETE FROM replies WHERE key = ?", (key,))
         except sqlite3.Error as exc:
-            log.warning("spool: could not delete reply %s: %s", key, exc)
+            log.error("spool: could not delete reply %s (%s): a restart may send it again",
+                      key, exc)
 
     # -- reading back ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import time
@@ -400,7 +401,12 @@ async def run(
     `runtime_hook(rt)` is called with the built object graph before anything starts (tests
     and embedding programs use it to reach the components; the graph is not to be changed).
     """
-    rt = build_runtime(settings, registry=registry, process_env=process_env)
+    try:
+        rt = build_runtime(settings, registry=registry, process_env=process_env)
+    except BaseException:
+        if inspect.iscoroutine(shutdown_trigger):  # never awaited: no "never awaited" warning
+            shutdown_trigger.close()
+        raise
     if runtime_hook is not None:
         runtime_hook(rt)
     stop = asyncio.ensure_future(shutdown_trigger)
