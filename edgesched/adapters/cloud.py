@@ -9,7 +9,7 @@ import re
 import ssl
 import time
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
@@ -91,6 +91,37 @@ class CloudClient:
         except (aiohttp.ClientError, ValueError) as exc:
             detail = self._scrub(f"{exc.__class__.__name__}: {exc}")
             raise HttpError(f"cloud {self.shown_url}: {detail}", reason="unreachable") from exc
+
+    async def cancel(self, task_id: str, *, sent_at_ms: int | None,
+                     timeout_s: float = 2.0) -> str:
+        """`DELETE {cloud.url}/v1/tasks/{id}?sent_at=MS`: drop the attempt sent at `sent_at_ms`
+        if it has not started; the cloud's `result` (dropped, running, unknown), or HttpError."""
+        if self._session is None:
+            raise HttpError("the cloud client is not open")
+        params = {} if sent_at_ms is None else {"sent_at": str(sent_at_ms)}
+        try:
+            async with self._session.delete(
+                f"{self.url}/{quote(task_id, safe='')}", params=params,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                if resp.status in (401, 403):
+                    self._refused(resp.status)
+                raw = await resp.content.read(4096)
+        except TimeoutError as exc:
+            raise HttpTimeoutError(
+                f"cloud {self.shown_url} did not answer a cancel within {timeout_s}s") from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            detail = self._scrub(f"{exc.__class__.__name__}: {exc}")
+            raise HttpError(f"cloud {self.shown_url}: {detail}", reason="unreachable") from exc
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            doc = None
+        if resp.status != 200 or not isinstance(doc, dict) or not isinstance(
+                doc.get("result"), str):
+            raise HttpError(f"cloud {self.shown_url} answered a cancel with HTTP {resp.status}",
+                            reason="http_status")
+        return str(doc["result"])[:32]
 
     def _refused(self, status: int) -> None:
         if self._settings.token is None:

@@ -8,6 +8,7 @@ Every completion feeds the estimators and the metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -146,6 +147,7 @@ class Dispatcher:
         self.inflight = InFlight()
         self.decisions: deque[DecisionRecord] = deque(maxlen=max_decisions)
         self.last_work: dict[str, float] = {}
+        self._cancels: set[asyncio.Task[None]] = set()
 
     # -- deciding -----------------------------------------------------------------------------
 
@@ -371,13 +373,15 @@ class Dispatcher:
 
     async def _run_cloud(self, job: Job, timeout_s: float) -> AttemptResult:
         assert self.cloud is not None
+        sent_at = int(time.time() * 1000)
         body = p.encode(job.request.as_submit(deadline_s=self._remaining(job),
-                                              sent_at_ms=int(time.time() * 1000)))
+                                              sent_at_ms=sent_at))
         try:
             doc = await self.cloud.submit(body, timeout_s=timeout_s)
             reply = p.parse_reply(doc)
         except HttpTimeoutError as exc:
             self.metrics.cloud_requests_failed.labels(reason=exc.reason).inc()
+            self._cancel_cloud(job.request.id, sent_at)  # given up on: let the cloud drop it
             return AttemptResult(outcome=Outcome.TIMEOUT, error=str(exc))
         except HttpError as exc:
             # a refused token (`unauthorized`) fails the attempt: the chain moves on
@@ -388,6 +392,25 @@ class Dispatcher:
             return AttemptResult(outcome=Outcome.FAILED, error=f"bad cloud reply: {exc}")
         return _from_remote(reply.status, reply.result, reply.error,
                             reply.executed_by or CLOUD_ID, 0.0, reply.latency_s)
+
+    def _cancel_cloud(self, task_id: str, sent_at_ms: int) -> None:
+        """Best effort, in the background: `DELETE /v1/tasks/{id}` of an abandoned attempt."""
+        cloud = self.cloud
+        if cloud is None:
+            return
+
+        async def send() -> None:
+            try:
+                await cloud.cancel(task_id, sent_at_ms=sent_at_ms)
+            except HttpError as exc:
+                self.metrics.cancels.labels(direction="sent", result="failed").inc()
+                log.debug("cloud cancel of %s not delivered: %s", task_id, exc)
+                return
+            self.metrics.cancels.labels(direction="sent", result="sent").inc()
+
+        task = asyncio.get_running_loop().create_task(send(), name="edgesched.cloud.cancel")
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     # -- feedback -----------------------------------------------------------------------------
 

@@ -251,6 +251,9 @@ class TaskPipeline:
         self._work: set[asyncio.Task[None]] = set()  # the ones doing a task's work
         self._handed: set[asyncio.Task[Any]] = set()  # running a neighbour's task locally
         self._late: set[asyncio.Task[None]] = set()  # replies spawned after the TaskGroup
+        # the cloud tier's tasks from edge nodes by (id, sent_at), and the ones cancelled
+        self._edge_tasks: dict[tuple[str, int | None], asyncio.Task[Any]] = {}
+        self._edge_cancelled: OrderedDict[tuple[str, int | None], None] = OrderedDict()
         prefix = s.mqtt.topic_prefix
         max_bytes = min(s.mqtt.max_payload_bytes, s.http.max_body_bytes)
         self.cloud = CloudClient(s.cloud) if self.edge and s.cloud.url else None
@@ -282,7 +285,10 @@ class TaskPipeline:
 
     def routes(self) -> list[web.RouteDef]:
         """The HTTP routes it serves (given to the HTTP server at its construction)."""
-        return [web.post("/v1/tasks", self.intake.on_http_submit)]
+        routes = [web.post("/v1/tasks", self.intake.on_http_submit)]
+        if not self.edge:  # the cloud tier: an edge node cancels an attempt it gave up on
+            routes.append(web.delete("/v1/tasks/{id}", self.on_http_cancel))
+        return routes
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -475,7 +481,54 @@ class TaskPipeline:
         late = p.late_s(job.request.sent_at_ms, int(time.time() * 1000))
         if late > 0:
             job = dataclasses.replace(job, received_at=job.received_at - late)
-        return await self.dispatcher.local_only(job)
+        key = (job.request.id, job.request.sent_at_ms)
+        cancelled = p.Reply(id=job.request.id, status=p.Status.EXPIRED, placement=Placement.LOCAL,
+                            error=f"cancelled by its origin before {self.node_id} started it",
+                            latency_s=time.monotonic() - job.received_at, attempts=1)
+        if key in self._edge_cancelled:
+            self.metrics.cancels.labels(direction="received", result="dropped").inc()
+            return cancelled
+        me = asyncio.current_task()
+        if me is not None:
+            self._edge_tasks[key] = me
+        try:
+            return await self.dispatcher.local_only(job)
+        except asyncio.CancelledError:
+            if key not in self._edge_cancelled or self.closing or me is None:
+                raise
+            me.uncancel()  # the origin's DELETE cancelled it while it waited for a slot
+            self.metrics.cancels.labels(direction="received", result="dropped").inc()
+            return cancelled
+        finally:
+            if me is not None and self._edge_tasks.get(key) is me:
+                del self._edge_tasks[key]
+
+    async def on_http_cancel(self, request: web.Request) -> web.Response:
+        """`DELETE /v1/tasks/{id}[?sent_at=MS]`: drop that task if it has not started.
+
+        Answers 200 `{"id", "result": "dropped"|"running"|"unknown"}`; "unknown" is also
+        remembered, so a task that arrives after its cancel is dropped on arrival."""
+        task_id = request.match_info["id"]
+        raw = request.query.get("sent_at")
+        bad_stamp = raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 16)
+        if bad_stamp or len(task_id) > p.MAX_ID_CHARS:
+            self.metrics.tasks_rejected.labels(reason=p.RejectCode.SCHEMA.value).inc()
+            return web.json_response({"error": "schema", "detail": "a cancel is DELETE "
+                                      "/v1/tasks/{id}?sent_at=<integer ms>"}, status=400)
+        key = (task_id, None if raw is None else int(raw))
+        self._edge_cancelled[key] = None
+        if len(self._edge_cancelled) > 4096:
+            self._edge_cancelled.popitem(last=False)
+        task = self._edge_tasks.get(key)
+        if task is not None and not task.done() and self.executor.waiting(task):
+            task.cancel()  # answered expired ("cancelled"), counted as dropped by the task
+            result = "dropped"
+        elif task is not None and not task.done():
+            result = "running"
+            self.metrics.cancels.labels(direction="received", result=result).inc()
+        else:
+            result = "unknown"  # not here yet (dropped on arrival then), or already answered
+        return web.json_response({"id": task_id, "result": result})
 
     def _cut_reason(self) -> str:
         if self.executor.draining:

@@ -149,11 +149,14 @@ async def test_cloud_frozen_20s_then_resumed(mosquitto: Mosquitto, node_factory:
             "cloud_ran_after": cloud_ran(cloud) - before,
             "cloud_expired": count(cloud, "edgesched_tasks_expired_on_arrival_total",
                                    via="http"),
+            "A_cancels": {r: count(a, "edgesched_cancels_total", direction="sent", result=r)
+                          for r in ("sent", "failed")},
         }
         print("cloud frozen 20 s:", figures)
         answered_once(client, keys)
         assert figures["cloud_ran_after"] <= 2, figures  # was: all 20 ran again
         assert figures["cloud_expired"] >= TASKS - 2, figures
+        assert sum(figures["A_cancels"].values()) >= 1, figures  # A tried to cancel
 
 
 async def test_cloud_refusing_connections(mosquitto: Mosquitto, node_factory: Any) -> None:
