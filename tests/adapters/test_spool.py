@@ -3,6 +3,7 @@ bounds, TTL, and a corrupt or unwritable file as a clear error."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
@@ -137,3 +138,18 @@ def test_wal_and_normal_sync(tmp_path: Path) -> None:
     open_spool(tmp_path).close()
     conn = sqlite3.connect(tmp_path / FILENAME)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_acknowledged_replies_are_deleted_together_in_the_loop(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    for i in range(700):
+        spool.complete(f"k{i}", topic="t", correlation_data=None, payload=b"{}")
+    for i in range(700):
+        spool.forget_reply(f"k{i}")
+    assert spool.reply_count == 0  # counted at once ...
+    rows = spool._conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+    assert rows == 700  # ... deleted at the end of this loop iteration, in one go
+    await asyncio.sleep(0)
+    assert spool._conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0] == 0
+    spool.close()
+    assert open_spool(tmp_path).pending_replies() == []
