@@ -12,8 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from edgesched.adapters.metrics import Metrics
+from edgesched.adapters.mqtt import InboundMessage, MqttClient, MqttOptions
 from edgesched.adapters.spool import FILENAME, Spool
 from edgesched.errors import ConfigError
+from tests.support.broker import Mosquitto
 
 
 class Clock:
@@ -153,3 +155,48 @@ async def test_acknowledged_replies_are_deleted_together_in_the_loop(tmp_path: P
     assert spool._conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0] == 0
     spool.close()
     assert open_spool(tmp_path).pending_replies() == []
+
+
+async def test_manual_ack_keeps_an_unacknowledged_submission_at_the_broker(
+        mosquitto: Mosquitto) -> None:
+    """The submit subscription's `manual_ack`: a message whose handler did not call
+    `msg.ack()` (not yet spooled when the node died) is redelivered to the persistent
+    session; an acknowledged one is not. Real mosquitto, MQTT 5."""
+    options = MqttOptions(host=mosquitto.host, port=mosquitto.port, client_id="ack-test",
+                          session_expiry_s=60, reconnect_initial_s=0.1)
+    got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    async def handler(msg: InboundMessage) -> None:
+        got.append(msg.payload)
+        if msg.payload == b"ack" and msg.ack is not None:
+            msg.ack()
+        arrived.set()
+
+    async def session(within_s: float = 10) -> None:
+        client = MqttClient(options, Metrics(CollectorRegistry()))
+        await client.subscribe("sub/#", handler, qos=1, manual_ack=True)
+        async with client:
+            async with asyncio.timeout(within_s):
+                await client.wait_connected()
+                while len(got) < 2:
+                    arrived.clear()
+                    await arrived.wait()
+
+    publisher = MqttClient(MqttOptions(host=mosquitto.host, port=mosquitto.port,
+                                       client_id="ack-pub"), Metrics(CollectorRegistry()))
+    async with publisher:
+        async with asyncio.timeout(10):
+            await publisher.wait_connected()
+        first = asyncio.create_task(session())
+        await asyncio.sleep(0.5)  # subscribed
+        await publisher.publish("sub/a", b"ack", qos=1)
+        await publisher.publish("sub/b", b"noack", qos=1)
+        await first
+        assert sorted(got) == [b"ack", b"noack"]
+        got.clear()
+        # the same session again: only the unacknowledged message comes back
+        again = asyncio.create_task(session(within_s=3))
+        with pytest.raises(TimeoutError):
+            await again  # never a second message: `ack` is not redelivered
+    assert got == [b"noack"]
