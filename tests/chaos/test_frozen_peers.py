@@ -115,6 +115,8 @@ async def test_neighbour_frozen_20s_then_resumed(mosquitto: Mosquitto,
                                     result="sent"),
             "A_late_replies": count(a, "edgesched_offload_replies_ignored_total",
                                     reason="late"),
+            "B_replies_not_published": count(b, "edgesched_replies_dropped_total",
+                                             reason="publish_failed"),
         }
         print("neighbour frozen 20 s:", figures)
         answered_once(client, keys)
