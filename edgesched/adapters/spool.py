@@ -158,6 +158,9 @@ class Spool:
     def reply_count(self) -> int:
         return len(self._replies)
 
+    def has_task(self, key: str) -> bool:
+        return key in self._tasks
+
     def has_reply(self, key: str) -> bool:
         return key in self._replies
 

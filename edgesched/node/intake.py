@@ -185,6 +185,10 @@ class Intake:
         key = None
         if self._spool is not None and route is not None and not future.done():
             key = spool_key or f"{route_key(route).hex()}:{req.id}"
+            if spool_key is None and self._spool.has_task(key):
+                # a redelivery of a spooled task still in flight (e.g. resumed after a crash
+                # and redelivered by the broker, its PUBACK never sent): one reply is coming
+                return key
             if not self._spool.record_task(key, req.type, msg.payload,
                                            response_topic=msg.response_topic,
                                            correlation_data=msg.correlation_data):

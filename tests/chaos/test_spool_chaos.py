@@ -9,6 +9,7 @@ a reply; replies that could not be published for 30 s were dropped.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 import uuid
@@ -173,3 +174,22 @@ async def test_reply_waits_in_spool_across_node_sigterm_while_broker_away(
     finally:
         broker.stop()
         shutil.rmtree(broker.workdir, ignore_errors=True)
+
+
+async def test_a_redelivered_submission_in_flight_is_answered_once(
+        mosquitto: Mosquitto, node_factory: Any, tmp_path: Path) -> None:
+    """The same submission (same id, same reply route) arriving twice while it runs, as a
+    broker redelivers one whose PUBACK was never sent: one task, one reply."""
+    origin(node_factory, mosquitto, tmp_path / "state")
+    async with TaskClient(mosquitto) as client:
+        key = uuid.uuid4().hex[:12]
+        topic = f"{client.prefix}/client/{client.token}/{key}"
+        payload = json.dumps({"id": f"dup-{key}", "type": "sleep",
+                              "input": {"seconds": 0.5}}).encode()
+        for _ in range(2):
+            await client._client.publish("edgesched/node/A/submit", payload, qos=1,
+                                         response_topic=topic, correlation_data=key.encode())
+        await client.wait_all([key], within_s=10)
+        await asyncio.sleep(1.0)  # time for a second reply to show up
+    assert len(client.replies[key]) == 1, client.replies[key]
+    assert client.replies[key][0]["status"] == "ok"
