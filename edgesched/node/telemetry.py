@@ -33,6 +33,8 @@ from edgesched.node.wire import (
 
 log = logging.getLogger("edgesched.telemetry")
 
+TELEMETRY_PUBLISH_S = 1.0  # the longest a telemetry publish may wait (it is QoS 0)
+
 
 class Load(NamedTuple):
     """This node's load as the executor reports it."""
@@ -246,8 +248,12 @@ class TelemetryStage:
             mqtt = self._mqtt
             if mqtt is not None and mqtt.connected:
                 try:
+                    # bounded well below the publish default (10 s): after a freeze the
+                    # connection may be dead without our knowing yet, and waiting it out
+                    # would hold back the publish after the reconnect by as much
                     await mqtt.publish(self.topics.node_telemetry(self.identity.node_id),
-                                       self.telemetry_doc(), signed=True)
+                                       self.telemetry_doc(), signed=True,
+                                       timeout_s=TELEMETRY_PUBLISH_S)
                 except MqttError as exc:
                     self._ratelog.warning("publish", "telemetry not published: %s", exc)
             next_at += self._interval_s
@@ -268,11 +274,19 @@ class TelemetryStage:
                 next_at = self._clock()
                 log.info("resumed after a %.1fs pause: re-announcing state and telemetry",
                          behind)
-                if mqtt is not None and mqtt.connected:
-                    try:
-                        await self.publish_online_state()
-                    except MqttError as exc:
-                        self._ratelog.warning("publish", "state not re-announced: %s", exc)
+                if mqtt is not None and mqtt.connected and self._tg is not None:
+                    # in the background: on a connection that died meanwhile it waits until
+                    # the reconnect (whose hook re-announces anyway) and must not hold the loop
+                    self._tasks = [t for t in self._tasks if not t.done()]
+                    self._tasks.append(self._tg.create_task(
+                        self._reannounce(), name="edgesched.telemetry.reannounce"))
+
+    async def _reannounce(self) -> None:
+        try:
+            async with asyncio.timeout(2 * TELEMETRY_PUBLISH_S):
+                await self.publish_online_state()
+        except (MqttError, TimeoutError) as exc:
+            self._ratelog.warning("publish", "state not re-announced: %s", exc)
 
     async def _housekeeping_loop(self) -> None:
         while True:
