@@ -92,7 +92,8 @@ async def pair(mosquitto: Mosquitto) -> AsyncIterator[dict[str, Any]]:
     metrics = {"a": Metrics(), "b": Metrics()}
     mqtt = {n: MqttClient(MqttOptions(host=mosquitto.host, port=mosquitto.port,
                                       client_id=f"attempts-{n}"), metrics[n]) for n in "ab"}
-    state: dict[str, Any] = {"runs": [], "release": asyncio.Event(), "queued": set()}
+    state: dict[str, Any] = {"runs": [], "release": asyncio.Event(), "queued": set(),
+                             "started": False}
     running: set[asyncio.Task[None]] = set()
 
     async def run(req: p.OffloadRequest) -> p.OffloadReply:
@@ -116,7 +117,7 @@ async def pair(mosquitto: Mosquitto) -> AsyncIterator[dict[str, Any]]:
     server = OffloadServer(mqtt=mqtt["b"], prefix=PREFIX, node_id="b", metrics=metrics["b"],
                            max_payload_bytes=1 << 16, max_input_bytes=1 << 12,
                            known_types=lambda: frozenset({"echo"}), run=run, spawn=spawn,
-                           waiting=lambda t: t in state["queued"])
+                           waiting=lambda t: t in state["queued"] and not state["started"])
     await client.start()
     await server.start()
     async with mqtt["a"], mqtt["b"]:
@@ -190,3 +191,19 @@ async def test_a_malformed_cancel_is_counted(pair: dict[str, Any]) -> None:
     await pair["mqtt"]["a"].publish(f"{PREFIX}/node/b/cancel", b'{"id": 1}', qos=1)
     await until(lambda: sample(pair["metrics"]["b"], "edgesched_messages_rejected_total",
                                reason="malformed") == 1)
+
+
+async def test_a_cancel_of_a_running_attempt_lets_it_finish(pair: dict[str, Any]) -> None:
+    state, metrics = pair["state"], pair["metrics"]
+    state["started"] = True  # the receiver's executor says: already running
+    reply = await pair["client"].request("b", task("busy"), deadline_s=None, expected_s=None,
+                                         timeout_s=0.3)
+    assert reply is None
+    await until(lambda: sample(metrics["b"], "edgesched_cancels_total",
+                               direction="received", result="running") == 1)
+    state["release"].set()
+    await until(lambda: len(state["runs"]) == 1)  # it finishes; its reply comes too late
+    await until(lambda: sample(metrics["a"], "edgesched_offload_replies_ignored_total",
+                               reason="late") == 1)
+    assert sample(metrics["b"], "edgesched_cancels_total", direction="received",
+                  result="dropped") == 0
