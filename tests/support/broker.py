@@ -95,6 +95,14 @@ class Mosquitto:
             raise RuntimeError(f"mosquitto did not listen on {self.address} (exit code {code}):"
                                f"\n{self.log_text()[-2000:]}") from None
 
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, so with `persistence true` only what mosquitto had
+        already saved (see `durable_persistence_conf`) survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -104,6 +112,16 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.proc = None
+
+
+def durable_persistence_conf(workdir: Path) -> str:
+    """`extra_conf` for a broker whose store is current when it is killed (SIGKILL).
+
+    mosquitto 2.0 keeps its store in memory and writes it on a clean exit and every
+    `autosave_interval` seconds; with `autosave_on_changes true` the interval counts changes
+    instead, so 1 writes the store after every change (every message, PUBACK, subscription)."""
+    return (f"persistence true\npersistence_location {workdir}/\n"
+            "autosave_interval 1\nautosave_on_changes true\n")
 
 
 # The documented replacements that turn the shipped packaging/mosquitto/edgesched.conf into a
