@@ -272,8 +272,8 @@ def test_twice_the_sustainable_rate_for_60_s(mosquitto: Mosquitto, node_factory:
           f"ms; a task after it: {recovery_s * 1000:.0f} ms")
     assert duplicates == 0
     assert set(statuses) <= {"ok", "rejected", "expired"}, set(statuses)
-    # the node kept doing useful work (measured: ~43% of its capacity, the rest of its slot
-    # time went to tasks cut at their deadline: docs/reliability.md, 2x overload)
+    # the node kept doing useful work (measured: 34-43% of its capacity; the other admitted
+    # tasks were cut at their deadline: docs/reliability.md, "Goodput under overload")
     assert statuses.count("ok") >= 0.2 * capacity * OVERLOAD_S
     assert "rejected" in statuses  # the overload was shed by admission
     # the executor cuts a task at its deadline; an `ok` reply is assembled a little after
