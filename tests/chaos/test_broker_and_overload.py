@@ -42,6 +42,7 @@ class PahoClient:
         self.sent_at: dict[str, float] = {}
         self.mids: dict[int, str] = {}
         self.acked: set[str] = set()
+        self.early_acks: set[int] = set()
         self.connects = 0
         self.subscribed = threading.Event()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
@@ -76,10 +77,14 @@ class PahoClient:
         client.subscribe(f"{self.prefix}/client/{self.token}/#", qos=1)
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            return
         with self.lock:
             key = self.mids.get(mid)
-            if key is not None and not reason.is_failure:
+            if key is not None:
                 self.acked.add(key)
+            else:  # the PUBACK came before submit() recorded the mid
+                self.early_acks.add(mid)
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         key = msg.topic.rsplit("/", 1)[1]
@@ -93,11 +98,17 @@ class PahoClient:
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = topic
         props.CorrelationData = key.encode()
-        with self.lock:  # the PUBACK may come before publish() returns
-            info = self.client.publish(f"{self.prefix}/node/{node}/submit",
-                                       json.dumps(doc).encode(), qos=1, properties=props)
+        sent = time.monotonic()
+        # Not under self.lock: paho's network thread holds its own lock while it calls
+        # _on_publish, which takes ours (holding ours around publish() deadlocked).
+        info = self.client.publish(f"{self.prefix}/node/{node}/submit",
+                                   json.dumps(doc).encode(), qos=1, properties=props)
+        with self.lock:
             self.mids[info.mid] = key
-            self.sent_at[key] = time.monotonic()
+            self.sent_at[key] = sent
+            if info.mid in self.early_acks:
+                self.early_acks.discard(info.mid)
+                self.acked.add(key)
         return key
 
     def answered(self, keys: list[str]) -> bool:
