@@ -72,56 +72,53 @@ class CloudClient:
     async def submit(self, body: bytes, *, timeout_s: float | None = None) -> dict[str, Any]:
         """POST one encoded submit body; the reply document (any status) or HttpError
         (HttpTimeoutError when no answer came within `timeout_s` / cloud.timeout_s)."""
-        if self._session is None:
-            raise HttpError("the cloud client is not open")
         limit = min(timeout_s, self._settings.timeout_s) if timeout_s else None
-        try:
-            async with self._session.post(
-                self.url, data=body,
-                timeout=aiohttp.ClientTimeout(total=limit) if limit else None,
-            ) as resp:
-                if resp.status in (401, 403):
-                    self._refused(resp.status)
-                raw = await resp.content.read(MAX_REPLY_BYTES + 1)
-                return _reply_document(resp.status, raw, self.shown_url,
-                                       resp.headers.get("Content-Type", ""))
-        except TimeoutError as exc:
-            raise HttpTimeoutError(
-                f"cloud {self.shown_url} did not answer within {limit}s") from exc
-        except (aiohttp.ClientError, ValueError) as exc:
-            detail = self._scrub(f"{exc.__class__.__name__}: {exc}")
-            raise HttpError(f"cloud {self.shown_url}: {detail}", reason="unreachable") from exc
+        status, raw, content_type = await self._exchange(
+            "POST", self.url, timeout_s=limit, read_limit=MAX_REPLY_BYTES + 1, what="",
+            data=body)
+        return _reply_document(status, raw, self.shown_url, content_type)
 
     async def cancel(self, task_id: str, *, sent_at_ms: int | None,
                      timeout_s: float = 2.0) -> str:
         """`DELETE {cloud.url}/v1/tasks/{id}?sent_at=MS`: drop the attempt sent at `sent_at_ms`
         if it has not started; the cloud's `result` (dropped, running, unknown), or HttpError."""
-        if self._session is None:
-            raise HttpError("the cloud client is not open")
         params = {} if sent_at_ms is None else {"sent_at": str(sent_at_ms)}
-        try:
-            async with self._session.delete(
-                f"{self.url}/{quote(task_id, safe='')}", params=params,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
-                if resp.status in (401, 403):
-                    self._refused(resp.status)
-                raw = await resp.content.read(4096)
-        except TimeoutError as exc:
-            raise HttpTimeoutError(
-                f"cloud {self.shown_url} did not answer a cancel within {timeout_s}s") from exc
-        except (aiohttp.ClientError, ValueError) as exc:
-            detail = self._scrub(f"{exc.__class__.__name__}: {exc}")
-            raise HttpError(f"cloud {self.shown_url}: {detail}", reason="unreachable") from exc
+        status, raw, _ = await self._exchange(
+            "DELETE", f"{self.url}/{quote(task_id, safe='')}", timeout_s=timeout_s,
+            read_limit=4096, what=" a cancel", params=params)
         try:
             doc = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             doc = None
-        if resp.status != 200 or not isinstance(doc, dict) or not isinstance(
+        if status != 200 or not isinstance(doc, dict) or not isinstance(
                 doc.get("result"), str):
-            raise HttpError(f"cloud {self.shown_url} answered a cancel with HTTP {resp.status}",
+            raise HttpError(f"cloud {self.shown_url} answered a cancel with HTTP {status}",
                             reason="http_status")
         return str(doc["result"])[:32]
+
+    async def _exchange(self, method: str, url: str, *, timeout_s: float | None,
+                        read_limit: int, what: str, **request: Any) -> tuple[int, bytes, str]:
+        """One request to the cloud: (status, at most `read_limit` body bytes, content type).
+
+        The one place foreign errors become ours: a refused token is logged (and raised as
+        UnauthorizedError), a timeout is HttpTimeoutError, anything else HttpError."""
+        if self._session is None:
+            raise HttpError("the cloud client is not open")
+        try:
+            async with self._session.request(
+                method, url, timeout=aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None,
+                **request,
+            ) as resp:
+                if resp.status in (401, 403):
+                    self._refused(resp.status)
+                raw = await resp.content.read(read_limit)
+                return resp.status, raw, resp.headers.get("Content-Type", "")
+        except TimeoutError as exc:
+            raise HttpTimeoutError(
+                f"cloud {self.shown_url} did not answer{what} within {timeout_s}s") from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            detail = self._scrub(f"{exc.__class__.__name__}: {exc}")
+            raise HttpError(f"cloud {self.shown_url}: {detail}", reason="unreachable") from exc
 
     def _refused(self, status: int) -> None:
         if self._settings.token is None:
