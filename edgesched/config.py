@@ -85,6 +85,16 @@ def _read_secret(path: Path, credentials_dir: str | None) -> SecretStr:
     return SecretStr(text.rstrip("\r\n"))
 
 
+def _credential_file(value: Path | None) -> Path | None:
+    """A file setting (certificate, CA): relative paths resolve like secrets; it must exist."""
+    if value is None:
+        return None
+    path = _resolve_secret_path(value, os.environ.get("CREDENTIALS_DIRECTORY"))
+    if not path.is_file():
+        raise ValueError(f"{path} is not a readable file")
+    return path
+
+
 def _implicit_credential(name: str) -> Path | None:
     """A credential systemd passed with LoadCredential=NAME, when no file is configured."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -248,12 +258,7 @@ class HttpTlsSettings(_Section):
     @field_validator("cert_file", "key_file", "client_ca_file")
     @classmethod
     def _resolve(cls, value: Path | None) -> Path | None:
-        if value is None:
-            return None
-        path = _resolve_secret_path(value, os.environ.get("CREDENTIALS_DIRECTORY"))
-        if not path.is_file():
-            raise ValueError(f"{path} is not a readable file")
-        return path
+        return _credential_file(value)
 
     @model_validator(mode="after")
     def _complete(self) -> HttpTlsSettings:
@@ -364,12 +369,7 @@ class CloudSettings(_Section):
     @field_validator("ca_file")
     @classmethod
     def _ca_readable(cls, value: Path | None) -> Path | None:
-        if value is None:
-            return None
-        path = _resolve_secret_path(value, os.environ.get("CREDENTIALS_DIRECTORY"))
-        if not path.is_file():
-            raise ValueError(f"{path} is not a readable file")
-        return path
+        return _credential_file(value)
 
     @model_validator(mode="after")
     def _load_token(self) -> CloudSettings:
