@@ -603,8 +603,9 @@ class MqttClient:
 
     def _verified(self, sub: _Subscription, msg: InboundMessage) -> InboundMessage | None:
         """The message with its signature checked and stripped; None when refused."""
-        if self._security is None:
-            return dataclasses.replace(msg, payload=strip_frame(msg.payload))
+        if self._security is None:  # not verifying: only a signed frame needs its header off
+            body = strip_frame(msg.payload)
+            return msg if body is msg.payload else dataclasses.replace(msg, payload=body)
         if not msg.payload and sub.persistent:
             return msg  # a cleared retained document: nothing to sign, nothing to act on
         try:
