@@ -306,6 +306,10 @@ class HttpSettings(_Section):
     allow_unauthenticated: bool = Field(
         False, description="serve a non-loopback http.host without any authentication"
     )
+    recent_tasks_bytes: int = Field(
+        4 << 20, ge=0, le=1 << 30, description="memory for the finished tasks GET "
+        "/v1/tasks/{id} can show (oldest dropped first; 0 = off)"
+    )
 
     _token: SecretStr | None = PrivateAttr(default=None)
 

@@ -1,4 +1,5 @@
-"""HTTP server (aiohttp): /healthz, /metrics, /v1/status and routes other components add."""
+"""HTTP server (aiohttp): /healthz, /metrics, /v1/status, /v1/tasks/{id}, the status page at
+`/`, and routes other components add."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ log = logging.getLogger("edgesched.http")
 
 StatusProvider = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
 HealthCheck = Callable[[], str | None]  # a reason when unhealthy, None when fine
+# `GET /v1/tasks/{id}`: the task's record, or None when unknown or no longer kept
+TaskLookup = Callable[[str], Mapping[str, Any] | None]
+TaskIdCheck = Callable[[str], bool]
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REFUSAL_LOG_INTERVAL_S = 60.0  # at most one "refused unauthenticated requests" line per minute
@@ -29,6 +34,24 @@ REFUSAL_LOG_INTERVAL_S = 60.0  # at most one "refused unauthenticated requests" 
 # The node drains its tasks before the server stops, so by then every waiting handler has
 # its reply and only has to write it.
 SHUTDOWN_TIMEOUT_S = 1.0
+# The status page (edgesched/web/status.html) is public: it holds no data, and fetches the
+# API with the token the operator types into it (docs/security.md). Inline script and style
+# only; it may talk to this origin and nothing else.
+STATUS_PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                   "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                   "form-action 'none'; frame-ancestors 'none'")
+STATUS_PAGE_HEADERS = {
+    "Content-Security-Policy": STATUS_PAGE_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+
+
+def status_page() -> bytes:
+    """The built-in status page, shipped as package data (edgesched/web/status.html)."""
+    return resources.files("edgesched.web").joinpath("status.html").read_bytes()
 
 
 def _no_password() -> bytes:
@@ -86,6 +109,8 @@ class HttpServer:
       `tasks`).
     - `health_checks={name: fn}`: `fn()` returns a reason string while unhealthy, else
       None; `/healthz` answers 503 with every reason.
+    - `task_lookup(id)`: a recent task's record for `GET /v1/tasks/{id}` (404 when None);
+      `valid_task_id(id)` is the intake's id rule (400 when False).
 
     `base_url` is known once started (with `port: 0` the OS picks the port).
     """
@@ -100,6 +125,8 @@ class HttpServer:
         routes: Iterable[web.AbstractRouteDef] = (),
         status_providers: Mapping[str, StatusProvider] | None = None,
         health_checks: Mapping[str, HealthCheck] | None = None,
+        task_lookup: TaskLookup | None = None,
+        valid_task_id: TaskIdCheck | None = None,
         max_body_bytes: int = 1 << 20,
         token: str | None = None,
         metrics_auth: bool = False,
@@ -115,7 +142,11 @@ class HttpServer:
         self._ssl = ssl_context
         self._client_certs = (ssl_context is not None
                               and ssl_context.verify_mode == ssl.CERT_REQUIRED)
-        self._open_paths = frozenset({"/healthz"} if metrics_auth else {"/healthz", "/metrics"})
+        self._task_lookup = task_lookup
+        self._valid_task_id = valid_task_id or (lambda task_id: 0 < len(task_id) <= 128)
+        # the status page holds no data: it asks for the token and sends it with its requests
+        self._open_paths = frozenset({"/", "/healthz"} if metrics_auth
+                                     else {"/", "/healthz", "/metrics"})
         self._refused = 0
         self._refusal_logged_at = -math.inf
         middlewares = [self._auth] if self._token is not None or self._client_certs else []
@@ -123,6 +154,9 @@ class HttpServer:
         self._app.router.add_get("/healthz", self._healthz)
         self._app.router.add_get("/metrics", self._metrics_handler)
         self._app.router.add_get("/v1/status", self._status_handler)
+        self._app.router.add_get("/", self._page_handler)
+        if task_lookup is not None:
+            self._app.router.add_get("/v1/tasks/{id}", self._task_handler)
         self._app.router.add_routes(list(routes))
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
@@ -191,6 +225,8 @@ class HttpServer:
             return await handler(request)
         resource = request.match_info.route.resource
         canonical = resource.canonical if resource is not None else ""
+        if canonical == "/v1/tasks/{id}":
+            canonical = "/v1/tasks"  # one label for the task routes
         self._metrics.http_unauthorized.labels(
             path=canonical if canonical in HTTP_AUTH_PATHS else "other").inc()
         self._refused += 1
@@ -237,4 +273,24 @@ class HttpServer:
                 log.warning("status provider %s failed: %s", name, exc)
                 section = {"error": str(exc)}
             doc[name] = section
+        return json_response(doc)
+
+    async def _page_handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=status_page(), content_type="text/html", charset="utf-8",
+                            headers=STATUS_PAGE_HEADERS)
+
+    async def _task_handler(self, request: web.Request) -> web.Response:
+        task_id = request.match_info["id"]
+        if not self._valid_task_id(task_id):
+            return json_response(
+                {"error": "bad_id", "detail": "a task id is a printable string of 1..128 "
+                 "characters (the id given at submission)"}, status=400)
+        assert self._task_lookup is not None
+        doc = self._task_lookup(task_id)
+        if doc is None:
+            return json_response(
+                {"error": "unknown_task", "id": task_id,
+                 "detail": "no finished task with this id is kept on this node: it never "
+                 "came here, is still running, or was evicted from the recent-task store "
+                 "(http.recent_tasks_bytes)"}, status=404)
         return json_response(doc)

@@ -1,0 +1,197 @@
+"""The recent-task store behind `GET /v1/tasks/{id}`: "why did task X go to the cloud?".
+
+Each finished task's record (its outcome, every candidate with its prediction and rejection
+reason, the chosen target and its score, each attempt with its timings) is kept as compact
+JSON bytes, newest last; the oldest are dropped once the store passes `http.recent_tasks_bytes`
+(its size in memory is counted as its size encoded plus a fixed per-entry overhead). A record
+larger than a quarter of the store is cut down (its candidates and attempts first) before it
+is kept, so one huge task cannot evict every other one.
+
+The store is a sink of finished tasks; it only reads what it is given and never blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from edgesched.node import protocol as p
+
+DEFAULT_MAX_BYTES = 4 << 20  # ~5,000 records of a task with a few candidates
+MAX_ENTRIES = 20_000
+ENTRY_OVERHEAD_BYTES = 200  # the key, the dict slot and the bytes object's header
+MAX_CANDIDATES = 64  # per record: a big cluster's candidate list is cut, and says so
+MAX_ATTEMPTS = 16
+MAX_TEXT_CHARS = 600  # an error message in a record
+
+
+def valid_task_id(task_id: str) -> bool:
+    """The intake's id rule: a printable string of 1..MAX_ID_CHARS characters."""
+    return 0 < len(task_id) <= p.MAX_ID_CHARS and task_id.isprintable()
+
+
+def _clean(value: Any) -> Any:
+    """JSON-able: NaN/inf -> None, tuples -> lists, floats rounded to the microsecond."""
+    if isinstance(value, float):
+        return round(value, 6) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        return value[:MAX_TEXT_CHARS] + "..."
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def _why(chosen: str | None, score: Any, candidates: list[dict[str, Any]], role: str) -> str:
+    """One sentence: why the chosen target, and why not each other candidate."""
+    if role == "cloud" and not candidates:
+        return "the cloud tier runs what an edge node sends it: no decision here"
+    if not candidates:
+        return "no decision was made (the task ended before one)"
+    feasible = [c for c in candidates if c.get("feasible")]
+    rejected = [f"{c.get('node_id')} ({c.get('reason') or 'infeasible'})"
+                for c in candidates if not c.get("feasible")]
+    if chosen is None:
+        head = "no candidate was feasible"
+    else:
+        of = f"among {len(feasible)} feasible candidate(s)" if feasible else "as a last resort"
+        head = f"{chosen} had the lowest score ({score if score is not None else '-'}) {of}"
+    return head + (f"; not feasible: {', '.join(rejected)}" if rejected else "")
+
+
+def task_record(trace: Mapping[str, Any]) -> dict[str, Any]:
+    """The `GET /v1/tasks/{id}` document (docs/contract.md) of one task trace, in its record
+    form (`TaskTrace.to_dict()`, node/trace.py)."""
+    cands = [
+        {key: c.get(key) for key in (
+            "node_id", "placement", "feasible", "score", "latency_mean_s", "latency_q_s",
+            "energy_j", "reason", "liveness", "age_s", "slots", "running", "queued",
+            "est_wait_s", "exec_mean_s", "exec_std_s", "rtt_s", "bandwidth_bps", "battery")}
+        for c in (trace.get("candidates") or [])[:MAX_CANDIDATES]]
+    attempts = [
+        {"target": a.get("node_id"), "placement": a.get("placement"),
+         "result": a.get("outcome"), "started_after_s": a.get("started_s"),
+         "duration_s": a.get("duration_s"), "wait_s": a.get("wait_s"),
+         "exec_s": a.get("exec_s"), "exchange_s": a.get("exchange_s"),
+         "executed_by": a.get("executed_by"), "error": a.get("error")}
+        for a in (trace.get("attempts") or [])[:MAX_ATTEMPTS]]
+    role = str(trace.get("role") or "edge")
+    chosen, score = trace.get("chosen"), trace.get("chosen_score")
+    doc = {
+        "id": trace.get("id"), "type": trace.get("type"), "node_id": trace.get("origin"),
+        "role": role, "outcome": trace.get("status"), "error": trace.get("error"),
+        "placement": trace.get("placement"), "executed_by": trace.get("executed_by"),
+        "latency_s": trace.get("latency_s"), "deadline_s": trace.get("deadline_s"),
+        "deadline_missed": trace.get("deadline_missed"),
+        "arrived_unix_s": trace.get("arrived_unix_s"), "work": trace.get("work"),
+        "input_bytes": trace.get("input_bytes"), "priority": trace.get("priority"),
+        "device_id": trace.get("device_id"), "regret_s": trace.get("regret_s"),
+        "decision": {
+            "policy": trace.get("policy"), "chosen": chosen, "score": score,
+            "decided_after_s": trace.get("decided_s"), "propensity": trace.get("propensity"),
+            "explored": trace.get("explored"),
+            "why": _why(chosen, score, cands, role),
+        },
+        "candidates": cands,
+        "attempts": attempts,
+    }
+    total = len(trace.get("candidates") or [])
+    if total > len(cands):
+        doc["candidates_total"] = total
+    return doc
+
+
+class TaskLog:
+    """Recent finished tasks by id, bounded in bytes (and in entries).
+
+    `record(doc)` keeps `doc` (a mapping with a string `id`; a later record of the same id
+    replaces the earlier one); `get(task_id)` returns it decoded, or None once evicted;
+    `recent(n)` lists the newest first.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = MAX_ENTRIES,
+                 clock: Any = time.time) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._clock = clock
+        self.bytes = 0
+        self.recorded = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def _cost(data: bytes) -> int:
+        return len(data) + ENTRY_OVERHEAD_BYTES
+
+    def record(self, doc: Mapping[str, Any]) -> None:
+        """Keep one finished task's record (the oldest go when the store is full)."""
+        if self.max_bytes <= 0:
+            return
+        task_id = doc.get("id")
+        if not isinstance(task_id, str) or not task_id:
+            return
+        body = _clean(doc)
+        body.setdefault("recorded_at", round(self._clock(), 3))
+        data = self._encode(body)
+        old = self._entries.pop(task_id, None)
+        if old is not None:
+            self.bytes -= self._cost(old)
+        self._entries[task_id] = data
+        self.bytes += self._cost(data)
+        self.recorded += 1
+        while self._entries and (self.bytes > self.max_bytes
+                                 or len(self._entries) > self.max_entries):
+            _, dropped = self._entries.popitem(last=False)
+            self.bytes -= self._cost(dropped)
+            self.evicted += 1
+
+    def _encode(self, body: dict[str, Any]) -> bytes:
+        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        limit = max(1024, self.max_bytes // 4)
+        if len(data) <= limit:
+            return data
+        # too big for its share of the store: keep what says most, drop the rest (and say so)
+        cut = dict(body, truncated=True)
+        for key, keep in (("candidates", 8), ("attempts", 4)):
+            items = cut.get(key)
+            if isinstance(items, list) and len(items) > keep:
+                cut[key] = items[:keep]
+        data = json.dumps(cut, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        if len(data) <= limit:
+            return data
+        kept = ("id", "type", "node_id", "outcome", "placement", "executed_by", "latency_s",
+                "recorded_at")
+        summary: dict[str, Any] = {k: cut[k] for k in kept if k in cut}
+        summary["truncated"] = True
+        return json.dumps(summary, separators=(",", ":")).encode("utf-8")
+
+    def on_task_finished(self, trace: Any) -> None:
+        """The trace sink (node/trace.py `TraceSink`): keep this finished task's record."""
+        self.record(task_record(trace.to_dict()))
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        data = self._entries.get(task_id)
+        return None if data is None else dict(json.loads(data))
+
+    def recent(self, n: int = 20) -> list[dict[str, Any]]:
+        """The `n` most recently finished tasks, newest first."""
+        out: list[dict[str, Any]] = []
+        for key in reversed(self._entries):
+            if len(out) >= n:
+                break
+            out.append(json.loads(self._entries[key]))
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {"tasks": len(self._entries), "bytes": self.bytes, "max_bytes": self.max_bytes,
+                "recorded": self.recorded, "evicted": self.evicted}
