@@ -572,6 +572,24 @@ class SpoolSettings(_Section):
                                description="a reply the broker never took is given up after")
 
 
+class RecordSettings(_Section):
+    """Recording of finished tasks and telemetry for `edgesched replay` (docs/replay.md);
+    off while `path` is unset."""
+
+    path: Path | None = Field(None, description="directory of the gzip'd JSON-lines records")
+    max_bytes: int = Field(256 << 20, ge=1 << 20, le=1 << 40,
+                           description="total size of the record files; the oldest go first")
+    file_bytes: int = Field(16 << 20, ge=64 << 10, le=1 << 32,
+                            description="a record file is closed and a new one started past it")
+    buffer_bytes: int = Field(4 << 20, ge=64 << 10, le=1 << 30,
+                              description="lines waiting for the writer; past it they are "
+                                          "dropped (edgesched_record_dropped_total)")
+    explore: float = Field(0.0, ge=0.0, le=0.5,
+                           description="ε: share of decisions drawn among feasible targets")
+    telemetry_every_s: float = Field(1.0, gt=0, le=3600,
+                                     description="how often the view and links are recorded")
+
+
 class ShutdownSettings(_Section):
     """The graceful drain on SIGTERM (docs/running.md, "Stopping")."""
 
@@ -638,6 +656,7 @@ class Settings(BaseSettings):
     watchdog: WatchdogSettings = WatchdogSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     spool: SpoolSettings = SpoolSettings()
+    record: RecordSettings = RecordSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -64,6 +64,7 @@ TASK_BUCKETS = (
 LOOP_LAG_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+REGRET_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 ERROR_BUCKETS = (-10.0, -1.0, -0.25, -0.1, -0.025, -0.01, 0.0, 0.01, 0.025, 0.1, 0.25, 1.0, 10.0)
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -221,6 +222,25 @@ class Metrics:
             "edgesched_spool_replies",
             "Terminal replies recorded in the spool, not yet acknowledged by the broker.",
             registry=r,
+        )
+        # recording and live regret (issue 17: node/trace.py, adapters/recorder.py)
+        self.decisions_recorded = Counter(
+            "edgesched_decisions_recorded",
+            "Finished tasks written to the record (record.path), with their decision.",
+            registry=r,
+        )
+        self.record_dropped = Counter(
+            "edgesched_record_dropped",
+            "Record lines not written, by reason (buffer_full: the writer fell behind; "
+            "write_error: the disk refused them).", ["reason"], registry=r,
+        )
+        for reason in ("buffer_full", "write_error"):
+            self.record_dropped.labels(reason=reason)
+        self.regret = Histogram(
+            "edgesched_regret_seconds",
+            "Per completed task: its latency minus the lowest latency any of its candidates "
+            "is predicted to have with the estimators as they are at completion (>= 0).",
+            buckets=REGRET_BUCKETS, registry=r,
         )
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
         ProcessCollector(registry=r)

@@ -51,6 +51,7 @@ from edgesched.errors import (
 )
 from edgesched.node import protocol as p
 from edgesched.node.offload import OffloadClient
+from edgesched.node.trace import TaskTrace
 from edgesched.tasks.registry import TaskType
 
 log = logging.getLogger("edgesched.dispatch")
@@ -170,8 +171,10 @@ class Dispatcher:
             inflight=self.inflight.unreported({n.node_id: n.last_seen for n in snap.neighbours}),
         )
 
-    def decide(self, job: Job) -> tuple[Decision, dict[str, float]]:
-        """The policy's decision, and the execution time (s) it expects on each candidate."""
+    def decide(self, job: Job, trace: TaskTrace | None = None
+               ) -> tuple[Decision, dict[str, float]]:
+        """The policy's decision, and the execution time (s) it expects on each candidate
+        (written into `trace` too: the candidates' inputs, the choice and its propensity)."""
         now = self.clock()
         spec = self.spec(job)
         started = time.perf_counter()
@@ -182,13 +185,18 @@ class Dispatcher:
             self.metrics.decisions.labels(placement=decision.chosen.placement.value).inc()
         self.metrics.count_rejected_candidates(decision)
         self.last_work[job.task_type.name] = job.work
+        if trace is not None:  # record.explore's wrapper says how likely this choice was
+            trace.add_decision(candidates, decision, now,
+                               propensity=getattr(self.policy, "last_propensity", 1.0),
+                               explored=getattr(self.policy, "last_explored", False))
         return decision, {c.node_id: c.exec.mean_s for c in candidates}
 
     # -- the whole chain ----------------------------------------------------------------------
 
-    async def place(self, job: Job) -> p.Reply:
-        """Decide, try targets in order, and return the one terminal reply."""
-        decision, expected = self.decide(job)
+    async def place(self, job: Job, trace: TaskTrace | None = None) -> p.Reply:
+        """Decide, try targets in order, and return the one terminal reply (and fill `trace`:
+        the decision and every attempt's measured timings)."""
+        decision, expected = self.decide(job, trace)
         record = DecisionRecord(
             task_id=job.request.id, task_type=job.task_type.name, policy=decision.policy,
             decided_at=self.clock(), evaluations=[_round_eval(e) for e in decision.evaluations],
@@ -209,11 +217,19 @@ class Dispatcher:
             result = await self._attempt(job, step, expected[step.target.node_id])
             elapsed = self.clock() - started
             results.append((step.target, result))
+            if trace is not None:
+                trace.add_attempt(node_id=step.target.node_id, placement=step.target.placement,
+                                  outcome=result.outcome.value, started=started,
+                                  duration_s=elapsed, wait_s=result.wait_s,
+                                  exec_s=result.exec_s, executed_by=result.executed_by,
+                                  error=result.error)
             record.attempts.append({"node_id": step.target.node_id,
                                     "status": result.outcome.value, "error": result.error,
                                     "duration_s": round(elapsed, 6)})
             if result.outcome is Outcome.OK:
                 self._feedback(job, step.target, result, elapsed, record)
+                if trace is not None:
+                    trace.energy_j = round(max(0.0, step.target.energy_j), 6)
                 return self._reply(job, p.Status.OK, step.target.placement, result, len(tried))
             if result.outcome in (Outcome.EXPIRED, Outcome.INVALID):  # terminal: no retry helps
                 status = p.to_status(result.outcome)
@@ -221,11 +237,17 @@ class Dispatcher:
                 return self._reply(job, status, step.target.placement, result, len(tried))
             # rejected, failed, timeout: the fallback chain says what is next
 
-    async def local_only(self, job: Job) -> p.Reply:
+    async def local_only(self, job: Job, trace: TaskTrace | None = None) -> p.Reply:
         """Run here and nowhere else (the cloud tier's role): admission, executor, reply."""
         started = self.clock()
         expected = self.expected_s(job, started)
         result = await self.run_local(job, expected)
+        if trace is not None:
+            trace.add_attempt(node_id=self.node_id, placement=Placement.LOCAL,
+                              outcome=result.outcome.value, started=started,
+                              duration_s=self.clock() - started, wait_s=result.wait_s,
+                              exec_s=result.exec_s, executed_by=result.executed_by,
+                              error=result.error)
         self.observe_local(job, result)
         if result.outcome is Outcome.REJECTED:
             self.metrics.tasks_rejected.labels(

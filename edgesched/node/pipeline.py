@@ -40,6 +40,7 @@ from edgesched.node.dispatch import Dispatcher, Job
 from edgesched.node.intake import Intake
 from edgesched.node.offload import OffloadClient, OffloadServer
 from edgesched.node.telemetry import Load
+from edgesched.node.trace import ExploringPolicy, TaskTrace, TraceSink, hindsight_best_s, new_trace
 from edgesched.tasks.registry import TaskRegistry
 
 if TYPE_CHECKING:
@@ -227,8 +228,10 @@ class TaskPipeline:
         snapshot: Callable[[], ClusterSnapshot],
         neighbours: Callable[[float], Sequence[NodeState]],
         spool: Spool | None = None,
+        sinks: Sequence[TraceSink] = (),
     ) -> None:
         s = settings
+        self.sinks = tuple(sinks)  # given every finished task's trace (node/trace.py)
         self.spool = spool  # the durable spool (state_dir set): MQTT tasks and their replies
         self.settings = s
         self.mqtt = mqtt
@@ -263,7 +266,7 @@ class TaskPipeline:
         pw = s.power
         self.dispatcher = Dispatcher(
             node_id=self.node_id, executor=self.executor, bank=self.bank,
-            policy=make_policy(s.policy.name, s.policy.to_params(), np.random.default_rng()),
+            policy=self._policy(s),
             fallback=s.offload.to_params(),
             metrics=metrics, snapshot=snapshot,
             local_power=PowerModel(idle_w=pw.idle_w, busy_w=pw.busy_w, tx_w=pw.tx_w,
@@ -282,6 +285,16 @@ class TaskPipeline:
             run=self.run_handed, spawn=self.spawn,
             waiting=self.executor.waiting) if self.edge else None
         self.submit_topic = p.submit_topic(prefix, self.node_id)
+
+    @staticmethod
+    def _policy(s: Settings) -> Any:
+        """The configured policy; with `record.explore` > 0, wrapped ε-greedy (node/trace.py)."""
+        # numpy (~15 MB resident) is imported only by a policy that draws random numbers
+        rng = _numpy_rng() if s.policy.name == "random" else None
+        policy = make_policy(s.policy.name, s.policy.to_params(), rng)
+        if s.record.explore > 0:
+            return ExploringPolicy(policy, s.record.explore, _numpy_rng())
+        return policy
 
     def routes(self) -> list[web.RouteDef]:
         """The HTTP routes it serves (given to the HTTP server at its construction)."""
@@ -456,21 +469,55 @@ class TaskPipeline:
         self.spawn(self._run(job, key), "edgesched.pipeline.task")
         return future
 
-    async def _run(self, job: Job, key: Hashable) -> None:
+    async def _run(self, job: Job, key: Hashable, origin_kind: str | None = None) -> None:
+        trace = self._new_trace(job)
         try:
             if self.edge:
-                reply = await self.dispatcher.place(job)
+                reply = await self.dispatcher.place(job, trace)
             else:
-                reply = await self._run_for_edge(job)
+                reply = await self._run_for_edge(job, trace)
         except asyncio.CancelledError:
-            self._finish(job, key, self._failure(job, self._cut_reason()))
+            cut = self._failure(job, self._cut_reason())
+            self._finish(job, key, cut, origin_kind)
+            self._trace_finished(job, cut, trace)
             raise
         except Exception as exc:
             log.exception("task %s failed inside the pipeline", job.request.id)
             reply = self._failure(job, f"internal error: {exc!r}")
-        self._finish(job, key, reply)
+        self._finish(job, key, reply, origin_kind)
+        self._trace_finished(job, reply, trace)
 
-    async def _run_for_edge(self, job: Job) -> p.Reply:
+    def _new_trace(self, job: Job) -> TaskTrace:
+        req = job.request
+        return new_trace(
+            task_id=req.id, task_type=job.task_type.name, origin=self.node_id,
+            role=self.settings.role, received_at=job.received_at, work=job.work,
+            exact_s=job.exact_s, input_bytes=req.input_bytes,
+            output_bytes=job.task_type.settings.output_bytes, deadline_s=job.deadline_s,
+            priority=req.priority, device_id=req.device_id)
+
+    def _trace_finished(self, job: Job, reply: p.Reply, trace: TaskTrace) -> None:
+        """The trace hook: complete the task's trace, observe its regret, hand it on."""
+        trace.status = reply.status.value
+        trace.error = reply.error
+        trace.placement = reply.placement.value if reply.placement else None
+        trace.executed_by = reply.executed_by
+        trace.latency_s = round(reply.latency_s, 6)
+        trace.deadline_missed = reply.status is p.Status.EXPIRED or (
+            job.deadline_s is not None and reply.latency_s > job.deadline_s)
+        if reply.status is p.Status.OK and trace.candidates:
+            best = hindsight_best_s(trace, self.dispatcher.spec(job), self.bank,
+                                    time.monotonic())
+            if best is not None:
+                trace.regret_s = round(max(0.0, reply.latency_s - best), 6)
+                self.metrics.regret.observe(trace.regret_s)
+        for sink in self.sinks:
+            try:
+                sink.on_task_finished(trace)
+            except Exception:  # a sink's bug must not cost the task its reply
+                log.exception("trace sink %r failed", sink)
+
+    async def _run_for_edge(self, job: Job, trace: TaskTrace | None = None) -> p.Reply:
         """The cloud tier's path: never start a task whose time is up (an edge node stamps
         `sent_at`: a request read late — this node was frozen — has less time left)."""
         expired = self._expired_on_arrival(job.request, "http")
@@ -492,7 +539,7 @@ class TaskPipeline:
         if me is not None:
             self._edge_tasks[key] = me
         try:
-            return await self.dispatcher.local_only(job)
+            return await self.dispatcher.local_only(job, trace)
         except asyncio.CancelledError:
             if key not in self._edge_cancelled or self.closing or me is None:
                 raise

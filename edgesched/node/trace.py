@@ -1,0 +1,315 @@
+"""The trace of one finished task: what was known, what was decided, what happened.
+
+One `TaskTrace` per accepted task, built by the pipeline as the task runs (the dispatcher adds
+the candidates, the choice and every attempt) and handed, once the task has its terminal
+reply, to every registered `TraceSink` (`on_task_finished(trace)`): the recorder
+(adapters/recorder.py, `record.path`) writes it to disk, the recent-task store serves it.
+
+A trace is plain data: `to_dict()` is its JSON-lines form (the record file format of
+docs/replay.md) and `TaskTrace.from_dict()` reads it back (the replay's parser); both are
+versioned by `TRACE_VERSION`.
+
+Also here: `ExploringPolicy`, the `record.explore` wrapper around the configured policy. With
+probability ε it picks uniformly among the feasible candidates instead of the policy's choice,
+so every choice has a known probability (its *propensity*, recorded with the trace) and
+off-policy estimates over the recording are possible. It keeps the policy's name: a recording
+says which policy ran, and the trace says when a choice was an exploration.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgesched.core.costmodel import CostParams, evaluate_candidate
+from edgesched.core.estimators import EstimatorBank
+from edgesched.core.model import (
+    Candidate,
+    CandidateEval,
+    Decision,
+    ExecEstimate,
+    LinkEstimate,
+    Liveness,
+    Placement,
+    TaskSpec,
+)
+from edgesched.core.policies import Policy
+
+TRACE_VERSION = 1
+KIND = "task"  # the `kind` of a task line in a record file ("telemetry" lines are the other)
+
+
+def _num(x: float | None, digits: int = 6) -> float | None:
+    """A finite float rounded for the record; None for missing or non-finite values."""
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), digits)
+
+
+@dataclass(kw_only=True, slots=True)
+class CandidateTrace:
+    """One candidate of the decision: the inputs the cost model read (the view's numbers and
+    the estimators' answers at decision time) and its verdict."""
+
+    node_id: str
+    placement: str
+    # inputs
+    liveness: str = "online"
+    age_s: float = 0.0
+    slots: int = 1
+    running: int = 0
+    queued: int = 0
+    est_wait_s: float = 0.0
+    wait_std_s: float = 0.0
+    exec_mean_s: float = 0.0
+    exec_std_s: float = 0.0
+    rtt_s: float | None = None  # None for the local candidate (no link)
+    rtt_std_s: float | None = None
+    bandwidth_bps: float | None = None
+    bandwidth_std_bps: float | None = None
+    battery: float | None = None
+    # prediction and verdict
+    latency_mean_s: float | None = None
+    latency_q_s: float | None = None
+    energy_j: float | None = None
+    score: float | None = None  # None when infeasible
+    feasible: bool = False
+    reason: str | None = None  # why it was not feasible
+
+    @classmethod
+    def of(cls, cand: Candidate, ev: CandidateEval | None) -> CandidateTrace:
+        link = cand.link
+        out = cls(
+            node_id=cand.node_id, placement=cand.placement.value,
+            liveness=cand.liveness.value, age_s=_num(cand.age_s) or 0.0, slots=cand.slots,
+            running=cand.running, queued=cand.queued, est_wait_s=_num(cand.est_wait_s) or 0.0,
+            wait_std_s=_num(cand.wait_std_s) or 0.0, exec_mean_s=_num(cand.exec.mean_s) or 0.0,
+            exec_std_s=_num(cand.exec.std_s) or 0.0, battery=cand.battery,
+        )
+        if link is not None:
+            out.rtt_s, out.rtt_std_s = _num(link.rtt_s), _num(link.rtt_std_s)
+            out.bandwidth_bps = _num(link.bandwidth_bps, 1)
+            out.bandwidth_std_bps = _num(link.bandwidth_std_bps, 1)
+        if ev is not None:
+            out.latency_mean_s, out.latency_q_s = _num(ev.latency_mean_s), _num(ev.latency_q_s)
+            out.energy_j, out.score = _num(ev.energy_j), _num(ev.score)
+            out.feasible, out.reason = ev.feasible, ev.reason.value if ev.reason else None
+        return out
+
+    def to_candidate(self) -> Candidate:
+        """The core candidate these inputs describe (for re-predicting it later)."""
+        link = None
+        if self.rtt_s is not None and self.bandwidth_bps:
+            link = LinkEstimate(rtt_s=self.rtt_s, rtt_std_s=self.rtt_std_s or 0.0,
+                                bandwidth_bps=self.bandwidth_bps,
+                                bandwidth_std_bps=self.bandwidth_std_bps or 0.0)
+        return Candidate(
+            node_id=self.node_id, placement=Placement(self.placement),
+            liveness=Liveness(self.liveness), age_s=self.age_s, slots=self.slots,
+            running=self.running, queued=self.queued, est_wait_s=self.est_wait_s,
+            wait_std_s=self.wait_std_s, battery=self.battery, link=link,
+            exec=ExecEstimate(mean_s=self.exec_mean_s, std_s=self.exec_std_s))
+
+
+@dataclass(kw_only=True, slots=True)
+class AttemptTrace:
+    """One attempt on one target, as measured by this node.
+
+    `duration_s` is the whole attempt as this node saw it (sent -> answer); `wait_s` and
+    `exec_s` are the target's queueing and execution as it reported them (the cloud reports
+    one figure, its own latency, given here as `exec_s`); `exchange_s` is what is left: the
+    network time of a remote attempt (upload + download + RTT), 0 for a local one."""
+
+    node_id: str
+    placement: str
+    outcome: str
+    started_s: float  # since the task arrived
+    duration_s: float
+    wait_s: float = 0.0
+    exec_s: float = 0.0
+    exchange_s: float = 0.0
+    executed_by: str | None = None
+    error: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class TaskTrace:
+    """Everything about one finished task (see the module docstring)."""
+
+    id: str
+    type: str
+    origin: str  # the node the task was submitted to (this node)
+    role: str = "edge"
+    policy: str | None = None
+    arrived_unix_s: float = 0.0  # wall clock
+    arrived_mono_s: float = 0.0  # this node's monotonic clock (offsets between tasks)
+    work: float = 0.0  # the estimators' size (bytes or the type's work units)
+    exact_s: float | None = None  # the execution time when the input says it (e.g. sleep)
+    input_bytes: int = 0
+    output_bytes: int = 0  # the configured size the decision assumed
+    deadline_s: float | None = None
+    priority: int = 0
+    device_id: str | None = None
+    decided_s: float | None = None  # when the decision was made, since arrival
+    candidates: list[CandidateTrace] = field(default_factory=list)
+    chosen: str | None = None
+    chosen_score: float | None = None
+    propensity: float | None = None  # probability the chosen target had of being chosen
+    explored: bool = False  # the choice was an ε-exploration (record.explore)
+    attempts: list[AttemptTrace] = field(default_factory=list)
+    status: str | None = None  # the terminal reply: ok, failed, rejected, expired
+    error: str | None = None
+    placement: str | None = None
+    executed_by: str | None = None
+    latency_s: float | None = None
+    deadline_missed: bool = False
+    energy_j: float | None = None  # predicted energy of the placement that succeeded
+    regret_s: float | None = None  # latency - best latency re-predicted at completion
+
+    # -- building (by the dispatcher and the pipeline) -----------------------------------------
+
+    def add_decision(self, candidates: Sequence[Candidate], decision: Decision,
+                     decided_at: float, propensity: float = 1.0,
+                     explored: bool = False) -> None:
+        evals = {e.node_id: e for e in decision.evaluations}
+        self.candidates = [CandidateTrace.of(c, evals.get(c.node_id)) for c in candidates]
+        self.policy = decision.policy
+        self.decided_s = _num(decided_at - self.arrived_mono_s)
+        chosen = decision.chosen
+        self.chosen = chosen.node_id if chosen else None
+        self.chosen_score = _num(chosen.score) if chosen else None
+        self.propensity = _num(propensity)
+        self.explored = explored
+
+    def add_attempt(self, *, node_id: str, placement: Placement, outcome: str, started: float,
+                    duration_s: float, wait_s: float = 0.0, exec_s: float = 0.0,
+                    executed_by: str | None = None, error: str | None = None) -> None:
+        remote = placement is not Placement.LOCAL
+        exchange = max(0.0, duration_s - wait_s - exec_s) if remote and outcome == "ok" else 0.0
+        self.attempts.append(AttemptTrace(
+            node_id=node_id, placement=placement.value, outcome=outcome,
+            started_s=_num(started - self.arrived_mono_s) or 0.0,
+            duration_s=_num(duration_s) or 0.0, wait_s=_num(wait_s) or 0.0,
+            exec_s=_num(exec_s) or 0.0, exchange_s=_num(exchange) or 0.0,
+            executed_by=executed_by, error=None if error is None else error[:200]))
+
+    # -- the record form -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"kind": KIND, "v": TRACE_VERSION}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if name == "candidates":
+                value = [_slots_dict(c) for c in value]
+            elif name == "attempts":
+                value = [_slots_dict(a) for a in value]
+            doc[name] = value
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TaskTrace:
+        """A trace read back from its record form; ValueError/TypeError/KeyError if `doc` is
+        not one (the replay reports the file and line and goes on)."""
+        if doc.get("kind") != KIND or doc.get("v") != TRACE_VERSION:
+            raise ValueError(f"not a task trace of version {TRACE_VERSION}")
+        fields = {k: v for k, v in doc.items() if k in cls.__slots__}
+        fields["candidates"] = [CandidateTrace(**c) for c in doc.get("candidates") or []]
+        fields["attempts"] = [AttemptTrace(**a) for a in doc.get("attempts") or []]
+        trace = cls(**fields)
+        if not isinstance(trace.id, str) or not isinstance(trace.type, str):
+            raise TypeError("id and type must be strings")
+        for name in ("arrived_unix_s", "arrived_mono_s", "work"):
+            if not isinstance(getattr(trace, name), int | float):
+                raise TypeError(f"{name} must be a number")
+        return trace
+
+
+def _slots_dict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+class TraceSink(Protocol):
+    """Receives every finished task's trace, on the event loop: must return quickly (buffer,
+    never block) and must not raise."""
+
+    def on_task_finished(self, trace: TaskTrace) -> None: ...
+
+
+def new_trace(*, task_id: str, task_type: str, origin: str, role: str, received_at: float,
+              work: float, exact_s: float | None, input_bytes: int, output_bytes: int,
+              deadline_s: float | None, priority: int, device_id: str | None) -> TaskTrace:
+    """The trace of a task just accepted (`received_at` on the monotonic clock)."""
+    wall = time.time() - (time.monotonic() - received_at)
+    return TaskTrace(id=task_id, type=task_type, origin=origin, role=role,
+                     arrived_unix_s=round(wall, 6), arrived_mono_s=round(received_at, 6),
+                     work=float(work), exact_s=exact_s, input_bytes=int(input_bytes),
+                     output_bytes=int(output_bytes), deadline_s=deadline_s, priority=priority,
+                     device_id=device_id)
+
+
+# -- live regret ---------------------------------------------------------------------------------
+
+def hindsight_best_s(trace: TaskTrace, spec: TaskSpec, bank: EstimatorBank,
+                     now: float) -> float | None:
+    """The lowest latency any candidate of the decision is predicted to have, re-predicted with
+    the estimators as they are `now` (after the task's own outcome was learned): the view's
+    numbers are the ones the decision saw, the execution times and links are today's."""
+    best = math.inf
+    params = CostParams()
+    for recorded in trace.candidates:
+        if recorded.reason in ("offload_policy", "unsupported_type", "excluded", "offline"):
+            continue  # never a possible target for this task
+        cand = recorded.to_candidate()
+        exec_now = bank.exec_estimate(spec.task_type, cand.node_id, spec.work, now)
+        if spec.exact_s is not None:
+            exec_now = ExecEstimate(mean_s=spec.exact_s, std_s=0.0)
+        link = None if cand.placement is Placement.LOCAL else bank.link(cand.node_id, now)
+        again = replace(cand, exec=exec_now, link=link)
+        ev = evaluate_candidate(spec, again, params, None)
+        best = min(best, ev.latency_mean_s)
+    return None if not math.isfinite(best) else best
+
+
+# -- exploration (record.explore) ----------------------------------------------------------------
+
+class ExploringPolicy:
+    """ε-greedy around `inner`: with probability `epsilon` the chosen target is drawn uniformly
+    from the feasible candidates (the rest of the inner ranking stays the fallback order).
+
+    After each `decide`, `last_propensity` is the probability the chosen target had of being
+    chosen, `(1 - ε)·[it is the inner choice] + ε / n_feasible`, and `last_explored` says
+    whether the draw overrode the inner choice."""
+
+    def __init__(self, inner: Policy, epsilon: float, rng: np.random.Generator) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
+        self.inner = inner
+        self.name = inner.name
+        self.epsilon = epsilon
+        self.rng = rng
+        self.last_propensity = 1.0
+        self.last_explored = False
+
+    def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
+        decision = self.inner.decide(task, candidates, now)
+        self.last_explored = False
+        self.last_propensity = 1.0
+        feasible = [e for e in decision.evaluations if e.feasible]
+        if decision.chosen is None or not decision.chosen.feasible or not feasible:
+            return decision  # nothing to explore among (or a best-effort last resort)
+        n, eps = len(feasible), self.epsilon
+        explore = eps > 0.0 and self.rng.random() < eps
+        pick = feasible[int(self.rng.integers(n))] if explore else decision.chosen
+        same = pick.node_id == decision.chosen.node_id
+        self.last_propensity = (1.0 - eps) * same + eps / n
+        if same:
+            return decision
+        self.last_explored = True
+        rest = tuple(e for e in decision.ranked() if e.node_id != pick.node_id)
+        return Decision(policy=decision.policy, chosen=pick, fallbacks=rest,
+                        evaluations=decision.evaluations, best_effort=decision.best_effort)
