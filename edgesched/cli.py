@@ -1,7 +1,9 @@
-"""Command line: argument parsing, logging set-up, signals, exit codes and the event loop.
+"""Command line: argument parsing, signals, exit codes and the event loop.
 
 Each command's body lives in the module that owns the capability; this module only parses,
-wires SIGTERM/SIGINT to a shutdown event, and maps errors to the exit codes of contract §1.
+sets up logging (edgesched.logs), wires SIGTERM/SIGINT to a shutdown event, and maps errors to
+the exit codes of contract §1. SIGHUP is `run`'s: the composition root installs it
+(service.run, a config reload). The operator-facing help text is DESCRIPTION/EPILOG below.
 """
 
 from __future__ import annotations
@@ -9,12 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -67,48 +67,118 @@ def _positive_float(value: str) -> float:
     return number
 
 
+DESCRIPTION = """\
+edgesched schedules tasks across edge nodes, their neighbours and a cloud tier over MQTT.
+Each node runs `edgesched run`; the other commands check, inspect and drive nodes."""
+
+EPILOG = """\
+configuration: --config FILE, else $EDGESCHED_CONFIG, else built-in defaults; any key can be
+overridden from the environment (mqtt.host -> EDGESCHED_MQTT__HOST). `edgesched COMMAND
+--help` shows each command with an example. Exit codes: 0 ok, 1 failure, 2 usage error,
+78 configuration error. Documentation: docs/running.md."""
+
+
+def _log_flags(parser: argparse.ArgumentParser, *, on_subcommand: bool) -> None:
+    """--log-level/--log-format, accepted before or after the subcommand. On a subcommand
+    their default is SUPPRESS, so an absent flag does not overwrite one given before it."""
+    default: Any = argparse.SUPPRESS if on_subcommand else None
+    group = parser.add_argument_group("logging") if on_subcommand else parser
+    group.add_argument("--log-level", type=str.upper, default=default,
+                       choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                       help="override log.level (DEBUG, INFO, WARNING, ERROR)")
+    group.add_argument("--log-format", default=default, choices=("text", "json"),
+                       help="override log.format (text or json)")
+
+
+def _command(sub: Any, name: str, summary: str, example: str,
+             details: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does, with an example."""
+    text = summary[0].upper() + summary[1:] + "." + (f"\n\n{details}" if details else "")
+    cmd: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=text, epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _log_flags(cmd, on_subcommand=True)
+    return cmd
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgesched", description=__doc__)
-    parser.add_argument("--log-level", default=None, help="override log.level")
+    parser = _Parser(prog="edgesched", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"edgesched {__version__}")
+    _log_flags(parser, on_subcommand=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run the node daemon (role edge|cloud from config)")
+    run = _command(sub, "run", "run the node daemon (role edge or cloud, from the config)",
+                   "edgesched run --config /etc/edgesched/edgesched.yaml",
+                   "SIGTERM/SIGINT drain and stop; SIGHUP re-reads the config and applies "
+                   "what can change\nwhile running (policy, task type limits, log level); "
+                   "see docs/running.md.")
     run.add_argument("--config", help="YAML config file (default: $EDGESCHED_CONFIG)")
 
-    check = sub.add_parser("check-config", help="validate and print the effective config")
+    check = _command(sub, "check-config", "validate the config and print the effective one "
+                     "(secrets masked)", "edgesched check-config --config edgesched.yaml --quiet",
+                     "Exit 0 when valid, 78 with one line per problem when not.")
     check.add_argument("--config", help="YAML config file (default: $EDGESCHED_CONFIG)")
+    check.add_argument("--quiet", "-q", action="store_true",
+                       help="print nothing when the config is valid (only errors)")
 
-    demo = sub.add_parser("demo", help="run a whole edge cluster on this machine")
+    demo = _command(sub, "demo", "run a whole edge cluster on this machine for a while",
+                    "edgesched demo --duration 30",
+                    "Starts an MQTT broker (or uses --broker), several edge nodes, a cloud node "
+                    "and a device\nfleet, shows a live view and prints a summary.")
     demo.add_argument("--duration", type=_positive_float, default=60.0, help="seconds (60)")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--broker", type=_broker, help="HOST:PORT of an MQTT v5 broker")
     demo.add_argument("--json", dest="json_path", help="write the summary as JSON here")
 
-    sim = sub.add_parser("simulate", help="compare policies on a scenario")
+    sim = _command(sub, "simulate", "compare policies on a scenario in the simulator",
+                   "edgesched simulate configs/scenarios/hotspot.yaml --policy cost --policy local")
     sim.add_argument("scenario", help="scenario YAML file")
     sim.add_argument("--policy", action="append", dest="policies", help="repeatable")
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--json", dest="json_path", help="write the report as JSON here")
     sim.add_argument("--plot", dest="plot_path", help="write a PNG comparison here")
 
-    submit = sub.add_parser("submit", help="submit one task over MQTT and print the reply")
-    submit.add_argument("--node", required=True, help="node id to submit to")
-    submit.add_argument("--type", required=True, dest="task_type")
+    submit = _command(sub, "submit", "submit one task to a node and print its reply",
+                      "edgesched submit --node gw-1 --type hash --input "
+                      "'{\"data\": \"x\", \"rounds\": 1000}'",
+                      "Over MQTT by default: broker, TLS files and topic prefix come from the "
+                      "config\n(--config, $EDGESCHED_CONFIG, EDGESCHED_MQTT__* variables); the "
+                      "flags below win.\nWith --url, over HTTP to the node's API (POST "
+                      "/v1/tasks, token and TLS as for `status`).\nExit 0 when the reply is ok, "
+                      "1 otherwise (rejected, failed, expired, no broker, no reply).")
+    submit.add_argument("--node", help="node id to submit to over MQTT (default: the "
+                        "node_id of --config)")
+    submit.add_argument("--type", required=True, dest="task_type", help="task type name")
     submit.add_argument("--input", default=None, help="task input as JSON")
     submit.add_argument("--deadline", type=_positive_float, default=None, help="seconds")
-    submit.add_argument("--broker", type=_broker, default=("127.0.0.1", 1883))
-    submit.add_argument("--topic-prefix", default="edgesched")
-    submit.add_argument("--timeout", type=_positive_float, default=120.0)
-    submit.add_argument("--ca-file", help="CA of the broker: connect with TLS")
+    submit.add_argument("--config", help="YAML config file (default: $EDGESCHED_CONFIG)")
+    submit.add_argument("--url", default=None,
+                        help="submit over HTTP to this node API base URL instead of MQTT")
+    submit.add_argument("--broker", type=_broker, default=None,
+                        help="HOST:PORT of the broker (default: the config's mqtt.host/port)")
+    submit.add_argument("--topic-prefix", default=None,
+                        help="default: the config's mqtt.topic_prefix")
+    submit.add_argument("--timeout", type=_positive_float, default=120.0,
+                        help="seconds to wait for the reply once submitted (120)")
+    submit.add_argument("--connect-timeout", type=_positive_float, default=5.0,
+                        help="seconds to wait for the broker or the node's API (5)")
+    submit.add_argument("--token-file", help="bearer token of the node's API, with --url "
+                        "(default: the config's http.token_file)")
+    submit.add_argument("--ca-file", help="CA of the broker: connect with TLS (default: the "
+                        "config's mqtt.tls.ca_file); with --url, the CA of the node's https")
     submit.add_argument("--cert-file", help="client certificate (mTLS); its CN names the "
                         "reply topic P/device/CN/reply/...")
     submit.add_argument("--key-file", help="the client certificate's key")
     submit.add_argument("--no-check-hostname", action="store_true",
                         help="accept a broker certificate that does not name the host")
 
-    for name, helptext in (("status", "pretty view of a node's /v1/status"),
-                           ("healthcheck", "exit 0 when the node answers healthy")):
-        cmd = sub.add_parser(name, help=helptext)
+    for name, helptext, example in (
+            ("status", "show a node's state: neighbours, devices, tasks (its /v1/status)",
+             "edgesched status --url http://127.0.0.1:8470"),
+            ("healthcheck", "exit 0 when the node answers healthy (/healthz), else 1",
+             "edgesched healthcheck --config /etc/edgesched/edgesched.yaml")):
+        cmd = _command(sub, name, helptext, example)
         cmd.add_argument("--url", default=None, help="node base URL (default from config)")
         cmd.add_argument("--config", help="YAML config file, for the default URL and token")
         cmd.add_argument("--timeout", type=_positive_float, default=5.0)
@@ -118,14 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "config's http.tls.cert_file, for a self-signed one)")
         cmd.add_argument("--cert-file", help="client certificate, for http.tls.client_ca_file")
         cmd.add_argument("--key-file", help="the client certificate's key")
+        if name == "status":
+            cmd.add_argument("--task", metavar="ID", help="show one recent task instead: "
+                             "its outcome, attempts, every candidate and why (/v1/tasks/ID)")
+            cmd.add_argument("--json", action="store_true",
+                             help="print the JSON (the default when stdout is not a terminal)")
 
-    keygen = sub.add_parser("keygen", help="make a node's Ed25519 signing key pair")
+    keygen = _command(sub, "keygen", "make a node's Ed25519 signing key pair",
+                      "edgesched keygen gw-1 --dir /etc/edgesched/keys")
     keygen.add_argument("node_id", metavar="NODE_ID")
     keygen.add_argument("--dir", required=True, help="writes DIR/NODE_ID.key and NODE_ID.pem")
     keygen.add_argument("--force", action="store_true", help="replace existing files")
 
-    pki = sub.add_parser("dev-pki", help="make a CA, broker/node/device certificates, node "
-                         "signing keys and the mosquitto ACL (docs/security.md)")
+    pki = _command(sub, "dev-pki", "make a CA, broker/node/device certificates, node "
+                   "signing keys and the mosquitto ACL (docs/security.md)",
+                   "edgesched dev-pki ./pki --node gw-1 --node gw-2 --device cam-1")
     pki.add_argument("directory", metavar="DIR", help="where to write (created if missing)")
     pki.add_argument("--node", action="append", dest="nodes", metavar="NODE_ID",
                      help="a node id (repeatable; at least one)")
@@ -138,40 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     pki.add_argument("--topic-prefix", default="edgesched", help="for the ACL (edgesched)")
     pki.add_argument("--force", action="store_true", help="replace existing files")
 
-    sub.add_parser("version", help="print the version")
+    _command(sub, "version", "print the version (like --version)", "edgesched version")
     return parser
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            doc.update(extra)
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+def setup_logging(level: str = "INFO", fmt: str = "text", **kwargs: Any) -> None:
+    """Kept for callers of the old place: the set-up lives in edgesched.logs."""
+    from edgesched.logs import setup_logging as _setup
 
-
-def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Structured logs to stderr; `fmt` is `text` or `json`."""
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("amqtt", "transitions", "asyncio", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    _setup(level, fmt, **kwargs)
 
 
 def version_command(args: argparse.Namespace) -> int:
@@ -187,7 +239,8 @@ def check_config_command(args: argparse.Namespace) -> int:
 
     settings = load_settings(config_path_from_env(args.config))
     message_security(settings)  # unusable key files are configuration errors too
-    sys.stdout.write(yaml.safe_dump(masked_dump(settings), sort_keys=False))
+    if not getattr(args, "quiet", False):  # --quiet: ExecStartPre keeps the journal clean
+        sys.stdout.write(yaml.safe_dump(masked_dump(settings), sort_keys=False))
     return EXIT_OK
 
 
@@ -248,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    setup_logging(args.log_level or "INFO")
+    setup_logging(getattr(args, "log_level", None) or "INFO",
+                  getattr(args, "log_format", None) or "text")
     target, is_async = COMMANDS[args.command]
     try:
         fn = _resolve(target)

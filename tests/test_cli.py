@@ -49,3 +49,56 @@ def test_a_closed_stdout_pipe_is_not_a_traceback(tmp_path: Path) -> None:
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+def edgesched(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EDGESCHED_")}
+    return subprocess.run([sys.executable, "-m", "edgesched", *argv], capture_output=True,
+                          text=True, timeout=60, cwd=REPO, env={**base, **(env or {})})
+
+
+def test_version_flag_and_command() -> None:
+    from edgesched import __version__
+
+    for argv in (("--version",), ("version",)):
+        proc = edgesched(*argv)
+        assert (proc.returncode, proc.stdout.strip()) == (0, f"edgesched {__version__}"), argv
+
+
+def test_help_is_for_operators() -> None:
+    top = edgesched("--help")
+    assert "CONTRACTS" not in top.stdout and "§" not in top.stdout
+    assert "EDGESCHED_MQTT__HOST" in top.stdout and "--version" in top.stdout
+    for command in ("run", "check-config", "submit", "status", "healthcheck", "keygen"):
+        proc = edgesched(command, "--help")
+        assert proc.returncode == 0, command
+        assert "example:" in proc.stdout and f"edgesched {command}" in proc.stdout, command
+        assert "CONTRACTS" not in proc.stdout and "--log-level" in proc.stdout, command
+
+
+def test_global_flags_before_or_after_the_subcommand(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("node_id: t1\nrole: cloud\n")
+    for argv in (("--log-level", "debug", "check-config", "--config", str(cfg)),
+                 ("check-config", "--config", str(cfg), "--log-level", "debug"),
+                 ("--log-format", "json", "check-config", "--log-level", "warning",
+                  "--config", str(cfg))):
+        proc = edgesched(*argv)
+        assert proc.returncode == 0, (argv, proc.stderr)
+    bad = edgesched("check-config", "--log-level", "loud")
+    assert bad.returncode == 2 and "--log-level" in bad.stderr
+
+
+def test_check_config_quiet_prints_only_errors(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("node_id: t1\n")
+    proc = edgesched("check-config", "--quiet", "--config", str(good))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert len(edgesched("check-config", "--config", str(good)).stdout.splitlines()) > 50
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node_id: t1\nmqtt: {port: 0}\n")
+    proc = edgesched("check-config", "-q", "--config", str(bad))
+    assert proc.returncode == 78 and proc.stdout == ""
+    assert proc.stderr.startswith("mqtt.port:"), proc.stderr

@@ -154,3 +154,89 @@ async def test_reply_survives_a_broker_restart(node: Any, mosquitto: Mosquitto) 
         reply = (await client.wait_all([key], within_s=20))[key]
     assert (reply["status"], reply["result"]) == ("ok", {"slept": 4.0})
     assert len(client.replies[key]) == 1
+
+
+# -- `edgesched submit` as an operator meets it (issue #18) -----------------------------------
+
+def run_submit(*argv: str, env: dict[str, str] | None = None,
+               timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`edgesched submit ARGV...` in a clean environment (no EDGESCHED_* of the test run);
+    returns the finished process and how long it took."""
+    import os
+    import time
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EDGESCHED_")}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "edgesched", "submit", *argv],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**base, **(env or {})})
+    return proc, time.monotonic() - started
+
+
+def test_an_unreachable_broker_is_named_and_fails_fast() -> None:
+    """Reproduces the issue: a wrong broker was retried for 120 s and the node was blamed."""
+    import socket
+
+    from tests.support.broker import free_port
+
+    port = free_port()  # nothing listens there: refused
+    proc, took = run_submit("--node", "gw-1", "--type", "echo", "--broker", f"127.0.0.1:{port}")
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"cannot connect to the MQTT broker 127.0.0.1:{port}" in last, proc.stderr
+    assert "gw-1" not in last  # the node is not blamed
+    assert took < 10, f"took {took:.1f}s (the contract: within 10 s)"
+
+    # A listener that is no MQTT broker (accepts, never answers a CONNECT): named too.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        proc, took = run_submit("--node", "gw-1", "--type", "echo",
+                                "--broker", f"127.0.0.1:{port}")
+    assert proc.returncode == 1
+    assert f"cannot connect to the MQTT broker 127.0.0.1:{port}" in proc.stderr
+    assert took < 10, f"took {took:.1f}s (the contract: within 10 s)"
+
+
+def test_config_env_unknown_node_bad_input_and_http(mosquitto: Mosquitto, node: Any,
+                                                    tmp_path: Any) -> None:
+    # The broker from a config file (no --broker), its port overridden from the environment
+    # like for every other command: the file names a wrong port, the env the right one.
+    cfg = tmp_path / "client.yaml"
+    cfg.write_text(f"node_id: gw-1\nmqtt: {{host: 127.0.0.1, port: 1}}\n"
+                   f"http: {{port: {node.http_port}}}\n")
+    env = {"EDGESCHED_MQTT__PORT": str(mosquitto.port)}
+    proc, _ = run_submit("--config", str(cfg), "--type", "echo", "--input", '{"a": 1}',
+                         "--timeout", "20", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"] == {"a": 1}
+    proc, _ = run_submit("--type", "echo", "--input", "[2]", "--timeout", "20",
+                         env={**env, "EDGESCHED_CONFIG": str(cfg)})
+    assert proc.returncode == 0, proc.stderr
+    # without the env override the file's broker is used, and named
+    proc, _ = run_submit("--config", str(cfg), "--type", "echo", "--connect-timeout", "1")
+    assert proc.returncode == 1 and "MQTT broker 127.0.0.1:1 " in proc.stderr, proc.stderr
+
+    # An id no node ever announced: said so at once, with the ones that did.
+    proc, took = run_submit("--node", "gw-9", "--type", "echo", "--broker", mosquitto.address)
+    assert proc.returncode == 1
+    assert (f"node gw-9 has never been seen on broker {mosquitto.address}"
+            in proc.stderr), proc.stderr
+    assert "known nodes: gw-1 (online)" in proc.stderr
+    assert took < 10
+
+    # Bad JSON input: a usage error that says what to fix, no coroutine warning.
+    proc, _ = run_submit("--node", "gw-1", "--type", "echo", "--input", "{bad",
+                         "--broker", mosquitto.address)
+    assert proc.returncode == 2
+    assert "--input is not valid JSON" in proc.stderr
+    assert "never awaited" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+    # Over HTTP: --url, the same reply document and exit codes.
+    proc, _ = run_submit("--url", node.base_url, "--type", "hash", "--input",
+                         json.dumps(HASH_INPUT))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"] == {"digest": expected_digest(**HASH_INPUT)}
+    proc, _ = run_submit("--url", node.base_url, "--type", "warp")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["status"] == "rejected"

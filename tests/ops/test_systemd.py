@@ -53,7 +53,8 @@ def test_unit_declares_the_required_settings() -> None:
     for key, value in expected.items():
         assert value in service.get(key, []), f"[Service] {key}={value} missing"
     assert service["WatchdogSec"], "WatchdogSec= set"
-    assert any(cmd.endswith("edgesched check-config") for cmd in service["ExecStartPre"])
+    assert any(cmd.endswith("edgesched check-config --quiet") for cmd in service["ExecStartPre"])
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"], "SIGHUP reloads the config"
     assert any("EDGESCHED_STATE_DIR=%S/edgesched" in env for env in service["Environment"])
     creds = dict(cred.partition(":")[::2] for cred in service["LoadCredential"])
     assert set(creds) == {"mqtt_password", "cloud_token", "http_token"}, (
