@@ -493,7 +493,8 @@ def builtin_task_types() -> dict[str, dict[str, Any]]:
 class ExecutorSettings(_Section):
     slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=4096)
     queue_size: int = Field(256, ge=0, le=1_000_000)
-    process_workers: int | None = Field(None, ge=1, le=1024, description="default = slots")
+    process_workers: int | None = Field(
+        None, ge=1, le=1024, description="default = min(slots, CPU count)")
     max_input_bytes: int = Field(1 << 20, ge=64, le=256 << 20)
     speed: float = Field(1.0, gt=0, description="relative speed, scales exec priors")
 

@@ -2,20 +2,26 @@
 
 The executor is the node's only place where task handlers run. It knows its own load
 (running, queued, predicted wait) and exposes it to telemetry and to admission control.
+
+The process pool (for `cpu_bound` task types) starts with the first cpu-bound task, so a node
+that never runs one never starts it: no forkserver, no resource tracker, no workers. It has
+`executor.process_workers` workers at most (default min(slots, CPU count): more processes
+than cores only add memory), each started when the pool has more work than idle workers.
+Workers come from a forkserver that preloads only `edgesched.tasks.worker` (stdlib), and
+import what a handler needs when they first run it (docs/scaling.md, "Capacity and
+footprint").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import json
 import logging
 import multiprocessing
 import os
-import select
-import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from edgesched.adapters.procstat import ProcessUsage, read_process_usage
 from edgesched.config import ExecutorSettings
 from edgesched.core.queueing import fifo_wait
 from edgesched.errors import (
@@ -32,11 +39,18 @@ from edgesched.errors import (
     TaskError,
     TaskTimeoutError,
 )
+from edgesched.tasks import worker
 from edgesched.tasks.registry import TaskType
 
 log = logging.getLogger("edgesched.executor")
 
 POOL_SHUTDOWN_GRACE_S = 2.0
+POOL_START_TIMEOUT_S = 30.0  # forkserver + first worker; ~0.1 s on an idle 2-core box
+
+
+def default_process_workers(slots: int) -> int:
+    """`executor.process_workers` when unset: one worker per slot, at most one per CPU."""
+    return max(1, min(slots, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,55 +60,6 @@ class ExecOutcome:
     value: Any
     wait_s: float
     exec_s: float
-
-
-def _warm_worker(daemon_pid: int) -> None:
-    # Ctrl-C in a terminal and systemd's control-group kill signal every process of the
-    # group; the daemon drains and shuts the pool down itself, so a worker that died on the
-    # signal first would only turn that orderly stop into a BrokenProcessPool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _exit_with(daemon_pid)
-    # Import the heavy modules once per worker, not on the first task.
-    import edgesched.tasks.builtins  # noqa: F401
-
-
-PARENT_POLL_S = 1.0  # where pidfd is missing: how often a worker checks the daemon is alive
-
-
-def _exit_with(daemon_pid: int) -> None:
-    """End this worker when the daemon process is gone without shutting the pool down
-    (SIGKILL, the OOM killer). A pool worker would otherwise wait on its call queue forever
-    (it holds that pipe's write end itself), ignoring SIGTERM as above, and keep the
-    forkserver alive with it: three orphans per killed daemon."""
-
-    def watch() -> None:
-        try:
-            fd: int | None = os.pidfd_open(daemon_pid)  # Linux >= 5.3: readable on exit
-        except (AttributeError, OSError):  # other systems, or the daemon is already gone
-            fd = None
-        if fd is not None:
-            select.select([fd], [], [])
-        else:
-            while _alive(daemon_pid):
-                time.sleep(PARENT_POLL_S)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="edgesched-daemon-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else (cannot be ours: pid reused)
-        return False
-    return True
-
-
-def _noop() -> None:
-    return None
 
 
 @dataclass(eq=False)
@@ -121,30 +86,91 @@ class LocalExecutor:
     ) -> None:
         self.slots = settings.slots
         self.queue_size = settings.queue_size
-        self._workers = settings.process_workers or settings.slots
+        self._workers = settings.process_workers or default_process_workers(settings.slots)
         self._clock = clock
         self._use_pool = use_process_pool
         self._pool: ProcessPoolExecutor | None = None
+        self._starting: asyncio.Future[ProcessPoolExecutor] | None = None
+        self._closed = False
+        # CPU seconds of pool processes already gone (a replaced pool, a dead worker), so
+        # `pool_usage().cpu_seconds` never goes down; last reading by pid of the live ones.
+        self._cpu_of_gone = 0.0
+        self._cpu_by_pid: dict[int, float] = {}
         self._running: set[_Ticket] = set()
         self._queue: list[_Ticket] = []  # heap of waiting tickets (cancelled ones skipped)
         self._queued = 0
         self._seq = itertools.count()
 
     async def __aenter__(self) -> LocalExecutor:
-        if self._use_pool:
-            self._pool = self._new_pool()
-            loop = asyncio.get_running_loop()
-            # Start every worker now so the first CPU-bound task does not pay for it.
-            await asyncio.gather(
-                *(loop.run_in_executor(self._pool, _noop) for _ in range(self._workers))
-            )
-        return self
+        return self  # the pool starts with the first cpu-bound task (_pool_for)
+
+    @property
+    def process_workers(self) -> int:
+        """The most worker processes the pool will have."""
+        return self._workers
+
+    async def _pool_for(self, task_type: TaskType) -> ProcessPoolExecutor | None:
+        """The pool a cpu-bound type runs in, started on first use; None for other types."""
+        if not (self._use_pool and task_type.settings.cpu_bound):
+            return None
+        if self._pool is not None:
+            return self._pool
+        if self._closed:
+            raise HandlerError(f"{task_type.name}: the node is stopping its process pool")
+        if self._starting is None:
+            # Off the event loop (the forkserver's start takes ~0.1 s, more under load), and
+            # owned by the executor, not by this task: a task cancelled meanwhile (deadline)
+            # leaves the start to finish and the pool to the next one.
+            self._starting = asyncio.ensure_future(asyncio.to_thread(self._start_pool))
+            self._starting.add_done_callback(self._pool_started)
+        try:
+            return await asyncio.shield(self._starting)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            raise HandlerError(f"{task_type.name}: cannot start the process pool: {exc}") from exc
+
+    def _pool_started(self, starting: asyncio.Future[ProcessPoolExecutor]) -> None:
+        if starting.cancelled() or starting.exception() is not None:
+            self._starting = None  # the next cpu-bound task tries again
+            return
+        self._pool = starting.result()
+
+    def _start_pool(self) -> ProcessPoolExecutor:
+        pool = self._new_pool()
+        try:
+            pool.submit(worker.noop).result(timeout=POOL_START_TIMEOUT_S)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        log.info("process pool started (up to %d workers)", self._workers)
+        return pool
 
     def _new_pool(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["edgesched.tasks.builtins"])
+        ctx.set_forkserver_preload(["edgesched.tasks.worker"])
         return ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx,
-                                   initializer=_warm_worker, initargs=(os.getpid(),))
+                                   initializer=worker.init_worker, initargs=(os.getpid(),))
+
+    def pool_pids(self) -> list[int]:
+        """The pool's live worker processes (none before the first cpu-bound task)."""
+        pool = self._pool
+        processes = (getattr(pool, "_processes", None) or {}) if pool is not None else {}
+        return [pid for pid, proc in list(processes.items()) if proc.is_alive()]
+
+    def pool_usage(self) -> ProcessUsage:
+        """Workers, their summed RSS and their CPU seconds so far (gone ones included)."""
+        rss = 0
+        seen: dict[int, float] = {}
+        for pid in self.pool_pids():
+            usage = read_process_usage(pid)
+            if usage is not None:
+                rss += usage.rss_bytes
+                seen[pid] = usage.cpu_seconds
+        for pid, cpu in self._cpu_by_pid.items():
+            if pid not in seen:
+                self._cpu_of_gone += cpu
+        self._cpu_by_pid = seen
+        return ProcessUsage(processes=len(seen), rss_bytes=rss,
+                            cpu_seconds=self._cpu_of_gone + sum(seen.values()))
 
     def _replace_broken_pool(self, broken: ProcessPoolExecutor | None) -> None:
         """A worker died (crash, OOM kill): the pool refuses all work from then on, so the
@@ -156,6 +182,10 @@ class LocalExecutor:
         self._pool = self._new_pool()
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
+        if self._starting is not None and not self._starting.done():
+            with contextlib.suppress(Exception):  # a pool still starting is shut down too
+                await asyncio.shield(self._starting)
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -260,7 +290,7 @@ class LocalExecutor:
 
     async def _execute(self, task_type: TaskType, value: Any) -> Any:
         limit = task_type.settings.timeout_s
-        pool = self._pool
+        pool = await self._pool_for(task_type)
         try:
             async with asyncio.timeout(limit):
                 result = await task_type.handler.run(value, pool=pool)

@@ -29,12 +29,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from edgesched.errors import KeyFileError, MessageRejected
+
+# cryptography (~8 MB resident) is imported by the functions that use a key: a node without
+# security.key_file never loads it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 FRAME_MAGIC = b"ES1 "
 _DOMAIN = b"edgesched-sig-v1\n"
@@ -77,6 +82,9 @@ def write_node_keypair(node_id: str, directory: Path, *,
         for path in (key_path, pub_path):
             if path.exists():
                 raise KeyFileError(f"{path} exists; remove it or pass --force to replace it")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -93,6 +101,9 @@ def write_node_keypair(node_id: str, directory: Path, *,
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -107,6 +118,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except OSError as exc:
@@ -222,6 +236,8 @@ class Verifier:
         header, body = parts
         kid, ts_ms, nonce, sig = _header_fields(header)
         key = self._key_of(kid)
+        from cryptography.exceptions import InvalidSignature  # loaded with the first key
+
         try:
             key.verify(sig, _signed_bytes(topic, kid, ts_ms, nonce, body))
         except InvalidSignature:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # a node's main process runs without numpy (~15 MB) unless a policy draws
+    import numpy as np
 
 from edgesched.core.costmodel import (
     ALL_CONSTRAINTS,
@@ -183,11 +184,14 @@ class RoundRobinPolicy:
         return _ranked_decision(self.name, feasible, evals)
 
 
-def make_policy(name: str, params: CostParams, rng: np.random.Generator) -> Policy:
-    """The policy called `name` (one of POLICY_NAMES). Raises ValueError for unknown names."""
+def make_policy(name: str, params: CostParams, rng: np.random.Generator | None = None) -> Policy:
+    """The policy called `name` (one of POLICY_NAMES). Raises ValueError for unknown names,
+    and for `random` without a generator."""
     if name == "cost":
         return CostPolicy(params)
     if name == "random":
+        if rng is None:
+            raise ValueError("the random policy needs a seeded generator (rng)")
         return RandomPolicy(params, rng)
     if name == "round_robin":
         return RoundRobinPolicy(params)

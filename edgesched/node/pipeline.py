@@ -22,7 +22,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from aiohttp import web
 
 from edgesched.adapters.cloud import CloudClient
@@ -44,6 +43,8 @@ from edgesched.node.trace import ExploringPolicy, TaskTrace, TraceSink, hindsigh
 from edgesched.tasks.registry import TaskRegistry
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from edgesched.config import Settings
 
 log = logging.getLogger("edgesched.pipeline")
@@ -153,6 +154,12 @@ def decode_reply(data: bytes) -> p.Reply:
         executed_by=doc.get("executed_by"), latency_s=doc.get("latency_s", 0.0),
         attempts=doc.get("attempts", 0), correlation_id=doc.get("correlation_id"),
     )
+
+
+def _numpy_rng() -> np.random.Generator:
+    import numpy as np  # here: only the random and exploring policies need it
+
+    return np.random.default_rng()
 
 
 class DrainingExecutor(LocalExecutor):

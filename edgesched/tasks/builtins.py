@@ -2,17 +2,16 @@
 
 Validation runs on the event loop before anything is queued, so a bad input is rejected at
 once; the work functions are plain top-level functions so the process pool can pickle them.
+A pool worker imports this module to run them: it imports nothing but the stdlib at its top
+(numpy only inside `matmul_trace`, asyncio inside `run_sleep`), see `tasks/worker.py`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from edgesched.errors import InvalidTaskError
 
@@ -107,6 +106,8 @@ def run_hash(value: dict[str, Any]) -> dict[str, Any]:
 
 def matmul_trace(n: int, seed: int) -> float:
     """Trace of A·B, A then B drawn from `default_rng(seed).random((n, n))`."""
+    import numpy as np  # here, not at the top: ~15 MB in every process that never multiplies
+
     rng = np.random.default_rng(seed)
     a = rng.random((n, n))
     b = rng.random((n, n))
@@ -118,6 +119,8 @@ def run_matmul(value: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_sleep(value: dict[str, Any]) -> dict[str, Any]:
+    import asyncio  # already loaded on the event loop; a pool worker never imports it
+
     await asyncio.sleep(value["seconds"])
     return {"slept": value["seconds"]}
 

@@ -13,7 +13,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from edgesched.errors import (
     UnknownTaskTypeError,
 )
 from edgesched.tasks import builtins
+from edgesched.tasks.worker import call_python_handler
 
 log = logging.getLogger("edgesched.tasks")
 
@@ -87,19 +88,6 @@ class BuiltinHandler:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(pool, builtins.run_builtin_sync, self.name, value)
         return builtins.run_builtin_sync(self.name, value)
-
-
-def call_python_handler(module: str, function: str, value: Any) -> Any:
-    """Process-pool entry point: import `module.function` in the worker and call it."""
-    fn = getattr(importlib.import_module(module), function)
-    result = fn(value)
-    if inspect.isawaitable(result):
-        return asyncio.run(_await(result))
-    return result
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 class PythonHandler:

@@ -196,10 +196,15 @@ async def test_a_dead_worker_fails_its_task_and_the_pool_recovers(
 _POOL_OWNER = """
 import asyncio, sys
 from edgesched.adapters.executor import LocalExecutor
-from edgesched.config import ExecutorSettings
+from edgesched.config import ExecutorSettings, load_settings
+from edgesched.tasks.registry import TaskRegistry
 
 async def main():
-    async with LocalExecutor(ExecutorSettings(slots=2, process_workers=2)):
+    hash_type = TaskRegistry.from_settings(load_settings().task_types).get("hash")
+    async with LocalExecutor(ExecutorSettings(slots=2, process_workers=2)) as ex:
+        # the pool starts with the first cpu-bound task; two at once start both workers
+        await asyncio.gather(*(ex.run(hash_type, {"data": "x", "rounds": 300000},
+                                      expected_s=0.1) for _ in range(2)))
         print("ready", flush=True)
         await asyncio.sleep(60)
 
