@@ -18,11 +18,13 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from edgesched import __version__
 from edgesched.core.model import Liveness, RejectReason
 
 if TYPE_CHECKING:
+    from edgesched.adapters.procstat import ProcessUsage
     from edgesched.core.model import Decision
     from edgesched.core.view import ClusterView
 
@@ -298,6 +300,11 @@ class Metrics:
 
         self.neighbour_telemetry_max_age.set_function(max_age)
         self.devices.set_function(lambda: view.device_count)
+
+    def bind_pool(self, usage: Callable[[], ProcessUsage]) -> None:
+        """The process pool's workers: how many, their summed RSS and CPU seconds, read from
+        /proc at each scrape (`process_*` covers the main process only)."""
+        self.registry.register(_PoolCollector(usage))
 
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""

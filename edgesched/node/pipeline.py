@@ -321,6 +321,7 @@ class TaskPipeline:
         m = self.metrics
         m.tasks_running.set_function(lambda: self.executor.running)
         m.tasks_queued.set_function(lambda: self.executor.queued)
+        m.bind_pool(self.executor.pool_usage)
         if self.edge:
             assert self.offload_client is not None and self.offload_server is not None
             await self.offload_client.start()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from edgesched.adapters.executor import LocalExecutor, default_process_workers
+from edgesched.adapters.metrics import Metrics
 from edgesched.config import ExecutorSettings, load_settings
 from edgesched.errors import HandlerError
 from edgesched.tasks.builtins import hash_digest
@@ -92,3 +93,23 @@ async def test_a_stopped_executor_starts_no_pool() -> None:
     with pytest.raises(HandlerError, match="stopping its process pool"):
         await ex.run(reg.get("hash"), {"data": "a", "rounds": 1}, expected_s=0.0)
     assert ex.pool_pids() == [] and set(descendants(os.getpid())) == before
+
+
+def sample(text: str, name: str) -> float:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+async def test_pool_usage_is_exported_as_metrics() -> None:
+    reg = registry()
+    metrics = Metrics()
+    async with LocalExecutor(ExecutorSettings(slots=1, process_workers=1)) as ex:
+        metrics.bind_pool(ex.pool_usage)
+        text = metrics.exposition().decode()
+        assert sample(text, "edgesched_pool_workers") == 0
+        assert sample(text, "edgesched_pool_resident_memory_bytes") == 0
+        await ex.run(reg.get("hash"), {"data": "a", "rounds": 300_000}, expected_s=0.0)
+        text = metrics.exposition().decode()
+        assert sample(text, "edgesched_pool_workers") == 1
+        assert sample(text, "edgesched_pool_resident_memory_bytes") > 4 << 20
+        assert sample(text, "edgesched_pool_cpu_seconds_total") > 0.02
