@@ -309,3 +309,25 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""
         return generate_latest(self.registry)
+
+class _PoolCollector:
+    """`edgesched_pool_*`: one /proc read of the workers per scrape, for all three series."""
+
+    def __init__(self, usage: Callable[[], ProcessUsage]) -> None:
+        self._usage = usage
+
+    def describe(self) -> list[Metric]:
+        return []  # no samples at registration (the pool may not exist yet)
+
+    def collect(self) -> Iterable[Metric]:
+        usage = self._usage()
+        yield GaugeMetricFamily(
+            "edgesched_pool_workers", "Live worker processes of the process pool (it starts "
+            "with the first cpu-bound task).", value=usage.processes)
+        yield GaugeMetricFamily(
+            "edgesched_pool_resident_memory_bytes",
+            "Resident memory of the pool's workers, summed (RSS: shared pages counted in each).",
+            value=usage.rss_bytes)
+        yield CounterMetricFamily(
+            "edgesched_pool_cpu_seconds", "User and system CPU time of the pool's workers, "
+            "those since replaced included.", value=usage.cpu_seconds)
