@@ -22,9 +22,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgesched.core.costmodel import CostParams, evaluate_candidate
 from edgesched.core.estimators import EstimatorBank
@@ -39,6 +37,9 @@ from edgesched.core.model import (
     TaskSpec,
 )
 from edgesched.core.policies import Policy
+
+if TYPE_CHECKING:  # numpy costs the node ~15 MB: only record.explore's generator needs it
+    import numpy as np
 
 TRACE_VERSION = 1
 KIND = "task"  # the `kind` of a task line in a record file ("telemetry" lines are the other)
