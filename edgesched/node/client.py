@@ -8,6 +8,7 @@ import json
 import logging
 import ssl
 import sys
+import urllib.parse
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ import aiohttp
 
 from edgesched.config import Settings, config_path_from_env, load_settings
 from edgesched.errors import ConfigError, HttpError
+from edgesched.node.statusview import render_status, render_task
+
+__all__ = ["healthcheck_command", "render_status", "render_task", "status_command"]
 
 log = logging.getLogger("edgesched.client")
 
@@ -144,11 +148,14 @@ async def healthcheck_command(args: argparse.Namespace, shutdown_trigger: Awaita
 
 
 async def status_command(args: argparse.Namespace, shutdown_trigger: Awaitable[None]) -> int:
-    """Print a node's `/v1/status` as tables (raw JSON when stdout is not a terminal)."""
+    """Print a node's `/v1/status` (or, with `--task ID`, that task's `/v1/tasks/{id}`) as
+    tables; raw JSON with `--json` or when stdout is not a terminal."""
+    task_id = getattr(args, "task", None)
 
     async def show() -> int:
         where = target(args)
-        url = where.url + "/v1/status"
+        url = where.url + ("/v1/status" if task_id is None
+                           else "/v1/tasks/" + urllib.parse.quote(task_id, safe=""))
         status, body = await fetch_json(url, args.timeout, token=where.token,
                                         ssl_context=where.ssl_context)
         if status == 401:
@@ -156,50 +163,18 @@ async def status_command(args: argparse.Namespace, shutdown_trigger: Awaitable[N
                             "pass --token-file FILE (or --config with its http.token_file)"
                             if where.token is None else
                             f"{url} answered HTTP 401: the token was refused (wrong token file)")
+        if task_id is not None and status in (400, 404) and isinstance(body, dict):
+            print(f"task {task_id!r}: {body.get('detail') or body.get('error')}",
+                  file=sys.stderr)
+            return EXIT_UNHEALTHY
         if status != 200 or not isinstance(body, dict):
             raise HttpError(f"{url} answered HTTP {status}")
-        if not sys.stdout.isatty():
+        if getattr(args, "json", False) or not sys.stdout.isatty():
             print(json.dumps(body, indent=2))
+        elif task_id is not None:
+            render_task(body)
         else:
             render_status(body)
         return EXIT_OK
 
     return await _until_stopped(show(), shutdown_trigger)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def render_status(doc: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    mqtt = doc.get("mqtt", {})
-    tasks = doc.get("tasks", {})
-    console.print(
-        f"[bold]{doc.get('node_id')}[/bold] role={doc.get('role')} "
-        f"incarnation={doc.get('incarnation')} mqtt="
-        f"{'connected' if mqtt.get('connected') else '[red]disconnected[/red]'} "
-        f"tasks running={tasks.get('running')} queued={tasks.get('queued')}"
-    )
-    table = Table(title="neighbours")
-    for col in ("node", "status", "last seen s", "running", "queued", "slots", "cpu", "battery"):
-        table.add_column(col)
-    for n in doc.get("neighbours", []):
-        table.add_row(n.get("node_id"), n.get("status"), _fmt(n.get("last_seen_s")),
-                      _fmt(n.get("running")), _fmt(n.get("queued")), _fmt(n.get("slots")),
-                      _fmt(n.get("cpu_util")), _fmt(n.get("battery")))
-    console.print(table)
-    devices = Table(title=f"devices ({doc.get('devices_total', len(doc.get('devices', [])))})")
-    for col in ("device", "last seen s", "values"):
-        devices.add_column(col)
-    for d in doc.get("devices", [])[:50]:
-        values = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(d.get("values", {}).items()))
-        devices.add_row(d.get("device_id"), _fmt(d.get("last_seen_s")), values)
-    console.print(devices)

@@ -47,6 +47,7 @@ from edgesched.core.model import ClusterSnapshot, PowerModel
 from edgesched.core.view import ClusterView, NodeAnnouncement, ViewParams
 from edgesched.errors import ConfigError, KeyFileError
 from edgesched.node.pipeline import DrainingExecutor, TaskPipeline, make_bank
+from edgesched.node.tasklog import TaskLog, valid_task_id
 from edgesched.node.telemetry import Identity, LinkReadingFeeder, Load, TelemetryStage, Topics
 
 log = logging.getLogger("edgesched.service")
@@ -164,6 +165,7 @@ class Runtime:
     uplink_feeder: LinkReadingFeeder | None  # devices.uplink_device -> the cloud link
     telemetry: TelemetryStage
     pipeline: TaskPipeline
+    task_log: TaskLog  # recent finished tasks (a trace sink), for GET /v1/tasks/{id}
     status: NodeStatus
     http: HttpServer
     notifier: Notifier
@@ -254,16 +256,20 @@ def build_runtime(
         goodbye=lambda: OutboundMessage(topic=state_topic,
                                         payload=telemetry.state_doc(online=False), signed=True),
     )
+    task_log = TaskLog(max_bytes=settings.http.recent_tasks_bytes)
     pipeline = TaskPipeline(settings=settings, mqtt=mqtt, metrics=metrics, executor=executor,
                             bank=bank, snapshot=snapshot_source(view, telemetry),
-                            neighbours=view.neighbours, spool=open_spool(settings, metrics))
+                            neighbours=view.neighbours, spool=open_spool(settings, metrics),
+                            sinks=(task_log,))
     status = NodeStatus(identity=identity, mqtt_settings=settings.mqtt, mqtt=mqtt, view=view,
                         telemetry=telemetry, load=executor.load)
     h = settings.http
     tls = h.tls
     http = HttpServer(
         host=h.host, port=h.port, metrics=metrics, status=status.doc,
-        routes=pipeline.routes(), status_providers={"scheduler": pipeline.status},
+        routes=pipeline.routes(), status_providers={"scheduler": pipeline.status,
+                                                    "recent_tasks": task_log.stats},
+        task_lookup=task_log.get, valid_task_id=valid_task_id,
         health_checks={"mqtt": status.mqtt_health} if settings.role == "edge" else None,
         max_body_bytes=h.max_body_bytes,
         token=h.token.get_secret_value() if h.token is not None else None,
@@ -274,7 +280,7 @@ def build_runtime(
     return Runtime(
         settings=settings, process_env=env, metrics=metrics, identity=identity, topics=topics,
         view=view, mqtt=mqtt, executor=executor, bank=bank, uplink_feeder=uplink_feeder,
-        telemetry=telemetry, pipeline=pipeline, status=status, http=http,
+        telemetry=telemetry, pipeline=pipeline, task_log=task_log, status=status, http=http,
         notifier=Notifier(env),
         # exits the process when the loop stalls and systemd's watchdog is not in charge
         stall_guard=stall_guard_for(settings, metrics=metrics, env=env),
