@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` (main job) and `make test` (whole suite).
 # Both create .venv and install what they need; `make test` also installs mosquitto,
-# promtool and systemd-analyze with apt-get when missing (as root; else it says what to do).
+# promtool, systemd-analyze and chromium with apt-get when missing (as root; else it says what
+# to do).
 
 # The distribution's Python 3.11+ when it can make a venv, else python3 on PATH (see the
 # script for why); `make setup PYTHON=/path/to/python3.x` picks another.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system programs the test suite drives for real: mosquitto (+ clients),
-# promtool (prometheus) and systemd-analyze (systemd). Needs root for apt-get.
+# promtool (prometheus), systemd-analyze (systemd) and chromium (the status page's headless
+# browser test). Needs root for apt-get.
 set -euo pipefail
 
 declare -A package_for=(
@@ -9,6 +10,7 @@ declare -A package_for=(
   [mosquitto_rr]=mosquitto-clients
   [promtool]=prometheus
   [systemd-analyze]=systemd
+  [chromium]=chromium
 )
 # Debian installs mosquitto under /usr/sbin, which may not be on a user's PATH.
 export PATH="$PATH:/usr/sbin:/sbin"

@@ -1,0 +1,185 @@
+"""Issue #18 parts 6 and 7 on a real cluster (two edges and a cloud node on a real mosquitto):
+`GET /v1/tasks/{id}` says why a task went where it went, `edgesched status --task` prints it,
+and the built-in status page, loaded in headless Chromium, shows the neighbours and the task
+counts."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.broker import Mosquitto
+from tests.support.nodes import REPO, http_get, wait_until
+
+pytestmark = pytest.mark.e2e
+
+TASKS = 9
+CHROMIUM_TIMEOUT_S = 40
+
+
+def chromium() -> str:
+    """The Chromium binary; CI installs it (scripts/install-system-deps.sh), so a missing one
+    fails there, and is only skipped on a developer's machine."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("CI") or os.geteuid() == 0:  # `make test` installed it, or should have
+        pytest.fail("chromium is not installed: run `make system-deps` (as root)")
+    pytest.skip("chromium is not installed and this is not root in CI: `sudo apt-get install "
+                "-y chromium` to run it (CI does)")
+
+
+def post_task(node: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        node.base_url + "/v1/tasks", data=json.dumps(doc).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def get_task(node: Any, task_id: str) -> tuple[int, Any]:
+    status, body = http_get(f"{node.base_url}/v1/tasks/{task_id}", timeout=5)
+    return status, json.loads(body) if body else None
+
+
+class _Dom(html.parser.HTMLParser):
+    """The dumped DOM: text by element id, and the data-node-id rows of the neighbours."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_id: dict[str, str] = {}
+        self.neighbour_rows: list[str] = []
+        self._open: list[str | None] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "tr" and a.get("data-node-id"):
+            self.neighbour_rows.append(str(a["data-node-id"]))
+        if tag in ("br", "input", "meta", "link", "img"):
+            return
+        self._open.append(a.get("id"))
+        if a.get("id"):
+            self.by_id.setdefault(str(a["id"]), "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open and tag not in ("br", "input", "meta", "link", "img"):
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        for element_id in self._open:
+            if element_id:
+                self.by_id[element_id] += data
+
+
+def dump_dom(url: str, profile: Path) -> str:
+    out = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-extensions", f"--user-data-dir={profile}",
+         "--virtual-time-budget=8000", "--dump-dom", url],
+        capture_output=True, timeout=CHROMIUM_TIMEOUT_S, check=False)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")[-2000:]
+    return out.stdout.decode("utf-8")
+
+
+def test_task_lookup_cli_and_status_page(mosquitto: Mosquitto, node_factory: Any,
+                                         tmp_path: Path) -> None:
+    cloud = node_factory("cloud-1", broker=mosquitto, overrides={
+        "role": "cloud", "executor": {"slots": 4}})
+    edge2 = node_factory("edge-2", broker=mosquitto)
+    edge1 = node_factory("edge-1", broker=mosquitto, overrides={
+        "cloud": {"url": cloud.base_url},
+        # round robin spreads the tasks over edge-1, edge-2 and the cloud
+        "policy": {"name": "round_robin"},
+        "task_types": {"lecho": {"handler": "builtin:echo", "offload": "local"}},
+    })
+    wait_until(lambda: edge1.neighbour_status().get("edge-2") == "online", 15,
+               what="edge-1 sees edge-2")
+
+    replies = [post_task(edge1, {"id": f"page-{i}", "type": "echo", "input": {"i": i}})
+               for i in range(TASKS - 1)]
+    replies.append(post_task(edge1, {"id": "page-local", "type": "lecho", "input": {}}))
+    assert [r["status"] for r in replies] == ["ok"] * TASKS, replies
+    by = {r["id"]: r["executed_by"] for r in replies}
+    assert set(by.values()) == {"edge-1", "edge-2", "cloud-1"}, by
+
+    # -- GET /v1/tasks/{id}: why each task went where it went --------------------------------
+    to_cloud = next(task for task, node in by.items() if node == "cloud-1")
+    status, doc = get_task(edge1, to_cloud)
+    assert status == 200, doc
+    assert doc["id"] == to_cloud and doc["outcome"] == "ok" and doc["node_id"] == "edge-1"
+    assert doc["placement"] == "cloud" and doc["executed_by"] == "cloud-1"
+    assert doc["decision"]["chosen"] == "cloud" and doc["decision"]["policy"] == "round_robin"
+    assert "cloud" in doc["decision"]["why"]
+    assert {c["node_id"] for c in doc["candidates"]} == {"edge-1", "edge-2", "cloud"}
+    for cand in doc["candidates"]:
+        assert cand["latency_mean_s"] is not None and "reason" in cand, cand
+    (attempt,) = doc["attempts"]
+    assert attempt["target"] == "cloud" and attempt["result"] == "ok"
+    assert attempt["duration_s"] > 0 and attempt["started_after_s"] >= 0
+    # the cloud node keeps its own record of the same task (no decision there)
+    status, there = get_task(cloud, to_cloud)
+    assert status == 200 and there["role"] == "cloud" and there["outcome"] == "ok"
+    assert there["candidates"] == [] and there["attempts"][0]["target"] == "cloud-1"
+
+    status, local = get_task(edge1, "page-local")
+    assert status == 200 and local["executed_by"] == "edge-1"
+    refused = {c["node_id"]: c["reason"] for c in local["candidates"] if not c["feasible"]}
+    # edge-2 has no such type; the type may not leave its node
+    assert refused == {"edge-2": "unsupported_type", "cloud": "offload_policy"}, refused
+
+    status, missing = get_task(edge1, "never-submitted")
+    assert status == 404 and missing["error"] == "unknown_task"
+    assert get_task(edge1, "x" * 129)[0] == 400
+
+    # -- `edgesched status --task ID` and `edgesched status` ----------------------------------
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "160"}
+    env = {k: v for k, v in env.items() if not k.startswith("EDGESCHED_")}
+    cli = [sys.executable, "-m", "edgesched", "status", "--url", edge1.base_url]
+    shown = subprocess.run([*cli, "--task", to_cloud, "--json"], capture_output=True,
+                           timeout=30, env=env, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["decision"]["chosen"] == "cloud"
+    script = ("import sys, rich.console\n"
+              "from edgesched.node import statusview, client\n"
+              "statusview.Console = lambda: rich.console.Console(force_terminal=True, "
+              "width=160)\n"
+              "sys.stdout.isatty = lambda: True\n"
+              "from edgesched.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    tty = subprocess.run([sys.executable, "-c", script, *cli[3:], "--task", to_cloud],
+                         capture_output=True, timeout=30, env=env, check=False)
+    out = tty.stdout.decode()
+    assert tty.returncode == 0, tty.stderr
+    for text in (to_cloud, "cloud-1", "round_robin", "candidates", "attempts", "edge-2"):
+        assert text in out, (text, out)
+    tty = subprocess.run([sys.executable, "-c", script, *cli[3:]], capture_output=True,
+                         timeout=30, env=env, check=False)
+    out = tty.stdout.decode()
+    assert tty.returncode == 0, tty.stderr
+    for text in ("edge-2", "recent decisions", "page-local"):
+        assert text in out, (text, out)
+    gone = subprocess.run([*cli, "--task", "never-submitted"], capture_output=True,
+                          timeout=30, env=env, check=False)
+    assert gone.returncode == 1 and b"no finished task" in gone.stderr
+
+    # -- the status page in headless Chromium -------------------------------------------------
+    status, page = http_get(edge1.base_url + "/", timeout=5)
+    assert status == 200 and b"<script>" in page
+    dom = _Dom()
+    dom.feed(dump_dom(edge1.base_url + "/#task=" + to_cloud, tmp_path / "chromium"))
+    assert dom.by_id["node-id"] == "edge-1"
+    assert "edge-2" in dom.neighbour_rows, dom.neighbour_rows
+    assert dom.by_id["count-total"] == str(TASKS), dom.by_id.get("task-counts")
+    assert dom.by_id["count-ok"] == str(TASKS)
+    assert "page-local" in dom.by_id["decisions"]
+    assert "cloud-1" in dom.by_id["lookup"] and "round_robin" in dom.by_id["lookup"]
