@@ -33,7 +33,7 @@ class CloudClient:
     never the body of an upstream error (it may echo what we sent).
     """
 
-    def __init__(self, settings: CloudSettings) -> None:
+    def __init__(self, settings: CloudSettings, *, origin: str | None = None) -> None:
         if settings.url is None:
             raise ValueError("cloud.url is not set")
         self.url = f"{settings.url}/v1/tasks"
@@ -42,12 +42,16 @@ class CloudClient:
         self._session: aiohttp.ClientSession | None = None
         self._secrets = _secret_parts(settings)
         self._auth_logged_at = -math.inf
+        self._origin = origin  # this edge's node id, sent as X-Edgesched-Origin
 
     async def __aenter__(self) -> CloudClient:
         headers = {"User-Agent": f"edgesched/{__version__}", "Content-Type": "application/json"}
         token = self._settings.token
         if token is not None:
             headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+        if self._origin is not None:
+            # the cloud tier counts the task as this edge's, not as a submission of its own
+            headers["X-Edgesched-Origin"] = self._origin
         ssl_context: ssl.SSLContext | bool = True  # verify https against the system CAs
         if self._settings.ca_file is not None:
             ssl_context = ssl.create_default_context(cafile=str(self._settings.ca_file))

@@ -6,7 +6,7 @@ bounded and pre-initialised to zero so dashboards see a series before the first 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 import prometheus_client
@@ -52,6 +52,13 @@ REPLY_DROP_REASONS = ("no_route", "publish_failed", "shutdown")
 OFFLOAD_IGNORE_REASONS = ("late", "malformed")
 HTTP_AUTH_PATHS = ("/v1/status", "/v1/tasks", "/metrics", "other")
 CLOUD_FAILURE_REASONS = ("unauthorized", "timeout", "unreachable", "http_status", "bad_reply")
+# Work this node does for another node, by who asked: an edge neighbour over MQTT offload
+# (`neighbour`), or an edge node through the cloud tier's HTTP intake (`edge`).
+ORIGIN_KINDS = ("neighbour", "edge")
+# The `type` label of task metrics: configured task types (at most MAX_TYPE_LABELS of them, in
+# name order), everything else (unknown or unparseable submissions, types past the cap) `other`.
+OTHER_TYPE = "other"
+MAX_TYPE_LABELS = 32
 # what the durable spool could not keep: over spool.max_bytes, past spool.reply_ttl_s, a
 # write failed (disk full, I/O error)
 SPOOL_SHED_REASONS = ("full", "ttl", "write_error")
@@ -73,30 +80,53 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
-    """All metrics of one node; one instance per registry."""
+    """All metrics of one node; one instance per registry.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    `node_id` and `role` (the runtime passes both) make `edgesched_node_info`, the series a
+    dashboard joins on to name a node; `task_types` bounds the `type` label of task metrics.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, node_id: str | None = None,
+                 role: str | None = None, task_types: Collection[str] = ()) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.task_types = frozenset(sorted(task_types)[:MAX_TYPE_LABELS])
         self.build_info = Gauge(
             "edgesched_build_info", "Build information (always 1).", ["version"], registry=r
         )
         self.build_info.labels(version=__version__).set(1)
+        self.node_info = Gauge(
+            "edgesched_node_info",
+            "This node's identity (always 1): join on `instance` to name a node's series.",
+            ["node_id", "role", "version"], registry=r,
+        )
+        if node_id is not None:
+            self.node_info.labels(node_id=node_id, role=role or "", version=__version__).set(1)
         self.tasks_submitted = Counter(
-            "edgesched_tasks_submitted", "Tasks submitted to this node (MQTT and HTTP).",
-            registry=r,
+            "edgesched_tasks_submitted",
+            "Tasks clients submitted to this node (MQTT and HTTP); work done for other nodes "
+            "is edgesched_remote_tasks_total.", registry=r,
+        )
+        self.remote_tasks = Counter(
+            "edgesched_remote_tasks",
+            "Tasks this node answered for another node, by who asked (neighbour: an edge's "
+            "offload over MQTT; edge: the cloud tier's HTTP intake) and the reply's status "
+            "(ok and failed ran here; rejected and expired did not).",
+            ["origin_kind", "status"], registry=r,
         )
         self.decisions = Counter(
             "edgesched_decisions", "Placement decisions made, by chosen placement.",
             ["placement"], registry=r,
         )
         self.tasks_completed = Counter(
-            "edgesched_tasks_completed", "Tasks with a terminal reply, by placement and status.",
-            ["placement", "status"], registry=r,
+            "edgesched_tasks_completed",
+            "Submitted tasks with a terminal reply, by placement, status and task type.",
+            ["placement", "status", "type"], registry=r,
         )
         self.task_latency = Histogram(
-            "edgesched_task_latency_seconds", "Submit-to-reply latency of completed tasks.",
-            ["placement"], buckets=TASK_BUCKETS, registry=r,
+            "edgesched_task_latency_seconds",
+            "Submit-to-reply latency of submitted tasks answered ok, by placement and type.",
+            ["placement", "type"], buckets=TASK_BUCKETS, registry=r,
         )
         self.decision_duration = Histogram(
             "edgesched_decision_duration_seconds", "Time the policy took to decide one task.",
@@ -194,11 +224,6 @@ class Metrics:
             "their deadline had passed when this node got to them (it was frozen, or the "
             "request queued at the broker).", ["via"], registry=r,
         )
-        self.offload_served = Counter(
-            "edgesched_offload_served",
-            "Neighbours' offload requests this node answered, by the status of its reply "
-            "(ok and failed ran here; rejected and expired did not).", ["status"], registry=r,
-        )
         self.cancels = Counter(
             "edgesched_cancels",
             "Cancels of abandoned offload attempts: sent by the origin (result sent|failed), "
@@ -253,8 +278,11 @@ class Metrics:
             for value in values:
                 metric.labels(**{label: value})
 
+        types = (*sorted(self.task_types), OTHER_TYPE)
         each(self.decisions, "placement", PLACEMENTS)
-        each(self.task_latency, "placement", PLACEMENTS)
+        for placement in PLACEMENTS:
+            for task_type in types:
+                self.task_latency.labels(placement=placement, type=task_type)
         each(self.energy, "placement", PLACEMENTS)
         each(self.neighbours, "status", NEIGHBOUR_STATUSES)
         each(self.telemetry_messages, "kind", TELEMETRY_KINDS)
@@ -267,20 +295,33 @@ class Metrics:
         each(self.http_unauthorized, "path", HTTP_AUTH_PATHS)
         each(self.cloud_requests_failed, "reason", CLOUD_FAILURE_REASONS)
         each(self.expired_on_arrival, "via", ("offload", "http"))
-        each(self.offload_served, "status", STATUSES)
+        for kind in ORIGIN_KINDS:
+            for status in STATUSES:
+                self.remote_tasks.labels(origin_kind=kind, status=status)
         for result in ("sent", "failed"):
             self.cancels.labels(direction="sent", result=result)
         for result in ("dropped", "running", "unknown"):
             self.cancels.labels(direction="received", result=result)
         each(self.spool_shed, "reason", SPOOL_SHED_REASONS)
-        for status in STATUSES:
-            self.tasks_completed.labels(placement="none", status=status)
-        for placement in PLACEMENTS:
+        for placement in COMPLETION_PLACEMENTS:
             for status in STATUSES:
-                self.tasks_completed.labels(placement=placement, status=status)
+                for task_type in types:
+                    self.tasks_completed.labels(placement=placement, status=status,
+                                                type=task_type)
+        for placement in PLACEMENTS:
             for reason in CANDIDATE_REJECT_REASONS:
                 self.candidates_rejected.labels(placement=placement, reason=reason)
         self.mqtt_connected.set(0)
+
+    def type_label(self, task_type: str | None) -> str:
+        """The bounded `type` label value of a task type: itself when configured, else
+        `other`."""
+        return task_type if task_type in self.task_types else OTHER_TYPE
+
+    def completed(self, placement: str, status: str, task_type: str | None) -> None:
+        """Count one submitted task's terminal reply."""
+        self.tasks_completed.labels(placement=placement, status=status,
+                                    type=self.type_label(task_type)).inc()
 
     def count_rejected_candidates(self, decision: Decision) -> None:
         """Count every candidate `decision` ruled out, by its placement and reason."""
@@ -309,6 +350,7 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""
         return generate_latest(self.registry)
+
 
 class _PoolCollector:
     """`edgesched_pool_*`: one /proc read of the workers per scrape, for all three series."""

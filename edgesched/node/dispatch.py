@@ -165,8 +165,10 @@ class Dispatcher:
     def candidates(self, spec: TaskSpec) -> list[Candidate]:
         """The core's candidates for `spec`, each with its one execution-time estimate."""
         snap = self.snapshot()
+        # every target is listed, the ones the task type's offload policy forbids too: the
+        # policy rules them out (reason offload_policy: counted, and shown in the decision)
         return build_candidates(
-            spec, snap, self.bank, offload=spec.offload, cloud=self.cloud_target,
+            spec, snap, self.bank, cloud=self.cloud_target,
             local_power=self.local_power, local_max_queue=self.executor.queue_size,
             inflight=self.inflight.unreported({n.node_id: n.last_seen for n in snap.neighbours}),
         )

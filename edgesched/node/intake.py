@@ -83,9 +83,13 @@ def reply_topic_refusal(topic: str, *, prefix: str, allowed: tuple[str, ...]) ->
     return None
 
 
-# Accept a parsed request with its dedupe route key (None: never deduplicated, e.g. HTTP);
-# returns the future of its terminal reply, or raises SubmissionError.
-Accept = Callable[[p.SubmitRequest, float, bytes | None], asyncio.Future[p.Reply]]
+# Accept a parsed request with its dedupe route key (None: never deduplicated, e.g. HTTP) and
+# its origin kind (None: a client's submission; "edge": an edge node's task sent to the cloud
+# tier); returns the future of its terminal reply, or raises SubmissionError.
+Accept = Callable[[p.SubmitRequest, float, bytes | None, str | None], asyncio.Future[p.Reply]]
+# The header an edge node's cloud client sends with the tasks it hands to the cloud tier
+# (adapters/cloud.py): such a task was submitted at that edge, and is counted there.
+ORIGIN_HEADER = "X-Edgesched-Origin"
 Spawn = Callable[[Awaitable[None], str], None]
 
 
@@ -96,8 +100,10 @@ class Intake:
                  known_types: Callable[[], frozenset[str]], max_payload_bytes: int,
                  max_input_bytes: int, prefix: str = "edgesched",
                  reply_topics: tuple[str, ...] = ("#",), spool: Spool | None = None,
-                 idempotent: Callable[[str], bool] = lambda _name: False) -> None:
+                 idempotent: Callable[[str], bool] = lambda _name: False,
+                 cloud_tier: bool = False) -> None:
         self._mqtt = mqtt
+        self._cloud_tier = cloud_tier  # a cloud node: its HTTP intake serves edge nodes
         self._metrics = metrics
         self._accept = accept
         self._spawn = spawn
@@ -123,14 +129,21 @@ class Intake:
         return reply_topic_refusal(route.topic, prefix=self._prefix, allowed=self._reply_topics)
 
     def submit(self, payload: bytes, received_at: float, msg: InboundMessage | None = None,
+               origin_kind: str | None = None,
                ) -> tuple[p.SubmitRequest, asyncio.Future[p.Reply], ReplyRoute | None]:
         """Parse and accept one submission (from MQTT `msg`, else HTTP); returns the request,
-        its future reply and its MQTT reply route; SubmissionError says why it was refused."""
-        self._metrics.tasks_submitted.inc()
+        its future reply and its MQTT reply route; SubmissionError says why it was refused.
+
+        A client's submission counts in `tasks_submitted`; another node's task (`origin_kind`
+        set: an edge's task on the cloud tier) only in `remote_tasks` when it is answered."""
+        if origin_kind is None:
+            self._metrics.tasks_submitted.inc()
+        task_type = None
         try:
             req = self.parse(payload)
+            task_type = req.type
             if msg is None:
-                return req, self._accept(req, received_at, None), None
+                return req, self._accept(req, received_at, None, origin_kind), None
             route = self._route(msg, req.reply_to, req.correlation_id)
             why = self.refusal(route)
             if why is not None:
@@ -138,10 +151,14 @@ class Intake:
                 raise p.SubmissionError(
                     p.RejectCode.REPLY_TOPIC,
                     f"reply topic {route.topic[:128]!r} refused: {why}", task_id=req.id)
-            return req, self._accept(req, received_at, route_key(route)), route
+            return req, self._accept(req, received_at, route_key(route), None), route
         except p.SubmissionError as exc:
             self._metrics.tasks_rejected.labels(reason=exc.reason.value).inc()
-            self._metrics.tasks_completed.labels(placement="none", status="rejected").inc()
+            if origin_kind is None:
+                self._metrics.completed("none", "rejected", task_type)
+            else:
+                self._metrics.remote_tasks.labels(origin_kind=origin_kind,
+                                                  status="rejected").inc()
             self._ratelog.warning(f"reject-{exc.reason.value}", "rejected a submission: %s", exc)
             raise
 
@@ -298,7 +315,7 @@ class Intake:
             return
         reply = p.Reply(id=task_id, status=p.Status.FAILED, error=INTERRUPTED, latency_s=0.0,
                         correlation_id=route.correlation_id)
-        self._metrics.tasks_completed.labels(placement="none", status="failed").inc()
+        self._metrics.completed("none", "failed", task_type)
         data = reply.encode()
         if self._spool.complete(key, topic=route.topic, correlation_data=route.correlation_data,
                                 payload=data):
@@ -325,13 +342,15 @@ class Intake:
     async def on_http_submit(self, request: web.Request) -> web.Response:
         """POST /v1/tasks: waits for the terminal reply (200), 400 invalid, 413 oversize."""
         received = time.monotonic()
+        # an edge node's task sent to the cloud tier was submitted (and is counted) there
+        origin_kind = "edge" if self._cloud_tier and ORIGIN_HEADER in request.headers else None
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._http_reject(p.SubmissionError(
                 p.RejectCode.OVERSIZE, f"body larger than {self._max_bytes} bytes"), received)
         try:
-            _, future, _ = self.submit(body, received)
+            _, future, _ = self.submit(body, received, origin_kind=origin_kind)
         except p.SubmissionError as exc:
             return self._http_reject(exc, received)
         reply = await asyncio.shield(future)

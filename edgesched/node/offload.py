@@ -252,7 +252,8 @@ class OffloadServer:
             return
         finally:
             self._serving.pop(key, None)
-        self._metrics.offload_served.labels(status=reply.status.value).inc()
+        self._metrics.remote_tasks.labels(origin_kind="neighbour",
+                                          status=reply.status.value).inc()
         assert req.task.reply_to is not None
         await self._send(req.task.reply_to, reply)
 

@@ -266,7 +266,8 @@ class TaskPipeline:
         self._edge_cancelled: OrderedDict[tuple[str, int | None], None] = OrderedDict()
         prefix = s.mqtt.topic_prefix
         max_bytes = min(s.mqtt.max_payload_bytes, s.http.max_body_bytes)
-        self.cloud = CloudClient(s.cloud) if self.edge and s.cloud.url else None
+        self.cloud = CloudClient(s.cloud, origin=self.node_id) if self.edge and s.cloud.url \
+            else None
         self.offload_client = OffloadClient(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes) if self.edge else None
@@ -284,7 +285,8 @@ class TaskPipeline:
             mqtt=mqtt, metrics=metrics, accept=self.accept, spawn=self.spawn,
             known_types=self.registry.names, max_payload_bytes=max_bytes,
             max_input_bytes=s.executor.max_input_bytes, prefix=prefix,
-            reply_topics=s.intake.reply_topics, spool=spool, idempotent=self._idempotent)
+            reply_topics=s.intake.reply_topics, spool=spool, idempotent=self._idempotent,
+            cloud_tier=not self.edge)
         self.offload_server = OffloadServer(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes,
@@ -455,10 +457,11 @@ class TaskPipeline:
                    deadline_s=deadline, work=task_type.work(value, req.input_bytes),
                    exact_s=task_type.exact_seconds(value))
 
-    def accept(self, req: p.SubmitRequest, received_at: float,
-               route: bytes | None) -> asyncio.Future[p.Reply]:
+    def accept(self, req: p.SubmitRequest, received_at: float, route: bytes | None,
+               origin_kind: str | None = None) -> asyncio.Future[p.Reply]:
         """The future terminal reply of `req`: the first one's for a repeated id on the same
-        reply `route`; with `route` None (HTTP) every request is a task of its own."""
+        reply `route`; with `route` None (HTTP) every request is a task of its own.
+        `origin_kind` "edge": an edge node's task on the cloud tier (counted apart)."""
         key: Hashable = (route, req.id) if route is not None else (None, next(self._once))
         seen = self.book.existing(key) if route is not None else None
         if seen is not None:
@@ -474,7 +477,7 @@ class TaskPipeline:
                                     reply_to=req.reply_to, correlation_id=req.correlation_id)
         job = self._job(req, received_at)
         future = self.book.begin(key)
-        self.spawn(self._run(job, key), "edgesched.pipeline.task")
+        self.spawn(self._run(job, key, origin_kind), "edgesched.pipeline.task")
         return future
 
     async def _run(self, job: Job, key: Hashable, origin_kind: str | None = None) -> None:
@@ -594,15 +597,23 @@ class TaskPipeline:
         return p.Reply(id=job.request.id, status=p.Status.FAILED, error=error,
                        latency_s=time.monotonic() - job.received_at)
 
-    def _finish(self, job: Job, key: Hashable, reply: p.Reply) -> None:
+    def _finish(self, job: Job, key: Hashable, reply: p.Reply,
+                origin_kind: str | None = None) -> None:
         m = self.metrics
-        placement = reply.placement.value if reply.placement else "none"
-        m.tasks_completed.labels(placement=placement, status=reply.status.value).inc()
-        if reply.status is p.Status.OK and reply.placement is not None:
-            m.task_latency.labels(placement=placement).observe(reply.latency_s)
-        late = job.deadline_s is not None and reply.latency_s > job.deadline_s
-        if reply.status is p.Status.EXPIRED or (reply.status is p.Status.OK and late):
-            m.deadline_misses.inc()
+        if origin_kind is not None:
+            # another node's task: completed, timed and judged late where it was submitted
+            m.remote_tasks.labels(origin_kind=origin_kind, status=reply.status.value).inc()
+        else:
+            placement = reply.placement.value if reply.placement else "none"
+            task_type = m.type_label(job.task_type.name)
+            m.tasks_completed.labels(placement=placement, status=reply.status.value,
+                                     type=task_type).inc()
+            if reply.status is p.Status.OK and reply.placement is not None:
+                m.task_latency.labels(placement=placement, type=task_type).observe(
+                    reply.latency_s)
+            late = job.deadline_s is not None and reply.latency_s > job.deadline_s
+            if reply.status is p.Status.EXPIRED or (reply.status is p.Status.OK and late):
+                m.deadline_misses.inc()
         self.book.finish(key, reply, remember=isinstance(key, tuple) and key[0] is not None)
 
     def _received_at(self, task: p.SubmitRequest) -> float:

@@ -224,7 +224,8 @@ def build_runtime(
 ) -> Runtime:
     """Construct (not start) every component of the node once, in dependency order, each
     with the collaborators it uses; nothing is plugged in afterwards."""
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, node_id=settings.node_id, role=settings.role,
+                      task_types=settings.enabled_task_types())
     env = process_env if process_env is not None else read_process_environment()
     identity = Identity(
         node_id=settings.node_id, role=settings.role,

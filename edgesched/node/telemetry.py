@@ -292,7 +292,11 @@ class TelemetryStage:
         while True:
             now = self._clock()
             self.view.expire(now)
-            for status, count in self.view.liveness_counts(now).items():
+            counts = dict.fromkeys(Liveness, 0)
+            for node in self.view.neighbours(now):
+                if node.role == "edge":  # the cloud tier is no neighbour
+                    counts[node.liveness] += 1
+            for status, count in counts.items():
                 self._metrics.neighbours.labels(status=status.value).set(count)
             await asyncio.sleep(self._interval_s)
 

@@ -50,19 +50,21 @@ def count(node: NodeProcess, name: str, **labels: str) -> float:
 
 def ran(node: NodeProcess) -> float:
     """Neighbours' tasks this node ran (answered ok or failed)."""
-    found = [node.metric("edgesched_offload_served_total", status=s) for s in ("ok", "failed")]
-    assert None not in found, "edgesched_offload_served_total is missing"
+    found = [node.metric("edgesched_remote_tasks_total", origin_kind="neighbour", status=s)
+             for s in ("ok", "failed")]
+    assert None not in found, "edgesched_remote_tasks_total is missing"
     return sum(v or 0.0 for v in found)
 
 
 def cloud_ran(node: NodeProcess) -> float:
-    return sum(count(node, "edgesched_tasks_completed_total", placement="local", status=s)
+    """Edge nodes' tasks the cloud tier ran (counted apart from submissions)."""
+    return sum(count(node, "edgesched_remote_tasks_total", origin_kind="edge", status=s)
                for s in ("ok", "failed"))
 
 
 def cloud_done(node: NodeProcess) -> float:
-    return sum(count(node, "edgesched_tasks_completed_total", placement=p, status=s)
-               for p in ("local", "none") for s in ("ok", "failed", "rejected", "expired"))
+    return sum(count(node, "edgesched_remote_tasks_total", origin_kind="edge", status=s)
+               for s in ("ok", "failed", "rejected", "expired"))
 
 
 async def hold_slot(client: TaskClient, origin: NodeProcess) -> str:

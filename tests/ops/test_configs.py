@@ -19,8 +19,11 @@ from edgesched.adapters.metrics import Metrics
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 DASHBOARD = CONFIGS / "grafana" / "edgesched.json"
-# Labels Prometheus adds to every series (target labels in configs/prometheus.yml) and `le`.
-TARGET_LABELS = {"node", "role", "instance", "job", "le"}
+# Labels Prometheus adds to every series (no target labels in configs/prometheus.yml: the node
+# id comes from edgesched_node_info) and `le`.
+TARGET_LABELS = {"instance", "job", "le"}
+NODE_JOIN = 'on (job, instance) group_left (node_id) edgesched_node_info{node_id=~"$node"}'
+
 
 
 def _promtool() -> str:
@@ -33,7 +36,8 @@ def _promtool() -> str:
 def _series_labels() -> dict[str, set[str]]:
     """Every sample name a fresh node exposes, with its label names (histograms included)."""
     names: dict[str, set[str]] = {}
-    for family in Metrics().registry.collect():
+    metrics = Metrics(node_id="gw-1", role="edge", task_types=("echo", "hash"))
+    for family in metrics.registry.collect():
         for sample in family.samples:
             names.setdefault(sample.name, set()).update(sample.labels)
     return names
@@ -71,6 +75,24 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
         known = set().union(*(series[name] for name in names)) | TARGET_LABELS
         unknown = (grouped | selected) - known
         assert not unknown, f"{title}: labels {unknown} exist on none of {names}"
+
+
+def test_dashboard_names_nodes_by_node_info() -> None:
+    """Every query is filtered by $node through edgesched_node_info (no host-based label),
+    and $node takes its values from edgesched_node_info."""
+    for title, expr in _expressions():
+        assert NODE_JOIN in expr, f"{title}: not joined on edgesched_node_info: {expr}"
+        assert not re.search(r"\bnode\b\s*[=!]", expr), f"{title}: uses a `node` label"
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    node = next(v for v in dashboard["templating"]["list"] if v["name"] == "node")
+    assert node["definition"] == "label_values(edgesched_node_info, node_id)"
+
+
+def test_prometheus_config_makes_no_node_label() -> None:
+    config = yaml.safe_load((CONFIGS / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "edgesched")
+    assert "relabel_configs" not in job
+    assert all("labels" not in group for group in job["static_configs"])
 
 
 def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:

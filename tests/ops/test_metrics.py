@@ -31,6 +31,8 @@ CONTRACT_METRICS = (
     "edgesched_mqtt_connected", "edgesched_mqtt_reconnects_total", "edgesched_tasks_running",
     "edgesched_tasks_queued", "edgesched_build_info",
 )
+# exposed by a node the runtime built (Metrics given its node_id and role)
+NODE_METRICS = ("edgesched_node_info", "edgesched_remote_tasks_total")
 
 
 def contract_names_missing(exposition: str) -> list[str]:
@@ -78,7 +80,7 @@ def test_labelled_metrics_are_preinitialised() -> None:
         assert registry.get_sample_value("edgesched_decisions_total",
                                          {"placement": placement}) == 0
         assert registry.get_sample_value("edgesched_task_latency_seconds_count",
-                                         {"placement": placement}) == 0
+                                         {"placement": placement, "type": "other"}) == 0
         for reason in CANDIDATE_REJECT_REASONS:
             assert registry.get_sample_value(
                 "edgesched_candidates_rejected_total",
@@ -139,3 +141,34 @@ def test_docs_list_every_metric() -> None:
     for family in Metrics().registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         assert f"`{name}`" in doc, f"docs/metrics.md does not describe {name}"
+
+
+def test_node_info_names_the_node() -> None:
+    from edgesched import __version__
+
+    registry = Metrics(node_id="gw-7", role="edge").registry
+    assert registry.get_sample_value(
+        "edgesched_node_info", {"node_id": "gw-7", "role": "edge", "version": __version__}) == 1
+    text = Metrics(node_id="gw-7", role="edge").exposition().decode()
+    for name in NODE_METRICS:
+        assert name in text
+
+
+def test_type_label_is_bounded_by_the_configured_types() -> None:
+    metrics = Metrics(task_types=("echo", "hash"))
+    metrics.completed("local", "ok", "echo")
+    metrics.completed("local", "ok", "made-up-by-a-client")
+    metrics.completed("none", "rejected", None)
+    sample = metrics.registry.get_sample_value
+    assert sample("edgesched_tasks_completed_total",
+                  {"placement": "local", "status": "ok", "type": "echo"}) == 1
+    assert sample("edgesched_tasks_completed_total",
+                  {"placement": "local", "status": "ok", "type": "other"}) == 1
+    assert sample("edgesched_tasks_completed_total",
+                  {"placement": "none", "status": "rejected", "type": "other"}) == 1
+    types = {s.labels["type"] for family in metrics.registry.collect()
+             for s in family.samples if "type" in s.labels}
+    assert types == {"echo", "hash", "other"}
+    many = Metrics(task_types=[f"t{i:03d}" for i in range(100)])
+    assert len(many.task_types) == 32
+    assert many.type_label("t099") == "other"
