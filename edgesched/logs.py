@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 TEXT = "text"
@@ -171,3 +173,14 @@ def set_level(level: str) -> None:
     # paho's own debug lines only when the operator asked for DEBUG
     logging.getLogger(PAHO_LOGGER).setLevel(root.level if root.level <= logging.DEBUG
                                             else logging.INFO)
+
+
+@contextlib.contextmanager
+def task_context(task_id: str | None) -> Iterator[None]:
+    """`with task_context(task_id):` log lines inside carry `task_id` (for code that handles
+    several tasks in one asyncio task; a task's own asyncio task sets TASK_ID directly)."""
+    token = TASK_ID.set(task_id)
+    try:
+        yield
+    finally:
+        TASK_ID.reset(token)

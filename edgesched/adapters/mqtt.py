@@ -33,6 +33,7 @@ from edgesched.adapters.signing import MessageSecurity, strip_frame
 from edgesched.errors import MessageRejected, MqttError
 
 log = logging.getLogger("edgesched.mqtt")
+_PAHO_LOG = logging.getLogger("edgesched.mqtt.paho")
 
 Handler = Callable[["InboundMessage"], Awaitable[None]]
 ConnectHook = Callable[[], Awaitable[None]]
@@ -460,6 +461,9 @@ class MqttClient:
             # (~40 ms each way on Linux): a loopback request/reply took ~90 ms, not ~1 ms.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             tls_context=tls_context(opts),
+            # paho's own lines under our tree, not the bare `mqtt` logger (edgesched/logs.py
+            # demotes its "failed to receive on socket" ERROR: _on_lost reports the loss)
+            logger=_PAHO_LOG,
         )
         # aiomqtt 2.5 does not expose paho's manual acks: set them on its paho client (its
         # `_client`), so a submission is acknowledged only once it is safe (spooled).

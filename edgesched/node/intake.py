@@ -38,6 +38,7 @@ from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog, topic_matches
 from edgesched.adapters.spool import Spool
 from edgesched.errors import MqttError
+from edgesched.logs import task_context
 from edgesched.node import protocol as p
 
 log = logging.getLogger("edgesched.intake")
@@ -159,7 +160,9 @@ class Intake:
             else:
                 self._metrics.remote_tasks.labels(origin_kind=origin_kind,
                                                   status="rejected").inc()
-            self._ratelog.warning(f"reject-{exc.reason.value}", "rejected a submission: %s", exc)
+            with task_context(exc.task_id):
+                self._ratelog.warning(f"reject-{exc.reason.value}", "rejected a submission: %s",
+                                      exc)
             raise
 
     # -- MQTT ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -34,6 +34,7 @@ from edgesched.core.estimators import EstimatorBank, ExecParams, ExecPrior
 from edgesched.core.model import ClusterSnapshot, LinkEstimate, NodeState, Placement, PowerModel
 from edgesched.core.policies import make_policy
 from edgesched.errors import InvalidTaskError
+from edgesched.logs import TASK_ID
 from edgesched.node import protocol as p
 from edgesched.node.dispatch import Dispatcher, Job
 from edgesched.node.intake import Intake
@@ -45,7 +46,7 @@ from edgesched.tasks.registry import TaskRegistry
 if TYPE_CHECKING:
     import numpy as np
 
-    from edgesched.config import Settings
+    from edgesched.config import PolicySettings, Settings, TaskTypeSettings
 
 log = logging.getLogger("edgesched.pipeline")
 
@@ -437,6 +438,26 @@ class TaskPipeline:
             "decisions": [r.as_dict(now) for r in list(d.decisions)[-STATUS_DECISIONS:]],
         }
 
+    # -- reload (SIGHUP, node/reload.py) -------------------------------------------------------
+
+    def set_policy(self, policy: PolicySettings) -> None:
+        """Decide the next tasks with these policy settings (a reload); decisions under way
+        finish with the policy they started with."""
+        settings = self.settings.model_copy(update={"policy": policy})
+        self.dispatcher.policy = self._policy(settings)  # built first: a failure swaps nothing
+        self.settings = settings
+
+    def set_task_types(self, types: Mapping[str, TaskTypeSettings]) -> None:
+        """New per-task settings (deadline, timeout, offload, ...) of the configured types,
+        for tasks accepted from now on. The set of types and their handlers stay (the
+        intake's and offload server's `known_types` read the same names)."""
+        if frozenset(n for n, t in types.items() if t.enabled) != self.registry.names():
+            raise ValueError("adding, removing, enabling or disabling a task type needs a "
+                             "restart")
+        self.registry = TaskRegistry({
+            t.name: dataclasses.replace(t, settings=types[t.name]) for t in self.registry})
+        self.settings = self.settings.model_copy(update={"task_types": dict(types)})
+
     # -- accepting and running ----------------------------------------------------------------
 
     def _idempotent(self, name: str) -> bool:
@@ -481,6 +502,7 @@ class TaskPipeline:
         return future
 
     async def _run(self, job: Job, key: Hashable, origin_kind: str | None = None) -> None:
+        TASK_ID.set(job.request.id)  # this asyncio task's log lines name the task
         trace = self._new_trace(job)
         try:
             if self.edge:
@@ -635,6 +657,7 @@ class TaskPipeline:
     async def run_handed(self, req: p.OffloadRequest) -> p.OffloadReply:
         """A neighbour's task: run it here (admission first), never offload it again."""
         task = req.task
+        TASK_ID.set(task.id)  # in the offload server's task for this request: its log lines
         corr = task.correlation_id or ""
 
         def answer(status: p.Status, **kw: Any) -> p.OffloadReply:

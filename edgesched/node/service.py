@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -46,7 +47,9 @@ from edgesched.core.estimators import EstimatorBank
 from edgesched.core.model import ClusterSnapshot, PowerModel
 from edgesched.core.view import ClusterView, NodeAnnouncement, ViewParams
 from edgesched.errors import ConfigError, KeyFileError
+from edgesched.logs import setup_logging
 from edgesched.node.pipeline import DrainingExecutor, TaskPipeline, make_bank
+from edgesched.node.reload import Reloader
 from edgesched.node.tasklog import TaskLog, valid_task_id
 from edgesched.node.telemetry import Identity, LinkReadingFeeder, Load, TelemetryStage, Topics
 
@@ -402,11 +405,14 @@ async def run(
     registry: CollectorRegistry | None = None,
     process_env: ProcessEnvironment | None = None,
     runtime_hook: Callable[[Runtime], None] | None = None,
+    reload_settings: Callable[[], Settings] | None = None,
 ) -> int:
     """Run the node until `shutdown_trigger` completes; returns the exit code.
 
     `runtime_hook(rt)` is called with the built object graph before anything starts (tests
     and embedding programs use it to reach the components; the graph is not to be changed).
+    With `reload_settings` (a function reading the config again), SIGHUP reloads what can
+    change while running (node/reload.py); without it SIGHUP keeps its default.
     """
     try:
         rt = build_runtime(settings, registry=registry, process_env=process_env)
@@ -416,6 +422,11 @@ async def run(
         raise
     if runtime_hook is not None:
         runtime_hook(rt)
+    loop = asyncio.get_running_loop()
+    if reload_settings is not None:
+        reloader = reloader_for(rt)
+        load = reload_settings
+        loop.add_signal_handler(signal.SIGHUP, lambda: reloader.reload(load))
     stop = asyncio.ensure_future(shutdown_trigger)
     try:
         async with AsyncExitStack() as stack:
@@ -450,14 +461,43 @@ async def run(
         stop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stop
+        if reload_settings is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
     log.info("stopped")
     return 0
 
 
-async def run_command(args: argparse.Namespace, shutdown_trigger: Awaitable[None]) -> int:
-    """`edgesched run [--config PATH]`."""
-    from edgesched.cli import setup_logging
+def reloader_for(rt: Runtime) -> Reloader:
+    """The SIGHUP reload of this runtime: the parts it may swap are the pipeline's policy and
+    per-task type settings, and logging (node/reload.py)."""
+    node_id = rt.identity.node_id
+    return Reloader(
+        rt.settings, apply_policy=rt.pipeline.set_policy,
+        apply_task_types=rt.pipeline.set_task_types,
+        apply_logging=lambda log_settings: setup_logging(
+            log_settings.level, log_settings.format, node_id=node_id))
 
-    settings = load_settings(config_path_from_env(getattr(args, "config", None)))
-    setup_logging(getattr(args, "log_level", None) or settings.log.level, settings.log.format)
-    return await run(settings, shutdown_trigger)
+
+async def run_command(args: argparse.Namespace, shutdown_trigger: Awaitable[None]) -> int:
+    """`edgesched run [--config PATH]`; SIGHUP reads the same file (and environment) again."""
+    path = config_path_from_env(getattr(args, "config", None))
+
+    def read() -> Settings:
+        settings = load_settings(path)
+        # --log-level/--log-format given on the command line outlive a reload
+        flags = {"level": getattr(args, "log_level", None),
+                 "format": getattr(args, "log_format", None)}
+        flags = {k: v for k, v in flags.items() if v}
+        if flags:
+            settings = settings.model_copy(
+                update={"log": settings.log.model_copy(update=flags)})
+        return settings
+
+    try:
+        settings = read()
+    except BaseException:
+        if inspect.iscoroutine(shutdown_trigger):
+            shutdown_trigger.close()
+        raise
+    setup_logging(settings.log.level, settings.log.format, node_id=settings.node_id)
+    return await run(settings, shutdown_trigger, reload_settings=read)
