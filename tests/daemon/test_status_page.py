@@ -95,7 +95,7 @@ def test_task_lookup_cli_and_status_page(mosquitto: Mosquitto, node_factory: Any
                                          tmp_path: Path) -> None:
     cloud = node_factory("cloud-1", broker=mosquitto, overrides={
         "role": "cloud", "executor": {"slots": 4}})
-    edge2 = node_factory("edge-2", broker=mosquitto)
+    node_factory("edge-2", broker=mosquitto)
     edge1 = node_factory("edge-1", broker=mosquitto, overrides={
         "cloud": {"url": cloud.base_url},
         # round robin spreads the tasks over edge-1, edge-2 and the cloud
@@ -183,3 +183,9 @@ def test_task_lookup_cli_and_status_page(mosquitto: Mosquitto, node_factory: Any
     assert dom.by_id["count-ok"] == str(TASKS)
     assert "page-local" in dom.by_id["decisions"]
     assert "cloud-1" in dom.by_id["lookup"] and "round_robin" in dom.by_id["lookup"]
+    # the cloud node's page counts the work it did for edge-1 apart
+    dom = _Dom()
+    dom.feed(dump_dom(cloud.base_url + "/", tmp_path / "chromium"))
+    assert dom.by_id["node-id"] == "cloud-1"
+    assert dom.by_id["count-remote-edge"] == str(list(by.values()).count("cloud-1"))
+    assert dom.by_id["count-total"] == "0"
