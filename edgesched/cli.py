@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--json", dest="json_path", help="write the report as JSON here")
     sim.add_argument("--plot", dest="plot_path", help="write a PNG comparison here")
+    sim.add_argument("--sweep", metavar="KEY=START:STOP:STEP",
+                     help="run every policy at each value of a numeric scenario key (dotted "
+                     "path), e.g. devices=200:2400:200; --plot draws miss ratio and latency")
+    sim.add_argument("--jobs", type=int, default=None,
+                     help="--sweep: local worker processes (default: the CPU count)")
+    sim.add_argument("--dask", metavar="tcp://HOST:PORT",
+                     help="--sweep: run on this Dask distributed scheduler instead")
 
     submit = _command(sub, "submit", "submit one task to a node and print its reply",
                       "edgesched submit --node gw-1 --type hash --input "

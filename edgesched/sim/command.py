@@ -64,6 +64,10 @@ def print_report(report: dict[str, Any], elapsed_s: float) -> None:
 
 def simulate_command(args: argparse.Namespace) -> int:
     """Entry point of `edgesched simulate` (see contract §1 and docs/simulator.md)."""
+    if getattr(args, "sweep", None):
+        from edgesched.sim.sweep import sweep_command
+
+        return sweep_command(args)
     scenario = load_scenario(args.scenario)
     policies = check_policies(args.policies)
     if args.plot_path:

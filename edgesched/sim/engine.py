@@ -18,7 +18,17 @@ from edgesched.core.fallback import Terminal
 from edgesched.core.model import Outcome, Placement, PowerModel
 from edgesched.core.view import NodeTelemetry
 from edgesched.sim.brains import admit_here, task_spec
-from edgesched.sim.links import Link, Transfer
+from edgesched.sim.links import (
+    ECS_WAN_KBPS,
+    ECS_WLAN_KBPS,
+    ECS_WLAN_SPEEDUP,
+    ClientCount,
+    EmpiricalLink,
+    Link,
+    ManLink,
+    ManQueue,
+    Transfer,
+)
 from edgesched.sim.scenario import CLOUD_ID, Scenario
 from edgesched.sim.workload import TaskStream
 from edgesched.sim.world import SimJob, SimNode, SimTask, World
@@ -68,6 +78,8 @@ class Engine:
                                  power=PowerModel(idle_w=0, busy_w=0, tx_w=0, rx_w=0))
             self.by_id[CLOUD_ID] = self.cloud
         self.links: dict[tuple[str, str], Link] = {}
+        # links.wlan.model ecs_empirical: each node's (upload, download) WLAN to its devices.
+        self.wlan: dict[str, tuple[EmpiricalLink, EmpiricalLink]] = {}
         self._build_links()
         self.world = World(
             scenario=scenario, nodes=tuple(self.nodes), cloud=self.cloud, links=self.links,
@@ -86,14 +98,30 @@ class Engine:
         )
 
     def _build_links(self) -> None:
+        """Links by the scenario's network models (`links.{wan,man,wlan}.model`); an
+        EdgeCloudSim model's link has the same interface as the shared `Link`."""
         sc = self.scenario
+        man = ManQueue(sc.links.bandwidth_bps) if sc.man_model == "ecs_mm1" else None
         for a in self.nodes:
             for b in self.nodes:
                 if a is not b:
-                    self.links[(a.id, b.id)] = Link(self, a, b, sc.links.rtt_s,
-                                                    sc.links.bandwidth_bps)
+                    self.links[(a.id, b.id)] = (
+                        Link(self, a, b, sc.links.rtt_s, sc.links.bandwidth_bps) if man is None
+                        else ManLink(self, a, b, sc.links.rtt_s, man))  # type: ignore[assignment]
+            if sc.wlan_model == "ecs_empirical":
+                air = ClientCount()
+                self.wlan[a.id] = (
+                    EmpiricalLink(self, a, a, 0.0, air, ECS_WLAN_KBPS, ECS_WLAN_SPEEDUP),
+                    EmpiricalLink(self, a, a, 0.0, air, ECS_WLAN_KBPS, ECS_WLAN_SPEEDUP))
             if self.cloud is not None:
                 up = sc.node(a.id).uplink or sc.cloud
+                if sc.wan_model == "ecs_empirical":  # one client count per access point
+                    clients = ClientCount()
+                    self.links[(a.id, CLOUD_ID)] = EmpiricalLink(  # type: ignore[assignment]
+                        self, a, self.cloud, up.rtt_s, clients, ECS_WAN_KBPS)
+                    self.links[(CLOUD_ID, a.id)] = EmpiricalLink(  # type: ignore[assignment]
+                        self, self.cloud, a, up.rtt_s, clients, ECS_WAN_KBPS)
+                    continue
                 self.links[(a.id, CLOUD_ID)] = Link(self, a, self.cloud, up.rtt_s,
                                                     up.bandwidth_bps)
                 self.links[(CLOUD_ID, a.id)] = Link(self, self.cloud, a, up.rtt_s,
@@ -258,7 +286,28 @@ class Engine:
         task.spec = task_spec(self.scenario, task)
         origin.pending.add(task)
         task.decision = origin.brain.decide(task, self.now)
+        chosen = task.decision.chosen
+        if self.wlan and chosen is not None and chosen.placement is not Placement.CLOUD:
+            # EdgeCloudSim's WLAN hop: the device uploads the input to its access point
+            # first (a cloud task goes straight onto the WAN).
+            self.wlan[origin.id][0].start(task.in_bits, self._wlan_uploaded, task,
+                                          lost=self._wlan_lost)
+            return
         self._next_attempt(task)
+
+    def _wlan_uploaded(self, tr: Transfer) -> None:
+        task = tr.payload
+        if not task.done:
+            self._next_attempt(task)
+
+    def _wlan_lost(self, tr: Transfer) -> None:
+        task = tr.payload[0] if isinstance(tr.payload, tuple) else tr.payload
+        self._fail(task, "wlan_failed")  # EdgeCloudSim: failed due to bandwidth (WLAN)
+
+    def _wlan_downloaded(self, tr: Transfer) -> None:
+        task, node = tr.payload
+        if not task.done:
+            self._record(task, node)
 
     def _next_attempt(self, task: SimTask) -> None:
         """Ask the core's fallback chain what to try next, as the daemon does."""
@@ -387,6 +436,17 @@ class Engine:
             return  # the attempt was abandoned (timed out): the daemon ignores its reply
         task.origin.brain.settled(node.id, task.sent_token)
         task.origin.brain.observed(task, node, exec_s, wait_s, self.now)
+        if self.wlan and not node.is_cloud:
+            # The result reaches the device over its access point's WLAN; the attempt is
+            # over (a late timeout or reply of it is ignored).
+            task.token += 1
+            self.wlan[task.origin.id][1].start(task.out_bits, self._wlan_downloaded,
+                                               (task, node), lost=self._wlan_lost)
+            return
+        self._record(task, node)
+
+    def _record(self, task: SimTask, node: SimNode) -> None:
+        """The task's result is back where it was submitted: count it."""
         task.done = True
         task.origin.pending.discard(task)
         latency = self.now - task.arrival

@@ -135,3 +135,214 @@ class Link:
     def share_bps(self) -> float:
         """Bandwidth a new transfer would get right now (what the oracle knows)."""
         return self.bandwidth_bps / (self.active + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# EdgeCloudSim's network models (sample_app2's SampleNetworkModel), selectable per scenario
+# (`links.wan.model: ecs_empirical`, `links.man.model: ecs_mm1`, `links.wlan.model:
+# ecs_empirical`). Unlike the shared links above, a transfer's duration is fixed when it
+# starts, from the state at that moment, and does not change afterwards: that is how
+# EdgeCloudSim computes its delays. Sizes and rates use EdgeCloudSim's units: 1 KB = 1024
+# bytes and 1 Kbps = 1024 bit/s, so a scenario's bytes are EdgeCloudSim's KB x 1024.
+
+KBPS = 1024.0  # bit/s per EdgeCloudSim "Kbps" (its KB are 1024 bytes, times 8 bits)
+
+# Measured WAN throughput (Kbps) when n other clients of the same access point are using the
+# WAN (index n = 0 .. 24); with 25 or more, EdgeCloudSim fails the transfer.
+ECS_WAN_KBPS: tuple[float, ...] = (
+    20703.973, 12023.957, 9887.785, 8915.775, 8259.277, 7560.574, 7262.140, 7155.361,
+    7041.153, 6994.595, 6653.232, 6111.868, 5570.505, 5029.142, 4487.779, 3899.729,
+    3311.680, 2723.631, 2135.582, 1547.533, 1500.252, 1452.972, 1405.692, 1358.411, 1311.131,
+)
+
+# Measured 802.11n WLAN throughput (Kbps) with n other clients (n = 0 .. 99); EdgeCloudSim
+# multiplies it by 3 for 802.11ac and fails the transfer with 100 or more clients.
+ECS_WLAN_KBPS: tuple[float, ...] = (
+    88040.279, 45150.982, 30303.641, 27617.211, 24868.616, 22242.296, 20524.064, 18744.889,
+    17058.827, 15690.455, 14127.744, 13522.408, 13177.631, 12811.330, 12584.387, 12135.161,
+    11705.638, 11276.116, 10846.594, 10417.071, 9987.549, 9367.587, 8747.625, 8127.663,
+    7907.701, 7887.739, 7690.831, 7393.922, 7297.014, 7100.106, 6903.197, 6701.986, 6500.776,
+    6399.565, 6098.354, 5897.143, 5552.127, 5207.111, 4862.096, 4517.080, 4172.064, 4092.922,
+    4013.781, 3934.639, 3855.498, 3776.356, 3697.215, 3618.073, 3538.932, 3459.790, 3380.649,
+    3274.611, 3168.573, 3062.536, 2956.498, 2850.461, 2744.423, 2638.386, 2532.348, 2426.310,
+    2320.273, 2283.828, 2247.383, 2210.939, 2174.494, 2138.049, 2101.604, 2065.160, 2028.715,
+    1992.270, 1955.825, 1946.788, 1937.751, 1928.714, 1919.677, 1910.640, 1901.603, 1892.566,
+    1883.529, 1874.492, 1865.455, 1833.185, 1800.915, 1768.645, 1736.375, 1704.106, 1671.836,
+    1639.566, 1607.296, 1575.026, 1542.756, 1538.544, 1534.331, 1530.119, 1525.906, 1521.694,
+    1517.481, 1513.269, 1509.056, 1504.844, 1500.631,
+)
+ECS_WLAN_SPEEDUP = 3.0  # 802.11ac over the measured 802.11n
+
+ECS_MAN_WINDOW_S = 5.0  # EdgeCloudSim re-estimates the MAN's arrival rate every 5 s
+ECS_MAN_MAX_DELAY_S = 15.0  # ... and fails a MAN transfer whose delay would exceed 15 s
+
+
+class ClientCount:
+    """Transfers under way at one access point (EdgeCloudSim's `wanClients[ap]` or
+    `wlanClients[ap]`): both directions of that access point's link count."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = 0
+
+
+class _FixedDurationLink:
+    """A link whose transfers each take a duration fixed when they start (`_duration`);
+    None means the network model fails the transfer: it is lost (never delivered), and the
+    sender finds out as it would from a lost message (its attempt times out)."""
+
+    __slots__ = ("_rx_w", "_tx_w", "bandwidth_bps", "dst", "engine", "lost", "name", "rtt_s",
+                 "scale", "src")
+
+    def __init__(self, engine: Any, src: Any, dst: Any, rtt_s: float,
+                 bandwidth_bps: float) -> None:
+        self.engine = engine
+        self.src = src
+        self.dst = dst
+        self.name = f"{src.id}->{dst.id}"
+        self.rtt_s = rtt_s
+        self.bandwidth_bps = bandwidth_bps  # nominal; `scale` follows link events
+        self.scale = 1.0
+        self.lost = 0  # transfers the model failed
+        self._tx_w = 0.0 if src.is_cloud else src.power.tx_w
+        self._rx_w = 0.0 if dst.is_cloud else dst.power.rx_w
+
+    def _duration(self, bits: float, now: float) -> float | None:
+        raise NotImplementedError
+
+    def _began(self) -> None:
+        """A transfer was admitted by the model."""
+
+    def _ended(self) -> None:
+        """An admitted transfer finished or was cancelled."""
+
+    def start(self, bits: float, done: Callable[[Transfer], None], payload: Any,
+              lost: Callable[[Transfer], None] | None = None) -> Transfer:
+        now = self.engine.now
+        tr = Transfer(bits, done, payload, now)
+        if bits <= EPS_BITS:
+            self.engine.schedule(now, done, tr)
+            return tr
+        seconds = self._duration(bits, now)
+        if seconds is None:
+            self.lost += 1
+            tr.finished = True  # over: it will never be delivered
+            if lost is not None:
+                self.engine.schedule(now, lost, tr)
+            return tr
+        self._began()
+        if self._tx_w:
+            self.src.energy_j += self._tx_w * seconds
+        if self._rx_w:
+            self.dst.energy_j += self._rx_w * seconds
+        self.engine.schedule(now + seconds, self._finish, tr)
+        return tr
+
+    def _finish(self, tr: Transfer) -> None:
+        if tr.cancelled:
+            return
+        tr.finished = True
+        self._ended()
+        tr.done(tr)
+
+    def cancel(self, tr: Transfer) -> None:
+        if tr.cancelled or tr.finished or tr.bits <= EPS_BITS:
+            return
+        tr.cancelled = True
+        self._ended()
+
+    def set_state(self, rtt_s: float | None, bandwidth_bps: float | None) -> None:
+        """A link event: a new RTT, and/or a bandwidth that scales the model's rates."""
+        if rtt_s is not None:
+            self.rtt_s = rtt_s
+        if bandwidth_bps is not None:
+            self.scale = bandwidth_bps / self.bandwidth_bps
+
+    def share_bps(self) -> float:
+        raise NotImplementedError
+
+
+class EmpiricalLink(_FixedDurationLink):
+    """One direction of an access point's link in EdgeCloudSim's empirical model: a transfer
+    runs at `table[n]` Kbps for its whole life, n being the number of transfers already under
+    way at that access point (both directions) when it starts; with n >= len(table) the
+    transfer fails. Used for the WAN (ECS_WAN_KBPS) and the WLAN (ECS_WLAN_KBPS x 3)."""
+
+    __slots__ = ("clients", "table_bps")
+
+    def __init__(self, engine: Any, src: Any, dst: Any, rtt_s: float, clients: ClientCount,
+                 table_kbps: tuple[float, ...], speedup: float = 1.0) -> None:
+        self.table_bps = tuple(k * KBPS * speedup for k in table_kbps)
+        super().__init__(engine, src, dst, rtt_s, self.table_bps[0])
+        self.clients = clients
+
+    def rate_bps(self) -> float | None:
+        """The rate a transfer starting now would get (None: it would fail)."""
+        n = self.clients.active
+        return self.table_bps[n] * self.scale if n < len(self.table_bps) else None
+
+    def _duration(self, bits: float, now: float) -> float | None:
+        rate = self.rate_bps()
+        return None if rate is None else bits / rate
+
+    def _began(self) -> None:
+        self.clients.active += 1
+
+    def _ended(self) -> None:
+        self.clients.active -= 1
+
+    def share_bps(self) -> float:
+        return self.rate_bps() or 1.0  # ~0: a new transfer would fail
+
+
+class ManQueue:
+    """EdgeCloudSim's MAN: one M/M/1 queue for every edge-to-edge transfer. Each transfer
+    waits 1/(mu - lambda) (mu = bandwidth / mean size, lambda = MAN transfers per second),
+    both re-estimated from the transfers of the last ECS_MAN_WINDOW_S; the propagation delay
+    is the link's RTT/2, added by the engine like any link's. No queue is actually simulated:
+    a transfer's delay does not depend on its own size, as in EdgeCloudSim."""
+
+    __slots__ = ("bandwidth_bps", "count", "lam", "mean_bits", "total_bits", "window_at")
+
+    def __init__(self, bandwidth_bps: float) -> None:
+        self.bandwidth_bps = bandwidth_bps
+        self.lam = 0.0
+        self.mean_bits = 0.0
+        self.window_at = 0.0
+        self.count = 0
+        self.total_bits = 0.0
+
+    def delay(self, bits: float, now: float, scale: float) -> float | None:
+        if now - self.window_at >= ECS_MAN_WINDOW_S:
+            span = now - self.window_at
+            if self.count:
+                self.lam = self.count / span
+                self.mean_bits = self.total_bits / self.count
+            self.window_at, self.count, self.total_bits = now, 0, 0.0
+        self.count += 1
+        self.total_bits += bits
+        mean = self.mean_bits or bits
+        slack = self.bandwidth_bps * scale / mean - self.lam
+        if slack <= 0 or 1.0 / slack > ECS_MAN_MAX_DELAY_S:
+            return None
+        return 1.0 / slack
+
+
+class ManLink(_FixedDurationLink):
+    """One direction of an edge-to-edge link on EdgeCloudSim's MAN (`links.man.model:
+    ecs_mm1`): every such link shares one ManQueue."""
+
+    __slots__ = ("man",)
+
+    def __init__(self, engine: Any, src: Any, dst: Any, rtt_s: float, man: ManQueue) -> None:
+        super().__init__(engine, src, dst, rtt_s, man.bandwidth_bps)
+        self.man = man
+
+    def _duration(self, bits: float, now: float) -> float | None:
+        return self.man.delay(bits, now, self.scale)
+
+    def share_bps(self) -> float:
+        man = self.man
+        slack = man.bandwidth_bps * self.scale / (man.mean_bits or 8e6) - man.lam
+        return max(1.0, slack * (man.mean_bits or 8e6))

@@ -3,10 +3,13 @@
 They implement the core `Policy` protocol (`decide(task, candidates, now) -> Decision`), so the
 engine drives them exactly like the production policies from `edgesched.core.policies`.
 
-The `ecs_*` policies reproduce the *decision rules* of the threshold-based orchestrators that
-ship with EdgeCloudSim (Sonmez et al.; `BasicEdgeOrchestrator`: NETWORK_BASED,
-UTILIZATION_BASED, HYBRID), applied to edgesched's own candidates. They do not reproduce
-EdgeCloudSim's network, mobility or load models: the workload and the world are ours.
+The `ecs_*` policies are the NETWORK_BASED, UTILIZATION_BASED and HYBRID rules of
+EdgeCloudSim's `SampleEdgeOrchestrator` (sample_app2; Sonmez et al.), as written there: the
+cloud when the WAN bandwidth probe reads above 6 Mbps / when the average edge VM
+utilisation is above 80 % / only when both hold; otherwise the least-loaded edge server
+among *all* of them (reached over the MAN when it is not the device's own). `EcsBrain` gives
+them what EdgeCloudSim's probes measure: the exact, instantaneous state of the simulated
+world (docs/simulator.md says what is and is not reproduced).
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgesched.core.costmodel import ALL_CONSTRAINTS, BASELINE_CONSTRAINTS, CostParams
+from edgesched.core.fallback import FallbackParams
 from edgesched.core.model import Candidate, Decision, Placement, TaskSpec
 from edgesched.core.policies import POLICY_NAMES, Policy, evaluate_all, make_decision, make_policy
+from edgesched.sim.brains import OracleBrain
+from edgesched.sim.world import SimNode, SimTask, World
 
-ECS_WAN_THRESHOLD_BPS = 6e6  # EdgeCloudSim: offload to the cloud above 6 Mbps of WAN bandwidth
-ECS_UTILISATION_THRESHOLD = 0.8  # ... or when mean edge utilisation is above 80 %
+# EdgeCloudSim's WAN probe reads 1 / (upload delay of 1024 Kb) in "Mbps" of 1024 x 1024 bit/s
+# and sends to the cloud above 6 of them; its utilisation rule fires above 80 (%).
+ECS_WAN_THRESHOLD_BPS = 6.0 * 1024.0 * 1024.0
+ECS_UTILISATION_THRESHOLD_PCT = 80.0
 
 SIM_POLICY_NAMES: tuple[str, ...] = ("ecs_network", "ecs_utilization", "ecs_hybrid", "oracle")
 ALL_POLICY_NAMES: tuple[str, ...] = (*POLICY_NAMES, *SIM_POLICY_NAMES)
@@ -50,16 +58,17 @@ class OraclePolicy:
         return make_decision(self.name, evals, ranked)
 
 
-def edge_utilisation(candidates: Sequence[Candidate]) -> float:
-    """Mean utilisation of the edge nodes as reported (running / slots, capped at 1)."""
+def edge_utilisation_pct(candidates: Sequence[Candidate]) -> float:
+    """Mean utilisation (%) of the edge candidates as reported (running / slots, capped);
+    what an `ecs_*` rule reads when it is not given EdgeCloudSim's probe (no EcsBrain)."""
     edge = [c for c in candidates if c.placement is not Placement.CLOUD and c.slots > 0]
     if not edge:
         return 0.0
-    return sum(min(1.0, c.running / c.slots) for c in edge) / len(edge)
+    return 100.0 * sum(min(1.0, c.running / c.slots) for c in edge) / len(edge)
 
 
 def wan_bandwidth_bps(candidates: Sequence[Candidate]) -> float | None:
-    """The measured (estimated) bandwidth of the link to the cloud, if there is a cloud."""
+    """The bandwidth of the link to the cloud in the candidates, if there is a cloud."""
     for c in candidates:
         if c.placement is Placement.CLOUD and c.link is not None:
             return c.link.bandwidth_bps
@@ -67,8 +76,9 @@ def wan_bandwidth_bps(candidates: Sequence[Candidate]) -> float | None:
 
 
 class EcsThresholdPolicy:
-    """EdgeCloudSim's threshold orchestrator: the cloud when the rule holds, else the local
-    edge node (the device's own gateway); the other one is the fallback."""
+    """EdgeCloudSim's threshold rule (`SampleEdgeOrchestrator.getDeviceToOffload`): the cloud
+    when the rule holds, else the edge target; the other one is the fallback (EdgeCloudSim
+    has none: there the task fails)."""
 
     def __init__(self, name: str, params: CostParams) -> None:
         if name not in ("ecs_network", "ecs_utilization", "ecs_hybrid"):
@@ -76,23 +86,102 @@ class EcsThresholdPolicy:
         self.name = name
         self.params = params
 
-    def wants_cloud(self, candidates: Sequence[Candidate]) -> bool:
-        bw = wan_bandwidth_bps(candidates)
-        network = bw is not None and bw > ECS_WAN_THRESHOLD_BPS
-        busy = edge_utilisation(candidates) > ECS_UTILISATION_THRESHOLD
+    def wants_cloud(self, wan_bps: float | None, utilisation_pct: float) -> bool:
+        """The rule, on the WAN probe (None: no cloud) and the edge utilisation probe."""
+        if wan_bps is None:
+            return False
+        network = wan_bps > ECS_WAN_THRESHOLD_BPS
+        busy = utilisation_pct > ECS_UTILISATION_THRESHOLD_PCT
         if self.name == "ecs_network":
             return network
         if self.name == "ecs_utilization":
-            return busy and bw is not None
+            return busy
         return network and busy
 
     def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
+        """With ordinary candidates: probes read from them, and the least-busy edge node."""
+        return self.decide_probed(task, candidates, now, wan_bps=wan_bandwidth_bps(candidates),
+                                  utilisation_pct=edge_utilisation_pct(candidates))
+
+    def decide_probed(self, task: TaskSpec, candidates: Sequence[Candidate], now: float, *,
+                      wan_bps: float | None, utilisation_pct: float) -> Decision:
         evals = evaluate_all(task, candidates, self.params, now, BASELINE_CONSTRAINTS)
-        first = Placement.CLOUD if self.wants_cloud(candidates) else Placement.LOCAL
-        second = Placement.LOCAL if first is Placement.CLOUD else Placement.CLOUD
-        ranked = [i for p in (first, second) for i, e in enumerate(evals)
-                  if e.placement is p and e.feasible]
+        edge = [i for i, e in enumerate(evals)
+                if e.placement is not Placement.CLOUD and e.feasible]
+        edge.sort(key=lambda i: candidates[i].running / max(1, candidates[i].slots))
+        cloud = [i for i, e in enumerate(evals) if e.placement is Placement.CLOUD and e.feasible]
+        ranked = (cloud + edge[:1]) if self.wants_cloud(wan_bps, utilisation_pct) else (
+            edge[:1] + cloud)
         return make_decision(self.name, evals, ranked)
+
+
+class EcsBrain(OracleBrain):
+    """A node deciding as EdgeCloudSim's `SampleEdgeOrchestrator` does, on what its probes
+    measure in EdgeCloudSim: the exact state of the world at decision time.
+
+    - WAN probe: the rate a new transfer from this node to the cloud would get now (with
+      `links.wan.model: ecs_empirical`, the empirical table at the current number of WAN
+      clients of this access point; 0 when a transfer would fail);
+    - utilisation probe: the average over every edge VM of the nominal utilisation of the
+      tasks it holds (`task_types[].vm_utilization_pct`, running and queued), over
+      `nodes[].vms` VMs per node;
+    - edge target: the edge node whose least-loaded VM has the most free capacity (a node
+      with an empty VM has 100 %), the first in the scenario's order on a tie, as
+      EdgeCloudSim scans hosts in order.
+    Its candidates are built from the truth like the oracle's (they only set the attempt
+    timeouts and the prediction error: the rule itself ignores latency estimates).
+    """
+
+    def __init__(self, node: SimNode, world: World, policy: EcsThresholdPolicy,
+                 params: CostParams, fallback: FallbackParams) -> None:
+        super().__init__(node, world, policy, params, fallback)
+        self.rule = policy
+        types = world.scenario.task_types
+        specs = {n.id: n for n in world.scenario.nodes}
+        self._vms = {n.id: specs[n.id].vms or n.slots for n in world.nodes}
+        # Nominal % of a VM per task type; by default one slot's share of a VM.
+        self._pct = {n.id: tuple(t.vm_utilization_pct if t.vm_utilization_pct is not None
+                                 else 100.0 * self._vms[n.id] / n.slots for t in types)
+                     for n in world.nodes}
+
+    def _load_pct(self, node: SimNode) -> float:
+        pct = self._pct[node.id]
+        return (sum(pct[job.task.ttype] for job in node.running)
+                + sum(pct[job.task.ttype] for job in node.queue))
+
+    def probes(self) -> tuple[float | None, float, SimNode]:
+        """(WAN probe in bit/s or None without a cloud, average edge VM utilisation in %,
+        the edge target)."""
+        world, origin = self.world, self.node
+        wan = None
+        if world.cloud is not None:
+            link = world.links[(origin.id, world.cloud.id)]
+            rate = getattr(link, "rate_bps", None)
+            wan = (rate() or 0.0) if rate is not None else link.share_bps()
+        total_load, total_vms = 0.0, 0
+        best, best_free = origin, -1.0
+        for node in world.nodes:
+            if not node.alive:
+                continue
+            vms = self._vms[node.id]
+            load = self._load_pct(node)
+            total_load += load
+            total_vms += vms
+            jobs = len(node.running) + len(node.queue)
+            free = 100.0 if jobs < vms else 100.0 - load / vms
+            if free > best_free:
+                best, best_free = node, free
+        return wan, (total_load / total_vms if total_vms else 0.0), best
+
+    def decide(self, task: SimTask, now: float) -> Decision:
+        wan, utilisation, target = self.probes()
+        placement = Placement.LOCAL if target is self.node else Placement.NEIGHBOUR
+        candidates = [self._true_candidate(task, target, placement, now)]
+        cloud = self.world.cloud
+        if cloud is not None and task.spec.offload.allows(Placement.CLOUD):
+            candidates.append(self._true_candidate(task, cloud, Placement.CLOUD, now))
+        return self.rule.decide_probed(task.spec, candidates, now, wan_bps=wan,
+                                       utilisation_pct=utilisation)
 
 
 def make_sim_policy(name: str, params: CostParams, rng: np.random.Generator) -> Policy:

@@ -13,7 +13,13 @@ from edgesched.core.fallback import FallbackParams
 from edgesched.errors import UsageError
 from edgesched.sim.brains import DaemonBrain, OracleBrain
 from edgesched.sim.engine import Engine, RunRecord
-from edgesched.sim.policies import ALL_POLICY_NAMES, OraclePolicy, make_sim_policy
+from edgesched.sim.policies import (
+    ALL_POLICY_NAMES,
+    EcsBrain,
+    EcsThresholdPolicy,
+    OraclePolicy,
+    make_sim_policy,
+)
 from edgesched.sim.report import build_report, policy_summary
 from edgesched.sim.scenario import Scenario, load_scenario
 from edgesched.sim.workload import TaskStream, draw_stream
@@ -35,6 +41,8 @@ def _brain_factory(scenario: Scenario, policy: str, seed: int
     def make(node: SimNode, world: World) -> DaemonBrain:
         if policy == "oracle":
             return OracleBrain(node, world, OraclePolicy(), params, fallback)
+        if policy.startswith("ecs_"):  # EdgeCloudSim's rules read its probes (sim/policies.py)
+            return EcsBrain(node, world, EcsThresholdPolicy(policy, params), params, fallback)
         rng = np.random.default_rng([seed, node.index, 0x5EED])
         return DaemonBrain(node, world, make_sim_policy(policy, params, rng), params, fallback)
 

@@ -37,6 +37,10 @@ NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CLOUD_ID = "cloud"
 DIST_KINDS = ("fixed", "exponential", "lognormal", "uniform")
 PROCESSES = ("poisson", "bursty")
+# Network models per kind of link (docs/simulator.md, "EdgeCloudSim's network models").
+WAN_MODELS = ("shared", "ecs_empirical")
+MAN_MODELS = ("shared", "ecs_mm1")
+WLAN_MODELS = ("none", "ecs_empirical")
 
 # ---------------------------------------------------------------------------------------------
 # Distributions
@@ -120,6 +124,7 @@ class NodeSpec:
     battery: BatterySpec | None = None
     uplink: LinkSpec | None = None
     down: tuple[Outage, ...] = ()
+    vms: int | None = None  # EdgeCloudSim VMs on this server (ecs_* utilisation); None = slots
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -131,6 +136,9 @@ class TaskTypeSpec:
     deadline_s: float | None = None
     offload: OffloadPolicy = OffloadPolicy.ANYWHERE
     prior_s: float | None = None  # the operator's configured exec_prior_s; default work mean
+    # EdgeCloudSim's nominal `vm_utilization_on_edge` of one such task, in % of a VM (read by
+    # the ecs_* rules' utilisation probe); None = a whole VM's share of one slot.
+    vm_utilization_pct: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -143,6 +151,32 @@ class ArrivalSpec:
     burst_every_s: float = 0.0
     burst_for_s: float = 0.0
     burst_offset_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeviceApp:
+    """One EdgeCloudSim application: `share` % of the devices run it; each generates tasks
+    of `type` every `interarrival_s` on average (Poisson) while active, `active_s` on then
+    `idle_s` off (EdgeCloudSim's IdleActiveLoadGenerator)."""
+
+    type: str
+    share: float
+    interarrival_s: float
+    active_s: float
+    idle_s: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DevicesSpec:
+    """Mobile devices as EdgeCloudSim's sample_app2 models them (the `devices:` block): each
+    picks one app, is attached to one edge node at a time and moves (nomadic mobility: it
+    stays an exponential time of mean `dwell_s[node]` at a node, then moves to another node
+    drawn uniformly). Its tasks are submitted to the node it is attached to."""
+
+    count: int
+    apps: tuple[DeviceApp, ...]
+    start_s: float = 0.0  # no device generates tasks before (EdgeCloudSim: 10 s)
+    dwell_s: tuple[tuple[str, float], ...] = ()  # () = devices never move
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -170,6 +204,10 @@ class Scenario:
     policy_params: CostParams = field(default_factory=CostParams)
     telemetry_interval_s: float = 1.0
     description: str = ""
+    devices: DevicesSpec | None = None
+    wan_model: str = "shared"  # links.wan.model
+    man_model: str = "shared"  # links.man.model
+    wlan_model: str = "none"  # links.wlan.model
 
     def node(self, node_id: str) -> NodeSpec:
         return next(n for n in self.nodes if n.id == node_id)
@@ -340,7 +378,7 @@ def _power(c: _Checker, raw: Any, key: str) -> PowerModel:
 
 def _node(c: _Checker, raw: Any, key: str) -> NodeSpec:
     data = c.mapping(raw, key, ("id", "speed", "slots", "queue_size", "power", "battery",
-                                "uplink", "down"))
+                                "uplink", "down", "vms"))
     battery = None
     if data.get("battery") is not None:
         bkey = _join(key, "battery")
@@ -368,12 +406,13 @@ def _node(c: _Checker, raw: Any, key: str) -> NodeSpec:
         uplink=None if uplink is None else _link(c, uplink, _join(key, "uplink"), None,
                                                  monitor=True),
         down=tuple(sorted(outages, key=lambda o: o.at_s)),
+        vms=c.integer(data, key, "vms", 1, minimum=1) if "vms" in data else None,
     )
 
 
 def _task_type(c: _Checker, raw: Any, key: str) -> TaskTypeSpec:
     data = c.mapping(raw, key, ("name", "work", "input_bytes", "output_bytes", "deadline_s",
-                                "offload", "prior_s"))
+                                "offload", "prior_s", "vm_utilization_pct"))
     offload = data.get("offload", "anywhere")
     if offload not in {p.value for p in OffloadPolicy}:
         c.fail(_join(key, "offload"), "must be one of local, neighbours, anywhere")
@@ -389,6 +428,8 @@ def _task_type(c: _Checker, raw: Any, key: str) -> TaskTypeSpec:
         else c.number(data, key, "deadline_s", positive=True),
         offload=OffloadPolicy(offload),
         prior_s=None if prior is None else c.number(data, key, "prior_s", minimum=0.0),
+        vm_utilization_pct=None if "vm_utilization_pct" not in data
+        else c.number(data, key, "vm_utilization_pct", positive=True, maximum=100.0),
     )
 
 
@@ -463,7 +504,56 @@ def _policy(c: _Checker, raw: Any) -> CostParams:
 
 
 TOP_KEYS = ("version", "name", "description", "duration_s", "seed", "cloud", "links", "nodes",
-            "task_types", "arrivals", "events", "policy", "telemetry")
+            "task_types", "arrivals", "events", "policy", "telemetry", "devices")
+LINK_MODEL_KEYS = {"wan": WAN_MODELS, "man": MAN_MODELS, "wlan": WLAN_MODELS}
+
+
+def _link_models(c: _Checker, raw: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """Split `links:` into the default edge link's keys and the `wan`/`man`/`wlan` models."""
+    if not isinstance(raw, Mapping):
+        return raw, {}
+    models: dict[str, str] = {}
+    for kind, allowed in LINK_MODEL_KEYS.items():
+        key = f"links.{kind}"
+        block = c.mapping(raw.get(kind), key, ("model",))
+        model = block.get("model", allowed[0])
+        if model not in allowed:
+            c.fail(f"{key}.model", f"must be one of {', '.join(allowed)}")
+            model = allowed[0]
+        models[kind] = model
+    return {k: v for k, v in raw.items() if k not in LINK_MODEL_KEYS}, models
+
+
+def _devices(c: _Checker, raw: Any, nodes: set[str], types: set[str]) -> DevicesSpec | None:
+    if raw is None:
+        return None
+    data = c.mapping(raw, "devices", ("count", "apps", "start_s", "dwell_s"))
+    apps = []
+    for key, item in c.items(data.get("apps"), "devices.apps", required=True):
+        a = c.mapping(item, key, ("type", "share", "interarrival_s", "active_s", "idle_s"))
+        if a.get("type") not in types:
+            c.fail(_join(key, "type"), f"unknown task type {a.get('type')!r}")
+        apps.append(DeviceApp(
+            type=str(a.get("type")),
+            share=c.number(a, key, "share", positive=True, maximum=100.0, required=True),
+            interarrival_s=c.number(a, key, "interarrival_s", positive=True, required=True),
+            active_s=c.number(a, key, "active_s", positive=True, required=True),
+            idle_s=c.number(a, key, "idle_s", minimum=0.0, required=True),
+        ))
+    dwell: list[tuple[str, float]] = []
+    raw_dwell = data.get("dwell_s")
+    if raw_dwell is not None:
+        d = c.mapping(raw_dwell, "devices.dwell_s", sorted(nodes))
+        if set(d) != nodes:
+            c.fail("devices.dwell_s", "needs a mean dwell time for every node")
+        dwell = [(n, c.number(d, "devices.dwell_s", n, positive=True, required=True))
+                 for n in sorted(d) if n in nodes]
+    return DevicesSpec(
+        count=c.integer(data, "devices", "count", 1, minimum=0),
+        apps=tuple(apps),
+        start_s=c.number(data, "devices", "start_s", 0.0, minimum=0.0),
+        dwell_s=tuple(dwell),
+    )
 
 
 def _seed(c: _Checker, data: Mapping[str, Any]) -> int:
@@ -506,8 +596,11 @@ def parse_scenario(data: Any, *, name: str = "scenario") -> Scenario:
     nodes = _nodes(c, data)
     types = _types(c, data)
     node_ids, type_names = {n.id for n in nodes}, {t.name for t in types}
+    devices = _devices(c, data.get("devices"), node_ids, type_names)
     arrivals = tuple(_arrival(c, raw, key, node_ids, type_names)
-                     for key, raw in c.items(data.get("arrivals"), "arrivals", required=True))
+                     for key, raw in c.items(data.get("arrivals"), "arrivals",
+                                             required=devices is None))
+    links, models = _link_models(c, data.get("links"))
     events = [_event(c, raw, key, node_ids) for key, raw in c.items(data.get("events"), "events")]
     tel = c.mapping(data.get("telemetry"), "telemetry", ("interval_s",))
     scenario = Scenario(
@@ -516,13 +609,17 @@ def parse_scenario(data: Any, *, name: str = "scenario") -> Scenario:
         duration_s=c.number(data, "", "duration_s", positive=True, required=True),
         seed=_seed(c, data),
         cloud=_cloud(c, data.get("cloud")),
-        links=_link(c, data.get("links"), "links", None),
+        links=_link(c, links, "links", None),
         nodes=nodes,
         task_types=types,
         arrivals=arrivals,
         events=tuple(sorted((e for e in events if e), key=lambda e: e.at_s)),
         policy_params=_policy(c, data.get("policy")),
         telemetry_interval_s=c.number(tel, "telemetry", "interval_s", 1.0, positive=True),
+        devices=devices,
+        wan_model=models.get("wan", "shared"),
+        man_model=models.get("man", "shared"),
+        wlan_model=models.get("wlan", "none"),
     )
     if c.problems:
         raise ScenarioError(c.problems)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgesched.sim.scenario import ArrivalSpec, Scenario
+from edgesched.sim.scenario import ArrivalSpec, DevicesSpec, Scenario
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,6 +68,11 @@ def draw_stream(scenario: Scenario, seed: int) -> TaskStream:
         times.append(t)
         origins.append(np.full(t.shape[0], node_index[spec.node], dtype=np.int64))
         types.append(np.full(t.shape[0], type_index[spec.type], dtype=np.int64))
+    if scenario.devices is not None and scenario.devices.count:
+        dev_times, dev_origins, dev_types = device_arrivals(scenario, rng)
+        times.append(dev_times)
+        origins.append(dev_origins)
+        types.append(dev_types)
     time = np.concatenate(times) if times else np.empty(0)
     order = np.argsort(time, kind="stable")
     time = time[order]
@@ -83,3 +88,69 @@ def draw_stream(scenario: Scenario, seed: int) -> TaskStream:
         outb[mask] = tt.output_bytes.sample(rng, m)
     return TaskStream(time=time, origin=origin, ttype=ttype, work=work,
                       input_bytes=inb, output_bytes=outb)
+
+
+def device_arrivals(scenario: Scenario, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tasks of the `devices:` block (EdgeCloudSim's IdleActiveLoadGenerator and
+    NomadicMobility): each device draws its app by share; its first active period starts
+    uniformly within one active period after `start_s`; while active it submits tasks with
+    exponential gaps of mean `interarrival_s` (a gap that crosses the end of the active
+    period is dropped and the next period starts `idle_s` later); each task goes to the node
+    the device is attached to at that moment. Returns (times, node indices, type indices)."""
+    dev: DevicesSpec = scenario.devices  # type: ignore[assignment]
+    duration = scenario.duration_s
+    node_index = {n.id: i for i, n in enumerate(scenario.nodes)}
+    type_index = {t.name: i for i, t in enumerate(scenario.task_types)}
+    shares = np.array([a.share for a in dev.apps], dtype=float)
+    app_of = rng.choice(len(dev.apps), size=dev.count, p=shares / shares.sum())
+    dwell = np.array([m for _, m in dev.dwell_s], dtype=float)
+    dwell_nodes = np.array([node_index[n] for n, _ in dev.dwell_s], dtype=np.int64)
+    times, origins, types = [], [], []
+    for d in range(dev.count):
+        app = dev.apps[int(app_of[d])]
+        t_dev = _active_idle_times(app.interarrival_s, app.active_s, app.idle_s,
+                                   dev.start_s, duration, rng)
+        if dwell.size:  # nomadic mobility: where the device is at each arrival
+            starts, places = _nomadic_path(dwell, dev.start_s, duration, rng)
+            where = dwell_nodes[places[np.searchsorted(starts, t_dev, side="right") - 1]]
+        else:
+            where = np.full(t_dev.shape[0], rng.integers(len(scenario.nodes)), dtype=np.int64)
+        times.append(t_dev)
+        origins.append(where)
+        types.append(np.full(t_dev.shape[0], type_index[app.type], dtype=np.int64))
+    return np.concatenate(times), np.concatenate(origins), np.concatenate(types)
+
+
+def _active_idle_times(gap: float, active: float, idle: float, start: float, end: float,
+                       rng: np.random.Generator) -> np.ndarray:
+    out: list[float] = []
+    period = rng.uniform(start, start + active)
+    t = period
+    while t < end:
+        t += rng.exponential(gap)
+        if t > period + active:
+            period += active + idle
+            t = period
+            continue
+        if t < end:
+            out.append(t)
+    return np.array(out, dtype=float)
+
+
+def _nomadic_path(dwell: np.ndarray, start: float, end: float, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival times at each place, place indices): a uniform first place, exponential
+    stays of the place's mean, then a uniformly drawn other place."""
+    n = dwell.shape[0]
+    place = int(rng.integers(n))
+    starts, places = [-np.inf], [place]
+    t = start
+    while t < end:
+        t += rng.exponential(dwell[place])
+        if n > 1:
+            nxt = int(rng.integers(n - 1))
+            place = nxt + 1 if nxt >= place else nxt
+        starts.append(t)
+        places.append(place)
+    return np.array(starts), np.array(places, dtype=np.int64)
