@@ -67,7 +67,9 @@ def next_attempt(
 
     The rule, in order:
     1. the deadline has passed (`elapsed_s >= deadline_s`) -> `expired`;
-    2. `len(tried) >= max_attempts` -> `failed` ("gave up after N attempts");
+    2. `len(tried) >= max_attempts` -> `failed` ("gave up after N attempts"), except for a
+       task without a deadline: it goes to this node as in 4 if it can (a task that may
+       wait forever is not thrown away while this node's queue can still take it);
     3. the first of chosen + fallbacks (the decision's ranking) not yet tried;
     4. else this node as the last resort, if the task type may run here (`local_allowed`),
        it was not tried, and it was not refused for lacking the task type — the local
@@ -80,7 +82,13 @@ def next_attempt(
     if remaining is not None and remaining <= 0.0:
         return Terminal(outcome=Outcome.EXPIRED, reason=f"deadline of {deadline_s:g}s passed")
     if len(tried) >= params.max_attempts:
-        return Terminal(outcome=Outcome.FAILED, reason=f"gave up after {len(tried)} attempts")
+        local = _local_last_resort(decision, tried) if (
+            deadline_s is None and local_allowed) else None
+        if local is None:
+            return Terminal(outcome=Outcome.FAILED,
+                            reason=f"gave up after {len(tried)} attempts")
+        return NextAttempt(target=local, timeout_s=params.timeout_for(local),
+                           attempt=len(tried) + 1, last_resort=True)
     target, last_resort = _pick(decision, tried, local_allowed)
     if target is None:
         return Terminal(outcome=Outcome.FAILED, reason=_why_none(decision, tried))
@@ -101,14 +109,22 @@ def _pick(
         if cand.node_id not in tried:
             return cand, False
     if local_allowed:
-        for ev in decision.evaluations:
-            if (
-                ev.placement is Placement.LOCAL
-                and ev.node_id not in tried
-                and ev.reason is not RejectReason.UNSUPPORTED_TYPE
-            ):
-                return ev, True
+        local = _local_last_resort(decision, tried)
+        if local is not None:
+            return local, True
     return None, False
+
+
+def _local_last_resort(decision: Decision, tried: Collection[str]) -> CandidateEval | None:
+    """This node, when not tried yet and not refused for lacking the task type."""
+    for ev in decision.evaluations:
+        if (
+            ev.placement is Placement.LOCAL
+            and ev.node_id not in tried
+            and ev.reason is not RejectReason.UNSUPPORTED_TYPE
+        ):
+            return ev
+    return None
 
 
 def _why_none(decision: Decision, tried: Collection[str]) -> str:
