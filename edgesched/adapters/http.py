@@ -281,16 +281,20 @@ class HttpServer:
 
     async def _task_handler(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
+        lookups = self._metrics.task_lookups
         if not self._valid_task_id(task_id):
+            lookups.labels(result="bad_id").inc()
             return json_response(
                 {"error": "bad_id", "detail": "a task id is a printable string of 1..128 "
                  "characters (the id given at submission)"}, status=400)
         assert self._task_lookup is not None
         doc = self._task_lookup(task_id)
         if doc is None:
+            lookups.labels(result="unknown").inc()
             return json_response(
                 {"error": "unknown_task", "id": task_id,
                  "detail": "no finished task with this id is kept on this node: it never "
                  "came here, is still running, or was evicted from the recent-task store "
                  "(http.recent_tasks_bytes)"}, status=404)
+        lookups.labels(result="found").inc()
         return json_response(doc)

@@ -218,6 +218,11 @@ class Metrics:
             "HTTP requests refused with 401 (missing or wrong bearer token), by route.",
             ["path"], registry=r,
         )
+        self.task_lookups = Counter(
+            "edgesched_task_lookups",
+            "GET /v1/tasks/{id} answers, by result (found; unknown: not kept here; bad_id: "
+            "refused, the id breaks the intake's rule).", ["result"], registry=r,
+        )
         self.expired_on_arrival = Counter(
             "edgesched_tasks_expired_on_arrival",
             "Handed-over tasks (neighbour offload, cloud tier) answered expired without running: "
@@ -293,6 +298,7 @@ class Metrics:
         each(self.replies_dropped, "reason", REPLY_DROP_REASONS)
         each(self.offload_replies_ignored, "reason", OFFLOAD_IGNORE_REASONS)
         each(self.http_unauthorized, "path", HTTP_AUTH_PATHS)
+        each(self.task_lookups, "result", ("found", "unknown", "bad_id"))
         each(self.cloud_requests_failed, "reason", CLOUD_FAILURE_REASONS)
         each(self.expired_on_arrival, "via", ("offload", "http"))
         for kind in ORIGIN_KINDS:

@@ -122,6 +122,9 @@ async def test_task_lookup_found_unknown_and_bad_id() -> None:
         assert (await _request("POST", base + "/v1/tasks"))[:2] == (200, {"submitted": True})
         assert (await _request("DELETE", base + "/v1/tasks/t-1"))[:2] == (
             200, {"id": "t-1", "result": "unknown"})
+        text = (await _request("GET", base + "/metrics"))[1]
+        for result, count in (("found", 1), ("unknown", 2), ("bad_id", 2)):
+            assert f'edgesched_task_lookups_total{{result="{result}"}} {count}.0' in text, result
 
 
 async def test_task_lookup_needs_the_token_and_the_page_does_not() -> None:
