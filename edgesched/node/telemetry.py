@@ -346,7 +346,11 @@ class TelemetryStage:
                                   self.identity.node_id, doc.incarnation, mine)
         elif not doc.online and not self._stopping:
             # A Will (of a previous run, or of a connection of ours the broker gave up on)
-            # overwrote our retained online state while we are alive: restore it.
+            # overwrote our retained online state while we are alive: restore it. Delivered
+            # while (re)connecting (the retained state follows our subscription, before the
+            # connection is up): the on-connect hook announces us online in a moment.
+            if self._mqtt is not None and not self._mqtt.connected:
+                return
             log.info("our retained state says offline (Will of incarnation %d); re-announcing",
                      doc.incarnation)
             try:
