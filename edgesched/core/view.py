@@ -69,6 +69,9 @@ class NodeTelemetry:
     est_wait_s: float = 0.0
     battery: float | None = None
     power_w: float | None = None
+    # (our telemetry's ts, seconds the sender held it) when the sender echoes one of ours:
+    # the round trip through the broker(s), measured on our clock alone (node/telemetry.py)
+    echo: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -249,7 +249,8 @@ def build_runtime(
     uplink_feeder = LinkReadingFeeder(bank, {uplink: CLOUD_ID}) if uplink else None
     telemetry = _telemetry_stage(settings, identity=identity, topics=topics, view=view,
                                  metrics=metrics, mqtt=mqtt, load=executor.load,
-                                 on_device=uplink_feeder, on_announcement=speed_feeder(bank))
+                                 on_device=uplink_feeder, on_announcement=speed_feeder(bank),
+                                 on_rtt=bank.observe_rtt)
     # The Will is the stage's state document with status offline (docs/contract.md). The
     # one wiring step after construction: the stage publishes over the client, so the
     # client cannot be built with the stage's document; it is set before anything starts.
@@ -320,11 +321,12 @@ def _telemetry_stage(
         mappings=s.devices.mappings, load=load,
         power=PowerModel(idle_w=p.idle_w, busy_w=p.busy_w, tx_w=p.tx_w, rx_w=p.rx_w),
         battery_device=p.battery_device, on_device=on_device,
-        on_announcement=on_announcement,
+        on_announcement=on_announcement, on_rtt=on_rtt,
         observe=s.role == "edge", max_clock_skew_s=s.security.max_clock_skew_s,
     )
 
 
+    on_rtt: Callable[[str, float, float], object] | None = None,
 def snapshot_source(view: ClusterView,
                     telemetry: TelemetryStage) -> Callable[[], ClusterSnapshot]:
     """A consistent `ClusterSnapshot` for each decision: this node now, and the view."""

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ from edgesched.adapters.procstat import CpuSampler
 from edgesched.config import DeviceMapping
 from edgesched.core.estimators import EstimatorBank
 from edgesched.core.model import Liveness, NodeState, PowerModel
-from edgesched.core.view import ClusterView, NodeAnnouncement, Observed
+from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, Observed
 from edgesched.errors import MqttError, TelemetryRejected
 from edgesched.node.wire import (
     parse_device_payload,
@@ -34,6 +35,10 @@ from edgesched.node.wire import (
 log = logging.getLogger("edgesched.telemetry")
 
 TELEMETRY_PUBLISH_S = 1.0  # the longest a telemetry publish may wait (it is QoS 0)
+# RTT probes piggybacked on telemetry (docs/mqtt.md, "Round-trip times"): each telemetry
+# echoes up to ECHOES_PER_MESSAGE neighbours' latest ones, the longest waiting first.
+ECHOES_PER_MESSAGE = 4
+ECHO_SENT_REMEMBERED = 16  # our own publications an echo can still refer to
 
 
 class Load(NamedTuple):
@@ -121,6 +126,7 @@ class TelemetryStage:
         battery_device: str | None = None,
         on_device: Callable[[str, Mapping[str, float], float], None] | None = None,
         on_announcement: Callable[[str, NodeAnnouncement], None] | None = None,
+        on_rtt: Callable[[str, float, float], object] | None = None,
         observe: bool = True,
         max_clock_skew_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -139,6 +145,7 @@ class TelemetryStage:
         self._battery_device = battery_device
         self._on_device = on_device
         self._on_announcement = on_announcement
+        self._rtt = RttProbe(identity.node_id, on_rtt, max_nodes=view.params.max_nodes)
         self._observe = observe
         self._skew_ms = int(max_clock_skew_s * 1000)
         self._clock = clock
@@ -168,11 +175,13 @@ class TelemetryStage:
 
     def telemetry_doc(self) -> bytes:
         load = self._load()
+        ts = round(self._wall(), 3)
         return json.dumps({
             "v": 1, "node_id": self.identity.node_id, "incarnation": self.identity.incarnation,
-            "ts": round(self._wall(), 3), "cpu_util": round(self._cpu_util, 4),
+            "ts": ts, "cpu_util": round(self._cpu_util, 4),
             "running": load.running, "queued": load.queued, "slots": load.slots,
             "est_wait_s": load.est_wait_s, "battery": self.battery(), "power_w": self.power_w(),
+            **self._rtt.echo(ts, self._clock()),
         }).encode()
 
     def battery(self) -> float | None:
@@ -369,12 +378,15 @@ class TelemetryStage:
             return
         try:
             tel = parse_node_telemetry(msg.payload, node_id, limit=self._limit,
-                                       max_incarnation=self._max_incarnation())
+                                       max_incarnation=self._max_incarnation(),
+                                       echo_for=self.identity.node_id)
         except TelemetryRejected as rej:
             self._reject(rej, msg.topic)
             return
         self._kind_ok["node"].inc()
-        self.view.observe_telemetry(node_id, tel, now=self._clock())
+        now = self._clock()
+        self.view.observe_telemetry(node_id, tel, now=now)
+        self._rtt.heard(node_id, tel, now)
 
     async def _on_device_message(self, msg: InboundMessage) -> None:
         device_id = self.topics.node_id_of(msg.topic)
@@ -415,6 +427,68 @@ class TelemetryStage:
                 self._reject(rej, topic)
                 continue
             self._apply_device(mapping.device_id, {mapping.name: value}, None, 1, topic)
+
+
+class RttProbe:
+    """Round-trip times to neighbours, measured from telemetry alone (no extra messages).
+
+    Each telemetry we publish echoes the latest telemetry heard from up to
+    `ECHOES_PER_MESSAGE` neighbours: `"echo": {"<their id>": [their ts, held_ms]}`, held_ms
+    being how long we held it before this publication. A neighbour that finds its own entry
+    knows when it published that ts (its own monotonic clock) and computes
+
+        rtt = (now - sent) - held
+
+    the way through the broker(s) and back, with both nodes' processing: what a hand-over
+    pays. Both figures are differences on one clock each, so clock offsets between nodes do
+    not enter (NTP's trick). Neighbours waiting longest for an echo go first, so with N
+    nodes each pair is measured about every N / ECHOES_PER_MESSAGE intervals. `on_rtt(node_id,
+    seconds, now)` gets each sample (EstimatorBank.observe_rtt). Bounded: `max_nodes` heard
+    entries, `ECHO_SENT_REMEMBERED` own publications.
+    """
+
+    def __init__(self, node_id: str, on_rtt: Callable[[str, float, float], object] | None,
+                 *, max_nodes: int) -> None:
+        self._node_id = node_id
+        self._on_rtt = on_rtt
+        self._max_nodes = max_nodes
+        self._sent: OrderedDict[int, float] = OrderedDict()  # our ts (ms) -> monotonic
+        # neighbour -> (its latest ts, when we heard it), in the order they wait for an echo
+        self._heard: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.samples = 0
+
+    def echo(self, ts: float, now: float) -> dict[str, Any]:
+        """Remember one publication of ours (stamped `ts`); the `echo` field it carries."""
+        sent = self._sent
+        sent[round(ts * 1000)] = now
+        while len(sent) > ECHO_SENT_REMEMBERED:
+            sent.popitem(last=False)
+        if self._on_rtt is None or not self._heard:
+            return {}
+        out: dict[str, list[float]] = {}
+        while self._heard and len(out) < ECHOES_PER_MESSAGE:
+            node_id, (their_ts, heard_at) = self._heard.popitem(last=False)
+            out[node_id] = [their_ts, max(0, round((now - heard_at) * 1000))]
+        return {"echo": out}
+
+    def heard(self, node_id: str, tel: NodeTelemetry, now: float) -> None:
+        """A neighbour's telemetry: queue it for an echo, and measure its echo of ours."""
+        if self._on_rtt is None:
+            return
+        heard = self._heard
+        if node_id in heard or len(heard) < self._max_nodes:
+            heard[node_id] = (tel.ts, now)  # keeps its place in the queue when already in
+        if tel.echo is None:
+            return
+        their_echo_of, held_s = tel.echo
+        sent_at = self._sent.get(round(their_echo_of * 1000))
+        if sent_at is None:  # older than we remember, or not ours
+            return
+        rtt = now - sent_at - held_s
+        if rtt < -0.002:  # held longer than the whole round trip: a bad report
+            return
+        self.samples += 1
+        self._on_rtt(node_id, max(0.0, rtt), now)
 
 
 class LinkReadingFeeder:

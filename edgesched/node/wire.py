@@ -251,9 +251,32 @@ def _optional_fraction(doc: dict[str, Any], key: str) -> float | None:
     return None if raw is None else _in_range(_number(raw, key), 0.0, 1.0, key)
 
 
+MAX_ECHOES = 64  # entries of a telemetry's `echo` object
+MAX_ECHO_HELD_S = 3600.0
+
+
+def _echo(doc: dict[str, Any], echo_for: str) -> tuple[float, float] | None:
+    """The `echo` entry addressed to `echo_for`: [our telemetry's ts, held_ms] (docs/mqtt.md)."""
+    echoes = doc.get("echo")
+    if echoes is None:
+        return None
+    if not isinstance(echoes, dict) or len(echoes) > MAX_ECHOES:
+        raise TelemetryRejected("schema", f"echo must be an object of at most {MAX_ECHOES} "
+                                "node ids")
+    entry = echoes.get(echo_for) if echo_for else None
+    if entry is None:
+        return None
+    if not isinstance(entry, list) or len(entry) != 2:
+        raise TelemetryRejected("schema", "an echo entry must be [ts, held_ms]")
+    held_s = _in_range(_number(entry[1], "echo held_ms"), 0.0, MAX_ECHO_HELD_S * 1000,
+                       "echo held_ms") / 1000.0
+    return _number(entry[0], "echo ts"), held_s
+
+
 def parse_node_telemetry(payload: bytes, node_id: str, *, limit: int,
-                         max_incarnation: int = 1 << 63) -> NodeTelemetry:
-    """A node's periodic telemetry (contract §4.2)."""
+                         max_incarnation: int = 1 << 63, echo_for: str = "") -> NodeTelemetry:
+    """A node's periodic telemetry (contract §4.2); `echo` keeps only the entry addressed to
+    `echo_for` (this node's id)."""
     doc = _header(load_json(payload, limit), node_id)
     power = doc.get("power_w")
     return NodeTelemetry(
@@ -268,6 +291,7 @@ def parse_node_telemetry(payload: bytes, node_id: str, *, limit: int,
         battery=_optional_fraction(doc, "battery"),
         power_w=None if power is None else _in_range(_number(power, "power_w"), 0, 1e6,
                                                      "power_w"),
+        echo=_echo(doc, echo_for),
     )
 
 
