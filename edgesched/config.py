@@ -307,7 +307,7 @@ class HttpSettings(_Section):
         False, description="serve a non-loopback http.host without any authentication"
     )
     recent_tasks_bytes: int = Field(
-        4 << 20, ge=0, le=1 << 30, description="memory for the finished tasks GET "
+        8 << 20, ge=0, le=1 << 30, description="memory for the finished tasks GET "
         "/v1/tasks/{id} can show (oldest dropped first; 0 = off)"
     )
 

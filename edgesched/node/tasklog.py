@@ -1,11 +1,13 @@
 """The recent-task store behind `GET /v1/tasks/{id}`: "why did task X go to the cloud?".
 
-Each finished task's record (its outcome, every candidate with its prediction and rejection
-reason, the chosen target and its score, each attempt with its timings) is kept as compact
-JSON bytes, newest last; the oldest are dropped once the store passes `http.recent_tasks_bytes`
-(its size in memory is counted as its size encoded plus a fixed per-entry overhead). A record
-larger than a quarter of the store is cut down (its candidates and attempts first) before it
-is kept, so one huge task cannot evict every other one.
+Each finished task's trace (its outcome, every candidate with its prediction and rejection
+reason, the chosen target and its score, each attempt with its timings; node/trace.py) is
+kept, newest last; the oldest are dropped once the store passes `http.recent_tasks_bytes`
+(each counted at an upper estimate of its size in memory). The record a lookup returns is
+built from the trace only then (`task_record`), so a finished task costs the event loop a
+dict insertion, not an encoding. A task larger than a quarter of the store is kept as a
+cut-down record (its candidates and attempts first), so one huge task cannot evict every
+other one.
 
 The store is a sink of finished tasks; it only reads what it is given and never blocks.
 """
@@ -21,9 +23,14 @@ from typing import Any
 
 from edgesched.node import protocol as p
 
-DEFAULT_MAX_BYTES = 4 << 20  # ~5,000 records of a task with a few candidates
+DEFAULT_MAX_BYTES = 8 << 20  # ~3,200 tasks of 3 candidates, ~1,550 of 9 (bench_tasklog.py)
 MAX_ENTRIES = 20_000
-ENTRY_OVERHEAD_BYTES = 200  # the key, the dict slot and the bytes object's header
+ENTRY_OVERHEAD_BYTES = 200  # the key, the dict slot, the entry's tuple
+# A kept trace's memory, from above (tracemalloc: ~810 B with one attempt and no candidate,
+# +~420 B per candidate; node/trace.py's slotted dataclasses, their floats and strings)
+TRACE_BYTES = 700
+CANDIDATE_BYTES = 460
+ATTEMPT_BYTES = 300
 MAX_CANDIDATES = 64  # per record: a big cluster's candidate list is cut, and says so
 MAX_ATTEMPTS = 16
 MAX_TEXT_CHARS = 600  # an error message in a record
@@ -47,6 +54,12 @@ def _clean(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     return str(value)
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        return value[:MAX_TEXT_CHARS] + "..."
+    return value
 
 
 def _why(chosen: str | None, score: Any, candidates: list[dict[str, Any]], role: str) -> str:
@@ -86,7 +99,7 @@ def task_record(trace: Mapping[str, Any]) -> dict[str, Any]:
     chosen, score = trace.get("chosen"), trace.get("chosen_score")
     doc = {
         "id": trace.get("id"), "type": trace.get("type"), "node_id": trace.get("origin"),
-        "role": role, "outcome": trace.get("status"), "error": trace.get("error"),
+        "role": role, "outcome": trace.get("status"), "error": _text(trace.get("error")),
         "placement": trace.get("placement"), "executed_by": trace.get("executed_by"),
         "latency_s": trace.get("latency_s"), "deadline_s": trace.get("deadline_s"),
         "deadline_missed": trace.get("deadline_missed"),
@@ -111,16 +124,23 @@ def task_record(trace: Mapping[str, Any]) -> dict[str, Any]:
 class TaskLog:
     """Recent finished tasks by id, bounded in bytes (and in entries).
 
-    `record(doc)` keeps `doc` (a mapping with a string `id`; a later record of the same id
-    replaces the earlier one); `get(task_id)` returns it decoded, or None once evicted;
-    `recent(n)` lists the newest first.
+    `on_task_finished(trace)` (the trace sink) keeps a finished task's trace as it is: the
+    hot path costs a dict insertion, and the record is built only when someone looks it up.
+    Its size is a conservative estimate of what the trace holds in memory (TRACE_BYTES, plus
+    CANDIDATE_BYTES per candidate and ATTEMPT_BYTES per attempt, checked against tracemalloc in
+    tests/node/test_tasklog.py: ~2 KB for 3 candidates, ~5 KB for 10). `record(doc)`
+    keeps a ready record (a mapping with a string `id`) encoded, its size exact.
+
+    A later task with the same id replaces the earlier one; `get(task_id)` returns the record
+    (`task_record`), or None once evicted; `recent(n)` lists the newest first.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = MAX_ENTRIES,
                  clock: Any = time.time) -> None:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        # id -> (the trace or an encoded record, its cost in bytes, when it was recorded)
+        self._entries: OrderedDict[str, tuple[Any, int, float]] = OrderedDict()
         self._clock = clock
         self.bytes = 0
         self.recorded = 0
@@ -129,35 +149,49 @@ class TaskLog:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @staticmethod
-    def _cost(data: bytes) -> int:
-        return len(data) + ENTRY_OVERHEAD_BYTES
+    def on_task_finished(self, trace: Any) -> None:
+        """The trace sink (node/trace.py `TraceSink`): keep this finished task's trace."""
+        if self.max_bytes <= 0:
+            return
+        cost = trace_cost(trace)
+        if cost > self._limit():  # too big for its share: keep a cut-down record instead
+            self.record(task_record(trace.to_dict()))
+            return
+        self._put(trace.id, trace, cost)
 
     def record(self, doc: Mapping[str, Any]) -> None:
-        """Keep one finished task's record (the oldest go when the store is full)."""
+        """Keep one finished task's ready record (the oldest go when the store is full)."""
         if self.max_bytes <= 0:
             return
         task_id = doc.get("id")
         if not isinstance(task_id, str) or not task_id:
             return
-        body = _clean(doc)
-        body.setdefault("recorded_at", round(self._clock(), 3))
-        data = self._encode(body)
+        data = self._encode(dict(doc))
+        self._put(task_id, data, len(data) + ENTRY_OVERHEAD_BYTES)
+
+    def _limit(self) -> int:
+        return max(1024, self.max_bytes // 4)
+
+    def _put(self, task_id: str, item: Any, cost: int) -> None:
         old = self._entries.pop(task_id, None)
         if old is not None:
-            self.bytes -= self._cost(old)
-        self._entries[task_id] = data
-        self.bytes += self._cost(data)
+            self.bytes -= old[1]
+        self._entries[task_id] = (item, cost, self._clock())
+        self.bytes += cost
         self.recorded += 1
         while self._entries and (self.bytes > self.max_bytes
                                  or len(self._entries) > self.max_entries):
             _, dropped = self._entries.popitem(last=False)
-            self.bytes -= self._cost(dropped)
+            self.bytes -= dropped[1]
             self.evicted += 1
 
     def _encode(self, body: dict[str, Any]) -> bytes:
-        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
-        limit = max(1024, self.max_bytes // 4)
+        try:  # a record built from a trace is JSON-ready: the fast path
+            data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError):  # NaN/inf, or a value JSON has no form for
+            body = _clean(body)
+            data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        limit = self._limit()
         if len(data) <= limit:
             return data
         # too big for its share of the store: keep what says most, drop the rest (and say so)
@@ -166,22 +200,30 @@ class TaskLog:
             items = cut.get(key)
             if isinstance(items, list) and len(items) > keep:
                 cut[key] = items[:keep]
-        data = json.dumps(cut, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        data = json.dumps(_clean(cut), separators=(",", ":"), allow_nan=False).encode("utf-8")
         if len(data) <= limit:
             return data
-        kept = ("id", "type", "node_id", "outcome", "placement", "executed_by", "latency_s",
-                "recorded_at")
+        kept = ("id", "type", "node_id", "outcome", "placement", "executed_by", "latency_s")
         summary: dict[str, Any] = {k: cut[k] for k in kept if k in cut}
         summary["truncated"] = True
-        return json.dumps(summary, separators=(",", ":")).encode("utf-8")
+        return json.dumps(_clean(summary), separators=(",", ":")).encode("utf-8")
 
-    def on_task_finished(self, trace: Any) -> None:
-        """The trace sink (node/trace.py `TraceSink`): keep this finished task's record."""
-        self.record(task_record(trace.to_dict()))
+    def _decode(self, entry: tuple[Any, int, float]) -> dict[str, Any]:
+        item, _, at = entry
+        if isinstance(item, bytes):
+            doc = dict(json.loads(item))
+        else:
+            doc = task_record(item.to_dict())
+            try:
+                json.dumps(doc, allow_nan=False)
+            except (TypeError, ValueError):
+                doc = _clean(doc)
+        doc.setdefault("recorded_at", round(at, 3))
+        return doc
 
     def get(self, task_id: str) -> dict[str, Any] | None:
-        data = self._entries.get(task_id)
-        return None if data is None else dict(json.loads(data))
+        entry = self._entries.get(task_id)
+        return None if entry is None else self._decode(entry)
 
     def recent(self, n: int = 20) -> list[dict[str, Any]]:
         """The `n` most recently finished tasks, newest first."""
@@ -189,9 +231,16 @@ class TaskLog:
         for key in reversed(self._entries):
             if len(out) >= n:
                 break
-            out.append(json.loads(self._entries[key]))
+            out.append(self._decode(self._entries[key]))
         return out
 
     def stats(self) -> dict[str, int]:
         return {"tasks": len(self._entries), "bytes": self.bytes, "max_bytes": self.max_bytes,
                 "recorded": self.recorded, "evicted": self.evicted}
+
+
+def trace_cost(trace: Any) -> int:
+    """What a kept trace costs in memory, estimated from above (see TaskLog)."""
+    text = sum(len(v) for v in (trace.id, trace.error) if isinstance(v, str))
+    return (TRACE_BYTES + CANDIDATE_BYTES * len(trace.candidates)
+            + ATTEMPT_BYTES * len(trace.attempts) + text + ENTRY_OVERHEAD_BYTES)

@@ -3,8 +3,65 @@
 from __future__ import annotations
 
 from edgesched.core.model import Placement
-from edgesched.node.tasklog import ENTRY_OVERHEAD_BYTES, TaskLog, task_record, valid_task_id
-from edgesched.node.trace import CandidateTrace, new_trace
+from edgesched.node.tasklog import (
+    ENTRY_OVERHEAD_BYTES,
+    TaskLog,
+    task_record,
+    trace_cost,
+    valid_task_id,
+)
+from edgesched.node.trace import CandidateTrace, TaskTrace, new_trace
+
+
+def _trace(i: int, candidates: int) -> TaskTrace:
+    trace = new_trace(task_id=f"task-{i:06d}", task_type="hash", origin="gw-1", role="edge",
+                      received_at=1000.0 + i, work=1024.0 + i, exact_s=None, input_bytes=64,
+                      output_bytes=128, deadline_s=0.5, priority=0, device_id=None)
+    trace.candidates = [
+        CandidateTrace(node_id=f"gw-{k}", placement="neighbour", queued=k, rtt_s=0.004 + i,
+                       bandwidth_bps=1e8 + i, latency_mean_s=0.05 + i, latency_q_s=0.08 + i,
+                       energy_j=0.4 + i, score=0.05 + k + i, feasible=True)
+        for k in range(candidates)]
+    trace.add_attempt(node_id="gw-0", placement=Placement.NEIGHBOUR, outcome="ok",
+                      started=1000.001 + i, duration_s=0.041 + i, exec_s=0.04, wait_s=0.001)
+    trace.status, trace.latency_s = "ok", 0.0415 + i
+    return trace
+
+
+def test_a_kept_trace_costs_no_more_than_its_estimate() -> None:
+    """The byte bound holds for traces: their estimated cost is at least what tracemalloc
+    measures them to hold (each with its own floats and strings, as in a node)."""
+    import gc
+    import tracemalloc
+
+    for candidates in (0, 3, 10):
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        traces = [_trace(i, candidates) for i in range(500)]
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        held = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(traces)
+        estimate = trace_cost(traces[0]) - ENTRY_OVERHEAD_BYTES
+        assert estimate >= held, (candidates, estimate, held)
+        assert estimate <= 1.6 * held + 200, (candidates, estimate, held)  # and not wildly
+
+
+def test_traces_are_kept_within_the_bytes_and_looked_up_as_records() -> None:
+    log = TaskLog(max_bytes=100_000)
+    for i in range(200):
+        log.on_task_finished(_trace(i, 3))
+    assert log.bytes <= 100_000 and log.evicted == 200 - len(log) > 0
+    assert log.get("task-000000") is None
+    doc = log.get("task-000199")
+    assert doc is not None and doc["attempts"][0]["target"] == "gw-0"
+    assert len(doc["candidates"]) == 3 and "recorded_at" in doc
+    assert [d["id"] for d in log.recent(2)] == ["task-000199", "task-000198"]
+    # a trace too big for a quarter of the store is kept cut down, not whole
+    small = TaskLog(max_bytes=8_000)
+    small.on_task_finished(_trace(7, 40))
+    cut = small.get("task-000007")
+    assert cut is not None and cut["truncated"] is True and small.bytes <= 2_000
 
 
 def test_oldest_records_go_first_when_the_bytes_run_out() -> None:
@@ -27,7 +84,7 @@ def test_a_repeated_id_replaces_its_record_and_bytes_stay_exact() -> None:
     log.record({"id": "a", "outcome": "ok"})
     assert len(log) == 1 and log.get("a")["outcome"] == "ok"  # type: ignore[index]
     log.record({"id": "b", "outcome": "ok"})
-    assert log.bytes == sum(len(log._entries[k]) + ENTRY_OVERHEAD_BYTES for k in ("a", "b"))
+    assert log.bytes == sum(len(log._entries[k][0]) + ENTRY_OVERHEAD_BYTES for k in ("a", "b"))
 
 
 def test_a_huge_record_is_cut_not_allowed_to_evict_everything() -> None:
@@ -39,6 +96,16 @@ def test_a_huge_record_is_cut_not_allowed_to_evict_everything() -> None:
     big = log.get("big")
     assert big is not None and big["truncated"] is True and len(big["candidates"]) == 8
     assert log.get("small") is not None
+
+
+def test_values_json_has_no_form_for_are_made_safe() -> None:
+    log = TaskLog()
+    log.record({"id": "n", "latency_s": float("nan"), "score": float("inf"),
+                "nodes": ("a", "b"), "error": "e" * 5000})
+    doc = log.get("n")
+    assert doc is not None
+    assert doc["latency_s"] is None and doc["score"] is None and doc["nodes"] == ["a", "b"]
+    assert len(doc["error"]) == 603
 
 
 def test_off_and_ids() -> None:
