@@ -58,6 +58,7 @@ class _Dom(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.by_id: dict[str, str] = {}
+        self.classes: dict[str, set[str]] = {}
         self.neighbour_rows: list[str] = []
         self._open: list[str | None] = []
 
@@ -70,6 +71,7 @@ class _Dom(html.parser.HTMLParser):
         self._open.append(a.get("id"))
         if a.get("id"):
             self.by_id.setdefault(str(a["id"]), "")
+            self.classes[str(a["id"])] = set((a.get("class") or "").split())
 
     def handle_endtag(self, tag: str) -> None:
         if self._open and tag not in ("br", "input", "meta", "link", "img"):
@@ -189,3 +191,38 @@ def test_task_lookup_cli_and_status_page(mosquitto: Mosquitto, node_factory: Any
     assert dom.by_id["node-id"] == "cloud-1"
     assert dom.by_id["count-remote-edge"] == str(list(by.values()).count("cloud-1"))
     assert dom.by_id["count-total"] == "0"
+
+
+async def test_the_page_asks_for_the_token_when_the_api_needs_one(tmp_path: Path) -> None:
+    """A node with http.token_file: the page still loads (it is public), gets 401 from
+    /v1/status and shows the token box; no data reaches it."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from edgesched.adapters.http import HttpServer
+    from edgesched.adapters.metrics import Metrics
+
+    binary = chromium()
+    server = HttpServer(host="127.0.0.1", port=0, metrics=Metrics(CollectorRegistry()),
+                        status=lambda: {"node_id": "secret-node", "role": "edge"},
+                        token="a-token-the-page-does-not-have")
+    async with server:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000",
+            "--dump-dom", server.base_url + "/",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), CHROMIUM_TIMEOUT_S)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    text = out.decode()
+    dom = _Dom()
+    dom.feed(text)
+    assert "needs its bearer token" in dom.by_id["banner-text"], dom.by_id["banner-text"]
+    assert "show" in dom.classes["token-box"] and "show" in dom.classes["banner"]
+    assert "secret-node" not in text
