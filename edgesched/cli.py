@@ -20,6 +20,7 @@ from typing import Any
 
 from edgesched import __version__
 from edgesched.errors import ConfigError, EdgeschedError, KeyFileError, UsageError
+from edgesched.logs import setup_logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -224,13 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(sub, "version", "print the version (like --version)", "edgesched version")
     return parser
-
-
-def setup_logging(level: str = "INFO", fmt: str = "text", **kwargs: Any) -> None:
-    """Kept for callers of the old place: the set-up lives in edgesched.logs."""
-    from edgesched.logs import setup_logging as _setup
-
-    _setup(level, fmt, **kwargs)
 
 
 def version_command(args: argparse.Namespace) -> int:

@@ -604,8 +604,13 @@ class WatchdogSettings(_Section):
 
 
 class LogSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
+    """Logs on stderr (docs/running.md, "Logs"); both reload on SIGHUP."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="the least severe level logged (--log-level overrides it)")
+    format: Literal["text", "json"] = Field(
+        "text", description="text: ISO 8601 UTC timestamps, or journald <N> priorities under "
+        "systemd; json: one object per line with node_id and task_id")
 
     @field_validator("level", mode="before")
     @classmethod
