@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "check-config": ("edgesched.cli:check_config_command", False),
     "demo": ("edgesched.demo.command:demo_command", True),
     "simulate": ("edgesched.sim.command:simulate_command", False),
+    "replay": ("edgesched.sim.replay:replay_command", False),
     "submit": ("edgesched.node.submit:submit_command", True),
     "status": ("edgesched.node.client:status_command", True),
     "healthcheck": ("edgesched.node.client:healthcheck_command", True),
@@ -146,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--sweep: local worker processes (default: the CPU count)")
     sim.add_argument("--dask", metavar="tcp://HOST:PORT",
                      help="--sweep: run on this Dask distributed scheduler instead")
+
+    rep = _command(sub, "replay", "replay a node's recorded traffic under other policies",
+                   "edgesched replay /var/lib/edgesched/record --policy local --policy cloud",
+                   "Reads the record files of record.path (docs/replay.md), fits execution "
+                   "times and links\nto what was measured, and replays the recorded arrivals "
+                   "in the simulator.\nExit 0 done; 2 unknown --policy or no usable record.")
+    rep.add_argument("record_dir", help="a node's record.path directory")
+    rep.add_argument("--policy", action="append", dest="policies",
+                     help="repeatable (default: the recorded policy); the hindsight oracle "
+                     "is always added")
+    rep.add_argument("--seed", type=int, default=1)
+    rep.add_argument("--json", dest="json_path", help="write the report as JSON here")
+    rep.add_argument("--plot", dest="plot_path", help="write a PNG comparison here")
+    rep.add_argument("--emit-scenario", dest="scenario_path",
+                     help="write a scenario YAML fitted to the recording here")
 
     submit = _command(sub, "submit", "submit one task to a node and print its reply",
                       "edgesched submit --node gw-1 --type hash --input "

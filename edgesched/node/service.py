@@ -29,6 +29,7 @@ from edgesched import __version__
 from edgesched.adapters.http import HttpServer, server_ssl_context
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import MqttClient, MqttOptions, OutboundMessage
+from edgesched.adapters.recorder import Recorder, telemetry_source
 from edgesched.adapters.signing import MessageSecurity, load_security
 from edgesched.adapters.spool import Spool
 from edgesched.adapters.stallguard import StallGuard, stall_guard_for
@@ -173,6 +174,7 @@ class Runtime:
     http: HttpServer
     notifier: Notifier
     stall_guard: StallGuard
+    recorder: Recorder | None = None  # record.path set: finished tasks to disk (a trace sink)
 
 
 def mqtt_options(settings: Settings) -> MqttOptions:
@@ -262,10 +264,18 @@ def build_runtime(
                                         payload=telemetry.state_doc(online=False), signed=True),
     )
     task_log = TaskLog(max_bytes=settings.http.recent_tasks_bytes)
+    recorder = None if settings.record.path is None else Recorder(
+        settings.record, node_id=settings.node_id, metrics=metrics,
+        snapshot=telemetry_source(
+            node_id=settings.node_id, speed=settings.executor.speed,
+            cloud=bool(settings.cloud.url), neighbours=view.neighbours, load=executor.load,
+            link=bank.link, speeds=lambda: bank.speeds,
+            static={"policy": settings.policy.model_dump(mode="json"),
+                    "telemetry_interval_s": settings.telemetry.interval_s}))
     pipeline = TaskPipeline(settings=settings, mqtt=mqtt, metrics=metrics, executor=executor,
                             bank=bank, snapshot=snapshot_source(view, telemetry),
                             neighbours=view.neighbours, spool=open_spool(settings, metrics),
-                            sinks=(task_log,))
+                            sinks=(task_log,) if recorder is None else (task_log, recorder))
     status = NodeStatus(identity=identity, mqtt_settings=settings.mqtt, mqtt=mqtt, view=view,
                         telemetry=telemetry, load=executor.load)
     h = settings.http
@@ -289,6 +299,7 @@ def build_runtime(
         notifier=Notifier(env),
         # exits the process when the loop stalls and systemd's watchdog is not in charge
         stall_guard=stall_guard_for(settings, metrics=metrics, env=env),
+        recorder=recorder,
     )
 
 
@@ -371,6 +382,7 @@ def components(rt: Runtime) -> list[AbstractAsyncContextManager[Any]]:
         rt.stall_guard,
         rt.mqtt,  # owns the connection; reconnects in the background
         rt.telemetry,  # the single writer of the cluster view
+        *([rt.recorder] if rt.recorder is not None else []),  # written to until the drain ends
         rt.pipeline,  # intake -> decide -> dispatch -> reply -> feedback
         rt.http,  # last in, first out: the API goes away before anything it reads
     ]

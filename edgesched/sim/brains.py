@@ -314,4 +314,6 @@ def task_spec(scenario: Scenario, task: SimTask) -> TaskSpec:
     in_bytes = task.in_bits / 8.0
     return TaskSpec(task_type=tt.name, input_bytes=in_bytes, output_bytes=task.out_bits / 8.0,
                     work=in_bytes, deadline_s=tt.deadline_s, offload=tt.offload,
-                    submitted_at=task.arrival)
+                    submitted_at=task.arrival,
+                    # a type whose input says its execution time (like `sleep`): known exactly
+                    exact_s=task.work if tt.exact else None)

@@ -136,6 +136,9 @@ class TaskTypeSpec:
     deadline_s: float | None = None
     offload: OffloadPolicy = OffloadPolicy.ANYWHERE
     prior_s: float | None = None  # the operator's configured exec_prior_s; default work mean
+    # The daemon knows each task's execution time from its input (e.g. `sleep`): its work at
+    # speed 1 is the exact estimate (a replayed recording's `exact_s`).
+    exact: bool = False
     # EdgeCloudSim's nominal `vm_utilization_on_edge` of one such task, in % of a VM (read by
     # the ecs_* rules' utilisation probe); None = a whole VM's share of one slot.
     vm_utilization_pct: float | None = None
@@ -412,13 +415,15 @@ def _node(c: _Checker, raw: Any, key: str) -> NodeSpec:
 
 def _task_type(c: _Checker, raw: Any, key: str) -> TaskTypeSpec:
     data = c.mapping(raw, key, ("name", "work", "input_bytes", "output_bytes", "deadline_s",
-                                "offload", "prior_s", "vm_utilization_pct"))
+                                "offload", "prior_s", "vm_utilization_pct", "exact"))
     offload = data.get("offload", "anywhere")
     if offload not in {p.value for p in OffloadPolicy}:
         c.fail(_join(key, "offload"), "must be one of local, neighbours, anywhere")
         offload = "anywhere"
     deadline = data.get("deadline_s")
     prior = data.get("prior_s")
+    if not isinstance(data.get("exact", False), bool):
+        c.fail(_join(key, "exact"), "must be true or false")
     return TaskTypeSpec(
         name=c.identifier(data, key, "name"),
         work=_dist(c, data.get("work"), _join(key, "work")),
@@ -428,6 +433,7 @@ def _task_type(c: _Checker, raw: Any, key: str) -> TaskTypeSpec:
         else c.number(data, key, "deadline_s", positive=True),
         offload=OffloadPolicy(offload),
         prior_s=None if prior is None else c.number(data, key, "prior_s", minimum=0.0),
+        exact=data.get("exact") is True,
         vm_utilization_pct=None if "vm_utilization_pct" not in data
         else c.number(data, key, "vm_utilization_pct", positive=True, maximum=100.0),
     )

@@ -52,14 +52,14 @@ async def test_the_dispatcher_fills_candidates_choice_and_each_attempt() -> None
 def test_record_form_round_trips_through_json() -> None:
     w = World()
     trace = _trace(w)
-    decision, _ = w.dispatcher.decide(w.job(deadline_s=5.0), trace)
+    w.dispatcher.decide(w.job(deadline_s=5.0), trace)
     trace.status, trace.latency_s = "ok", 0.05
     doc = json.loads(json.dumps(trace.to_dict()))
     assert doc["kind"] == "task" and doc["v"] == 1
     back = TaskTrace.from_dict(doc)
     assert back.to_dict() == trace.to_dict()
     cands = [c.to_candidate() for c in back.candidates]
-    assert [c.placement for c in cands][0] is Placement.LOCAL
+    assert cands[0].placement is Placement.LOCAL and cands[0].link is None
 
 
 @pytest.mark.parametrize("doc", [

@@ -1,0 +1,252 @@
+"""The recorder: finished tasks and the node's view of its cluster, to disk, for replay.
+
+A trace sink (node/trace.py) and an async context manager, built by the composition root when
+`record.path` is set. Every finished task's trace, and every `record.telemetry_every_s` a
+snapshot of what the node knows of its neighbours and links, become one JSON line each in
+gzip'd JSON-lines files in `record.path` (the format of docs/replay.md), read back by
+`edgesched replay`.
+
+Cost on the event loop: `on_task_finished` only appends the trace object to a buffer (its
+size estimated, bounded by `record.buffer_bytes`; past it the trace is dropped and counted,
+`edgesched_record_dropped_total{reason="buffer_full"}`). Serialising and compressing happen in
+a worker thread, a batch at a time, every FLUSH_S or sooner when the buffer fills.
+
+Files: `rec-<node>-<UTC start>-<seq>.jsonl.gz`, a new one past `record.file_bytes`
+(compressed), the oldest deleted while the directory's record files pass `record.max_bytes`.
+Each batch is sync-flushed, so an open file can be read up to its last batch (its missing gzip
+trailer is reported by replay as a truncated end, the lines before it are used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import logging
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from edgesched.adapters.metrics import Metrics
+from edgesched.core.model import LinkEstimate, NodeState
+
+if TYPE_CHECKING:
+    from edgesched.config import RecordSettings
+    from edgesched.node.trace import TaskTrace
+
+log = logging.getLogger("edgesched.recorder")
+
+FLUSH_S = 0.5  # the writer's period
+PATTERN = "rec-*.jsonl.gz"
+TRACE_BASE_BYTES = 900  # a trace's estimated size in memory and on a line ...
+CANDIDATE_BYTES = 420  # ... plus this per candidate
+ATTEMPT_BYTES = 220  # ... and per attempt
+
+
+def estimated_bytes(trace: TaskTrace) -> int:
+    """A cheap upper estimate of what a trace holds (for the buffer's byte bound)."""
+    return (TRACE_BASE_BYTES + CANDIDATE_BYTES * len(trace.candidates)
+            + ATTEMPT_BYTES * len(trace.attempts) + len(trace.error or ""))
+
+
+class RecordFiles:
+    """The rotating, size-bounded files of one recording directory (used from one thread)."""
+
+    def __init__(self, directory: Path, node_id: str, *, max_bytes: int,
+                 file_bytes: int) -> None:
+        self.directory = directory
+        self.node_id = node_id
+        self.max_bytes = max_bytes
+        self.file_bytes = min(file_bytes, max_bytes)
+        self._raw: IO[bytes] | None = None
+        self._gz: gzip.GzipFile | None = None
+        self._seq = 0
+        self.path: Path | None = None
+
+    def write(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        if self._gz is None:
+            self._open()
+        assert self._gz is not None and self._raw is not None
+        self._gz.write(b"".join(lines))
+        self._gz.flush(zlib.Z_SYNC_FLUSH)  # readable up to here while still open
+        if self._raw.tell() >= self.file_bytes:
+            self.close()
+            self.prune()
+
+    def _open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self._seq += 1
+        self.path = self.directory / f"rec-{self.node_id}-{stamp}-{self._seq:04d}.jsonl.gz"
+        self._raw = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=5)
+        self.prune()
+
+    def close(self) -> None:
+        if self._gz is not None:
+            self._gz.close()
+        if self._raw is not None:
+            self._raw.close()
+        self._gz = self._raw = None
+
+    def prune(self) -> int:
+        """Delete the oldest record files while all of them pass max_bytes; how many."""
+        files = sorted(self.directory.glob(PATTERN), key=lambda f: (f.stat().st_mtime, f.name))
+        sizes = {f: f.stat().st_size for f in files}
+        total, deleted = sum(sizes.values()), 0
+        for f in files:
+            if total <= self.max_bytes or f == self.path:
+                break
+            total -= sizes[f]
+            f.unlink(missing_ok=True)
+            deleted += 1
+        return deleted
+
+
+class Recorder:
+    """Trace sink + periodic telemetry snapshots -> record files (see the module docstring).
+
+    `snapshot()` returns the telemetry document to record (the composition root builds it
+    over the view, the executor's load and the estimator bank); it runs on the event loop."""
+
+    def __init__(self, settings: RecordSettings, *, node_id: str, metrics: Metrics,
+                 snapshot: Callable[[], dict[str, Any]] | None = None) -> None:
+        assert settings.path is not None
+        self.settings = settings
+        self.metrics = metrics
+        self.snapshot = snapshot
+        self.files = RecordFiles(Path(settings.path), node_id, max_bytes=settings.max_bytes,
+                                 file_bytes=settings.file_bytes)
+        self._buffer: deque[tuple[Any, int]] = deque()  # (trace or telemetry doc, bytes)
+        self._buffered = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self._stopping = False
+
+    # -- the sink (event loop) ----------------------------------------------------------------
+
+    def on_task_finished(self, trace: TaskTrace) -> None:
+        self._offer(trace, estimated_bytes(trace))
+
+    def _offer(self, item: Any, size: int) -> None:
+        if self._buffered + size > self.settings.buffer_bytes:
+            self.dropped += 1
+            self.metrics.record_dropped.labels(reason="buffer_full").inc()
+            return
+        self._buffer.append((item, size))
+        self._buffered += size
+        if self._buffered > self.settings.buffer_bytes // 2:
+            self._wake.set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Recorder:
+        self._task = asyncio.get_running_loop().create_task(self._loop(),
+                                                            name="edgesched.recorder")
+        log.info("recording finished tasks into %s (at most %d bytes)", self.files.directory,
+                 self.settings.max_bytes)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping = True  # the loop ends after the batch it may be writing
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await asyncio.to_thread(self._write_batch, self._take())  # what is left
+        await asyncio.to_thread(self.files.close)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_snapshot = loop.time()
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FLUSH_S)
+            self._wake.clear()
+            if self.snapshot is not None and loop.time() >= next_snapshot:
+                next_snapshot = loop.time() + self.settings.telemetry_every_s
+                try:
+                    doc = self.snapshot()
+                    self._offer(doc, 200 + 150 * len(doc.get("neighbours", ())))
+                except Exception:  # a snapshot's bug must not stop the recording
+                    log.exception("telemetry snapshot for the record failed")
+            batch = self._take()
+            if batch:
+                await asyncio.to_thread(self._write_batch, batch)
+
+    def _take(self) -> list[Any]:
+        batch = [item for item, _ in self._buffer]
+        self._buffer.clear()
+        self._buffered = 0
+        return batch
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _write_batch(self, batch: list[Any]) -> None:
+        lines, tasks = [], 0
+        for item in batch:
+            is_task = not isinstance(item, dict)
+            try:
+                doc = item.to_dict() if is_task else item
+                lines.append(json.dumps(doc, separators=(",", ":"), allow_nan=False,
+                                        default=str).encode() + b"\n")
+            except (TypeError, ValueError) as exc:  # e.g. a NaN: never written as invalid JSON
+                self.metrics.record_dropped.labels(reason="write_error").inc()
+                log.warning("record: a line could not be encoded: %s", exc)
+                continue
+            tasks += is_task
+        try:
+            self.files.write(lines)
+        except (OSError, ValueError) as exc:
+            self.metrics.record_dropped.labels(reason="write_error").inc(len(lines))
+            log.warning("record: %d line(s) not written to %s: %s", len(lines),
+                        self.files.directory, exc)
+            self.files.close()
+            return
+        self.metrics.decisions_recorded.inc(tasks)
+
+
+def telemetry_source(
+    *, node_id: str, speed: float, cloud: bool,
+    neighbours: Callable[[float], Sequence[NodeState]],
+    load: Callable[[], Any],
+    link: Callable[[str, float], LinkEstimate],
+    speeds: Callable[[], dict[str, float]] | None = None,
+    static: dict[str, Any] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[], dict[str, Any]]:
+    """The recorder's `snapshot`: a telemetry line (docs/replay.md) of what this node knows
+    now: its own load, each neighbour as last reported, and the link estimates to each;
+    `static` (the policy settings, the telemetry interval) is added to every line."""
+
+    def snapshot() -> dict[str, Any]:
+        now = clock()
+        ld = load()
+        known = speeds() if speeds is not None else {}
+        nodes = [n for n in neighbours(now) if n.role == "edge"]
+        targets = [n.node_id for n in nodes] + (["cloud"] if cloud else [])
+        links = {}
+        for target in targets:
+            est = link(target, now)
+            links[target] = {"rtt_s": round(est.rtt_s, 6), "rtt_std_s": round(est.rtt_std_s, 6),
+                             "bandwidth_bps": round(est.bandwidth_bps, 1)}
+        return {
+            "kind": "telemetry", "v": 1, "node": node_id, "t_unix_s": round(time.time(), 6),
+            "t_mono_s": round(now, 6),
+            "local": {"slots": ld.slots, "running": ld.running, "queued": ld.queued,
+                      "est_wait_s": round(ld.est_wait_s, 6), "speed": speed},
+            "neighbours": [{
+                "node_id": n.node_id, "liveness": n.liveness.value, "age_s": round(n.age(now), 3),
+                "slots": n.slots, "running": n.running, "queued": n.queued,
+                "est_wait_s": round(n.est_wait_s, 6), "cpu_util": round(n.cpu_util, 4),
+                "battery": n.battery, "speed": known.get(n.node_id)} for n in nodes],
+            "links": links, **(static or {}),
+        }
+
+    return snapshot

@@ -1,0 +1,646 @@
+"""`edgesched replay RECORD_DIR`: a recorded node's own traffic through the simulator.
+
+A recording (`record.path`, written by adapters/recorder.py; format in docs/replay.md) holds
+every finished task of a node — arrival, type, size, deadline, every candidate the decision
+saw, each attempt's measured timings, the outcome — and periodic snapshots of what the node
+knew of its neighbours and links. The replay:
+
+1. reads it (`read_recording`): a malformed line, a truncated or foreign file is skipped with
+   a message naming the file and the line, never a crash;
+2. fits a model of the site to it (`fit`): the arrivals are the recorded ones (same times,
+   types, sizes, deadlines); each task's work is what its execution *measured*, scaled by the
+   speed of the node it ran on relative to the recording node (speeds from the measured
+   execution times of the same task type, else the node's own estimates at decision time);
+   links from the measured network time of the remote attempts (the attempt's round trip
+   minus the target's queueing and execution), else the node's link estimates;
+3. runs the chosen policies over exactly those tasks (`replay`), plus the `oracle` — the
+   hindsight oracle: each task placed on the target that is fastest given the execution
+   times that actually happened and the true state of every queue and link — and reports
+   them beside the recorded policy's actual figures (`observed`); `regret_s` is a mean
+   latency above the oracle's.
+
+`emit_scenario` writes the fitted model as a scenario YAML (arrival rates, task mix, fitted
+execution-time distributions, links) for `edgesched simulate` and sweeps.
+
+The simulator imports no adapter or runtime module, so the record lines are read here as plain
+JSON (the fields of node/trace.py `TaskTrace.to_dict`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from edgesched.errors import UsageError
+from edgesched.sim.report import policy_summary
+from edgesched.sim.runner import check_policies, run_policy
+from edgesched.sim.scenario import CLOUD_ID, Scenario, load_scenario
+from edgesched.sim.workload import TaskStream
+
+TRACE_VERSION = 1
+MAX_PROBLEMS_PER_FILE = 5
+DEFAULT_LAN = {"rtt_s": 0.005, "bandwidth_bps": 1e8}
+DEFAULT_WAN = {"rtt_s": 0.05, "bandwidth_bps": 2e7}
+MIN_RTT_S = 0.0002
+_NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+@dataclass
+class Recording:
+    """What a record directory holds: task lines (sorted by arrival) and telemetry lines."""
+
+    directory: Path
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    telemetry: list[dict[str, Any]] = field(default_factory=list)
+    files: int = 0
+    problems: list[str] = field(default_factory=list)  # "file:line: what", one per skip
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
+def _check_task(doc: dict[str, Any]) -> str | None:
+    """Why `doc` is not a usable task line (None when it is)."""
+    if doc.get("v") != TRACE_VERSION:
+        return f"task line of version {doc.get('v')!r}; this edgesched reads {TRACE_VERSION}"
+    for key in ("id", "type", "origin"):
+        if not isinstance(doc.get(key), str):
+            return f"{key!r} missing or not a string"
+    for key in ("arrived_unix_s", "work", "input_bytes", "output_bytes"):
+        if not _num(doc.get(key)):
+            return f"{key!r} missing or not a number"
+    for key in ("deadline_s", "latency_s", "exact_s"):
+        if doc.get(key) is not None and not _num(doc[key]):
+            return f"{key!r} is not a number"
+    for key in ("candidates", "attempts"):
+        items = doc.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            return f"{key!r} is not a list of objects"
+    for a in doc.get("attempts", []):
+        if not isinstance(a.get("node_id"), str) or a.get("placement") not in (
+                "local", "neighbour", "cloud"):
+            return "an attempt without node_id/placement"
+        if not all(_num(a.get(k, 0.0)) for k in ("duration_s", "wait_s", "exec_s",
+                                                  "exchange_s")):
+            return "an attempt's timings are not numbers"
+    for c in doc.get("candidates", []):
+        if not isinstance(c.get("node_id"), str) or c.get("placement") not in (
+                "local", "neighbour", "cloud"):
+            return "a candidate without node_id/placement"
+    return None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of a gzip'd or plain file; EOFError/OSError/zlib.error on a
+    truncated or broken gzip stream (after the lines before it)."""
+    with path.open("rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        stream: Any = gzip.GzipFile(fileobj=raw) if gz else raw
+        yield from enumerate(stream, start=1)
+
+
+def read_recording(directory: str | Path,
+                   warn: Callable[[str], None] | None = None) -> Recording:
+    """Every usable line of every file in `directory` (UsageError if it is not a directory
+    or holds no task at all). Problems are collected (and passed to `warn`) as
+    `file:line: message`; a file that is not a record at all is skipped as a whole."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise UsageError(f"{path}: not a directory (give the record.path of a node)")
+    rec = Recording(directory=path)
+
+    def problem(text: str) -> None:
+        rec.problems.append(text)
+        if warn is not None:
+            warn(text)
+
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        good, bad, shown = 0, 0, 0
+        tasks: list[dict[str, Any]] = []
+        telemetry: list[dict[str, Any]] = []
+        last = 0
+        try:
+            for number, line in _lines(file):
+                last = number
+                if not line.strip():
+                    continue
+                why = None
+                try:
+                    doc = json.loads(line)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    doc, why = None, f"not JSON ({str(exc)[:60]})"
+                if why is None and not isinstance(doc, dict):
+                    why = "not a JSON object"
+                elif why is None and doc.get("kind") == "task":
+                    why = _check_task(doc)
+                    if why is None:
+                        tasks.append(doc)
+                elif why is None and doc.get("kind") == "telemetry":
+                    telemetry.append(doc)
+                elif why is None:
+                    why = f"not an edgesched record line (kind {doc.get('kind')!r})"
+                if why is None:
+                    good += 1
+                    continue
+                bad += 1
+                if good == 0 and bad >= 3:
+                    break  # three bad lines and no good one: a foreign file
+                if shown < MAX_PROBLEMS_PER_FILE:
+                    shown += 1
+                    problem(f"{file}:{number}: {why}: line skipped")
+        except EOFError:
+            problem(f"{file}:{last + 1}: truncated (the file ends inside its compressed "
+                    f"stream; it was still being written or was cut): the {good} line(s) "
+                    f"before are used")
+        except (OSError, zlib.error) as exc:
+            problem(f"{file}:{last + 1}: not a readable record file ({exc}): "
+                    + (f"the {good} line(s) before are used" if good else "skipped"))
+        if good == 0:
+            if bad:
+                problem(f"{file}: not an edgesched record file (no usable line): skipped")
+            continue
+        if bad > shown:
+            problem(f"{file}: {bad - shown} more bad line(s) skipped")
+        rec.files += 1
+        rec.tasks.extend(tasks)
+        rec.telemetry.extend(telemetry)
+    seen: set[tuple[str, str, float]] = set()
+    unique = []
+    for t in rec.tasks:  # a file copied twice into the directory counts once
+        key = (t["origin"], t["id"], t["arrived_unix_s"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(t)
+    rec.tasks = sorted((t for t in unique if t.get("role", "edge") == "edge"),
+                       key=lambda t: t["arrived_unix_s"])
+    rec.telemetry.sort(key=lambda d: d.get("t_unix_s", 0.0) if _num(
+        d.get("t_unix_s")) else 0.0)
+    if not rec.tasks:
+        raise UsageError(f"{path}: no recorded task in {rec.files} record file(s) "
+                         "(is record.path set on an edge node, and has it run tasks?)")
+    return rec
+
+
+# -- fitting --------------------------------------------------------------------------------------
+
+@dataclass
+class SiteModel:
+    """The recording fitted: a scenario (nodes, links, task types, fitted arrival processes)
+    and the recorded task stream in simulator form."""
+
+    scenario_doc: dict[str, Any]
+    scenario: Scenario
+    stream: TaskStream
+    speeds: dict[str, float]
+    notes: list[str]
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(np.median(np.asarray(xs, dtype=float)))
+
+
+def _sim_type_name(ttype: str, deadline: float | None, unique: bool) -> str:
+    if unique:
+        return ttype
+    label = "none" if deadline is None else f"{deadline * 1000:g}ms"
+    return _NAME_RE.sub("_", f"{ttype}-d{label}")
+
+
+def _speeds(rec: Recording, reference: str, nodes: list[str]) -> tuple[dict[str, float],
+                                                                       list[str]]:
+    """Each node's speed relative to `reference` (1.0): from the medians of the measured
+    execution times of the task types both ran; else from the recording node's own estimates
+    at decision time (the candidates' execution times); else announced speeds; else 1."""
+    measured: dict[tuple[str, str], list[float]] = defaultdict(list)
+    estimated: dict[str, list[float]] = defaultdict(list)
+    for t in rec.tasks:
+        for a in t.get("attempts", []):
+            if a.get("outcome") == "ok" and a.get("exec_s", 0) > 0 and t.get("exact_s") is None:
+                node = CLOUD_ID if a["placement"] == "cloud" else a["node_id"]
+                measured[(node, t["type"])].append(float(a["exec_s"]))
+        cands = {(CLOUD_ID if c["placement"] == "cloud" else c["node_id"]): c
+                 for c in t.get("candidates", [])}
+        local = next((c for c in t.get("candidates", []) if c["placement"] == "local"), None)
+        if local and t["origin"] == reference and _num(local.get("exec_mean_s")) and (
+                local["exec_mean_s"] > 0):
+            for node, c in cands.items():
+                if _num(c.get("exec_mean_s")) and c["exec_mean_s"] > 0:
+                    estimated[node].append(local["exec_mean_s"] / c["exec_mean_s"])
+    announced: dict[str, float] = {}
+    local_speed = 1.0
+    for doc in rec.telemetry:
+        if doc.get("node") == reference and _num((doc.get("local") or {}).get("speed")):
+            local_speed = float(doc["local"]["speed"])
+        for n in doc.get("neighbours") or []:
+            if isinstance(n, dict) and _num(n.get("speed")) and isinstance(n.get("node_id"), str):
+                announced[n["node_id"]] = float(n["speed"])
+    speeds, notes = {reference: 1.0}, []
+    for node in nodes:
+        if node == reference:
+            continue
+        ratios = []
+        for (n, ttype), xs in measured.items():
+            ref = measured.get((reference, ttype))
+            if n == node and ref and len(ref) >= 3 and len(xs) >= 3:
+                ratios.append(_median(ref) / max(_median(xs), 1e-9))
+        if ratios:
+            speeds[node] = _median(ratios)
+            how = "measured execution times"
+        elif estimated.get(node):
+            speeds[node] = _median(estimated[node])
+            how = "the node's estimates"
+        elif node in announced:
+            speeds[node] = announced[node] / local_speed
+            how = "its announced speed"
+        else:
+            speeds[node] = 1.0
+            how = "nothing known: assumed equal"
+        notes.append(f"speed of {node} relative to {reference}: {speeds[node]:.3g} ({how})")
+    return speeds, notes
+
+
+def _link_fit(samples: list[tuple[float, float]], bandwidth: float, default_rtt: float
+              ) -> float:
+    """The RTT that explains measured network times: median(exchange - bits / bandwidth)."""
+    if not samples:
+        return default_rtt
+    rtts = [max(MIN_RTT_S, s - 8.0 * nbytes / bandwidth) for s, nbytes in samples]
+    return _median(rtts)
+
+
+def _last_link(rec: Recording, origin: str, target: str) -> dict[str, float] | None:
+    for doc in reversed(rec.telemetry):
+        if doc.get("node") == origin:
+            link = (doc.get("links") or {}).get(target)
+            if isinstance(link, dict) and _num(link.get("rtt_s")) and _num(
+                    link.get("bandwidth_bps")) and link["bandwidth_bps"] > 0:
+                return {"rtt_s": float(link["rtt_s"]), "bandwidth_bps":
+                        float(link["bandwidth_bps"])}
+    return None
+
+
+def fit(rec: Recording) -> SiteModel:
+    """The site model of a recording (see the module docstring)."""
+    tasks = rec.tasks
+    origins = sorted({t["origin"] for t in tasks}, key=lambda o: -sum(
+        1 for t in tasks if t["origin"] == o))
+    reference = origins[0]
+    edge: dict[str, int] = {o: 1 for o in origins}  # node -> slots
+    cloud = False
+    for t in tasks:
+        for c in t.get("candidates", []):
+            slots = c.get("slots") if isinstance(c.get("slots"), int) else 1
+            if c["placement"] == "cloud":
+                cloud = True
+            elif c["placement"] == "local":
+                edge[t["origin"]] = max(1, slots)  # the latest decision's own slots
+            else:
+                edge[c["node_id"]] = max(edge.get(c["node_id"], 1), slots)
+        for a in t.get("attempts", []):
+            cloud = cloud or a["placement"] == "cloud"
+    for doc in rec.telemetry:
+        local = doc.get("local") or {}
+        if doc.get("node") in edge and isinstance(local.get("slots"), int):
+            edge[doc["node"]] = max(1, local["slots"])
+        for n in doc.get("neighbours") or []:
+            if isinstance(n, dict) and isinstance(n.get("node_id"), str) and isinstance(
+                    n.get("slots"), int) and _NAME_RE.search(n["node_id"]) is None:
+                edge[n["node_id"]] = max(edge.get(n["node_id"], 1), n["slots"])
+    nodes = sorted(edge, key=lambda n: (n not in origins, n))
+    speeds, notes = _speeds(rec, reference, nodes + ([CLOUD_ID] if cloud else []))
+
+    # every task's work: what it measured, in seconds at the reference node's speed
+    work = np.empty(len(tasks))
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for i, t in enumerate(tasks):
+        w = None
+        if t.get("exact_s") is not None:
+            w = float(t["exact_s"])
+        else:
+            for a in t.get("attempts", []):
+                if a.get("outcome") == "ok":
+                    node = CLOUD_ID if a["placement"] == "cloud" else a["node_id"]
+                    w = float(a.get("exec_s", 0.0)) * speeds.get(node, 1.0)
+        if w is None:
+            local = next((c for c in t.get("candidates", []) if c["placement"] == "local"),
+                         None)
+            if local is not None and _num(local.get("exec_mean_s")):
+                w = float(local["exec_mean_s"]) * speeds.get(t["origin"], 1.0)
+        work[i] = -1.0 if w is None else max(0.0, w)
+        if w is not None:
+            by_type[t["type"]].append(max(0.0, w))
+    for i, t in enumerate(tasks):
+        if work[i] < 0:
+            xs = by_type.get(t["type"])
+            work[i] = _median(xs) if xs else 0.01
+
+    # links: the recorded network times of remote attempts
+    lan_samples: list[tuple[float, float]] = []
+    wan_samples: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for t in tasks:
+        nbytes = float(t["input_bytes"]) + float(t["output_bytes"])
+        for a in t.get("attempts", []):
+            if a.get("outcome") != "ok" or a["placement"] == "local":
+                continue
+            sample = (float(a.get("exchange_s", 0.0)), nbytes)
+            if a["placement"] == "cloud":
+                wan_samples[t["origin"]].append(sample)
+            else:
+                lan_samples.append(sample)
+    lan_known = [x for o in origins for n in nodes if n != o
+                 for x in [_last_link(rec, o, n)] if x]
+    lan_bw = _median([x["bandwidth_bps"] for x in lan_known]) if lan_known else (
+        DEFAULT_LAN["bandwidth_bps"])
+    lan_prior = _median([x["rtt_s"] for x in lan_known]) if lan_known else DEFAULT_LAN["rtt_s"]
+    lan = {"rtt_s": round(_link_fit(lan_samples, lan_bw, lan_prior), 6),
+           "bandwidth_bps": float(lan_bw)}
+    notes.append(f"edge links: rtt {lan['rtt_s'] * 1e3:.2f} ms from {len(lan_samples)} "
+                 f"measured neighbour exchange(s), {lan_bw:.3g} bit/s")
+
+    # task types: one per (type, deadline); offload rule from the candidates' reasons
+    keys = sorted({(t["type"], t.get("deadline_s")) for t in tasks},
+                  key=lambda k: (k[0], -1.0 if k[1] is None else k[1]))
+    per_type = Counter(k[0] for k in keys)
+    names = {k: _sim_type_name(k[0], k[1], per_type[k[0]] == 1) for k in keys}
+    type_docs = []
+    duration = max(1.0, tasks[-1]["arrived_unix_s"] - tasks[0]["arrived_unix_s"] + 1e-3)
+    for key in keys:
+        group = [(i, t) for i, t in enumerate(tasks) if (t["type"], t.get("deadline_s")) == key]
+        reasons: Counter[str] = Counter()
+        for _, t in group:
+            for c in t.get("candidates", []):
+                if c.get("reason") == "offload_policy":
+                    reasons[c["placement"]] += 1
+        offload = ("local" if reasons["neighbour"] else "neighbours" if reasons["cloud"]
+                   else "anywhere")
+        ws = work[[i for i, _ in group]]
+        mean, std = float(ws.mean()), float(ws.std())
+        dist: dict[str, Any] = {"dist": "fixed", "value": round(mean, 6)} if (
+            std <= 1e-3 * max(mean, 1e-9)) else {
+            "dist": "lognormal", "mean": round(max(mean, 1e-6), 6),
+            "cv": round(min(std / max(mean, 1e-9), 10.0), 4)}
+        first = group[0][1]
+        local = next((c for c in first.get("candidates", []) if c["placement"] == "local"),
+                     None)
+        prior = local.get("exec_mean_s") if local and _num(local.get("exec_mean_s")) else None
+        ins = [float(t["input_bytes"]) for _, t in group]
+        tdoc: dict[str, Any] = {
+            "name": names[key], "work": dist,
+            "input_bytes": {"dist": "fixed", "value": round(_median(ins), 1)} if (
+                max(ins) == min(ins)) else {"dist": "uniform", "low": min(ins),
+                                            "high": max(ins)},
+            "output_bytes": float(first["output_bytes"]), "offload": offload,
+        }
+        if all(t.get("exact_s") is not None for _, t in group):
+            tdoc["exact"] = True  # the daemon knew each one's execution time (e.g. sleep)
+        if key[1] is not None:
+            tdoc["deadline_s"] = float(key[1])
+        if prior is not None:
+            tdoc["prior_s"] = round(float(prior), 6)
+        type_docs.append(tdoc)
+
+    node_docs = []
+    for n in nodes:
+        nd: dict[str, Any] = {"id": n, "slots": edge[n], "speed": round(speeds.get(n, 1.0), 6)}
+        if cloud and n in origins:
+            bw_known = _last_link(rec, n, CLOUD_ID)
+            bw = bw_known["bandwidth_bps"] if bw_known else DEFAULT_WAN["bandwidth_bps"]
+            prior = bw_known["rtt_s"] if bw_known else DEFAULT_WAN["rtt_s"]
+            rtt = _link_fit(wan_samples.get(n, []), bw, prior)
+            nd["uplink"] = {"rtt_s": round(rtt, 6), "bandwidth_bps": float(bw)}
+            notes.append(f"{n}'s cloud link: rtt {rtt * 1e3:.2f} ms from "
+                         f"{len(wan_samples.get(n, []))} measured cloud exchange(s), "
+                         f"{bw:.3g} bit/s")
+        node_docs.append(nd)
+
+    arrivals = []
+    for o in origins:
+        for key in keys:
+            count = sum(1 for t in tasks if t["origin"] == o and (t["type"], t.get(
+                "deadline_s")) == key)
+            if count:
+                arrivals.append({"node": o, "type": names[key], "process": "poisson",
+                                 "rate_per_s": round(count / duration, 6)})
+    telemetry_docs = [d for d in rec.telemetry if d.get("node") == reference]
+    policy = next((d.get("policy") for d in reversed(telemetry_docs)
+                   if isinstance(d.get("policy"), dict)), None)
+    interval = next((d.get("telemetry_interval_s") for d in reversed(telemetry_docs)
+                     if _num(d.get("telemetry_interval_s"))), 1.0)
+    scenario_doc: dict[str, Any] = {
+        "version": 1, "name": f"replay-{rec.directory.name}",
+        "description": f"fitted to {len(tasks)} recorded tasks of {', '.join(origins)} "
+                       f"({rec.directory})",
+        "duration_s": round(duration, 3), "seed": 1,
+        "cloud": {"rtt_s": DEFAULT_WAN["rtt_s"], "bandwidth_bps": DEFAULT_WAN["bandwidth_bps"],
+                  "speed": round(speeds.get(CLOUD_ID, 1.0), 6), "slots": 64} if cloud
+        else False,
+        "links": lan, "nodes": node_docs, "task_types": type_docs, "arrivals": arrivals,
+        "telemetry": {"interval_s": float(interval)},
+    }
+    if policy:
+        scenario_doc["policy"] = {k: v for k, v in policy.items()
+                                  if k in _policy_keys() and v is not None}
+    scenario = load_scenario(scenario_doc)
+    node_index = {n: i for i, n in enumerate(nodes)}
+    type_index = {names[k]: i for i, k in enumerate(keys)}
+    t0 = tasks[0]["arrived_unix_s"]
+    stream = TaskStream(
+        time=np.array([t["arrived_unix_s"] - t0 for t in tasks], dtype=float),
+        origin=np.array([node_index[t["origin"]] for t in tasks], dtype=np.int64),
+        ttype=np.array([type_index[names[(t["type"], t.get("deadline_s"))]] for t in tasks],
+                       dtype=np.int64),
+        work=work,
+        input_bytes=np.array([float(t["input_bytes"]) for t in tasks]),
+        output_bytes=np.array([float(t["output_bytes"]) for t in tasks]),
+    )
+    return SiteModel(scenario_doc=scenario_doc, scenario=scenario, stream=stream,
+                     speeds=speeds, notes=notes)
+
+
+def _policy_keys() -> set[str]:
+    from edgesched.config import PolicySettings
+
+    return set(PolicySettings.model_fields)
+
+
+# -- what happened --------------------------------------------------------------------------------
+
+def observed_summary(tasks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The recorded policy's actual figures, with the keys of a simulated policy's."""
+    lat = np.array([t["latency_s"] for t in tasks if t.get("status") == "ok"
+                    and _num(t.get("latency_s"))], dtype=float)
+    n = len(tasks)
+    in_time = sum(1 for t in tasks if t.get("status") == "ok" and _num(t.get("latency_s"))
+                  and (t.get("deadline_s") is None or t["latency_s"] <= t["deadline_s"]))
+    placements = {"local": 0, "neighbour": 0, "cloud": 0}
+    failures: Counter[str] = Counter()
+    for t in tasks:
+        if t.get("status") == "ok" and t.get("placement") in placements:
+            placements[t["placement"]] += 1
+        elif t.get("status") != "ok":
+            failures[str(t.get("status"))] += 1
+    energy = sum(float(t["energy_j"]) for t in tasks if _num(t.get("energy_j")))
+    regrets = [float(t["regret_s"]) for t in tasks if _num(t.get("regret_s"))]
+
+    def r(x: float) -> float | None:
+        return None if not math.isfinite(x) else round(float(x), 6)
+
+    if lat.size:
+        mean = float(lat.mean())
+        p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
+    else:
+        mean = p50 = p95 = p99 = math.nan
+    policies = Counter(str(t.get("policy")) for t in tasks if t.get("policy"))
+    explored = sum(1 for t in tasks if t.get("explored"))
+    return {
+        "policy": policies.most_common(1)[0][0] if policies else None,
+        "completed": int(lat.size), "mean_latency_s": r(mean), "p50_latency_s": r(p50),
+        "p95_latency_s": r(p95), "p99_latency_s": r(p99),
+        "deadline_miss_ratio": r((n - in_time) / n) if n else 0.0,
+        "energy_j_per_task": r(energy / n) if n else 0.0,
+        "placements": placements, "failures": dict(sorted(failures.items())),
+        "live_regret_mean_s": r(float(np.mean(regrets))) if regrets else None,
+        "explored": explored,
+    }
+
+
+# -- the replay ------------------------------------------------------------------------------------
+
+def replay(rec: Recording, policies: Sequence[str] | None = None, *, seed: int = 1,
+           on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run `policies` (default: the recorded one) and the hindsight oracle over the recorded
+    tasks; the report as a dict (`simulate --json`'s keys, plus observed and regret_s)."""
+    model = fit(rec)
+    observed = observed_summary(rec.tasks)
+    names = check_policies(list(policies) if policies else [observed["policy"] or "cost"])
+    if "oracle" not in names:
+        names.append("oracle")
+    total = len(model.stream)
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        progress = None
+        if on_progress is not None:
+            def progress(done: int, _name: str = name) -> None:
+                on_progress(_name, done, total)
+        outcome, engine = run_policy(model.scenario, name, model.stream, seed, progress)
+        summary = policy_summary(outcome, total, sum(n.energy_j for n in engine.nodes))
+        results[name] = summary
+        if on_progress is not None:
+            on_progress(name, total, total)
+    oracle_mean = results["oracle"]["mean_latency_s"]
+    for summary in results.values():
+        mean = summary["mean_latency_s"]
+        summary["regret_s"] = None if mean is None or oracle_mean is None else round(
+            mean - oracle_mean, 6)
+    obs_mean = observed["mean_latency_s"]
+    span = rec.tasks[-1]["arrived_unix_s"] - rec.tasks[0]["arrived_unix_s"]
+    return {
+        "scenario": model.scenario.name, "seed": seed, "tasks": total,
+        "record_dir": str(rec.directory), "files": rec.files, "skipped": list(rec.problems),
+        "recorded_span_s": round(span, 3), "origins": sorted({t["origin"] for t in rec.tasks}),
+        "policies": results, "observed": observed,
+        "regret_s": None if obs_mean is None or oracle_mean is None else round(
+            obs_mean - oracle_mean, 6),
+        "fit": {"speeds": {k: round(v, 4) for k, v in model.speeds.items()},
+                "notes": model.notes},
+    }
+
+
+def emit_scenario(rec: Recording, path: Path) -> dict[str, Any]:
+    """Write the fitted scenario as YAML to `path` (loadable by `edgesched simulate`)."""
+    doc = fit(rec).scenario_doc
+    header = ("# fitted by `edgesched replay --emit-scenario` (docs/replay.md): arrival rates,\n"
+              "# task mix, execution-time distributions and links of the recorded site\n")
+    try:
+        path.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    return doc
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+def _table(report: dict[str, Any]) -> dict[str, Any]:
+    """The report in `table_rows`/`plot_report` form: observed first, then each policy."""
+    observed = report["observed"]
+    label = f"observed ({observed['policy'] or '?'})"
+    return {**report, "policies": {label: observed, **report["policies"]}}
+
+
+def replay_command(args: Any) -> int:
+    """Entry point of `edgesched replay` (docs/replay.md)."""
+    import sys
+    import time
+
+    from edgesched.sim.report import table_rows
+
+    def warn(text: str) -> None:
+        print(f"replay: {text}", file=sys.stderr)
+
+    if args.plot_path:
+        from edgesched.sim.plot import require_matplotlib
+
+        require_matplotlib()
+    if args.policies:
+        check_policies(args.policies)  # an unknown name stops before the files are read
+    started = time.perf_counter()
+    rec = read_recording(args.record_dir, warn=warn)
+    print(f"replay: {len(rec.tasks)} recorded tasks from {rec.files} file(s) in "
+          f"{rec.directory}", file=sys.stderr)
+    if args.scenario_path:
+        emit_scenario(rec, Path(args.scenario_path))
+        print(f"scenario written to {args.scenario_path}")
+    last = [0.0]
+
+    def progress(name: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done >= total or now - last[0] >= 2.0:  # a line every 2 s on long replays
+            last[0] = now
+            print(f"replay: {name} {done}/{total} tasks", file=sys.stderr)
+
+    report = replay(rec, args.policies, seed=args.seed, on_progress=progress)
+    for note in report["fit"]["notes"]:
+        print(f"replay: fit: {note}", file=sys.stderr)
+    rows = table_rows(_table(report))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"replay of {report['tasks']} tasks recorded at {', '.join(report['origins'])} over "
+          f"{report['recorded_span_s']:.1f}s (seed {report['seed']})")
+    for row in rows:
+        print("  ".join(cell.ljust(w) if i in (0, 8, 9) else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+    if report["regret_s"] is not None:
+        print(f"regret of the recorded policy: {report['regret_s'] * 1e3:.1f} ms mean latency "
+              "above the hindsight oracle")
+    live = report["observed"].get("live_regret_mean_s")
+    if live is not None:
+        print(f"live regret (edgesched_regret_seconds, mean): {live * 1e3:.1f} ms")
+    print(f"replayed in {time.perf_counter() - started:.1f}s")
+    if args.json_path:
+        try:
+            Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n",
+                                            encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.json_path}: {exc.strerror}") from None
+        print(f"report written to {args.json_path}")
+    if args.plot_path:
+        from edgesched.sim.plot import plot_report
+
+        plot_report(_table(report), Path(args.plot_path))
+        print(f"plot written to {args.plot_path}")
+    return 0
