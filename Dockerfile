@@ -13,11 +13,13 @@ ENV VIRTUAL_ENV=/opt/edgesched \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY edgesched ./edgesched
-# Installs the package with its pinned-by-range dependencies from pyproject.toml; the final
-# `version` call fails the build when the installed entry point cannot even start.
-RUN "$VIRTUAL_ENV/bin/pip" install --no-cache-dir . \
+# Installs the package (no extras: a gateway needs no demo broker) with the exact versions of
+# constraints.txt, the resolution the suite was run with (scripts/lock-constraints.sh), so
+# rebuilding the image later gets the same dependencies; the final `version` call fails the
+# build when the installed entry point cannot even start.
+RUN "$VIRTUAL_ENV/bin/pip" install --no-cache-dir -c constraints.txt . \
     && "$VIRTUAL_ENV/bin/edgesched" version
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -9,21 +9,32 @@ PYTHON ?= $(shell bash scripts/pick-python.sh)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
+# Every install is held to the versions tested together (scripts/lock-constraints.sh).
+PIP_INSTALL := $(PY) -m pip install --quiet -c constraints.txt
 # The suite mostly waits on real brokers and node processes: 3 pytest-xdist workers on 2 cores
 # take it from ~5.5 to ~3 minutes. `make test TEST_WORKERS=0` runs it in one process.
 TEST_WORKERS ?= 3
 
-.PHONY: setup demo test lint unit system-deps bench clean
+.PHONY: setup demo test lint unit system-deps bench lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The suite tests the demo too: dev and demo extras.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev,demo]'
 	touch $(STAMP)
 
-demo: setup
+# The demo needs only the package and its embedded broker (amqtt, the `demo` extra).
+$(DEMO_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PIP_INSTALL) -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/edgesched demo
 
 system-deps:
@@ -42,6 +53,10 @@ test: setup system-deps lint
 
 bench: setup system-deps
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# constraints.txt again from the venv after a dependency change (then `make test`, commit both)
+lock: setup
+	bash scripts/lock-constraints.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system programs the test suite drives for real: mosquitto (+ clients),
-# promtool (prometheus), systemd-analyze (systemd) and chromium (the status page's headless
-# browser test). Needs root for apt-get.
+# promtool and prometheus itself (package prometheus: tests/ops/test_prometheus.py scrapes a
+# cluster), systemd-analyze (systemd) and chromium (the status page's headless browser test).
+# Needs root for apt-get.
 set -euo pipefail
 
 declare -A package_for=(
@@ -9,6 +10,7 @@ declare -A package_for=(
   [mosquitto_pub]=mosquitto-clients
   [mosquitto_rr]=mosquitto-clients
   [promtool]=prometheus
+  [prometheus]=prometheus
   [systemd-analyze]=systemd
   [chromium]=chromium
 )

@@ -12,7 +12,7 @@ import logging
 from types import TracebackType
 from typing import Any
 
-from edgesched.errors import MqttError
+from edgesched.errors import MqttError, UsageError
 
 log = logging.getLogger("edgesched.adapters.embedded_broker")
 
@@ -20,6 +20,23 @@ log = logging.getLogger("edgesched.adapters.embedded_broker")
 _PLUGINS: dict[str, Any] = {
     "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
 }
+
+
+# amqtt and what it pulls in (typer, psutil, transitions, websockets, ...) are no dependency of
+# the daemon: only the demo's broker needs them, as the `demo` extra.
+MISSING_AMQTT = (
+    "the demo's embedded MQTT broker needs amqtt, which is not installed: "
+    "pip install 'edgesched[demo]' (or `make demo`), or give --broker HOST:PORT of an MQTT v5 "
+    "broker you run"
+)
+
+
+def require_amqtt() -> None:
+    """UsageError naming the `demo` extra when amqtt cannot be imported."""
+    try:
+        import amqtt  # noqa: F401  (the package only: amqtt.broker is slow to import)
+    except ImportError:
+        raise UsageError(MISSING_AMQTT) from None
 
 
 class EmbeddedBroker:
@@ -31,6 +48,7 @@ class EmbeddedBroker:
         self._broker: Any = None
 
     async def __aenter__(self) -> EmbeddedBroker:
+        require_amqtt()
         from amqtt.broker import Broker  # imported late: amqtt is slow to import
 
         config = {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesched.adapters.embedded_broker import EmbeddedBroker
+from edgesched.adapters.embedded_broker import EmbeddedBroker, require_amqtt
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import MqttClient, MqttOptions
 from edgesched.demo.cluster import BrokerAddress, Cluster, ClusterSpec, load_cluster_spec
@@ -169,6 +169,8 @@ async def _reachable(host: str, port: int) -> None:
 
 async def _demo(run: DemoRun, args: argparse.Namespace) -> None:
     """Broker → WAN relay → nodes → fleet, torn down in reverse order on every exit path."""
+    if args.broker is None:
+        require_amqtt()  # before anything starts: the embedded broker is the demo extra's
     with tempfile.TemporaryDirectory(prefix="edgesched-demo-") as tmp:
         async with _broker(run, args) as broker:
             cluster = Cluster(run.spec, broker=broker, workdir=Path(tmp))

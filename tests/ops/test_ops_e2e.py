@@ -142,10 +142,13 @@ def test_scrape_after_every_placement_passes_promtool(
         assert proc.returncode == 0, f"{node.node_id}: {proc.stdout}{proc.stderr}"
         assert proc.stdout + proc.stderr == "", f"{node.node_id}: {proc.stdout}{proc.stderr}"
         assert contract_names_missing(text) == [], node.node_id
-    for placement in ("local", "neighbour", "cloud"):
-        done = a.metric("edgesched_tasks_completed_total", placement=placement, status="ok")
+    for placement, task_type in (("local", "echo"), ("neighbour", "nbecho"),
+                                 ("cloud", "echo")):
+        done = a.metric("edgesched_tasks_completed_total", placement=placement, status="ok",
+                        type=task_type)
         assert done is not None and done >= 1, placement
-        latency = a.metric("edgesched_task_latency_seconds_count", placement=placement)
+        latency = a.metric("edgesched_task_latency_seconds_count", placement=placement,
+                           type=task_type)
         assert latency is not None and latency >= 1, placement
     online = a.metric("edgesched_neighbours", status="online")
     assert online is not None and online >= 1

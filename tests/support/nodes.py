@@ -163,15 +163,17 @@ class NodeProcess:
         return body.decode()
 
     def metric(self, name: str, **labels: str) -> float | None:
-        """The value of one sample of /metrics (None when absent)."""
+        """The value of the samples of /metrics named `name` whose labels include `labels`,
+        summed (e.g. over `type` when only placement and status are given); None when there
+        is no such sample."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        for family in text_string_to_metric_families(self.metrics_text()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v
-                                               for k, v in labels.items()):
-                    return float(sample.value)
-        return None
+        found = [float(sample.value)
+                 for family in text_string_to_metric_families(self.metrics_text())
+                 for sample in family.samples
+                 if sample.name == name and all(sample.labels.get(k) == v
+                                                for k, v in labels.items())]
+        return sum(found) if found else None
 
     def terminate(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
         """SIGTERM (or `sig`), wait up to `timeout`, then SIGKILL; returns the exit code."""
