@@ -193,36 +193,76 @@ def test_task_lookup_cli_and_status_page(mosquitto: Mosquitto, node_factory: Any
     assert dom.by_id["count-total"] == "0"
 
 
+async def _dump_served(server: Any, tmp_path: Path, path: str = "/") -> str:
+    """Chromium's DOM of `path` on an in-process server (the loop keeps serving meanwhile)."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000",
+        "--dump-dom", server.base_url + path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), CHROMIUM_TIMEOUT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    return out.decode("utf-8")
+
+
 async def test_the_page_asks_for_the_token_when_the_api_needs_one(tmp_path: Path) -> None:
     """A node with http.token_file: the page still loads (it is public), gets 401 from
     /v1/status and shows the token box; no data reaches it."""
-    import asyncio
-
     from prometheus_client import CollectorRegistry
 
     from edgesched.adapters.http import HttpServer
     from edgesched.adapters.metrics import Metrics
 
-    binary = chromium()
+    chromium()
     server = HttpServer(host="127.0.0.1", port=0, metrics=Metrics(CollectorRegistry()),
                         status=lambda: {"node_id": "secret-node", "role": "edge"},
                         token="a-token-the-page-does-not-have")
     async with server:
-        proc = await asyncio.create_subprocess_exec(
-            binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=5000",
-            "--dump-dom", server.base_url + "/",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), CHROMIUM_TIMEOUT_S)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-    text = out.decode()
+        text = await _dump_served(server, tmp_path)
     dom = _Dom()
     dom.feed(text)
     assert "needs its bearer token" in dom.by_id["banner-text"], dom.by_id["banner-text"]
     assert "show" in dom.classes["token-box"] and "show" in dom.classes["banner"]
     assert "secret-node" not in text
+
+
+async def test_strings_from_the_api_stay_text(tmp_path: Path) -> None:
+    """Hostile ids and values (HTML, script) from /v1/status and /v1/tasks/{id} are shown as
+    text: the dumped DOM has no element they would have made."""
+    from prometheus_client import CollectorRegistry
+
+    from edgesched.adapters.http import HttpServer
+    from edgesched.adapters.metrics import Metrics
+
+    chromium()
+    evil = '<img src=x id="injected" onerror="document.title=1"><b id="bold">'
+    record = {"id": "t1", "type": evil, "outcome": evil, "error": evil,
+              "decision": {"chosen": evil, "why": evil},
+              "candidates": [{"node_id": evil, "reason": evil, "placement": evil}],
+              "attempts": [{"target": evil, "result": evil, "error": evil}]}
+    status = {"node_id": evil, "role": evil, "version": evil,
+              "mqtt": {"connected": False, "broker": evil},
+              "neighbours": [{"node_id": evil, "status": evil, "role": evil,
+                              "task_types": [evil]}],
+              "devices": [{"device_id": evil, "values": {evil: evil}}],
+              "scheduler": {"policy": evil, "links": {evil: {"rtt_s": 0.1}},
+                            "estimates": {evil: {"exec": {evil: {"mean_s": 1}}}},
+                            "decisions": [{"id": evil, "type": evil, "chosen": evil,
+                                           "status": evil, "candidates": [
+                                               {"node_id": evil, "reason": evil}]}]}}
+    server = HttpServer(host="127.0.0.1", port=0, metrics=Metrics(CollectorRegistry()),
+                        status=lambda: dict(status), task_lookup={"t1": record}.get)
+    async with server:
+        text = await _dump_served(server, tmp_path, "/#task=t1")
+    dom = _Dom()
+    dom.feed(text)
+    assert "injected" not in dom.by_id and "bold" not in dom.by_id
+    assert evil in dom.by_id["node-id"] and evil in dom.by_id["neighbours"]
+    assert evil in dom.by_id["decisions"] and evil in dom.by_id["lookup"]
