@@ -132,6 +132,7 @@ def read_recording(directory: str | Path,
 
     for file in sorted(p for p in path.iterdir() if p.is_file()):
         good, bad, shown = 0, 0, 0
+        pending: list[str] = []  # a file's line problems, told once it proves to be a record
         tasks: list[dict[str, Any]] = []
         telemetry: list[dict[str, Any]] = []
         last = 0
@@ -157,13 +158,17 @@ def read_recording(directory: str | Path,
                     why = f"not an edgesched record line (kind {doc.get('kind')!r})"
                 if why is None:
                     good += 1
+                    for text in pending:
+                        problem(text)
+                    pending.clear()
                     continue
                 bad += 1
                 if good == 0 and bad >= 3:
                     break  # three bad lines and no good one: a foreign file
                 if shown < MAX_PROBLEMS_PER_FILE:
                     shown += 1
-                    problem(f"{file}:{number}: {why}: line skipped")
+                    (problem if good else pending.append)(
+                        f"{file}:{number}: {why}: line skipped")
         except EOFError:
             problem(f"{file}:{last + 1}: truncated (the file ends inside its compressed "
                     f"stream; it was still being written or was cut): the {good} line(s) "
@@ -173,7 +178,8 @@ def read_recording(directory: str | Path,
                     + (f"the {good} line(s) before are used" if good else "skipped"))
         if good == 0:
             if bad:
-                problem(f"{file}: not an edgesched record file (no usable line): skipped")
+                first = pending[0].split(": ", 1)[1] if pending else ""
+                problem(f"{file}: not an edgesched record file ({first}): skipped")
             continue
         if bad > shown:
             problem(f"{file}: {bad - shown} more bad line(s) skipped")
