@@ -108,6 +108,15 @@ def render_status(doc: Mapping[str, Any], console: Console | None = None) -> Non
              for d in reversed(decisions))))
     recent = doc.get("recent_tasks")
     if isinstance(recent, Mapping) and recent.get("tasks") is not None:
+        last = [t for t in recent.get("last") or [] if isinstance(t, Mapping)]
+        if last:
+            console.print(_table(
+                "recent tasks (newest first)",
+                ("task", "type", "finished s ago", "outcome", "placement", "executed by",
+                 "latency s"),
+                ([t.get("id"), t.get("type"), t.get("age_s"), _styled(t.get("outcome")),
+                  t.get("placement"), t.get("executed_by"), t.get("latency_s")]
+                 for t in last[:MAX_DECISIONS])))
         console.print(Text(f"{recent.get('tasks')} finished task(s) kept for lookup "
                            f"({recent.get('bytes')} of {recent.get('max_bytes')} bytes)",
                            style="dim"))

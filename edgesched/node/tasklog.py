@@ -34,6 +34,8 @@ ATTEMPT_BYTES = 300
 MAX_CANDIDATES = 64  # per record: a big cluster's candidate list is cut, and says so
 MAX_ATTEMPTS = 16
 MAX_TEXT_CHARS = 600  # an error message in a record
+STATUS_TASKS = 20  # the newest tasks /v1/status lists (recent_tasks.last)
+SUMMARY_KEYS = ("id", "type", "outcome", "placement", "executed_by", "latency_s")
 
 
 def valid_task_id(task_id: str) -> bool:
@@ -234,9 +236,30 @@ class TaskLog:
             out.append(self._decode(self._entries[key]))
         return out
 
-    def stats(self) -> dict[str, int]:
+    def summaries(self, n: int = STATUS_TASKS) -> list[dict[str, Any]]:
+        """One line for each of the `n` most recently finished tasks, newest first."""
+        out: list[dict[str, Any]] = []
+        for key in reversed(self._entries):
+            if len(out) >= n:
+                break
+            item, _, at = self._entries[key]
+            if isinstance(item, bytes):
+                doc = json.loads(item)
+                line = {k: doc.get(k) for k in SUMMARY_KEYS}
+                line["chosen"] = (doc.get("decision") or {}).get("chosen")
+            else:
+                line = {"id": item.id, "type": item.type, "outcome": item.status,
+                        "placement": item.placement, "executed_by": item.executed_by,
+                        "latency_s": item.latency_s, "chosen": item.chosen}
+            line["age_s"] = round(max(0.0, self._clock() - at), 3)
+            out.append(_clean(line))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """The `recent_tasks` section of /v1/status: the store's size and its newest tasks."""
         return {"tasks": len(self._entries), "bytes": self.bytes, "max_bytes": self.max_bytes,
-                "recorded": self.recorded, "evicted": self.evicted}
+                "recorded": self.recorded, "evicted": self.evicted,
+                "last": self.summaries()}
 
 
 def trace_cost(trace: Any) -> int:

@@ -184,6 +184,7 @@ def test_task_lookup_cli_and_status_page(mosquitto: Mosquitto, node_factory: Any
     assert dom.by_id["count-total"] == str(TASKS), dom.by_id.get("task-counts")
     assert dom.by_id["count-ok"] == str(TASKS)
     assert "page-local" in dom.by_id["decisions"]
+    assert "page-local" in dom.by_id["recent-tasks"]
     assert "cloud-1" in dom.by_id["lookup"] and "round_robin" in dom.by_id["lookup"]
     # the cloud node's page counts the work it did for edge-1 apart
     dom = _Dom()
@@ -191,6 +192,7 @@ def test_task_lookup_cli_and_status_page(mosquitto: Mosquitto, node_factory: Any
     assert dom.by_id["node-id"] == "cloud-1"
     assert dom.by_id["count-remote-edge"] == str(list(by.values()).count("cloud-1"))
     assert dom.by_id["count-total"] == "0"
+    assert to_cloud in dom.by_id["recent-tasks"]  # a cloud node lists what it ran
 
 
 async def _dump_served(server: Any, tmp_path: Path, path: str = "/") -> str:

@@ -27,11 +27,14 @@ def test_status_shows_recent_decisions_with_candidates() -> None:
                                          {"node_id": "gw-1", "score": None,
                                           "reason": "deadline"},
                                          {"node_id": "cloud", "score": 0.2, "reason": None}]}]},
-        "recent_tasks": {"tasks": 3, "bytes": 900, "max_bytes": 4096},
+        "recent_tasks": {"tasks": 3, "bytes": 900, "max_bytes": 4096, "last": [
+            {"id": "t-8", "type": "echo", "age_s": 0.5, "outcome": "failed",
+             "placement": "neighbour", "executed_by": "gw-2", "latency_s": 0.01}]},
     }, console)
     text = out.getvalue()
     for part in ("recent decisions", "t-9", "hash", "gw-1: - (deadline)", "cloud: 0.2",
-                 "policy=cost", "links", "50", "3 finished task(s) kept"):
+                 "policy=cost", "links", "50", "3 finished task(s) kept", "recent tasks",
+                 "t-8", "failed", "gw-2"):
         assert part in text, (part, text)
 
 

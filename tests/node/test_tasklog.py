@@ -57,6 +57,10 @@ def test_traces_are_kept_within_the_bytes_and_looked_up_as_records() -> None:
     assert doc is not None and doc["attempts"][0]["target"] == "gw-0"
     assert len(doc["candidates"]) == 3 and "recorded_at" in doc
     assert [d["id"] for d in log.recent(2)] == ["task-000199", "task-000198"]
+    stats = log.stats()
+    assert stats["tasks"] == len(log) and stats["bytes"] == log.bytes
+    assert [line["id"] for line in stats["last"][:2]] == ["task-000199", "task-000198"]
+    assert stats["last"][0]["outcome"] == "ok" and len(stats["last"]) == 20
     # a trace too big for a quarter of the store is kept cut down, not whole
     small = TaskLog(max_bytes=8_000)
     small.on_task_finished(_trace(7, 40))
