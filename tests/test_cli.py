@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -67,15 +69,19 @@ def test_version_flag_and_command() -> None:
         assert (proc.returncode, proc.stdout.strip()) == (0, f"edgesched {__version__}"), argv
 
 
-def test_help_is_for_operators() -> None:
+def test_help_is_for_operators(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgesched.cli import COMMANDS, main
+
     top = edgesched("--help")
     assert "CONTRACTS" not in top.stdout and "§" not in top.stdout
     assert "EDGESCHED_MQTT__HOST" in top.stdout and "--version" in top.stdout
-    for command in ("run", "check-config", "submit", "status", "healthcheck", "keygen"):
-        proc = edgesched(command, "--help")
-        assert proc.returncode == 0, command
-        assert "example:" in proc.stdout and f"edgesched {command}" in proc.stdout, command
-        assert "CONTRACTS" not in proc.stdout and "--log-level" in proc.stdout, command
+    for command in COMMANDS:  # every command, also the ones added later
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert exited.value.code == 0, command
+        assert "example:" in text and f"edgesched {command}" in text, command
+        assert "CONTRACTS" not in text and "§" not in text and "--log-level" in text, command
 
 
 def test_global_flags_before_or_after_the_subcommand(tmp_path: Path) -> None:
