@@ -102,6 +102,13 @@ class _PahoFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; under journald prefixed with `<N>` too (the journal strips
+    it into PRIORITY, so its MESSAGE is the plain JSON document)."""
+
+    def __init__(self, *, journal: bool = False) -> None:
+        super().__init__()
+        self.journal = journal
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": round(record.created, 6),
@@ -121,7 +128,8 @@ class JsonFormatter(logging.Formatter):
             doc.update(extra)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        line = json.dumps(doc, default=str)
+        return f"<{syslog_priority(record.levelno)}>{line}" if self.journal else line
 
 
 class TextFormatter(logging.Formatter):
@@ -151,8 +159,9 @@ def setup_logging(level: str = "INFO", fmt: str = TEXT, *, node_id: str | None =
     or `run` after the CLI's first set-up replaces the handler)."""
     out = stream if stream is not None else sys.stderr
     handler = logging.StreamHandler(out)
-    handler.setFormatter(JsonFormatter() if fmt == JSON
-                         else TextFormatter(journal=journal_stream(out)))
+    journal = journal_stream(out)
+    handler.setFormatter(JsonFormatter(journal=journal) if fmt == JSON
+                         else TextFormatter(journal=journal))
     handler.addFilter(_ContextFilter())
     if node_id is not None:
         set_node_id(node_id)

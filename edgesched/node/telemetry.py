@@ -365,7 +365,8 @@ class TelemetryStage:
             try:
                 await self.publish_online_state()
             except MqttError as exc:
-                self._ratelog.warning("publish", "state not re-published: %s", exc)
+                # the connection just went: the on-connect hook announces us on reconnect
+                log.info("state not re-published now (re-announced on reconnect): %s", exc)
 
     async def _on_node_telemetry(self, msg: InboundMessage) -> None:
         node_id = self.topics.node_id_of(msg.topic)
