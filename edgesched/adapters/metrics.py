@@ -38,7 +38,7 @@ TELEMETRY_REJECT_REASONS = (
 )
 TASK_REJECT_REASONS = (
     "malformed", "schema", "oversize", "unknown_type", "queue_full", "deadline", "no_target",
-    "shutting_down", "duplicate_in_flight", "reply_topic",
+    "shutting_down", "duplicate_in_flight", "reply_topic", "overloaded",
 )
 CANDIDATE_REJECT_REASONS = tuple(reason.value for reason in RejectReason)
 DROP_REASONS = ("incoming_queue_full", "outgoing_queue_full", "oversize", "superseded",

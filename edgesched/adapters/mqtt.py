@@ -44,6 +44,10 @@ _PUBLISH_TIMEOUT_S = 10.0
 # publish_reliably: how long a reply waits for the broker to come back before it is given up
 RECONNECT_WAIT_S = 30.0
 _SUBSCRIBE_TIMEOUT_S = 10.0
+# Packets read per readable-socket callback: all that have arrived, up to this many (paho
+# reads one, or one per unacknowledged publish, then yields to every other ready task). A
+# burst is read before its first message reaches the intake, so it is kept short (~5 ms).
+READ_BURST_PACKETS = 100
 
 
 class RateLimitedLog:
@@ -269,6 +273,7 @@ class MqttClient:
         self._tasks: list[asyncio.Task[None]] = []
         self._ratelog = RateLimitedLog(log)
         self._paho: Any = None  # the paho client of the current connection (manual acks)
+        self._unacked: dict[int, asyncio.Future[None]] = {}  # our QoS 1 publishes, by mid
         self._manual_ack = False
 
     # ---- public API ---------------------------------------------------------------------
@@ -353,15 +358,64 @@ class MqttClient:
             payload = self._sign(topic, payload)
         props = self._properties(response_topic, correlation_data, user_properties)
         try:
-            await client.publish(
-                topic, payload, qos=qos, retain=retain, properties=props, timeout=timeout_s
-            )
+            await self._publish(topic, payload, qos, retain, props, timeout_s)
         except aiomqtt.MqttError as exc:
             if getattr(exc, "rc", None) == paho.MQTT_ERR_QUEUE_SIZE:
                 self._metrics.messages_dropped.labels(reason="outgoing_queue_full").inc()
                 self._ratelog.warning("outgoing", "outgoing queue full (%d): not published to "
                                       "%s", self.options.incoming_queue, topic)
             raise MqttError(f"publish to {topic} failed: {exc}") from exc
+
+    async def _publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                       props: Properties | None, timeout_s: float) -> None:
+        """paho's publish, then (QoS 1/2) a wait for the broker's acknowledgement on a future
+        of our own. aiomqtt's `publish` scans every pending publish twice per call (and
+        logs a warning per call past 10 pending): with a few hundred replies in flight under
+        load that cost more than the task itself (docs/scaling.md)."""
+        info = self._paho.publish(topic, payload, qos, retain, props)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if qos == 0 or info.is_published():
+            return
+        acked = asyncio.get_running_loop().create_future()
+        self._unacked[info.mid] = acked
+        try:
+            async with asyncio.timeout(timeout_s):
+                await acked
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+        finally:
+            if self._unacked.get(info.mid) is acked:
+                del self._unacked[info.mid]
+
+    def _on_publish_acked(self, mid: int) -> bool:
+        """paho's on_publish for one of our publishes: resolve its future (True), or
+        False when it is not ours (aiomqtt's own, e.g. none today)."""
+        acked = self._unacked.pop(mid, None)
+        if acked is None:
+            return False
+        if not acked.done():
+            acked.set_result(None)
+        return True
+
+    def _fail_unacked(self, reason: str) -> None:
+        """The connection is gone: what waits for an acknowledgement will not get it."""
+        unacked, self._unacked = self._unacked, {}
+        for acked in unacked.values():
+            if not acked.done():
+                acked.set_exception(aiomqtt.MqttError(f"connection lost: {reason}"))
+
+    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1,
+                       correlation_data: bytes | None = None) -> bool:
+        """Hand one message to the connection without waiting for the broker's
+        acknowledgement (paho still resends it on this connection until it comes): the cheap
+        path for answers the node must send in bulk when it is overloaded. False when not
+        connected or paho refused it (its outgoing queue is full)."""
+        if self._client is None or not self.connected:
+            return False
+        props = self._properties(None, correlation_data, None)
+        info = self._paho.publish(topic, payload, qos, False, props)
+        return bool(info.rc == paho.MQTT_ERR_SUCCESS)
 
     async def publish_reliably(
         self,
@@ -439,9 +493,16 @@ class MqttClient:
             )
         persistent = opts.session_expiry_s > 0
         session = None
-        if v5 and persistent:
+        if v5:
             session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            session.SessionExpiryInterval = opts.session_expiry_s
+            if persistent:
+                session.SessionExpiryInterval = opts.session_expiry_s
+            # How many QoS 1 messages the broker may have unacknowledged to us. Without it
+            # mosquitto uses its max_inflight_messages (20) and queues the rest per client,
+            # dropping past max_queued_messages (1000) without a word when we fall behind;
+            # with it, what we cannot take yet waits in our bounded queues, where the
+            # intake sheds it (rejected, overloaded) and every drop is counted.
+            session.ReceiveMaximum = max(1, min(65_535, opts.incoming_queue))
         client = aiomqtt.Client(
             opts.host,
             opts.port,
@@ -457,6 +518,9 @@ class MqttClient:
             timeout=max(5.0, float(opts.keepalive_s)),
             queue_type=self._queue_factory(),
             max_queued_outgoing_messages=opts.incoming_queue,
+            # paho's default (20 unacknowledged QoS 1 publishes, the rest queued in paho) made
+            # replies wait for PUBACKs from a busy loop: a bounded window as wide as the queue
+            max_inflight_messages=opts.incoming_queue,
             # Without TCP_NODELAY every small publish waits for the peer's delayed ACK
             # (~40 ms each way on Linux): a loopback request/reply took ~90 ms, not ~1 ms.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
@@ -469,9 +533,38 @@ class MqttClient:
         # `_client`), so a submission is acknowledged only once it is safe (spooled).
         self._manual_ack = any(sub.manual_ack for sub in self._subs)
         self._paho = client._client
+        aiomqtt_on_publish = self._paho.on_publish
+
+        def on_publish(*args: Any) -> None:  # (client, userdata, mid, reason_code, properties)
+            if not self._on_publish_acked(args[2]):
+                aiomqtt_on_publish(*args)
+
+        self._paho.on_publish = on_publish
+        self._paho.loop_read = self._read_burst(self._paho)
         if self._manual_ack:
             self._paho.manual_ack_set(True)
         return client
+
+    @staticmethod
+    def _read_burst(client: Any) -> Callable[..., int]:
+        """paho's `loop_read`, reading every packet already received (up to
+        READ_BURST_PACKETS) instead of one: aiomqtt calls it once per loop iteration, so
+        under load one packet per iteration let the socket, then the broker's queue for this
+        client, fill up. paho 2.x internals (`_sock`, `_packet_read`, `_loop_rc_handle`),
+        the same calls as its own loop_read."""
+
+        def loop_read(max_packets: int = 1) -> int:
+            for _ in range(READ_BURST_PACKETS):
+                if client._sock is None:
+                    return int(paho.MQTT_ERR_NO_CONN)
+                rc = client._packet_read()
+                if rc > 0:
+                    return int(client._loop_rc_handle(rc))
+                if rc == paho.MQTT_ERR_AGAIN:
+                    break
+            return int(paho.MQTT_ERR_SUCCESS)
+
+        return loop_read
 
     def _ack_later(self, mid: int, qos: int) -> Callable[[], None]:
         paho_client = self._paho
@@ -556,6 +649,7 @@ class MqttClient:
                                   opts.host, opts.port, reason)
 
     def _mark_disconnected(self) -> None:
+        self._fail_unacked("disconnected")
         if self._disconnected_since is None:
             self._disconnected_since = time.monotonic()
         self._client = None

@@ -287,7 +287,7 @@ class TaskPipeline:
             known_types=self.registry.names, max_payload_bytes=max_bytes,
             max_input_bytes=s.executor.max_input_bytes, prefix=prefix,
             reply_topics=s.intake.reply_topics, spool=spool, idempotent=self._idempotent,
-            cloud_tier=not self.edge)
+            cloud_tier=not self.edge, shed_after_s=s.intake.shed_after_s)
         self.offload_server = OffloadServer(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes,

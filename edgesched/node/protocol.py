@@ -85,6 +85,7 @@ class RejectCode(StrEnum):
     NO_TARGET = "no_target"
     SHUTTING_DOWN = "shutting_down"
     REPLY_TOPIC = "reply_topic"  # the reply route is not allowed (intake.reply_topics)
+    OVERLOADED = "overloaded"  # shed unread: the node is behind (intake.shed_after_s)
 
 
 class SubmissionError(InvalidTaskError):
@@ -333,6 +334,21 @@ def parse_submit(
     except SubmissionError as exc:
         exc.task_id, exc.reply_to, exc.correlation_id = task_id, reply_to, correlation
         raise
+
+
+def submit_routing(payload: bytes, *, max_bytes: int
+                   ) -> tuple[str | None, str | None, str | None, str | None]:
+    """(id, reply_to, correlation_id, type) of a submission, read without checking the rest:
+    what answering a refusal needs (all None when the body is not a JSON object)."""
+    try:
+        doc = decode_object(payload, max_bytes=max_bytes)
+    except SubmissionError:
+        return None, None, None, None
+    raw_id, raw_type = doc.get("id"), doc.get("type")
+    return (raw_id if isinstance(raw_id, str) and _valid_id(raw_id) else None,
+            _opt_str(doc, "reply_to", MAX_TOPIC_CHARS, soft=True),
+            _opt_str(doc, "correlation_id", MAX_CORRELATION_CHARS, soft=True),
+            raw_type if isinstance(raw_type, str) else None)
 
 
 def _parse_fields(doc: dict[str, Any], max_input_bytes: int, known: frozenset[str] | set[str],

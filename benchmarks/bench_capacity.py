@@ -1,0 +1,359 @@
+"""One node's capacity for local `echo` over MQTT v5, and what happens at twice it (issue 19).
+
+1. Capacity: a paho MQTT v5 client on this box submits `echo` tasks (QoS 1, Response Topic +
+   Correlation Data) at a paced offered rate, stepped up; a step holds when every submission
+   got its reply and the p99 submit->reply latency is <= 50 ms. The node's capacity is the
+   highest rate that holds. The same steps run against a bare aiomqtt request/reply responder
+   (a process that answers each request with a concurrent QoS 1 publish, no parsing) on the
+   same broker in the same run; the ratio node / bare is the figure (goal >= 0.8).
+2. Overload: twice the node's capacity for `--overload-s` seconds (default 30): every
+   submission must get exactly one reply (no broker drop, no node drop), the accepted (`ok`)
+   ones p99 <= 250 ms, the others `rejected` with reason `overloaded`; RSS growth <= 30 MB.
+
+The broker is a real mosquitto with `set_tcp_nodelay true` (tests/support/broker.py). The
+client, broker and node share the machine's cores: the figures are the whole box's.
+
+Run: .venv/bin/python benchmarks/bench_capacity.py [--step-s 4] [--rates 400,600,...]
+     [--overload-s 30] [--skip-bare] [--profile] [--node-only]
+`--profile` runs the node under cProfile for the capacity steps and prints its top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.broker import Mosquitto  # noqa: E402
+from tests.support.nodes import NodeProcess, wait_until  # noqa: E402
+
+P99_GOAL_S = 0.050
+OVERLOAD_P99_GOAL_S = 0.250
+DEFAULT_RATES = (400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2400, 2800)
+
+# A bare request/reply responder: every request answered by a concurrent QoS 1 publish of a
+# fixed small body to its Response Topic with its Correlation Data; nothing is parsed. Its
+# socket has TCP_NODELAY, as the node's has (without it each reply waits ~40 ms for Nagle);
+# otherwise aiomqtt's defaults.
+BARE = r"""
+import asyncio, socket, sys
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+async def main():
+    host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    body = b'{"v":1,"status":"ok","result":null}'
+    pending = set()
+    nodelay = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)  # as the node's adapter sets
+    async with aiomqtt.Client(host, port, protocol=aiomqtt.ProtocolVersion.V5,
+                              identifier="bare-responder", socket_options=nodelay) as client:
+        await client.subscribe(topic, qos=1)
+        print("ready", flush=True)
+        async for msg in client.messages:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = msg.properties.CorrelationData
+            task = asyncio.create_task(client.publish(msg.properties.ResponseTopic, body,
+                                                      qos=1, properties=props))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+asyncio.run(main())
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Load:
+    """A paho MQTT v5 client: paced QoS 1 submissions, replies recorded by correlation."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.token = uuid.uuid4().hex[:8]
+        self.reply_topic = f"bench/{self.token}/reply"
+        self.lock = threading.Lock()
+        self.sent: dict[bytes, float] = {}
+        self.replies: dict[bytes, list[tuple[float, bytes]]] = {}
+        self.subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+                                  client_id=f"load-{self.token}", protocol=paho.MQTTv5)
+        self.client.max_inflight_messages_set(65535)
+        self.client.max_queued_messages_set(0)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        # Receive Maximum: QoS 1 replies the broker may send before our PUBACKs (without it
+        # mosquitto sends 20, queues 1000 per client and drops the rest of a burst)
+        connect = Properties(PacketTypes.CONNECT)
+        connect.ReceiveMaximum = 65535
+        self.client.connect(broker.host, broker.port, keepalive=30, properties=connect)
+        sock = self.client.socket()
+        assert sock is not None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # paho does not set it
+        self.client.loop_start()
+        self.client.subscribe(self.reply_topic, qos=1)
+        if not self.subscribed.wait(10):
+            raise TimeoutError("load client not subscribed")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        now = time.monotonic()
+        key = msg.properties.CorrelationData  # type: ignore[union-attr]
+        with self.lock:
+            self.replies.setdefault(key, []).append((now, msg.payload))
+
+    def run(self, topic: str, rate: float, seconds: float, body: bytes) -> list[bytes]:
+        """Submit at `rate`/s for `seconds` (paced in 5 ms batches); returns the keys."""
+        keys: list[bytes] = []
+        start = time.monotonic()
+        total = int(rate * seconds)
+        sent = 0
+        while sent < total:
+            due = min(total, int((time.monotonic() - start) * rate) + 1)
+            while sent < due:
+                key = f"{self.token}-{len(self.sent)}".encode()
+                props = Properties(PacketTypes.PUBLISH)
+                props.ResponseTopic = self.reply_topic
+                props.CorrelationData = key
+                with self.lock:
+                    self.sent[key] = time.monotonic()
+                self.client.publish(topic, body, qos=1, properties=props)
+                keys.append(key)
+                sent += 1
+            time.sleep(0.005)
+        return keys
+
+    def settle(self, keys: list[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(k in self.replies for k in keys):
+                    break
+            time.sleep(0.05)
+        time.sleep(0.3)  # a late duplicate has time to show
+
+    def summary(self, keys: list[bytes]) -> dict[str, Any]:
+        with self.lock:
+            got = {k: list(self.replies.get(k, [])) for k in keys}
+            sent = {k: self.sent[k] for k in keys}
+        latencies = [got[k][0][0] - sent[k] for k in keys if got[k]]
+        missing = sum(1 for k in keys if not got[k])
+        dupes = sum(max(0, len(got[k]) - 1) for k in keys)
+        return {"n": len(keys), "answered": len(latencies), "missing": missing,
+                "duplicates": dupes, "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99),
+                "got": got, "sent": sent}
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def step_up(load: Load, topic: str, body: bytes, rates: list[int], step_s: float,
+            label: str, pid: int) -> float:
+    """The highest rate of `rates` with every reply in and p99 <= 50 ms (0 if none).
+
+    Also prints the responder's CPU time per message: unlike the latencies, it hardly moves
+    when other work shares the cores, and 1 / it is the rate one core could carry."""
+    best = 0.0
+    for rate in rates:
+        began = time.monotonic()
+        cpu_before = cpu_s(pid)
+        keys = load.run(topic, rate, step_s, body)
+        achieved = len(keys) / (time.monotonic() - began)
+        load.settle(keys, timeout=max(5.0, step_s))
+        per_task_us = (cpu_s(pid) - cpu_before) / len(keys) * 1e6
+        s = load.summary(keys)
+        held = s["missing"] == 0 and s["duplicates"] == 0 and s["p99"] <= P99_GOAL_S
+        print(f"  {label:5s} {rate:5d}/s offered ({achieved:6.0f}/s sent): p50 "
+              f"{s['p50'] * 1000:7.2f} ms p99 {s['p99'] * 1000:8.2f} ms, missing "
+              f"{s['missing']}, duplicates {s['duplicates']}, CPU {per_task_us:5.0f} us/task  "
+              f"{'held' if held else 'NOT held'}", flush=True)
+        if not held:
+            break
+        best = float(rate)
+        time.sleep(1.0)
+    return best
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def mosquitto_dropped(broker: Mosquitto) -> str:
+    """mosquitto's own count of messages it dropped (from $SYS), or '?'."""
+    try:
+        out = subprocess.run(
+            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-C", "1", "-W", "3",
+             "-t", "$SYS/broker/publish/messages/dropped"],
+            capture_output=True, text=True, timeout=6)
+        return out.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def overload(load: Load, node: NodeProcess, topic: str, body: bytes, rate: float,
+             seconds: float) -> None:
+    assert node.proc is not None
+    rss_before = rss_mb(node.proc.pid)
+    peak = [rss_before]
+    halt = threading.Event()
+
+    def sample() -> None:
+        assert node.proc is not None
+        while not halt.wait(0.5):
+            peak.append(rss_mb(node.proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    began = time.monotonic()
+    keys = load.run(topic, rate, seconds, body)
+    sent_s = time.monotonic() - began
+    load.settle(keys, timeout=30)
+    halt.set()
+    sampler.join(2)
+    rss_after = rss_mb(node.proc.pid)
+    s = load.summary(keys)
+    statuses: Counter[str] = Counter()
+    ok_latency: list[float] = []
+    for key in keys:
+        replies = s["got"][key]
+        if not replies:
+            continue
+        doc = json.loads(replies[0][1])
+        status = doc["status"]
+        if status == "rejected":
+            status += ":" + ("overloaded" if "overloaded" in doc.get("error", "") else
+                             doc.get("error", "")[:30])
+        statuses[status] += 1
+        if doc["status"] == "ok":
+            ok_latency.append(replies[0][0] - s["sent"][key])
+    print(f"overload: {rate:.0f}/s offered for {seconds:g} s ({len(keys) / sent_s:.0f}/s "
+          f"sent): {s['n']} submitted, {s['answered']} answered, {s['missing']} missing, "
+          f"{s['duplicates']} duplicates; {dict(statuses)}")
+    print(f"  ok: {len(ok_latency) / sent_s:.0f}/s, p50 {pct(ok_latency, 0.5) * 1000:.1f} ms, "
+          f"p99 {pct(ok_latency, 0.99) * 1000:.1f} ms (goal <= {OVERLOAD_P99_GOAL_S * 1000:.0f}"
+          f"); all replies p99 {s['p99'] * 1000:.1f} ms")
+    print(f"  node RSS {rss_before:.1f} -> {rss_after:.1f} MB (peak {max(peak):.1f}; goal: "
+          f"growth <= 30 MB)")
+    held = (s["missing"] == 0 and s["duplicates"] == 0
+            and pct(ok_latency, 0.99) <= OVERLOAD_P99_GOAL_S and max(peak) - rss_before <= 30)
+    print(f"  {'held' if held else 'NOT held'}")
+
+
+def start_profiled(node: NodeProcess, out: Path) -> None:
+    """`node` run under cProfile (written at its graceful stop)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESCHED_")}
+    env["PYTHONPATH"] = str(REPO)
+    with node.log_path.open("ab") as log:
+        node.proc = subprocess.Popen(
+            [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "edgesched", "run",
+             "--config", str(node.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(node.workdir))
+    node.wait_healthy(20)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--step-s", type=float, default=4.0)
+    ap.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)))
+    ap.add_argument("--overload-s", type=float, default=30.0)
+    ap.add_argument("--skip-bare", action="store_true")
+    ap.add_argument("--skip-overload", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="cProfile the node's capacity steps")
+    args = ap.parse_args()
+    rates = [int(r) for r in args.rates.split(",")]
+    print(f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; load avg "
+          f"{os.getloadavg()[0]:.2f} (other work on the box slows every figure)")
+    body = json.dumps({"v": 1, "type": "echo", "input": {"x": 1}}).encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        broker = Mosquitto(workdir)
+        broker.start()
+        load = Load(broker)
+        try:
+            bare_rate = 0.0
+            if not args.skip_bare:
+                bare = subprocess.Popen(
+                    [sys.executable, "-c", BARE, broker.host, str(broker.port), "bare/submit"],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                try:
+                    assert bare.stdout is not None
+                    bare.stdout.readline()
+                    print("bare aiomqtt responder:")
+                    bare_rate = step_up(load, "bare/submit", body, rates, args.step_s, "bare",
+                                        bare.pid)
+                finally:
+                    bare.terminate()
+                    bare.wait(5)
+            node = NodeProcess(workdir, "cap-1", broker=broker,
+                               overrides={"telemetry": {"interval_s": 1.0},
+                                          "log": {"level": "WARNING"}})
+            if args.profile:
+                start_profiled(node, workdir / "node.prof")
+            else:
+                node.start()
+            try:
+                print("edgesched node (echo, local):")
+                assert node.proc is not None
+                node_rate = step_up(load, "edgesched/node/cap-1/submit", body, rates,
+                                    args.step_s, "node", node.proc.pid)
+                print(f"capacity: node {node_rate:.0f}/s, bare responder {bare_rate:.0f}/s, "
+                      f"ratio {node_rate / bare_rate if bare_rate else float('nan'):.2f} "
+                      "(goal >= 0.8)")
+                if not args.skip_overload and node_rate:
+                    time.sleep(2)
+                    overload(load, node, "edgesched/node/cap-1/submit", body, 2 * node_rate,
+                             args.overload_s)
+                    metrics = node.metrics_text()
+                    for line in metrics.splitlines():
+                        if (line.startswith("edgesched_tasks_rejected_total")
+                                or line.startswith("edgesched_mqtt_messages_dropped_total")) \
+                                and not line.endswith(" 0.0"):
+                            print("  node:", line)
+                    print(f"  mosquitto $SYS publish/messages/dropped: "
+                          f"{mosquitto_dropped(broker)}")
+            finally:
+                node.terminate()
+            if args.profile:
+                wait_until(lambda: (workdir / "node.prof").exists(), 10)
+                import pstats
+
+                stats = pstats.Stats(str(workdir / "node.prof"))
+                stats.dump_stats(str(REPO / "benchmarks" / ".capacity-node.prof"))
+                stats.sort_stats("tottime").print_stats(30)
+                stats.sort_stats("cumulative").print_stats("edgesched", 40)
+        finally:
+            load.close()
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()
