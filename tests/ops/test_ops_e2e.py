@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.ops.test_metrics import contract_names_missing, promtool_check_metrics
+from tests.ops.test_metrics import NODE_METRICS, contract_names_missing, promtool_check_metrics
 from tests.support.broker import Mosquitto
 from tests.support.nodes import NodeProcess, wait_until
 
@@ -142,6 +142,7 @@ def test_scrape_after_every_placement_passes_promtool(
         assert proc.returncode == 0, f"{node.node_id}: {proc.stdout}{proc.stderr}"
         assert proc.stdout + proc.stderr == "", f"{node.node_id}: {proc.stdout}{proc.stderr}"
         assert contract_names_missing(text) == [], node.node_id
+        assert all(name in text for name in NODE_METRICS), node.node_id
     for placement, task_type in (("local", "echo"), ("neighbour", "nbecho"),
                                  ("cloud", "echo")):
         done = a.metric("edgesched_tasks_completed_total", placement=placement, status="ok",

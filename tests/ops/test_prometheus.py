@@ -7,7 +7,8 @@ alert rules) are shared by the module. A client submits a known number of tasks,
 
 - each node's /metrics counts every task once (submitted only where the client submitted it,
   work for another node in edgesched_remote_tasks_total) — issue #18 found the cloud node
-  counting each task it ran again (594 "submissions" for 394);
+  counting each task it ran again (594 "submissions" for 394); candidates a type's offload
+  policy rules out are counted (`reason="offload_policy"`); the cloud node is no neighbour;
 - through Prometheus's query API: `count by (node_id) (edgesched_node_info)` has 3 series,
   `sum(edgesched_tasks_submitted_total)` is the number submitted, every panel query of
   configs/grafana/edgesched.json parses and returns data, and the alert rules of
@@ -40,9 +41,10 @@ DASHBOARD = REPO / "configs" / "grafana" / "edgesched.json"
 ALERTS = REPO / "packaging" / "prometheus" / "alerts.yml"
 SCRAPE_S = 0.5
 # What the client sends: to gw-a (round robin over gw-a, gw-b and the cloud), to gw-b (its
-# cost policy), and one submission gw-a refuses (unknown type: still a submission, answered).
-TO_A, TO_B, REFUSED = 9, 3, 1
-SUBMITTED = TO_A + TO_B + REFUSED
+# cost policy), one task of a type that may not leave gw-a (its offload policy rules out gw-b
+# and the cloud), and one submission gw-a refuses (unknown type: still a submission, answered).
+TO_A, TO_B, LOCAL_ONLY, REFUSED = 9, 3, 1, 1
+SUBMITTED = TO_A + TO_B + LOCAL_ONLY + REFUSED
 
 
 @dataclass
@@ -78,7 +80,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         cloud = NodeProcess(workdir, "cloud-1", broker=broker, overrides={"role": "cloud"})
         nodes.append(cloud.start(wait=False))
-        edge = {"cloud": {"url": cloud.base_url}}
+        edge = {"cloud": {"url": cloud.base_url},
+                "task_types": {"pinned": {"handler": "builtin:echo", "offload": "local"}}}
         a = NodeProcess(workdir, "gw-a", broker=broker,
                         overrides={**edge, "policy": {"name": "round_robin"}})
         b = NodeProcess(workdir, "gw-b", broker=broker, overrides=edge)
@@ -89,6 +92,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                    20, what="gw-a sees gw-b and the cloud node online")
         replies = [post_task(a, {"type": "echo", "input": {"n": i}}) for i in range(TO_A)]
         replies += [post_task(b, {"type": "echo", "input": {"n": i}}) for i in range(TO_B)]
+        replies += [post_task(a, {"type": "pinned", "input": {"n": i}})
+                    for i in range(LOCAL_ONLY)]
         replies += [post_task(a, {"type": "no-such-type", "input": {}})
                     for _ in range(REFUSED)]
         yield Cluster(a=a, b=b, cloud=cloud, replies=replies)
@@ -103,7 +108,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def test_the_client_got_a_reply_for_every_task_from_every_placement(cluster: Cluster) -> None:
     statuses = [r["status"] for r in cluster.replies]
-    assert statuses.count("ok") == TO_A + TO_B, cluster.replies
+    assert statuses.count("ok") == TO_A + TO_B + LOCAL_ONLY, cluster.replies
     assert statuses.count("rejected") == REFUSED
     placements = {r.get("placement") for r in cluster.replies[:TO_A]}
     assert placements == {"local", "neighbour", "cloud"}, cluster.replies[:TO_A]
@@ -122,7 +127,7 @@ def _sum(node: NodeProcess, name: str, **labels: str) -> float:
 def test_every_task_is_counted_once_on_the_node_it_was_submitted_to(cluster: Cluster) -> None:
     a, b, cloud = cluster.a, cluster.b, cluster.cloud
     submitted = {n.node_id: _sum(n, "edgesched_tasks_submitted_total") for n in cluster.nodes}
-    assert submitted == {"gw-a": TO_A + REFUSED, "gw-b": TO_B, "cloud-1": 0}, submitted
+    assert submitted == {"gw-a": TO_A + LOCAL_ONLY + REFUSED, "gw-b": TO_B, "cloud-1": 0}
     completed = {n.node_id: _sum(n, "edgesched_tasks_completed_total") for n in cluster.nodes}
     assert completed == submitted, "every submitted task completes once, where submitted"
     by_placement = {p: _sum(a, "edgesched_tasks_completed_total", placement=p, status="ok",
@@ -139,6 +144,10 @@ def test_every_task_is_counted_once_on_the_node_it_was_submitted_to(cluster: Clu
     assert _sum(cloud, "edgesched_task_latency_seconds_count") == 0
     # the cloud node is no neighbour of gw-a
     assert _sum(a, "edgesched_neighbours", status="online") == 1
+    # the pinned type's offload policy ruled out gw-b and the cloud, and says so
+    for placement in ("neighbour", "cloud"):
+        assert _sum(a, "edgesched_candidates_rejected_total", placement=placement,
+                    reason="offload_policy") == LOCAL_ONLY, placement
 
 
 # -- Prometheus -------------------------------------------------------------------------------
@@ -232,7 +241,7 @@ def test_prometheus_names_three_nodes_and_counts_each_task_once(
         "sum by (node_id) (edgesched_tasks_submitted_total"
         " * on (job, instance) group_left (node_id) edgesched_node_info)")
     assert {r["metric"]["node_id"]: float(r["value"][1]) for r in per_node} == {
-        "gw-a": TO_A + REFUSED, "gw-b": TO_B, "cloud-1": 0}
+        "gw-a": TO_A + LOCAL_ONLY + REFUSED, "gw-b": TO_B, "cloud-1": 0}
 
 
 def _panel_queries() -> list[tuple[str, str]]:
