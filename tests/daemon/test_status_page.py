@@ -268,3 +268,81 @@ async def test_strings_from_the_api_stay_text(tmp_path: Path) -> None:
     assert "injected" not in dom.by_id and "bold" not in dom.by_id
     assert evil in dom.by_id["node-id"] and evil in dom.by_id["neighbours"]
     assert evil in dom.by_id["decisions"] and evil in dom.by_id["lookup"]
+
+
+async def test_a_token_typed_into_the_page_unlocks_it(tmp_path: Path) -> None:
+    """The token flow driven in a real Chromium (DevTools protocol): typed into the token box,
+    kept in sessionStorage, sent as a header (never in the address), and the data appears."""
+    import asyncio
+
+    import aiohttp
+    from prometheus_client import CollectorRegistry
+
+    from edgesched.adapters.http import HttpServer
+    from edgesched.adapters.metrics import Metrics
+    from tests.support.broker import free_port
+
+    binary = chromium()
+    token = "tok-" + "x" * 20
+    server = HttpServer(host="127.0.0.1", port=0, metrics=Metrics(CollectorRegistry()),
+                        status=lambda: {"node_id": "locked-node", "role": "edge",
+                                        "neighbours": [{"node_id": "gw-9", "status": "online"}]},
+                        token=token)
+    port = free_port()
+    async with server:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium'}", f"--remote-debugging-port={port}",
+            server.base_url + "/", stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        try:
+            async with asyncio.timeout(CHROMIUM_TIMEOUT_S), aiohttp.ClientSession() as http:
+                ws_url = None
+                while ws_url is None:
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                            pages = [p for p in await resp.json() if p.get("type") == "page"]
+                            ws_url = pages[0]["webSocketDebuggerUrl"] if pages else None
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.2)
+                async with http.ws_connect(ws_url, max_msg_size=0) as ws:
+                    calls = iter(range(1, 1000))
+
+                    async def evaluate(expression: str) -> Any:
+                        call = next(calls)
+                        await ws.send_json({"id": call, "method": "Runtime.evaluate",
+                                            "params": {"expression": expression,
+                                                       "returnByValue": True}})
+                        while True:
+                            msg = await ws.receive_json()
+                            if msg.get("id") == call:
+                                return msg["result"]["result"].get("value")
+
+                    async def wait_for(expression: str) -> Any:
+                        while True:  # bounded by the timeout around the whole exchange
+                            value = await evaluate(expression)
+                            if value:
+                                return value
+                            await asyncio.sleep(0.1)
+
+                    await wait_for("document.getElementById('token-box').classList"
+                                   ".contains('show')")
+                    assert await evaluate("document.getElementById('node-id').textContent"
+                                          ) != "locked-node"
+                    await evaluate(f"document.getElementById('token').value = '{token}';"
+                                   "document.getElementById('token-box').requestSubmit(); 1")
+                    shown = await wait_for(
+                        "document.getElementById('node-id').textContent === 'locked-node' && "
+                        "document.getElementById('neighbours').textContent")
+                    assert "gw-9" in shown
+                    assert await evaluate("sessionStorage.getItem('edgesched.token')") == token
+                    assert await evaluate("localStorage.length") == 0
+                    assert token not in await evaluate("location.href")
+                    assert await evaluate("document.getElementById('token').value") == ""
+                    assert not await evaluate("document.getElementById('banner').classList"
+                                              ".contains('show')")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
