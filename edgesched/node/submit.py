@@ -115,12 +115,13 @@ def mqtt_client_options(args: argparse.Namespace, settings: Settings | None,
     """The config's MQTT settings (when there is one) with the flags on top; a client id of
     its own, a clean session and a quick retry."""
     tls = tls_options(args, settings)
-    if settings is not None:
-        from edgesched.node.service import mqtt_options
-
-        base = mqtt_options(settings)
-    else:
-        base = MqttOptions()
+    base = MqttOptions()
+    if settings is not None:  # what a client shares with the node's own connection
+        m = settings.mqtt
+        base = MqttOptions(
+            host=m.host, port=m.port, protocol=m.protocol, username=m.username,
+            password=m.password.get_secret_value() if m.password is not None else None,
+            keepalive_s=m.keepalive_s, max_payload_bytes=m.max_payload_bytes)
     host, port = args.broker if args.broker is not None else (base.host, base.port)
     fields: dict[str, Any] = {"host": host, "port": port,
                               "client_id": f"edgesched-submit-{token}", "session_expiry_s": 0,
