@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import urllib.error
 import urllib.request
 from typing import Any
@@ -56,6 +57,12 @@ def test_sighup_reloads_policy_task_types_and_log_level(mosquitto: Mosquitto,
     assert "reloaded log.level INFO -> DEBUG" in log
     assert "need a restart to take effect" in log and "mqtt.keepalive_s" in log
     assert node.running
+    # no Last Will fired: the retained state still says online, the connection never dropped
+    retained = subprocess.run(["mosquitto_sub", "-p", str(mosquitto.port), "-t",
+                               "edgesched/node/gw-1/state", "-C", "1", "-W", "5"],
+                              capture_output=True, check=True, timeout=10)
+    assert json.loads(retained.stdout)["status"] == "online"
+    assert node.metric("edgesched_mqtt_reconnects_total") == 0
 
     # in effect: the policy serves the status and decides; the new timeout cuts a 0.6 s sleep
     assert node.status()["scheduler"]["policy"] == "local"
