@@ -215,6 +215,8 @@ class OffloadServer:
             self._ratelog.warning("bad-offload", "rejected an offload request: %s", exc)
             if exc.reply_to and exc.correlation_id and exc.task_id and self._is_reply_topic(
                     exc.reply_to):
+                self._metrics.remote_tasks.labels(origin_kind="neighbour",
+                                                  status="rejected").inc()
                 await self._send(exc.reply_to, p.OffloadReply(
                     id=exc.task_id, correlation_id=exc.correlation_id,
                     status=p.Status.REJECTED, error=str(exc), executed_by=self._node_id))
