@@ -324,6 +324,7 @@ def _telemetry_stage(
     load: Callable[[], Load],
     on_device: Callable[[str, Mapping[str, float], float], None] | None,
     on_announcement: Callable[[str, NodeAnnouncement], None],
+    on_rtt: Callable[[str, float, float], object] | None = None,
 ) -> TelemetryStage:
     p = s.power
     return TelemetryStage(
@@ -337,7 +338,6 @@ def _telemetry_stage(
     )
 
 
-    on_rtt: Callable[[str, float, float], object] | None = None,
 def snapshot_source(view: ClusterView,
                     telemetry: TelemetryStage) -> Callable[[], ClusterSnapshot]:
     """A consistent `ClusterSnapshot` for each decision: this node now, and the view."""
