@@ -405,6 +405,12 @@ class TelemetrySettings(_Section):
         256, ge=1, le=65_536, description="neighbour table size: new node ids beyond it are "
         "refused (an offline entry makes room)"
     )
+    max_fanout_rate: float = Field(
+        0.0, ge=0, description="node telemetry messages/s the broker may deliver for the "
+        "whole cluster (0 = off): with N nodes alive each publishes every "
+        "max(interval_s, N*N/max_fanout_rate) s and judges liveness on that interval; the "
+        "same value on every node (docs/scaling.md)"
+    )
 
     @model_validator(mode="after")
     def _offline_after_suspect(self) -> TelemetrySettings:

@@ -148,6 +148,11 @@ class Metrics:
             "edgesched_neighbours", "Known neighbour nodes by liveness status.", ["status"],
             registry=r,
         )
+        self.telemetry_interval = Gauge(
+            "edgesched_telemetry_interval_seconds",
+            "The telemetry interval in use (telemetry.interval_s, stretched by "
+            "telemetry.max_fanout_rate).", registry=r,
+        )
         self.telemetry_messages = Counter(
             "edgesched_telemetry_messages", "Telemetry messages accepted, by kind.", ["kind"],
             registry=r,

@@ -360,6 +360,27 @@ class ClusterView:
     def device_count(self) -> int:
         return len(self._devices)
 
+    @property
+    def node_count(self) -> int:
+        """Neighbours in the table, whatever their liveness."""
+        return len(self._nodes)
+
+    def state(self, node_id: str, now: float) -> NodeState | None:
+        """One neighbour's latest state with its liveness judged at `now` (None: unknown)."""
+        entry = self._nodes.get(node_id)
+        if entry is None:
+            return None
+        liveness = _liveness(entry, now, self.params)
+        return entry.state if entry.state.liveness is liveness else replace(
+            entry.state, liveness=liveness)
+
+    def set_interval(self, interval_s: float) -> None:
+        """Judge liveness on another telemetry interval from now on (telemetry.
+        max_fanout_rate stretches it with the cluster's size)."""
+        if interval_s != self.params.interval_s:
+            self.params = replace(self.params, interval_s=interval_s)
+            self._cache = None
+
     def liveness_counts(self, now: float) -> dict[Liveness, int]:
         counts = dict.fromkeys(Liveness, 0)
         for entry in self._nodes.values():

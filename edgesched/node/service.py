@@ -333,6 +333,7 @@ def _telemetry_stage(
         mappings=s.devices.mappings, load=load,
         power=PowerModel(idle_w=p.idle_w, busy_w=p.busy_w, tx_w=p.tx_w, rx_w=p.rx_w),
         battery_device=p.battery_device, on_device=on_device,
+        max_fanout_rate=s.telemetry.max_fanout_rate,
         on_announcement=on_announcement, on_rtt=on_rtt,
         observe=s.role == "edge", max_clock_skew_s=s.security.max_clock_skew_s,
     )

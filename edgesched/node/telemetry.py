@@ -39,6 +39,7 @@ TELEMETRY_PUBLISH_S = 1.0  # the longest a telemetry publish may wait (it is QoS
 # echoes up to ECHOES_PER_MESSAGE neighbours' latest ones, the longest waiting first.
 ECHOES_PER_MESSAGE = 4
 ECHO_SENT_REMEMBERED = 16  # our own publications an echo can still refer to
+MAX_INTERVAL_S = 3600.0  # telemetry.interval_s's own upper bound
 
 
 class Load(NamedTuple):
@@ -120,6 +121,7 @@ class TelemetryStage:
         mqtt: MqttClient | None,
         interval_s: float,
         max_payload_bytes: int,
+        max_fanout_rate: float = 0.0,
         mappings: tuple[DeviceMapping, ...] = (),
         load: Callable[[], Load] = Load,
         power: PowerModel | None = None,
@@ -137,7 +139,9 @@ class TelemetryStage:
         self.view = view
         self._metrics = metrics
         self._mqtt = mqtt
-        self._interval_s = interval_s
+        self._interval_s = self._base_interval_s = interval_s
+        self._max_fanout_rate = max_fanout_rate
+        metrics.telemetry_interval.set(interval_s)
         self._limit = max_payload_bytes
         self._mappings = mappings
         self._load = load
@@ -307,7 +311,32 @@ class TelemetryStage:
                     counts[node.liveness] += 1
             for status, count in counts.items():
                 self._metrics.neighbours.labels(status=status.value).set(count)
+            if self._max_fanout_rate > 0:
+                self._adapt_interval(now)
             await asyncio.sleep(self._interval_s)
+
+    def _adapt_interval(self, now: float) -> None:
+        """telemetry.max_fanout_rate: N nodes each publishing every T s to N subscribers make
+        the broker deliver N²/T messages/s; stretch T so that stays under the rate. N counts
+        this node and every neighbour not offline (of any role: the cloud node publishes
+        too). The view judges liveness on the same interval, and as every node of the
+        cluster sees the same N, they all settle on the same T. Changes under 10 % are
+        ignored, so one node coming and going does not make everybody re-time."""
+        alive = 1 + sum(1 for n in self.view.neighbours(now) if n.liveness is not Liveness.OFFLINE)
+        wanted = min(MAX_INTERVAL_S, max(self._base_interval_s,
+                                         alive * alive / self._max_fanout_rate))
+        if abs(wanted - self._interval_s) <= 0.1 * self._interval_s:
+            return
+        log.info("telemetry interval %.2fs -> %.2fs (%d nodes, telemetry.max_fanout_rate %g/s)",
+                 self._interval_s, wanted, alive, self._max_fanout_rate)
+        self._interval_s = wanted
+        self.view.set_interval(wanted)
+        self._metrics.telemetry_interval.set(wanted)
+
+    @property
+    def interval_s(self) -> float:
+        """The telemetry interval in use (see `_adapt_interval`)."""
+        return self._interval_s
 
     # ---- handlers ----------------------------------------------------------------------
     def _max_incarnation(self) -> int:
