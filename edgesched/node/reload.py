@@ -76,6 +76,10 @@ def reloadable(change: Change, running: Settings) -> bool:
     return False
 
 
+def _level(name: str) -> int:
+    return int(logging.getLevelName(name.upper()))
+
+
 def _shown(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
@@ -141,19 +145,24 @@ class Reloader:
             effective = running.model_copy(update={"policy": new.policy, "log": new.log,
                                                    "task_types": types})
             try:
-                if effective.policy != running.policy:
-                    self._apply_policy(effective.policy)
+                # the task types' setter is the one that may refuse: it goes first, so a
+                # refusal leaves everything as it was (the others take validated settings)
                 if effective.task_types != running.task_types:
                     self._apply_task_types(effective.task_types)
-                if effective.log != running.log:
-                    self._apply_logging(effective.log)
+                if effective.policy != running.policy:
+                    self._apply_policy(effective.policy)
             except (EdgeschedError, ValueError) as exc:
-                # the setters check before they swap: nothing of this reload is half applied
                 log.error("reload refused, the running configuration is kept: %s", exc)
                 return ReloadResult(error=str(exc))
             self.settings = effective
+            # the "reloaded" lines are logged at the more verbose of the old and new levels
+            louder = _level(effective.log.level) < _level(running.log.level)
+            if effective.log != running.log and louder:
+                self._apply_logging(effective.log)
             for c in applied:
                 log.info("reloaded %s %s -> %s", c.key, _shown(c.old), _shown(c.new))
+            if effective.log != running.log and not louder:
+                self._apply_logging(effective.log)
         if restart:
             keys = _restart_keys(restart, running, new)
             shown = ", ".join(keys[:MAX_LOGGED_RESTART_KEYS])

@@ -76,9 +76,11 @@ def test_sighup_reloads_policy_task_types_and_log_level(mosquitto: Mosquitto,
     hup_and_wait(node, "reload refused, the running configuration is kept: policy.energy_weight")
     assert node.status()["scheduler"]["policy"] == "local"
     # Adding a task type needs a restart (named), the rest of the file still applies.
-    rewrite(node, {"policy": {"name": "cost"}, "task_types": {
+    rewrite(node, {"policy": {"name": "cost"}, "log": {"level": "WARNING"}, "task_types": {
         "sleep": {"timeout_s": 0.2}, "echo2": {"handler": "builtin:echo"}}})
     hup_and_wait(node, "reloaded policy.name local -> cost")
+    # logged before the quieter level took effect
+    assert "reloaded log.level DEBUG -> WARNING" in node.log_text()
     assert "need a restart to take effect (still running with the old values): " \
         "task_types.echo2 (added)" in node.log_text()
     assert node.status()["scheduler"]["policy"] == "cost"
