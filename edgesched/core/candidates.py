@@ -86,10 +86,17 @@ def queue_wait(
 def _aged_wait(node: NodeState, ex: ExecEstimate, extra: int, age: float) -> tuple[float, float]:
     """The count model on a report `age` seconds old: the tasks it counted have been worked on
     since, so the backlog relaxes towards the node's average load (cpu_util x slots), with the
-    execution time as time constant; our `extra` tasks it cannot show yet do not relax."""
+    execution time as time constant — but a backlog above that average cannot drain faster
+    than its slots finish tasks (`slots` per execution time), so it is at least the reported
+    backlog minus what could have finished since. Our `extra` tasks it cannot show yet do not
+    relax. (Relaxing a long queue with the execution time as time constant alone took a queue
+    of 100 x 5 ms tasks for empty 20 ms later: issue 20's burst timed out on it.)"""
     slots = node.slots
     average = node.cpu_util * slots
-    relaxed = average + (node.running + node.queued - average) * math.exp(-age / ex.mean_s)
+    backlog = node.running + node.queued
+    relaxed = average + (backlog - average) * math.exp(-age / ex.mean_s)
+    if backlog > average:
+        relaxed = max(relaxed, backlog - age * slots / ex.mean_s)
     ahead = relaxed + extra - slots + 1
     if ahead <= 0.0:
         return 0.0, 0.0
@@ -170,14 +177,25 @@ def neighbour_candidate(
 
 def cloud_candidate(
     task: TaskSpec, cloud: CloudTarget, local: NodeState, bank: EstimatorBank, now: float, *,
-    origin_power: PowerModel, inflight: int = 0,
+    origin_power: PowerModel, inflight: int = 0, state: NodeState | None = None,
 ) -> Candidate:
-    """The cloud tier as a candidate; `inflight` = tasks this node has running there."""
+    """The cloud tier as a candidate; `inflight` = tasks this node has sent there that its
+    latest report does not show yet (all of them without a report).
+
+    `state` is the cloud node's own load report (its telemetry: slots, running, queued and
+    `est_wait_s` from the work it actually queued), when this node hears it: the cloud's wait
+    is then aged like a neighbour's (`node_wait`). Without a report the cloud is `cloud.slots`
+    slots running only this node's tasks — the configured capacity, not a measured one."""
     ex = exec_estimate(task, cloud.node_id, bank, now)
-    wait, wait_std = queue_wait(cloud.slots, inflight, 0, ex.mean_s, ex.std_s)
+    if state is not None and state.liveness is not Liveness.OFFLINE and state.slots > 0:
+        slots, running, queued = state.slots, state.running + inflight, state.queued
+        wait, wait_std = node_wait(state, ex, extra=inflight, age=max(0.0, now - state.last_seen))
+    else:
+        slots, running, queued = cloud.slots, inflight, 0
+        wait, wait_std = queue_wait(cloud.slots, inflight, 0, ex.mean_s, ex.std_s)
     return Candidate(
         node_id=cloud.node_id, placement=Placement.CLOUD, liveness=Liveness.ONLINE, age_s=0.0,
-        slots=cloud.slots, running=inflight, queued=0, est_wait_s=min(wait, MAX_WAIT_S),
+        slots=slots, running=running, queued=queued, est_wait_s=min(wait, MAX_WAIT_S),
         wait_std_s=min(wait_std, MAX_WAIT_S), battery=None, power=cloud.power,
         link=bank.link(cloud.node_id, now), exec=ex, supports_type=True,
         money_cost=cloud.money_cost, max_queue=None, origin_power=origin_power,
@@ -197,6 +215,8 @@ def build_candidates(
     local_max_queue: int | None = None,
     inflight: Mapping[str, int] | None = None,
     exclude: Collection[str] = (),
+    held: Collection[str] = (),
+    cloud_state: NodeState | None = None,
 ) -> list[Candidate]:
     """Every target the task could go to: this node, each edge neighbour, and the cloud.
 
@@ -204,7 +224,10 @@ def build_candidates(
     not chosen) unless `offload` is given, in which case they are skipped to save the work.
     `inflight` counts tasks this node already sent to a target that its last telemetry may not
     show yet (so a burst does not herd onto one neighbour); `powers` holds known power models of
-    neighbours (unknown ones get the default model); `exclude` marks targets not to use.
+    neighbours (unknown ones get the default model); `exclude` marks targets not to use;
+    `held` the targets that refused an attempt and have not reported since
+    (`feedback.Refusals`: their candidates are `refused`, no capacity); `cloud_state` is the
+    cloud node's own load report, when this node hears one (`cloud_candidate`).
     """
     now, local = snapshot.now, snapshot.local
     lp = local_power or DEFAULT_POWER
@@ -223,5 +246,15 @@ def build_candidates(
             ))
     if cloud is not None and (offload is None or offload.allows(Placement.CLOUD)):
         out.append(cloud_candidate(task, cloud, local, bank, now, origin_power=lp,
-                                   inflight=inflight.get(cloud.node_id, 0)))
+                                   inflight=inflight.get(cloud.node_id, 0), state=cloud_state))
+    if held:
+        mark_refused(out, held)
     return out
+
+
+def mark_refused(candidates: list[Candidate], held: Collection[str]) -> None:
+    """Mark the candidates of targets that refused an attempt and have not reported since
+    (this node's own executor is never held back: its load is live)."""
+    for cand in candidates:
+        if cand.node_id in held and cand.placement is not Placement.LOCAL:
+            cand.refused = True

@@ -70,6 +70,10 @@ class CostParams:
     # When no candidate is predicted to meet the deadline: False = nothing is chosen (the task
     # is refused), True = try the least late ones (Decision.best_effort).
     deadline_best_effort: bool = False
+    # At most this many edge neighbours are scored per decision (core/shortlist.py). Four:
+    # in a 50-node cluster a short list spreads origins over idle neighbours (fewer misses and
+    # a lower mean than 8, 16 or all of them; docs/scaling.md has the measurement).
+    max_candidates: int = 4
     z: float = field(init=False, default=0.0)  # z-score of latency_quantile (derived)
 
     def __post_init__(self) -> None:
@@ -87,6 +91,8 @@ class CostParams:
             if getattr(self, name) > 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)!r}")
         require_finite("stale_after_s", self.stale_after_s, minimum=0.0)
+        if self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates!r}")
         q = self.latency_quantile
         if not (math.isfinite(q) and 0.5 <= q < 1.0):
             raise ValueError(f"latency_quantile must be within [0.5, 1), got {q!r}")
@@ -156,8 +162,9 @@ def check(
 
 
 def _no_capacity(cand: Candidate) -> bool:
-    """No slot at all, or every slot busy and the admission queue full."""
-    if cand.slots <= 0:
+    """No slot at all, every slot busy and the admission queue full, or it refused an attempt
+    and has not reported room since."""
+    if cand.slots <= 0 or cand.refused:
         return True
     return cand.max_queue is not None and cand.queued >= cand.max_queue and (
         cand.running >= cand.slots

@@ -5,6 +5,7 @@ attempts under way that a target's own load report cannot show yet."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 
 from edgesched.core.estimators import EstimatorBank
@@ -73,3 +74,52 @@ class InFlight:
             if n:
                 counts[target] = n
         return counts
+
+
+class Refusals:
+    """Targets that refused an attempt (admission: queue full, or the deadline cannot be met
+    there), held back until they can take work again.
+
+    A refusal is evidence the deciding node's picture of the target was wrong. The target is
+    held back (its candidate is `refused`: no capacity) until a load report newer than the
+    refusal arrives — the report then says whether it has room — or, for a target that
+    reports nothing (a cloud tier without telemetry), until a backoff runs out: `backoff_s`,
+    doubling with each refusal in a row up to `max_backoff_s`, reset by a success. Without this,
+    every task of a burst is sent to the same refusing target first (issue 20: 147 of 150).
+    Bounded: at most `max_targets` targets are remembered (the oldest refusal is dropped)."""
+
+    def __init__(self, *, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 max_targets: int = 1024) -> None:
+        if not 0.0 < backoff_s <= max_backoff_s or max_targets < 1:
+            raise ValueError("need 0 < backoff_s <= max_backoff_s and max_targets >= 1")
+        self.backoff_s, self.max_backoff_s, self.max_targets = (backoff_s, max_backoff_s,
+                                                                max_targets)
+        self._held: dict[str, tuple[float, float, int]] = {}  # target -> (at, until, in a row)
+
+    def refused(self, target: str, now: float) -> None:
+        """`target` refused an attempt at `now`."""
+        row = self._held.pop(target, (0.0, 0.0, 0))[2] + 1
+        hold = min(self.max_backoff_s, self.backoff_s * 2.0 ** min(row - 1, 30))
+        self._held[target] = (now, now + hold, row)
+        if len(self._held) > self.max_targets:
+            del self._held[next(iter(self._held))]
+
+    def accepted(self, target: str) -> None:
+        """`target` took an attempt: it is no longer held back."""
+        self._held.pop(target, None)
+
+    def held(self, reported_at: Mapping[str, float], now: float) -> frozenset[str]:
+        """The targets held back at `now`: refused, no report received since, backoff left.
+        `reported_at[t]`: when `t`'s latest load report was received (absent: never)."""
+        if not self._held:
+            return frozenset()
+        out = []
+        for target, (at, until, _) in list(self._held.items()):
+            if now >= until or reported_at.get(target, -math.inf) > at:
+                del self._held[target]  # expired, or a newer report speaks for it
+            else:
+                out.append(target)
+        return frozenset(out)
+
+    def __len__(self) -> int:
+        return len(self._held)

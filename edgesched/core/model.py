@@ -206,6 +206,8 @@ class Candidate:
     origin_power: PowerModel | None = None
     origin_battery: float | None = None
     excluded: bool = False  # e.g. the node that forwarded this task to us (no ping-pong)
+    # It refused an attempt and has not reported since (feedback.Refusals): no capacity.
+    refused: bool = False
 
 
 @dataclass(kw_only=True, slots=True)

@@ -24,7 +24,7 @@ from edgesched.core.admission import admit
 from edgesched.core.candidates import CLOUD_ID, CloudTarget, build_candidates, exec_estimate
 from edgesched.core.estimators import EstimatorBank
 from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
-from edgesched.core.feedback import InFlight, learn_from_reply
+from edgesched.core.feedback import InFlight, Refusals, learn_from_reply
 from edgesched.core.model import (
     Candidate,
     CandidateEval,
@@ -131,6 +131,8 @@ class Dispatcher:
         snapshot: Callable[[], ClusterSnapshot], local_power: PowerModel,
         cloud: CloudClient | None = None, offload: OffloadClient | None = None,
         clock: Callable[[], float] = time.monotonic, max_decisions: int = 50,
+        neighbour_state: Callable[[str], NodeState | None] | None = None,
+        cloud_state: Callable[[], NodeState | None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.executor = executor
@@ -139,6 +141,11 @@ class Dispatcher:
         self.fallback = fallback
         self.metrics = metrics
         self.snapshot = snapshot
+        self.neighbour_state = neighbour_state or self._snapshot_state
+        # The cloud node's own load report (its telemetry), when this node hears one.
+        self.cloud_state = cloud_state or (lambda: None)
+        # Targets that refused an attempt, held back until they report room (issue 20).
+        self.refusals = Refusals()
         self.local_power = local_power
         self.cloud = cloud
         self.cloud_target = CloudTarget() if cloud is not None else None
@@ -165,12 +172,17 @@ class Dispatcher:
     def candidates(self, spec: TaskSpec) -> list[Candidate]:
         """The core's candidates for `spec`, each with its one execution-time estimate."""
         snap = self.snapshot()
+        cloud_state = self.cloud_state() if self.cloud_target is not None else None
+        reported = {n.node_id: n.last_seen for n in snap.neighbours}
+        if cloud_state is not None:
+            reported[CLOUD_ID] = cloud_state.last_seen
         # every target is listed, the ones the task type's offload policy forbids too: the
         # policy rules them out (reason offload_policy: counted, and shown in the decision)
         return build_candidates(
             spec, snap, self.bank, cloud=self.cloud_target,
             local_power=self.local_power, local_max_queue=self.executor.queue_size,
-            inflight=self.inflight.unreported({n.node_id: n.last_seen for n in snap.neighbours}),
+            inflight=self.inflight.unreported(reported),
+            held=self.refusals.held(reported, snap.now), cloud_state=cloud_state,
         )
 
     def decide(self, job: Job, trace: TaskTrace | None = None
@@ -219,6 +231,7 @@ class Dispatcher:
             result = await self._attempt(job, step, expected[step.target.node_id])
             elapsed = self.clock() - started
             results.append((step.target, result))
+            self._learn_refusal(step.target, result)
             if trace is not None:
                 trace.add_attempt(node_id=step.target.node_id, placement=step.target.placement,
                                   outcome=result.outcome.value, started=started,
@@ -259,6 +272,15 @@ class Dispatcher:
         if status is p.Status.OK:
             self.metrics.prediction_error.observe(self.clock() - started - expected)
         return reply
+
+    def _learn_refusal(self, target: CandidateEval, result: AttemptResult) -> None:
+        """A remote target's refusal holds it back until it reports room; a success ends it."""
+        if target.placement is Placement.LOCAL:
+            return
+        if result.outcome is Outcome.REJECTED:
+            self.refusals.refused(target.node_id, self.clock())
+        elif result.outcome is Outcome.OK:
+            self.refusals.accepted(target.node_id)
 
     def expected_s(self, job: Job, now: float) -> float:
         """This node's expected execution time of `job` (for admission and the executor)."""
@@ -376,12 +398,16 @@ class Dispatcher:
         return _from_remote(reply.status, reply.result, reply.error,
                             reply.executed_by or target.node_id, reply.wait_s, reply.exec_s)
 
+    def _snapshot_state(self, node_id: str) -> NodeState | None:
+        return next((n for n in self.snapshot().neighbours if n.node_id == node_id), None)
+
     def _gone_watch(self, node_id: str) -> Callable[[], bool]:
         """True once the view says `node_id` is offline or runs a new incarnation (the task
         it was running is lost either way)."""
 
         def state() -> NodeState | None:
-            return next((n for n in self.snapshot().neighbours if n.node_id == node_id), None)
+            # Not from the decision snapshot: it lists only the shortlisted neighbours.
+            return self.neighbour_state(node_id)
 
         first = state()
         incarnation = first.incarnation if first else None

@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
@@ -245,6 +246,8 @@ class TaskPipeline:
         self.mqtt = mqtt
         self.metrics = metrics
         self.neighbours = neighbours
+        self._cloud_id: str | None = None  # the cloud node's id, once seen (`_cloud_state`)
+        self._cloud_scanned_at = -math.inf
         self.node_id = s.node_id
         self.edge = s.role == "edge"
         self.registry = TaskRegistry.from_settings(s.task_types)
@@ -281,6 +284,7 @@ class TaskPipeline:
             local_power=PowerModel(idle_w=pw.idle_w, busy_w=pw.busy_w, tx_w=pw.tx_w,
                                    rx_w=pw.rx_w),
             cloud=self.cloud, offload=self.offload_client,
+            neighbour_state=self._neighbour_state, cloud_state=self._cloud_state,
         )
         self.intake = Intake(
             mqtt=mqtt, metrics=metrics, accept=self.accept, spawn=self.spawn,
@@ -416,6 +420,28 @@ class TaskPipeline:
             raise
         except Exception:  # a bug in one task must never take the pipeline down
             log.exception("%s failed", name)
+
+    def _neighbour_state(self, node_id: str) -> NodeState | None:
+        """A neighbour's latest state, shortlisted for decisions or not (the dispatcher
+        watches the target of an attempt under way through it)."""
+        return next((n for n in self.neighbours(time.monotonic()) if n.node_id == node_id),
+                    None)
+
+    def _cloud_state(self) -> NodeState | None:
+        """The cloud tier's own load report (the telemetry of the node with role `cloud`),
+        when this node hears one: its slots and queue, not an assumed unbounded tier. The
+        cloud's id is found by a scan of the view at most once a second, then remembered."""
+        if self._cloud_id is not None:
+            state = self._neighbour_state(self._cloud_id)
+            if state is not None and state.role == "cloud":
+                return state
+        now = time.monotonic()
+        if now - self._cloud_scanned_at < 1.0:
+            return None
+        self._cloud_scanned_at = now
+        self._cloud_id = next((n.node_id for n in self.neighbours(now) if n.role == "cloud"),
+                              None)
+        return None if self._cloud_id is None else self._neighbour_state(self._cloud_id)
 
     # -- status ------------------------------------------------------------------------------
 
