@@ -42,9 +42,10 @@ ALERTS = REPO / "packaging" / "prometheus" / "alerts.yml"
 SCRAPE_S = 0.5
 # What the client sends: to gw-a (round robin over gw-a, gw-b and the cloud), to gw-b (its
 # cost policy), one task of a type that may not leave gw-a (its offload policy rules out gw-b
-# and the cloud), and one submission gw-a refuses (unknown type: still a submission, answered).
-TO_A, TO_B, LOCAL_ONLY, REFUSED = 9, 3, 1, 1
-SUBMITTED = TO_A + TO_B + LOCAL_ONLY + REFUSED
+# and the cloud), one submission gw-a refuses (unknown type: still a submission, answered), and
+# one a client sends to the cloud node itself (a submission there, unlike the edges' tasks).
+TO_A, TO_B, LOCAL_ONLY, REFUSED, TO_CLOUD = 9, 3, 1, 1, 1
+SUBMITTED = TO_A + TO_B + LOCAL_ONLY + REFUSED + TO_CLOUD
 
 
 @dataclass
@@ -96,6 +97,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                     for i in range(LOCAL_ONLY)]
         replies += [post_task(a, {"type": "no-such-type", "input": {}})
                     for _ in range(REFUSED)]
+        replies += [post_task(cloud, {"type": "echo", "input": {"n": i}})
+                    for i in range(TO_CLOUD)]
         yield Cluster(a=a, b=b, cloud=cloud, replies=replies)
     finally:
         for node in nodes:
@@ -108,7 +111,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def test_the_client_got_a_reply_for_every_task_from_every_placement(cluster: Cluster) -> None:
     statuses = [r["status"] for r in cluster.replies]
-    assert statuses.count("ok") == TO_A + TO_B + LOCAL_ONLY, cluster.replies
+    assert statuses.count("ok") == TO_A + TO_B + LOCAL_ONLY + TO_CLOUD, cluster.replies
     assert statuses.count("rejected") == REFUSED
     placements = {r.get("placement") for r in cluster.replies[:TO_A]}
     assert placements == {"local", "neighbour", "cloud"}, cluster.replies[:TO_A]
@@ -127,7 +130,8 @@ def _sum(node: NodeProcess, name: str, **labels: str) -> float:
 def test_every_task_is_counted_once_on_the_node_it_was_submitted_to(cluster: Cluster) -> None:
     a, b, cloud = cluster.a, cluster.b, cluster.cloud
     submitted = {n.node_id: _sum(n, "edgesched_tasks_submitted_total") for n in cluster.nodes}
-    assert submitted == {"gw-a": TO_A + LOCAL_ONLY + REFUSED, "gw-b": TO_B, "cloud-1": 0}
+    assert submitted == {"gw-a": TO_A + LOCAL_ONLY + REFUSED, "gw-b": TO_B,
+                         "cloud-1": TO_CLOUD}, submitted
     completed = {n.node_id: _sum(n, "edgesched_tasks_completed_total") for n in cluster.nodes}
     assert completed == submitted, "every submitted task completes once, where submitted"
     by_placement = {p: _sum(a, "edgesched_tasks_completed_total", placement=p, status="ok",
@@ -141,7 +145,9 @@ def test_every_task_is_counted_once_on_the_node_it_was_submitted_to(cluster: Clu
     assert _sum(b, "edgesched_remote_tasks_total", origin_kind="neighbour") == sent["neighbour"]
     assert _sum(cloud, "edgesched_remote_tasks_total", origin_kind="edge",
                 status="ok") == sent["cloud"]
-    assert _sum(cloud, "edgesched_task_latency_seconds_count") == 0
+    assert _sum(cloud, "edgesched_tasks_completed_total", placement="local",
+                status="ok") == TO_CLOUD, "only the client's own task is the cloud's"
+    assert _sum(cloud, "edgesched_task_latency_seconds_count") == TO_CLOUD
     # the cloud node is no neighbour of gw-a
     assert _sum(a, "edgesched_neighbours", status="online") == 1
     # the pinned type's offload policy ruled out gw-b and the cloud, and says so
@@ -241,7 +247,7 @@ def test_prometheus_names_three_nodes_and_counts_each_task_once(
         "sum by (node_id) (edgesched_tasks_submitted_total"
         " * on (job, instance) group_left (node_id) edgesched_node_info)")
     assert {r["metric"]["node_id"]: float(r["value"][1]) for r in per_node} == {
-        "gw-a": TO_A + LOCAL_ONLY + REFUSED, "gw-b": TO_B, "cloud-1": 0}
+        "gw-a": TO_A + LOCAL_ONLY + REFUSED, "gw-b": TO_B, "cloud-1": TO_CLOUD}
 
 
 def _panel_queries() -> list[tuple[str, str]]:
