@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 
 from tests.e2e.client import TaskClient
@@ -126,6 +127,22 @@ def cross(status: str) -> dict[str, dict[str, str]]:
             for names in SITES.values() for n in names}
 
 
+class Listener:
+    """Records the topics published on one broker under `filters` (a paho client)."""
+
+    def __init__(self, broker: Mosquitto, *filters: str) -> None:
+        self.topics: list[str] = []
+        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="listener")
+        self._client.on_connect = lambda c, *_: [c.subscribe(f) for f in filters]
+        self._client.on_message = lambda _c, _u, msg: self.topics.append(msg.topic)
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
 def rtts(node: NodeProcess) -> dict[str, float]:
     links = node.status()["scheduler"]["links"]
     return {peer: link["rtt_s"] for peer, link in links.items()}
@@ -150,6 +167,9 @@ async def test_two_sites_prefer_their_own_survive_a_partition_and_heal(fleet: Fl
                           and r["a2"] < 0.04 and r, 10, 0.2, what="a1 measured the RTTs")
     print("a1's RTT estimates:", measured)
 
+    # submissions and replies stay on their site: site b never sees site a's
+    site_b_listener = Listener(fleet.brokers["site-b"], "edgesched/node/a1/submit",
+                               "edgesched/node/a2/submit", "edgesched/client/#")
     sent: list[str] = []
     async with TaskClient(fleet.brokers["site-a"]) as ca, \
             TaskClient(fleet.brokers["site-b"]) as cb:
@@ -211,3 +231,9 @@ async def test_two_sites_prefer_their_own_survive_a_partition_and_heal(fleet: Fl
         replies = {**ca.replies, **cb.replies}
         for key in sent + during + after:
             assert len(replies.get(key, [])) == 1, (key, replies.get(key))
+    site_b_listener.close()
+    assert any(cb.token in t for t in site_b_listener.topics)  # it did listen: b's replies
+    # b1's own client topic is on site b; nothing of site a's submissions or replies is
+    assert not [t for t in site_b_listener.topics
+                if ca.token in t or t.startswith("edgesched/node/a")], \
+        site_b_listener.topics[:5]
