@@ -460,6 +460,8 @@ class TaskPipeline:
         links = {n: _link(self.bank.link(n, now)) for n in nodes if n != self.node_id}
         return {
             "policy": self.settings.policy.name, "in_flight": len(self.book.inflight),
+            # the weights and parameters in effect (they change on a SIGHUP reload)
+            "policy_params": self.settings.policy.model_dump(exclude={"name"}),
             "estimates": estimates, "links": links,
             "decisions": [r.as_dict(now) for r in list(d.decisions)[-STATUS_DECISIONS:]],
         }

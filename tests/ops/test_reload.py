@@ -65,7 +65,8 @@ def test_sighup_reloads_policy_task_types_and_log_level(mosquitto: Mosquitto,
     assert node.metric("edgesched_mqtt_reconnects_total") == 0
 
     # in effect: the policy serves the status and decides; the new timeout cuts a 0.6 s sleep
-    assert node.status()["scheduler"]["policy"] == "local"
+    scheduler = node.status()["scheduler"]
+    assert scheduler["policy"] == "local" and scheduler["policy_params"]["energy_weight"] == 0.5
     reply = post_task(node, {"type": "sleep", "input": {"seconds": 0.6}})
     assert reply["status"] == "failed", reply
     assert node.status()["scheduler"]["decisions"][-1]["policy"] == "local"
