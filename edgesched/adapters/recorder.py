@@ -24,10 +24,14 @@ import contextlib
 import gzip
 import json
 import logging
+import multiprocessing
+import pickle
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -41,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgesched.recorder")
 
 FLUSH_S = 0.5  # the writer's period
+WRITER_REPLY_S = 30.0  # a batch not acknowledged by the writer process by then is lost
+WRITER_EXIT_S = 5.0
+WRITER_RESTART_S = 5.0
 PATTERN = "rec-*.jsonl.gz"
 TRACE_BASE_BYTES = 900  # a trace's estimated size in memory and on a line ...
 CANDIDATE_BYTES = 420  # ... plus this per candidate
@@ -109,24 +116,80 @@ class RecordFiles:
         return deleted
 
 
+def encode_lines(schema: Any, items: list[tuple[str, Any]]) -> tuple[list[bytes], int, int]:
+    """JSON lines of a batch: ("t", a trace row) and ("d", a telemetry document) items;
+    returns (lines, task lines, items that could not be encoded, e.g. holding a NaN)."""
+    head, top, cand, att = schema
+    lines, tasks, bad = [], 0, 0
+    for kind, item in items:
+        if kind == "t":
+            doc = dict(head)
+            doc.update(zip(top, item[0], strict=True))
+            doc["candidates"] = [dict(zip(cand, c, strict=True)) for c in item[1]]
+            doc["attempts"] = [dict(zip(att, a, strict=True)) for a in item[2]]
+        else:
+            doc = item
+        try:
+            lines.append(json.dumps(doc, separators=(",", ":"), allow_nan=False,
+                                    default=str).encode() + b"\n")
+        except (TypeError, ValueError):
+            bad += 1
+            continue
+        tasks += kind == "t"
+    return lines, tasks, bad
+
+
+def writer_main(conn: Connection, directory: str, node_id: str, max_bytes: int,
+                file_bytes: int) -> None:
+    """The writer process: batches in, (tasks written, lines lost, error) out, until None."""
+    files = RecordFiles(Path(directory), node_id, max_bytes=max_bytes, file_bytes=file_bytes)
+    while True:
+        try:
+            batch = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            batch = None  # the node went away
+        if batch is None:
+            files.close()
+            return
+        schema, items = batch
+        lines, tasks, bad = encode_lines(schema, items)
+        error = ""
+        try:
+            files.write(lines)
+        except (OSError, ValueError) as exc:
+            files.close()
+            error, bad, tasks = str(exc), bad + len(lines), 0
+        try:
+            conn.send((tasks, bad, error))
+        except (EOFError, OSError):
+            files.close()
+            return
+
+
 class Recorder:
     """Trace sink + periodic telemetry snapshots -> record files (see the module docstring).
 
     `snapshot()` returns the telemetry document to record (the composition root builds it
-    over the view, the executor's load and the estimator bank); it runs on the event loop."""
+    over the view, the executor's load and the estimator bank); it runs on the event loop.
+    `row_schema` is node/trace.py's ROW_SCHEMA: how the writer process rebuilds a trace's
+    record from the plain tuples it is sent."""
 
     def __init__(self, settings: RecordSettings, *, node_id: str, metrics: Metrics,
-                 snapshot: Callable[[], dict[str, Any]] | None = None) -> None:
+                 row_schema: Any, snapshot: Callable[[], dict[str, Any]] | None = None) -> None:
         assert settings.path is not None
         self.settings = settings
         self.metrics = metrics
         self.snapshot = snapshot
-        self.files = RecordFiles(Path(settings.path), node_id, max_bytes=settings.max_bytes,
-                                 file_bytes=settings.file_bytes)
+        self.node_id = node_id
+        self.directory = Path(settings.path)
+        self.row_schema = row_schema
         self._buffer: deque[tuple[Any, int]] = deque()  # (trace or telemetry doc, bytes)
         self._buffered = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._proc: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._restart_at = 0.0
         self.dropped = 0
         self._stopping = False
 
@@ -148,9 +211,15 @@ class Recorder:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Recorder:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("record.path %s cannot be created (%s): nothing will be recorded",
+                      self.directory, exc.strerror)
+        await asyncio.to_thread(self._start_writer)
         self._task = asyncio.get_running_loop().create_task(self._loop(),
                                                             name="edgesched.recorder")
-        log.info("recording finished tasks into %s (at most %d bytes)", self.files.directory,
+        log.info("recording finished tasks into %s (at most %d bytes)", self.directory,
                  self.settings.max_bytes)
         return self
 
@@ -159,8 +228,8 @@ class Recorder:
         self._wake.set()
         if self._task is not None:
             await self._task
-        await asyncio.to_thread(self._write_batch, self._take())  # what is left
-        await asyncio.to_thread(self.files.close)
+        await asyncio.to_thread(self._ship, self._take())  # what is left
+        await asyncio.to_thread(self._stop_writer)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -178,7 +247,7 @@ class Recorder:
                     log.exception("telemetry snapshot for the record failed")
             batch = self._take()
             if batch:
-                await asyncio.to_thread(self._write_batch, batch)
+                await asyncio.to_thread(self._ship, batch)
 
     def _take(self) -> list[Any]:
         batch = [item for item, _ in self._buffer]
@@ -186,30 +255,68 @@ class Recorder:
         self._buffered = 0
         return batch
 
-    # -- the writer thread ---------------------------------------------------------------------
+    # -- the writer process (driven from a worker thread) ---------------------------------------
 
-    def _write_batch(self, batch: list[Any]) -> None:
-        lines, tasks = [], 0
-        for item in batch:
-            is_task = not isinstance(item, dict)
-            try:
-                doc = item.to_dict() if is_task else item
-                lines.append(json.dumps(doc, separators=(",", ":"), allow_nan=False,
-                                        default=str).encode() + b"\n")
-            except (TypeError, ValueError) as exc:  # e.g. a NaN: never written as invalid JSON
-                self.metrics.record_dropped.labels(reason="write_error").inc()
-                log.warning("record: a line could not be encoded: %s", exc)
-                continue
-            tasks += is_task
-        try:
-            self.files.write(lines)
-        except (OSError, ValueError) as exc:
-            self.metrics.record_dropped.labels(reason="write_error").inc(len(lines))
-            log.warning("record: %d line(s) not written to %s: %s", len(lines),
-                        self.files.directory, exc)
-            self.files.close()
+    def _start_writer(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=writer_main, name="edgesched-recorder", daemon=True,
+                           args=(child, str(self.directory), self.node_id,
+                                 self.settings.max_bytes, self.settings.file_bytes))
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+
+    def _stop_writer(self) -> None:
+        conn, proc = self._conn, self._proc
+        self._conn = self._proc = None
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.send_bytes(pickle.dumps(None))
+            conn.close()
+        if proc is not None:
+            proc.join(WRITER_EXIT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+
+    def _ship(self, batch: list[Any]) -> None:
+        """Hand a batch to the writer process and wait for its answer (the thread waits,
+        not the event loop; the GIL is free meanwhile)."""
+        if not batch:
             return
-        self.metrics.decisions_recorded.inc(tasks)
+        items = [("d", item) if isinstance(item, dict) else ("t", item.to_row())
+                 for item in batch]
+        tasks, lost, error = 0, len(items), ""
+        try:
+            if self._conn is None or self._proc is None or not self._proc.is_alive():
+                raise OSError("the writer process is not running")
+            self._conn.send_bytes(pickle.dumps((self.row_schema, items),
+                                               protocol=pickle.HIGHEST_PROTOCOL))
+            if not self._conn.poll(WRITER_REPLY_S):
+                raise OSError(f"the writer process did not answer in {WRITER_REPLY_S:g}s")
+            tasks, lost, error = self._conn.recv()
+        except (OSError, EOFError, ValueError) as exc:
+            error = str(exc)
+            self._restart_writer()
+        if tasks:
+            self.metrics.decisions_recorded.inc(tasks)
+        if lost:
+            self.metrics.record_dropped.labels(reason="write_error").inc(lost)
+            log.warning("record: %d line(s) not written to %s%s", lost, self.directory,
+                        f": {error}" if error else "")
+
+    def _restart_writer(self) -> None:
+        now = time.monotonic()
+        if self._stopping or now < self._restart_at:
+            return
+        self._restart_at = now + WRITER_RESTART_S
+        log.warning("record: restarting the writer process")
+        self._stop_writer()
+        try:
+            self._start_writer()
+        except OSError as exc:
+            log.error("record: the writer process cannot be started: %s", exc)
 
 
 def telemetry_source(

@@ -32,6 +32,7 @@ from edgesched.adapters.mqtt import MqttClient
 from edgesched.adapters.spool import Spool
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.estimators import EstimatorBank, ExecParams, ExecPrior
+from edgesched.core.exploration import ExploringPolicy
 from edgesched.core.model import ClusterSnapshot, LinkEstimate, NodeState, Placement, PowerModel
 from edgesched.core.policies import make_policy
 from edgesched.errors import InvalidTaskError
@@ -41,7 +42,7 @@ from edgesched.node.dispatch import Dispatcher, Job
 from edgesched.node.intake import Intake
 from edgesched.node.offload import OffloadClient, OffloadServer
 from edgesched.node.telemetry import Load
-from edgesched.node.trace import ExploringPolicy, TaskTrace, TraceSink, hindsight_best_s, new_trace
+from edgesched.node.trace import TaskTrace, TraceSink, hindsight_best_s, new_trace
 from edgesched.tasks.registry import TaskRegistry
 
 if TYPE_CHECKING:

@@ -53,6 +53,7 @@ from edgesched.node.pipeline import DrainingExecutor, TaskPipeline, make_bank
 from edgesched.node.reload import Reloader
 from edgesched.node.tasklog import TaskLog, valid_task_id
 from edgesched.node.telemetry import Identity, LinkReadingFeeder, Load, TelemetryStage, Topics
+from edgesched.node.trace import ROW_SCHEMA
 
 log = logging.getLogger("edgesched.service")
 
@@ -265,13 +266,14 @@ def build_runtime(
     )
     task_log = TaskLog(max_bytes=settings.http.recent_tasks_bytes)
     recorder = None if settings.record.path is None else Recorder(
-        settings.record, node_id=settings.node_id, metrics=metrics,
+        settings.record, node_id=settings.node_id, metrics=metrics, row_schema=ROW_SCHEMA,
         snapshot=telemetry_source(
             node_id=settings.node_id, speed=settings.executor.speed,
             cloud=bool(settings.cloud.url), neighbours=view.neighbours, load=executor.load,
             link=bank.link, speeds=lambda: bank.speeds,
             static={"policy": settings.policy.model_dump(mode="json"),
-                    "telemetry_interval_s": settings.telemetry.interval_s}))
+                    "telemetry_interval_s": settings.telemetry.interval_s,
+                    "explore": settings.record.explore}))
     pipeline = TaskPipeline(settings=settings, mqtt=mqtt, metrics=metrics, executor=executor,
                             bank=bank, snapshot=snapshot_source(view, telemetry),
                             neighbours=view.neighbours, spool=open_spool(settings, metrics),

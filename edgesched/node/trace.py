@@ -9,20 +9,18 @@ A trace is plain data: `to_dict()` is its JSON-lines form (the record file forma
 docs/replay.md) and `TaskTrace.from_dict()` reads it back (the replay's parser); both are
 versioned by `TRACE_VERSION`.
 
-Also here: `ExploringPolicy`, the `record.explore` wrapper around the configured policy. With
-probability ε it picks uniformly among the feasible candidates instead of the policy's choice,
-so every choice has a known probability (its *propensity*, recorded with the trace) and
-off-policy estimates over the recording are possible. It keeps the policy's name: a recording
-says which policy ran, and the trace says when a choice was an exploration.
+The `record.explore` wrapper around the configured policy, whose choice probabilities the
+trace records, is core/exploration.py `ExploringPolicy`.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from edgesched.core.costmodel import CostParams, evaluate_candidate
 from edgesched.core.estimators import EstimatorBank
@@ -36,10 +34,6 @@ from edgesched.core.model import (
     Placement,
     TaskSpec,
 )
-from edgesched.core.policies import Policy
-
-if TYPE_CHECKING:  # numpy costs the node ~15 MB: only record.explore's generator needs it
-    import numpy as np
 
 TRACE_VERSION = 1
 KIND = "task"  # the `kind` of a task line in a record file ("telemetry" lines are the other)
@@ -202,15 +196,13 @@ class TaskTrace:
     # -- the record form -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"kind": KIND, "v": TRACE_VERSION}
-        for name in self.__slots__:
-            value = getattr(self, name)
-            if name == "candidates":
-                value = [_slots_dict(c) for c in value]
-            elif name == "attempts":
-                value = [_slots_dict(a) for a in value]
-            doc[name] = value
-        return doc
+        return row_to_dict(ROW_SCHEMA, self.to_row())
+
+    def to_row(self) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The trace as plain tuples (C-speed to build and to pickle): the recorder hands
+        rows to its writer process, which turns them into lines with `row_to_dict`."""
+        return (_TOP(self), [_CAND(c) for c in self.candidates],
+                [_ATT(a) for a in self.attempts])
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> TaskTrace:
@@ -230,8 +222,24 @@ class TaskTrace:
         return trace
 
 
-def _slots_dict(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
+_TOP_FIELDS = tuple(n for n in TaskTrace.__slots__ if n not in ("candidates", "attempts"))
+_TOP = operator.attrgetter(*_TOP_FIELDS)
+_CAND = operator.attrgetter(*CandidateTrace.__slots__)
+_ATT = operator.attrgetter(*AttemptTrace.__slots__)
+# what a row's three parts are: the line's header, then the field names of each part (what
+# `row_to_dict`, or the recorder's writer process, needs to rebuild the record)
+ROW_SCHEMA = ({"kind": KIND, "v": TRACE_VERSION}, _TOP_FIELDS, tuple(CandidateTrace.__slots__),
+              tuple(AttemptTrace.__slots__))
+
+
+def row_to_dict(schema: Any, row: Any) -> dict[str, Any]:
+    """The record form (a task line) of a row made by `TaskTrace.to_row`."""
+    head, top, cand, att = schema
+    doc: dict[str, Any] = dict(head)
+    doc.update(zip(top, row[0], strict=True))
+    doc["candidates"] = [dict(zip(cand, c, strict=True)) for c in row[1]]
+    doc["attempts"] = [dict(zip(att, a, strict=True)) for a in row[2]]
+    return doc
 
 
 class TraceSink(Protocol):
@@ -274,43 +282,3 @@ def hindsight_best_s(trace: TaskTrace, spec: TaskSpec, bank: EstimatorBank,
         ev = evaluate_candidate(spec, again, params, None)
         best = min(best, ev.latency_mean_s)
     return None if not math.isfinite(best) else best
-
-
-# -- exploration (record.explore) ----------------------------------------------------------------
-
-class ExploringPolicy:
-    """ε-greedy around `inner`: with probability `epsilon` the chosen target is drawn uniformly
-    from the feasible candidates (the rest of the inner ranking stays the fallback order).
-
-    After each `decide`, `last_propensity` is the probability the chosen target had of being
-    chosen, `(1 - ε)·[it is the inner choice] + ε / n_feasible`, and `last_explored` says
-    whether the draw overrode the inner choice."""
-
-    def __init__(self, inner: Policy, epsilon: float, rng: np.random.Generator) -> None:
-        if not 0.0 <= epsilon <= 1.0:
-            raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
-        self.inner = inner
-        self.name = inner.name
-        self.epsilon = epsilon
-        self.rng = rng
-        self.last_propensity = 1.0
-        self.last_explored = False
-
-    def decide(self, task: TaskSpec, candidates: Sequence[Candidate], now: float) -> Decision:
-        decision = self.inner.decide(task, candidates, now)
-        self.last_explored = False
-        self.last_propensity = 1.0
-        feasible = [e for e in decision.evaluations if e.feasible]
-        if decision.chosen is None or not decision.chosen.feasible or not feasible:
-            return decision  # nothing to explore among (or a best-effort last resort)
-        n, eps = len(feasible), self.epsilon
-        explore = eps > 0.0 and self.rng.random() < eps
-        pick = feasible[int(self.rng.integers(n))] if explore else decision.chosen
-        same = pick.node_id == decision.chosen.node_id
-        self.last_propensity = (1.0 - eps) * same + eps / n
-        if same:
-            return decision
-        self.last_explored = True
-        rest = tuple(e for e in decision.ranked() if e.node_id != pick.node_id)
-        return Decision(policy=decision.policy, chosen=pick, fallbacks=rest,
-                        evaluations=decision.evaluations, best_effort=decision.best_effort)

@@ -42,9 +42,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from edgesched.core.exploration import ExploringPolicy
 from edgesched.errors import UsageError
+from edgesched.sim.engine import Engine, RunRecord
 from edgesched.sim.report import policy_summary
-from edgesched.sim.runner import check_policies, run_policy
+from edgesched.sim.runner import _brain_factory, check_policies
 from edgesched.sim.scenario import CLOUD_ID, Scenario, load_scenario
 from edgesched.sim.workload import TaskStream
 
@@ -215,6 +217,7 @@ class SiteModel:
     stream: TaskStream
     speeds: dict[str, float]
     notes: list[str]
+    explore: float = 0.0  # the recording node's record.explore
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -448,6 +451,8 @@ def fit(rec: Recording) -> SiteModel:
                    if isinstance(d.get("policy"), dict)), None)
     interval = next((d.get("telemetry_interval_s") for d in reversed(telemetry_docs)
                      if _num(d.get("telemetry_interval_s"))), 1.0)
+    explore = next((float(d["explore"]) for d in reversed(telemetry_docs)
+                    if _num(d.get("explore")) and 0 <= d["explore"] <= 1), 0.0)
     scenario_doc: dict[str, Any] = {
         "version": 1, "name": f"replay-{rec.directory.name}",
         "description": f"fitted to {len(tasks)} recorded tasks of {', '.join(origins)} "
@@ -476,7 +481,24 @@ def fit(rec: Recording) -> SiteModel:
         output_bytes=np.array([float(t["output_bytes"]) for t in tasks]),
     )
     return SiteModel(scenario_doc=scenario_doc, scenario=scenario, stream=stream,
-                     speeds=speeds, notes=notes)
+                     speeds=speeds, notes=notes, explore=explore)
+
+
+def run_replayed(model: SiteModel, policy: str, seed: int, epsilon: float = 0.0,
+                 progress: Callable[[int], None] | None = None) -> tuple[RunRecord, Engine]:
+    """One policy over the recorded stream; with `epsilon`, explored ε-greedy as the daemon
+    does with record.explore (core/exploration.py)."""
+    base = _brain_factory(model.scenario, policy, seed)
+
+    def make(node: Any, world: Any) -> Any:
+        brain = base(node, world)
+        if epsilon > 0 and hasattr(brain, "policy"):
+            rng = np.random.default_rng([seed, node.index, 0xE9])
+            brain.policy = ExploringPolicy(brain.policy, epsilon, rng)
+        return brain
+
+    engine = Engine(model.scenario, model.stream, make, progress)
+    return engine.run(), engine
 
 
 def _policy_keys() -> set[str]:
@@ -531,7 +553,10 @@ def observed_summary(tasks: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def replay(rec: Recording, policies: Sequence[str] | None = None, *, seed: int = 1,
            on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run `policies` (default: the recorded one) and the hindsight oracle over the recorded
-    tasks; the report as a dict (`simulate --json`'s keys, plus observed and regret_s)."""
+    tasks; the report as a dict (`simulate --json`'s keys, plus observed and regret_s).
+
+    The recorded policy is replayed as it ran: with the recording's exploration rate
+    (`record.explore`), so that it reproduces what was observed; every other policy without."""
     model = fit(rec)
     observed = observed_summary(rec.tasks)
     names = check_policies(list(policies) if policies else [observed["policy"] or "cost"])
@@ -544,7 +569,8 @@ def replay(rec: Recording, policies: Sequence[str] | None = None, *, seed: int =
         if on_progress is not None:
             def progress(done: int, _name: str = name) -> None:
                 on_progress(_name, done, total)
-        outcome, engine = run_policy(model.scenario, name, model.stream, seed, progress)
+        epsilon = model.explore if name == observed["policy"] else 0.0
+        outcome, engine = run_replayed(model, name, seed, epsilon, progress)
         summary = policy_summary(outcome, total, sum(n.energy_j for n in engine.nodes))
         results[name] = summary
         if on_progress is not None:
@@ -563,6 +589,7 @@ def replay(rec: Recording, policies: Sequence[str] | None = None, *, seed: int =
         "policies": results, "observed": observed,
         "regret_s": None if obs_mean is None or oracle_mean is None else round(
             obs_mean - oracle_mean, 6),
+        "explore": model.explore,
         "fit": {"speeds": {k: round(v, 4) for k, v in model.speeds.items()},
                 "notes": model.notes},
     }

@@ -2,13 +2,13 @@
 
 A real cluster — edge `E1` (2 slots, where every task is submitted), an idle neighbour `E2`,
 and a cloud node behind a WAN emulator (100 ms RTT) — runs the same seeded workload three
-times: once with `policy.name: cost`, recorded (`record.path`, with `record.explore: 0.1` so
+times: once with `policy.name: cost`, recorded (`record.path`, with `record.explore: 0.2` so
 every target is measured), once with `local`, once with `cloud`. The replay of the cost
 recording under `local` and `cloud` must land within 25 % of the live runs' mean latency and
 within 0.03 of their deadline-miss ratio; under `cost` within 15 % of what was observed.
 
 The workload is meaningful and stable on a loaded 2-core box: `sleep` tasks (timer-bound, not
-CPU-bound; 20-250 ms, mean ~90 ms) arriving as a Poisson stream at ~80 % of E1's two slots,
+CPU-bound; 20-250 ms, mean ~90 ms) arriving as a Poisson stream at ~60 % of E1's two slots,
 deadline 0.35 s: `local` queues (and misses some deadlines), `cloud` pays the WAN on every
 task, `cost` spreads the load over E1, E2 and the cloud.
 """
@@ -34,7 +34,7 @@ from tests.support.nodes import wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SEED = 17
-RATE_PER_S = 17.0
+RATE_PER_S = 13.0
 DURATION_S = 10.0
 DEADLINE_S = 0.35
 WAN = WanSpec(rtt_s=0.1, uplink_bps=50e6)
@@ -83,7 +83,7 @@ async def live_runs(mosquitto: Mosquitto, node_factory: Any, record: Path
         out: dict[str, tuple[float, float]] = {}
         async with TaskClient(mosquitto) as client:
             for policy in ("cost", "local", "cloud"):
-                extra = {"record": {"path": str(record), "explore": 0.1}} if (
+                extra = {"record": {"path": str(record), "explore": 0.2}} if (
                     policy == "cost") else {}
                 e1 = node_factory(f"E1{policy}", broker=mosquitto, overrides={
                     **common, "node_id": "E1", "policy": {"name": policy}, **extra})

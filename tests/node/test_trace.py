@@ -14,10 +14,11 @@ import pytest
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.costmodel import CostParams
 from edgesched.core.estimators import EstimatorBank
+from edgesched.core.exploration import ExploringPolicy
 from edgesched.core.model import Candidate, ExecEstimate, LinkEstimate, Placement, TaskSpec
 from edgesched.core.policies import CostPolicy
 from edgesched.node import protocol as p
-from edgesched.node.trace import ExploringPolicy, TaskTrace, hindsight_best_s, new_trace
+from edgesched.node.trace import TaskTrace, hindsight_best_s, new_trace
 from tests.node.test_fallback_chain import World, reply_from
 
 

@@ -1,0 +1,136 @@
+"""What recording (`record.path`, issue #17) costs on the local echo path over MQTT.
+
+The same edge node (echo local, 2 slots) is run without `record.path` and with it (a record
+directory on the same disk), alternating, `--rounds` times each, on one real mosquitto. Per
+run: `--burst` echo submissions published with `--window` in flight, tasks/s from the first
+publish to the last reply, and the node's CPU time per task (user + system, from /proc: less
+sensitive than wall time to the other work on a shared box), and apart from it the CPU time
+of the recorder's writer process (which encodes, compresses and writes, on another core).
+With recording, the run also reads how many tasks were written
+(`edgesched_decisions_recorded_total`).
+
+Goal: recording keeps >= 0.95x the throughput without it (the issue's "<= 5 %").
+Run: .venv/bin/python benchmarks/bench_record.py [--burst 3000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.client import TaskClient  # noqa: E402
+from tests.support.broker import Mosquitto  # noqa: E402
+from tests.support.nodes import NodeProcess  # noqa: E402
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def writer_cpu_s(pid: int) -> float:
+    """CPU seconds of the node's recorder writer process (its child named edgesched-recorder
+    by multiprocessing; 0 when there is none)."""
+    total = 0.0
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"multiprocessing" in cmdline and b"spawn" in cmdline:
+                total += cpu_s(int(child))
+        except OSError:
+            continue
+    return total
+
+
+async def one_run(broker: Mosquitto, workdir: Path, record: bool, burst: int,
+                  window: int) -> dict[str, float]:
+    overrides: dict[str, Any] = {
+        "executor": {"slots": 2, "queue_size": 4096},
+        "task_types": {"echo": {"offload": "local"}},
+        "log": {"level": "WARNING"},
+    }
+    if record:
+        overrides["record"] = {"path": str(workdir / "record")}
+    node = NodeProcess(workdir, "R" if record else "P", broker=broker, overrides=overrides)
+    await asyncio.to_thread(node.start)
+    try:
+        async with TaskClient(broker) as client:
+            for i in range(100):  # warm-up
+                await client.wait_all([await client.submit(node.node_id, {
+                    "type": "echo", "input": i})], within_s=10)
+            sem = asyncio.Semaphore(window)
+
+            async def send(i: int) -> None:
+                async with sem:
+                    key = await client.submit(node.node_id, {"type": "echo", "input": i})
+                    await client.wait_all([key], within_s=60)
+
+            assert node.proc is not None
+            c0, w0 = cpu_s(node.proc.pid), writer_cpu_s(node.proc.pid)
+            t0 = time.perf_counter()
+            await asyncio.gather(*(send(i) for i in range(burst)))
+            took = time.perf_counter() - t0
+            cpu_us = (cpu_s(node.proc.pid) - c0) / burst * 1e6
+            await asyncio.sleep(1.0)  # the writer's last batch
+            writer_us = (writer_cpu_s(node.proc.pid) - w0) / burst * 1e6
+            recorded = node.metric("edgesched_decisions_recorded_total") or 0.0
+            dropped = node.metric("edgesched_record_dropped_total", reason="buffer_full") or 0.0
+    finally:
+        await asyncio.to_thread(node.terminate, 10)
+    size = sum(f.stat().st_size for f in (workdir / "record").glob("*")) if record else 0
+    return {"tasks_s": burst / took, "cpu_us": cpu_us, "writer_us": writer_us,
+            "recorded": recorded,
+            "dropped": dropped, "bytes": size}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--burst", type=int, default=3000)
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="bench-record-") as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(workdir=work)
+        broker.start()
+        results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+        try:
+            for r in range(args.rounds):
+                for record in (False, True):
+                    run_dir = work / f"{r}-{int(record)}"
+                    run_dir.mkdir()
+                    res = await one_run(broker, run_dir, record, args.burst, args.window)
+                    results[record].append(res)
+                    extra = (f" + writer process {res['writer_us']:.0f} us/task, recorded "
+                             f"{res['recorded']:.0f} (dropped {res['dropped']:.0f}),"
+                             f" {res['bytes'] / max(res['recorded'], 1):.0f} B/task on disk"
+                             if record else "")
+                    print(f"round {r + 1} {'record   ' if record else 'no record'}: "
+                          f"{res['tasks_s']:.0f} tasks/s, node CPU {res['cpu_us']:.0f} us/task"
+                          f"{extra}", flush=True)
+        finally:
+            broker.stop()
+    base = statistics.median(x["tasks_s"] for x in results[False])
+    rec = statistics.median(x["tasks_s"] for x in results[True])
+    base_cpu = statistics.median(x["cpu_us"] for x in results[False])
+    rec_cpu = statistics.median(x["cpu_us"] for x in results[True])
+    print(f"\nmedian of {args.rounds} rounds: {base:.0f} -> {rec:.0f} tasks/s "
+          f"(ratio {rec / base:.3f}; goal >= 0.95); node CPU per task {base_cpu:.0f} -> "
+          f"{rec_cpu:.0f} us (CPU-bound throughput ratio {base_cpu / rec_cpu:.3f})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
