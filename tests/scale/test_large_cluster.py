@@ -207,6 +207,18 @@ def test_max_fanout_rate_is_off_by_default_and_never_negative() -> None:
     assert "telemetry.max_fanout_rate" in str(info.value)
 
 
+def test_the_view_judges_liveness_on_the_stretched_interval() -> None:
+    from edgesched.core.model import Liveness
+    from edgesched.core.view import ClusterView, NodeTelemetry, ViewParams
+
+    view = ClusterView(local_id="me", params=ViewParams(interval_s=1.0))
+    view.observe_telemetry("n1", NodeTelemetry(incarnation=1, ts=1.0), now=0.0)
+    assert view.neighbours(4.0)[0].liveness is Liveness.SUSPECT  # 3 intervals of 1 s
+    view.set_interval(2.0)  # the cached answer must not survive the change
+    assert view.neighbours(4.0)[0].liveness is Liveness.ONLINE
+    assert view.neighbours(21.0)[0].liveness is Liveness.OFFLINE  # 10 intervals of 2 s
+
+
 def test_max_fanout_rate_stretches_the_interval(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """3 nodes at interval_s 0.25 with max_fanout_rate 9/s: each publishes every 1.0 s
     (3²/9), so each hears 2 telemetry/s instead of 8, and they still see each other online
