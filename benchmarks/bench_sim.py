@@ -30,26 +30,69 @@ from edgesched.sim.workload import draw_stream
 GOAL_TASKS_PER_S = 15_000
 
 
-def scenario(tasks: int) -> dict[str, Any]:
-    """Four gateways, one of them hot, a cloud; `tasks` arrivals in expectation."""
-    rate = 50.0  # tasks/s over the cluster
+# The arrivals of one block of four gateways: one hot, one bursty, two moderate (~50 tasks/s).
+BLOCK = (
+    {"process": "poisson", "rate_per_s": 26.0},
+    {"process": "poisson", "rate_per_s": 8.0},
+    {"process": "bursty", "rate_per_s": 4.0, "burst_rate_per_s": 20.0, "burst_every_s": 60.0,
+     "burst_for_s": 5.0},
+    {"process": "poisson", "rate_per_s": 8.0},
+)
+BLOCK_RATE = 50.0  # tasks/s of one block, bursts included
+
+
+def scenario(tasks: int, nodes: int = 4) -> dict[str, Any]:
+    """`nodes` gateways (the four-gateway block repeated: the load per node does not change
+    with the cluster's size), a cloud; `tasks` arrivals in expectation."""
+    rate = BLOCK_RATE * nodes / 4  # tasks/s over the cluster
     node = {"speed": 1.0, "slots": 2,
             "power": {"idle_w": 3.0, "busy_w": 7.0, "tx_w": 1.5, "rx_w": 1.0}}
     return {
-        "version": 1, "name": "bench_100k", "seed": 1, "duration_s": tasks / rate,
+        "version": 1, "name": f"bench_{nodes}_nodes", "seed": 1, "duration_s": tasks / rate,
         "cloud": {"rtt_s": 0.08, "bandwidth_bps": 2e7, "speed": 4.0, "slots": 64},
         "links": {"rtt_s": 0.004, "bandwidth_bps": 1e8},
-        "nodes": [{"id": f"gw-{i}", **node} for i in range(4)],
+        "nodes": [{"id": f"gw-{i}", **node} for i in range(nodes)],
         "task_types": [{"name": "detect", "work": {"dist": "lognormal", "mean": 0.1, "cv": 0.3},
                         "input_bytes": 100_000, "output_bytes": 1000, "deadline_s": 0.5}],
-        "arrivals": [
-            {"node": "gw-0", "type": "detect", "process": "poisson", "rate_per_s": 26.0},
-            {"node": "gw-1", "type": "detect", "process": "poisson", "rate_per_s": 8.0},
-            {"node": "gw-2", "type": "detect", "process": "bursty", "rate_per_s": 4.0,
-             "burst_rate_per_s": 20.0, "burst_every_s": 60.0, "burst_for_s": 5.0},
-            {"node": "gw-3", "type": "detect", "process": "poisson", "rate_per_s": 8.0},
-        ],
+        "arrivals": [{"node": f"gw-{i}", "type": "detect", **BLOCK[i % 4]}
+                     for i in range(nodes)],
     }
+
+
+def _node_counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give node counts like 4,15,50,200")
+    return counts
+
+
+def timed_rate(sc: Any, name: str, stream: Any, repeat: int) -> tuple[float, int]:
+    """Best tasks/s of `repeat` runs of policy `name`, and the number completed."""
+    best, completed = 0.0, 0
+    for _ in range(max(1, repeat)):
+        started = time.perf_counter()
+        outcome, _ = run_policy(sc, name, stream, sc.seed)
+        rate = len(stream) / (time.perf_counter() - started)
+        if rate > best:
+            best, completed = rate, len(outcome.latency)
+    return best, completed
+
+
+def curve(counts: list[int], tasks: int, policies: list[str], repeat: int) -> None:
+    """Simulated tasks/s by cluster size (issue 19: at 50 nodes within 2x of 4 nodes)."""
+    print(f"tasks/s by cluster size, {tasks} tasks per run (same load per node); "
+          f"{describe()}; heapq ref {heap_reference() * 1e9:.0f} ns; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    base: dict[str, float] = {}
+    for n in counts:
+        sc = load_scenario(scenario(tasks, n))
+        stream = draw_stream(sc, sc.seed)
+        for name in policies:
+            rate, completed = timed_rate(sc, name, stream, repeat)
+            base.setdefault(name, rate)
+            print(f"{n:4d} nodes  {name:16s} {rate:9.0f} tasks/s  "
+                  f"({completed}/{len(stream)} completed; {base[name] / rate:.2f}x slower "
+                  f"than {counts[0]} nodes)", flush=True)
 
 
 def heap_reference(n: int = 200_000) -> float:
@@ -72,7 +115,13 @@ def main() -> None:
                              "drifts by ~1.5x between phases)")
     parser.add_argument("--parallel", action="store_true",
                         help="also time all policies run side by side, one process per core")
+    parser.add_argument("--nodes", type=_node_counts, default=None, metavar="N[,N...]",
+                        help="print the curve of tasks/s by cluster size instead (e.g. "
+                             "4,15,50,200); default policy: cost")
     args = parser.parse_args()
+    if args.nodes:
+        curve(args.nodes, args.tasks, args.policies or ["cost"], args.repeat)
+        return
     sc = load_scenario(scenario(args.tasks))
     stream = draw_stream(sc, sc.seed)
     print(f"scenario: {len(sc.nodes)} edge nodes + cloud, {len(stream)} tasks; {describe()}")

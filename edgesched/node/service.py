@@ -46,6 +46,7 @@ from edgesched.config import (
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.estimators import EstimatorBank
 from edgesched.core.model import ClusterSnapshot, PowerModel
+from edgesched.core.shortlist import Shortlist
 from edgesched.core.view import ClusterView, NodeAnnouncement, ViewParams
 from edgesched.errors import ConfigError, KeyFileError
 from edgesched.logs import setup_logging
@@ -275,7 +276,8 @@ def build_runtime(
                     "telemetry_interval_s": settings.telemetry.interval_s,
                     "explore": settings.record.explore}))
     pipeline = TaskPipeline(settings=settings, mqtt=mqtt, metrics=metrics, executor=executor,
-                            bank=bank, snapshot=snapshot_source(view, telemetry),
+                            bank=bank, snapshot=snapshot_source(
+                                view, telemetry, bank, settings.policy.max_candidates),
                             neighbours=view.neighbours, spool=open_spool(settings, metrics),
                             sinks=(task_log,) if recorder is None else (task_log, recorder))
     status = NodeStatus(identity=identity, mqtt_settings=settings.mqtt, mqtt=mqtt, view=view,
@@ -341,13 +343,17 @@ def _telemetry_stage(
     )
 
 
-def snapshot_source(view: ClusterView,
-                    telemetry: TelemetryStage) -> Callable[[], ClusterSnapshot]:
-    """A consistent `ClusterSnapshot` for each decision: this node now, and the view."""
+def snapshot_source(view: ClusterView, telemetry: TelemetryStage, bank: EstimatorBank,
+                    max_candidates: int) -> Callable[[], ClusterSnapshot]:
+    """A consistent `ClusterSnapshot` for each decision: this node now, and the view's
+    neighbours, at most `max_candidates` of them (core/shortlist.py)."""
+    shortlist = Shortlist(view, max_candidates=max_candidates,
+                          rtt_of=lambda node_id, now: bank.link(node_id, now).rtt_s)
 
     def snapshot() -> ClusterSnapshot:
         now = time.monotonic()
-        return view.snapshot(telemetry.local_state(now), now)
+        return ClusterSnapshot(now=now, local=telemetry.local_state(now),
+                               neighbours=shortlist.neighbours(now))
 
     return snapshot
 

@@ -30,6 +30,7 @@ from edgesched.core.model import (
 )
 from edgesched.core.policies import Policy
 from edgesched.core.queueing import fifo_wait
+from edgesched.core.shortlist import Shortlist
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
 from edgesched.sim.scenario import CLOUD_ID, Scenario
 from edgesched.sim.world import SimNode, SimTask, World
@@ -38,8 +39,6 @@ from edgesched.sim.world import SimNode, SimTask, World
 # its key: its staleness weight exp(-(age/decay)²) moves by at most 0.86/decay per second
 # (decay 300-600 s), so the blend between learned value and prior moves by < 0.3%.
 ESTIMATE_TTL_S = 1.0
-# The neighbour list (with liveness judged at `now`) is rebuilt at least this often.
-NEIGHBOURS_TTL_S = 0.25
 
 
 class MemoBank(EstimatorBank):
@@ -119,8 +118,6 @@ class DaemonBrain:
         # as the daemon counts them), and when each target's latest telemetry arrived.
         self.inflight = InFlight()
         self.reported_at: dict[str, float] = {}
-        self._neighbours: tuple[NodeState, ...] | None = None
-        self._neighbours_at = 0.0
         self._own_cache: tuple[tuple[str, float, float], float] | None = None
         self.restarted(0.0)
         for other in world.nodes:
@@ -142,7 +139,9 @@ class DaemonBrain:
         self.bank = MemoBank(exec_priors=priors, speeds=speeds,
                              link_priors=self._nominal_links())
         self.inflight = InFlight()
-        self._neighbours = None
+        # The neighbours a decision scores, as the daemon picks them (core/shortlist.py).
+        self.shortlist = Shortlist(self.view, max_candidates=self.params.max_candidates,
+                                   rtt_of=lambda node_id, now: self.bank.link(node_id, now).rtt_s)
         self._own_cache = None
 
     def _nominal_links(self) -> dict[str, LinkEstimate]:
@@ -167,12 +166,10 @@ class DaemonBrain:
         self.view.observe_announcement(other.id, doc, now=now)
         if online:  # the state document's `speed` (executor.speed of that node)
             self.bank.set_speed(other.id, other.speed)
-        self._neighbours = None
 
     def telemetry(self, other: SimNode, tel: NodeTelemetry, now: float) -> None:
         self.view.observe_telemetry(other.id, tel, now=now)
         self.reported_at[other.id] = now
-        self._neighbours = None
 
     def uplink_reading(self, bps: float, rtt_s: float, now: float) -> None:
         """Device telemetry `uplink_bps`/`rtt_s` about the cloud link, fed into the estimators
@@ -191,14 +188,11 @@ class DaemonBrain:
         )
 
     def candidates(self, task: SimTask, now: float) -> list[Candidate]:
-        """The core's candidates for this task (`build_candidates`), from a snapshot whose
-        neighbour list is rebuilt when telemetry arrives (or every NEIGHBOURS_TTL_S, for
-        liveness) and an estimator bank that reuses its answers until it learns something."""
-        if self._neighbours is None or now - self._neighbours_at > NEIGHBOURS_TTL_S:
-            self._neighbours = self.view.neighbours(now)
-            self._neighbours_at = now
+        """The core's candidates for this task (`build_candidates`), from a snapshot of the
+        shortlisted neighbours (as the daemon's) and an estimator bank that reuses its answers
+        until it learns something."""
         local = self.local_state(now)
-        snap = ClusterSnapshot(now=now, local=local, neighbours=self._neighbours)
+        snap = ClusterSnapshot(now=now, local=local, neighbours=self.shortlist.neighbours(now))
         spec, node = task.spec, self.node
         out = build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
