@@ -29,10 +29,15 @@ from edgesched.core.view import ClusterView
 SUSPECT_PENALTY_S = 1.0  # a suspect neighbour ranks behind any online one with < 1 s of wait
 
 
+def tie_order(origin: str, node_id: str) -> int:
+    """An order of neighbours that differs from one origin to the next (stable across runs)."""
+    return zlib.crc32(f"{origin}/{node_id}".encode())
+
+
 def pre_score(node: NodeState, rtt_s: float, now: float,
-              origin: str = "") -> tuple[float, float, int]:
-    """A neighbour's rank for the shortlist of `origin`: lower is better (module docstring)."""
-    spread = zlib.crc32(f"{origin}/{node.node_id}".encode())
+              spread: int = 0) -> tuple[float, float, int]:
+    """A neighbour's rank for the shortlist: lower is better (see the module docstring);
+    `spread` breaks ties (`tie_order`)."""
     if node.liveness is Liveness.OFFLINE:
         return (float("inf"), 0.0, spread)
     wait = max(0.0, node.est_wait_s - max(0.0, now - node.last_seen))
@@ -62,6 +67,7 @@ class Shortlist:
         self._rtt_of = rtt_of
         self._members: tuple[str, ...] = ()
         self._chosen_at = -float("inf")
+        self._tie_orders: dict[str, int] = {}  # bounded by the view's table
 
     def neighbours(self, now: float) -> tuple[NodeState, ...]:
         """The decision neighbours (as `ClusterView.decision_neighbours`), at most
@@ -77,11 +83,18 @@ class Shortlist:
                 out.append(state)
         return tuple(out)
 
+    def _spread(self, node: NodeState) -> int:
+        order = self._tie_orders.get(node.node_id)
+        if order is None:
+            if len(self._tie_orders) >= self.view.params.max_nodes:
+                self._tie_orders.clear()  # forgotten nodes' entries; rebuilt as needed
+            order = self._tie_orders[node.node_id] = tie_order(self.view.local_id, node.node_id)
+        return order
+
     def _choose(self, now: float) -> None:
         edges = [n for n in self.view.decision_neighbours(now) if n.role == "edge"]
-        origin = self.view.local_id
         best = heapq.nsmallest(
             self.max_candidates, edges,
-            key=lambda n: pre_score(n, self._rtt_of(n.node_id, now), now, origin))
+            key=lambda n: pre_score(n, self._rtt_of(n.node_id, now), now, self._spread(n)))
         self._members = tuple(n.node_id for n in best)
         self._chosen_at = now
