@@ -289,14 +289,14 @@ class TaskPipeline:
         )
         self.intake = Intake(
             mqtt=mqtt, metrics=metrics, accept=self.accept, spawn=self.spawn,
-            known_types=self.registry.names, max_payload_bytes=max_bytes,
+            known_types=self.type_names, max_payload_bytes=max_bytes,
             max_input_bytes=s.executor.max_input_bytes, prefix=prefix,
             reply_topics=s.intake.reply_topics, spool=spool, idempotent=self._idempotent,
             cloud_tier=not self.edge, shed_after_s=s.intake.shed_after_s)
         self.offload_server = OffloadServer(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes,
-            max_input_bytes=s.executor.max_input_bytes, known_types=self.registry.names,
+            max_input_bytes=s.executor.max_input_bytes, known_types=self.type_names,
             run=self.run_handed, spawn=self.spawn,
             waiting=self.executor.waiting) if self.edge else None
         self.submit_topic = p.submit_topic(prefix, self.node_id)
@@ -477,15 +477,26 @@ class TaskPipeline:
         self.settings = settings
 
     def set_task_types(self, types: Mapping[str, TaskTypeSettings]) -> None:
-        """New per-task settings (deadline, timeout, offload, ...) of the configured types,
-        for tasks accepted from now on. The set of types and their handlers stay (the
-        intake's and offload server's `known_types` read the same names)."""
-        if frozenset(n for n, t in types.items() if t.enabled) != self.registry.names():
-            raise ValueError("adding, removing, enabling or disabling a task type needs a "
-                             "restart")
-        self.registry = TaskRegistry({
-            t.name: dataclasses.replace(t, settings=types[t.name]) for t in self.registry})
+        """The task types for tasks accepted from now on (a reload): a type kept keeps its
+        handler with new per-task settings (deadline, timeout, offload, ...); a type added or
+        enabled gets its handler built (ConfigError, nothing changed, when it cannot load);
+        a type removed or disabled is refused from now on (its running tasks finish). The
+        intake and the offload server read the names through `type_names`."""
+        current = {t.name: t for t in self.registry}
+        enabled = {name: spec for name, spec in types.items() if spec.enabled}
+        added = TaskRegistry.from_settings(
+            {name: spec for name, spec in enabled.items() if name not in current})
+        kept = {name: dataclasses.replace(current[name], settings=spec)
+                for name, spec in enabled.items() if name in current}
+        for t in added:  # a new type's prior, until its times are measured
+            self.bank.exec_priors.setdefault(t.name, ExecPrior(
+                mean_s=t.settings.exec_prior_s, s_per_mb=t.settings.exec_prior_s_per_mb))
+        self.registry = TaskRegistry({**kept, **{t.name: t for t in added}})
         self.settings = self.settings.model_copy(update={"task_types": dict(types)})
+
+    def type_names(self) -> frozenset[str]:
+        """The task types this node runs now (they change on a reload)."""
+        return self.registry.names()
 
     # -- accepting and running ----------------------------------------------------------------
 

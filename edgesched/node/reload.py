@@ -4,15 +4,17 @@ The node's object graph stays as `build_runtime` built it; a reload swaps three 
 parts and nothing else:
 
 - the decision policy (`policy.*`: name, weights, parameters), in the pipeline's dispatcher;
-- the settings of configured task types that are read per task: `deadline_s`, `timeout_s`,
-  `offload`, `idempotent`, `output_bytes` (a task already accepted keeps the values it was
-  accepted with);
+- the task types: a type added or enabled gets its handler built, one removed or disabled is
+  refused from then on, and a running type's settings that are read per task change:
+  `deadline_s`, `timeout_s`, `offload`, `idempotent`, `output_bytes` (a task already accepted
+  keeps the values it was accepted with); the state document announces the new set;
 - logging (`log.level`, `log.format`).
 
-Everything else (broker, HTTP, identity, executor slots, adding or removing a task type, a
-type's handler, priors, ...) is reported as needing a restart and keeps its running value. A
-config that does not load or validate is refused whole: the running one stays, the error is
-logged. Each applied change is one log line: `reloaded policy.energy_weight 0.002 -> 0.5`.
+Everything else (broker, HTTP, identity, executor slots, a running type's handler, command,
+environment, cpu_bound or priors, ...) is reported as needing a restart and keeps its running
+value. A config that does not load or validate, or a new type whose handler cannot be loaded,
+is refused whole: the running one stays, the error is logged. Each applied change is one log
+line: `reloaded policy.energy_weight 0.002 -> 0.5`, `reloaded task_types.resize: added`.
 """
 
 from __future__ import annotations
@@ -64,16 +66,46 @@ def changes(old: Settings, new: Settings) -> list[Change]:
             if before.get(key, missing) != after.get(key, missing)]
 
 
-def reloadable(change: Change, running: Settings) -> bool:
+def _runs(settings: Settings, name: str) -> bool:
+    spec = settings.task_types.get(name)
+    return spec is not None and spec.enabled
+
+
+def reloadable(change: Change, running: Settings, new: Settings) -> bool:
     """May this change be applied to a running node?"""
     key = change.key
     if key.startswith("policy.") or key in ("log.level", "log.format"):
         return True
     parts = key.split(".")
-    if parts[0] == "task_types" and len(parts) == 3:
+    if parts[0] == "task_types" and len(parts) >= 3:
         name, field = parts[1], parts[2]
-        return name in running.task_types and field in RELOADABLE_TASK_KEYS
+        if not (_runs(running, name) and _runs(new, name)):
+            return True  # a type added, enabled, removed or disabled: as a whole
+        return field in RELOADABLE_TASK_KEYS
     return False
+
+
+def task_types_in_effect(running: Settings, new: Settings) -> dict[str, Any]:
+    """The new task types, where a type that keeps running keeps its restart-only settings."""
+    types: dict[str, Any] = {}
+    for name, fresh in new.task_types.items():
+        if _runs(running, name) and fresh.enabled:
+            old = running.task_types[name]
+            types[name] = old.model_copy(
+                update={k: getattr(fresh, k) for k in RELOADABLE_TASK_KEYS})
+        else:
+            types[name] = fresh
+    return types
+
+
+def _type_event(name: str, running: Settings, new: Settings) -> str | None:
+    """`added`, `enabled`, `removed`, `disabled`, or None for a type that keeps running."""
+    was, now = _runs(running, name), _runs(new, name)
+    if was and not now:
+        return "disabled" if name in new.task_types else "removed"
+    if now and not was:
+        return "enabled" if name in running.task_types else "added"
+    return None
 
 
 def _level(name: str) -> int:
@@ -84,21 +116,18 @@ def _shown(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
 
-def _restart_keys(restart: tuple[Change, ...], running: Settings, new: Settings) -> list[str]:
-    """The keys to name; a task type added or removed is one entry, not one per field."""
-    keys: list[str] = []
-    for c in restart:
+def _applied_lines(applied: tuple[Change, ...], running: Settings,
+                   new: Settings) -> list[str]:
+    """`key old -> new` per change; a type added/removed/enabled/disabled is one line."""
+    lines: list[str] = []
+    for c in applied:
         parts = c.key.split(".")
-        if parts[0] == "task_types" and len(parts) >= 2:
-            name = parts[1]
-            if name not in running.task_types or name not in new.task_types:
-                what = "added" if name not in running.task_types else "removed"
-                entry = f"task_types.{name} ({what})"
-                if entry not in keys:
-                    keys.append(entry)
-                continue
-        keys.append(c.key)
-    return keys
+        event = _type_event(parts[1], running, new) if parts[0] == "task_types" else None
+        if event is None:
+            lines.append(f"{c.key} {_shown(c.old)} -> {_shown(c.new)}")
+        elif (line := f"task_types.{parts[1]}: {event}") not in lines:
+            lines.append(line)
+    return lines
 
 
 class Reloader:
@@ -129,21 +158,16 @@ class Reloader:
             return ReloadResult(error=text)
         running = self.settings
         found = changes(running, new)
-        applied = tuple(c for c in found if reloadable(c, running))
-        restart = tuple(c for c in found if not reloadable(c, running))
+        applied = tuple(c for c in found if reloadable(c, running, new))
+        restart = tuple(c for c in found if not reloadable(c, running, new))
         if not found:
             log.info("reload: the configuration is unchanged")
             return ReloadResult()
         effective = running
         if applied:
-            types = dict(running.task_types)
-            for name, spec in running.task_types.items():
-                if name in new.task_types:
-                    fresh = new.task_types[name]
-                    types[name] = spec.model_copy(
-                        update={k: getattr(fresh, k) for k in RELOADABLE_TASK_KEYS})
-            effective = running.model_copy(update={"policy": new.policy, "log": new.log,
-                                                   "task_types": types})
+            effective = running.model_copy(update={
+                "policy": new.policy, "log": new.log,
+                "task_types": task_types_in_effect(running, new)})
             try:
                 # the task types' setter is the one that may refuse: it goes first, so a
                 # refusal leaves everything as it was (the others take validated settings)
@@ -159,12 +183,12 @@ class Reloader:
             louder = _level(effective.log.level) < _level(running.log.level)
             if effective.log != running.log and louder:
                 self._apply_logging(effective.log)
-            for c in applied:
-                log.info("reloaded %s %s -> %s", c.key, _shown(c.old), _shown(c.new))
+            for line in _applied_lines(applied, running, new):
+                log.info("reloaded %s", line)
             if effective.log != running.log and not louder:
                 self._apply_logging(effective.log)
         if restart:
-            keys = _restart_keys(restart, running, new)
+            keys = [c.key for c in restart]
             shown = ", ".join(keys[:MAX_LOGGED_RESTART_KEYS])
             if len(keys) > MAX_LOGGED_RESTART_KEYS:
                 shown += f" and {len(keys) - MAX_LOGGED_RESTART_KEYS} more"

@@ -494,9 +494,13 @@ def reloader_for(rt: Runtime) -> Reloader:
     """The SIGHUP reload of this runtime: the parts it may swap are the pipeline's policy and
     per-task type settings, and logging (node/reload.py)."""
     node_id = rt.identity.node_id
+
+    def apply_task_types(types: Mapping[str, Any]) -> None:
+        rt.pipeline.set_task_types(types)  # refuses (changing nothing) a handler that fails
+        rt.telemetry.set_task_types(tuple(sorted(rt.pipeline.type_names())))
+
     return Reloader(
-        rt.settings, apply_policy=rt.pipeline.set_policy,
-        apply_task_types=rt.pipeline.set_task_types,
+        rt.settings, apply_policy=rt.pipeline.set_policy, apply_task_types=apply_task_types,
         apply_logging=lambda log_settings: setup_logging(
             log_settings.level, log_settings.format, node_id=node_id))
 

@@ -9,6 +9,7 @@ rate-limited, never raised out of the stage.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -248,6 +249,21 @@ class TelemetryStage:
             return
         await self._mqtt.publish(self.topics.node_state(self.identity.node_id),
                                  self.state_doc(online=True), qos=1, retain=True, signed=True)
+
+    def set_task_types(self, task_types: tuple[str, ...]) -> None:
+        """Announce another set of task types (a reload added or removed some): the state
+        document says so from now on, re-published at once when connected."""
+        if task_types == self.identity.task_types:
+            return
+        self.identity = dataclasses.replace(self.identity, task_types=task_types)
+        if self._mqtt is not None and self._mqtt.connected and self._tg is not None:
+            self._tg.create_task(self._republish(), name="edgesched.telemetry.republish")
+
+    async def _republish(self) -> None:
+        try:
+            await self.publish_online_state()
+        except MqttError as exc:  # the connection just went: re-announced on reconnect
+            log.info("new task types not announced now (on reconnect): %s", exc)
 
     async def _catch_up_on_connect(self) -> None:
         """After a (re)connect the neighbours hear our telemetry now, not a tick later."""

@@ -76,15 +76,36 @@ def test_sighup_reloads_policy_task_types_and_log_level(mosquitto: Mosquitto,
     rewrite(node, {"policy": {"name": "cost", "energy_weight": -1}})
     hup_and_wait(node, "reload refused, the running configuration is kept: policy.energy_weight")
     assert node.status()["scheduler"]["policy"] == "local"
-    # Adding a task type needs a restart (named), the rest of the file still applies.
+    # A task type added and one disabled: in effect at once, and announced to neighbours.
     rewrite(node, {"policy": {"name": "cost"}, "log": {"level": "WARNING"}, "task_types": {
-        "sleep": {"timeout_s": 0.2}, "echo2": {"handler": "builtin:echo"}}})
+        "sleep": {"timeout_s": 0.2}, "echo2": {"handler": "builtin:echo"},
+        "matmul": {"enabled": False}}})
     hup_and_wait(node, "reloaded policy.name local -> cost")
-    # logged before the quieter level took effect
-    assert "reloaded log.level DEBUG -> WARNING" in node.log_text()
-    assert "need a restart to take effect (still running with the old values): " \
-        "task_types.echo2 (added)" in node.log_text()
+    log = node.log_text()
+    assert "reloaded task_types.echo2: added" in log
+    assert "reloaded task_types.matmul: disabled" in log
+    assert "reloaded log.level DEBUG -> WARNING" in log  # logged before the quieter level
     assert node.status()["scheduler"]["policy"] == "cost"
+    assert post_task(node, {"type": "echo2", "input": [7]})["result"] == [7]
+    refused = post_task(node, {"type": "matmul", "input": {"n": 4}})
+    assert refused["status"] == "rejected" and "unknown task type" in refused["error"], refused
+    state = subprocess.run(["mosquitto_sub", "-p", str(mosquitto.port), "-t",
+                            "edgesched/node/gw-1/state", "-C", "1", "-W", "5"],
+                           capture_output=True, check=True, timeout=10)
+    assert sorted(json.loads(state.stdout)["task_types"]) == ["echo", "echo2", "hash", "sleep"]
+    # A running type's handler cannot change without a restart: named, the old one kept.
+    rewrite(node, {"task_types": {"echo2": {"handler": "builtin:hash"}, "sleep": {
+        "timeout_s": 0.2}, "matmul": {"enabled": False}}, "log": {"level": "WARNING"}})
+    hup_and_wait(node, "task_types.echo2.handler")
+    assert "need a restart to take effect" in node.log_text()
+    assert post_task(node, {"type": "echo2", "input": [8]})["result"] == [8]
+    # A new type whose handler cannot be loaded: the whole reload is refused.
+    rewrite(node, {"policy": {"name": "local"}, "task_types": {
+        "nope": {"handler": "python:no_such_module_h2:run"}}, "log": {"level": "WARNING"}})
+    hup_and_wait(node, "reload refused, the running configuration is kept")
+    assert "task_types.nope.handler" in node.log_text()
+    assert node.status()["scheduler"]["policy"] == "cost"
+    assert post_task(node, {"type": "echo2", "input": [9]})["result"] == [9]
 
     assert node.running and node.terminate() == 0
     assert "Traceback" not in node.log_text()
