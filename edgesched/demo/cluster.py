@@ -139,7 +139,7 @@ class BrokerAddress:
 
 def node_config(
     node: NodeSpec, *, http_port: int, broker: BrokerAddress, cloud_url: str | None,
-    state_dir: Path, keys_dir: Path | None = None,
+    state_dir: Path, keys_dir: Path | None = None, record_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The full config document of one demo node: its fragment plus the wiring; with
     `keys_dir` (the demo's default) the node signs and verifies node-to-node messages."""
@@ -160,6 +160,8 @@ def node_config(
     })
     if node.role == "edge" and cloud_url:
         doc["cloud"] = {"url": cloud_url, "timeout_s": 20.0}
+    if node.role == "edge" and record_dir is not None:  # for `edgesched replay` afterwards
+        doc["record"] = {"path": str(record_dir)}
     if keys_dir is not None:
         doc["security"] = {"key_file": str(keys_dir / f"{node.node_id}.key"),
                            "trust_dir": str(keys_dir)}
@@ -199,8 +201,10 @@ class Cluster:
     started is terminated, then killed if it has not stopped within STOP_GRACE_S.
     """
 
-    def __init__(self, spec: ClusterSpec, *, broker: BrokerAddress, workdir: Path) -> None:
+    def __init__(self, spec: ClusterSpec, *, broker: BrokerAddress, workdir: Path,
+                 record_dir: Path | None = None) -> None:
         self.spec = spec
+        self.record_dir = record_dir  # edge nodes record their traffic here (record.path)
         self.broker = broker
         self.workdir = workdir
         self.nodes: dict[str, NodeProcess] = {}
@@ -238,7 +242,7 @@ class Cluster:
         state_dir.mkdir(parents=True, exist_ok=True)
         doc = node_config(node, http_port=http_port, broker=self.broker,
                           cloud_url=self._cloud_url, state_dir=state_dir,
-                          keys_dir=self.workdir / "keys")
+                          keys_dir=self.workdir / "keys", record_dir=self.record_dir)
         path = self.workdir / f"{node.node_id}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         return path

@@ -59,6 +59,7 @@ class DemoRun:
     down_window: tuple[float, float] | None = None
     roam_window: tuple[float, float] | None = None  # the victim's devices submit elsewhere
     monitor: Monitor | None = None
+    record_dir: Path | None = None  # what the edge nodes recorded (kept after the demo)
     fleet: Fleet | None = None
     lost: int = 0
     interrupted: bool = False
@@ -115,6 +116,11 @@ def _finish(run: DemoRun, args: argparse.Namespace) -> int:
         duration_s=run.duration_s, seed=run.seed, broker=run.broker_label, comparison=comparison,
     )
     doc["interrupted"] = run.interrupted
+    if run.record_dir is not None:
+        doc["record_dir"] = str(run.record_dir)
+        run.notes.append(f"the edge nodes recorded their traffic in {run.record_dir}: "
+                         f"`edgesched replay {run.record_dir} --policy local` replays it "
+                         "(docs/replay.md)")
     print_summary(doc, run.notes)
     if args.json_path:
         write_json(args.json_path, doc)
@@ -171,9 +177,12 @@ async def _demo(run: DemoRun, args: argparse.Namespace) -> None:
     """Broker → WAN relay → nodes → fleet, torn down in reverse order on every exit path."""
     if args.broker is None:
         require_amqtt()  # before anything starts: the embedded broker is the demo extra's
+    # The recording outlives the demo's temporary directory: `edgesched replay` reads it.
+    run.record_dir = Path(tempfile.mkdtemp(prefix="edgesched-demo-record-"))
     with tempfile.TemporaryDirectory(prefix="edgesched-demo-") as tmp:
         async with _broker(run, args) as broker:
-            cluster = Cluster(run.spec, broker=broker, workdir=Path(tmp))
+            cluster = Cluster(run.spec, broker=broker, workdir=Path(tmp),
+                              record_dir=run.record_dir)
             cloud_port = cluster.allocate_ports()[run.spec.cloud.node_id]
             async with WanEmulator(cloud_port, run.spec.wan_normal) as wan, cluster:
                 cluster.write_configs(cloud_url_for_edges=wan.url)

@@ -33,7 +33,7 @@ from edgesched.core.queueing import fifo_wait
 from edgesched.core.shortlist import Shortlist
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
 from edgesched.sim.scenario import CLOUD_ID, Scenario
-from edgesched.sim.world import SimNode, SimTask, World
+from edgesched.sim.world import SimNode, SimTask, World, exec_time
 
 # How long (simulated s) an estimator's answer is reused when nothing new was observed about
 # its key: its staleness weight exp(-(age/decay)²) moves by at most 0.86/decay per second
@@ -273,7 +273,7 @@ class OracleBrain(DaemonBrain):
             arrive_after = task.in_bits / link.share_bps() + link.rtt_s / 2.0
         wait = max(0.0, true_slot_free_in(node, now) - arrive_after)
         battery, origin_battery = node.battery_level(now), origin.battery_level(now)
-        exec_s = task.work / node.speed
+        exec_s = exec_time(task, node)
         money = self.world.scenario.cloud.cost_per_task if node.is_cloud else 0.0
         return Candidate(
             node_id=node.id, placement=placement, liveness=Liveness.ONLINE, age_s=0.0,

@@ -31,7 +31,7 @@ from edgesched.sim.links import (
 )
 from edgesched.sim.scenario import CLOUD_ID, Scenario
 from edgesched.sim.workload import TaskStream
-from edgesched.sim.world import SimJob, SimNode, SimTask, World
+from edgesched.sim.world import SimJob, SimNode, SimTask, World, exec_time
 
 __all__ = ["Engine", "RunRecord", "SimJob", "SimNode", "SimTask", "World"]
 
@@ -371,7 +371,7 @@ class Engine:
         est = self._own_estimate(node, task)
         if not admit_here(node, task, est, self.now):
             return False
-        job = SimJob(task, token, task.work / node.speed)
+        job = SimJob(task, token, exec_time(task, node))
         job.start = self.now  # queued since; replaced when it starts running
         job.est = est
         if len(node.running) < node.slots:

@@ -18,6 +18,13 @@ from edgesched.sim.links import Link
 from edgesched.sim.scenario import Scenario
 
 
+def exec_time(task: SimTask, node: SimNode) -> float:
+    """How long `task` runs on `node`: its work at the node's speed, or, for a type whose
+    input says its execution time (`exact`, e.g. a replayed `sleep`), that time anywhere."""
+    exact = task.spec.exact_s if task.spec is not None else None
+    return task.work / node.speed if exact is None else float(exact)
+
+
 class SimTask:
     """One submitted task and the progress of its attempts."""
 
