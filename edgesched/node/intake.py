@@ -29,7 +29,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -102,9 +102,11 @@ class Intake:
                  max_input_bytes: int, prefix: str = "edgesched",
                  reply_topics: tuple[str, ...] = ("#",), spool: Spool | None = None,
                  idempotent: Callable[[str], bool] = lambda _name: False,
-                 cloud_tier: bool = False, shed_after_s: float = 0.0) -> None:
+                 cloud_tier: bool = False, shed_after_s: float = 0.0,
+                 seen: Callable[[Hashable], bool] = lambda _key: False) -> None:
         self._mqtt = mqtt
         self._shed_after_s = shed_after_s  # 0: never shed
+        self._seen = seen  # whether the pipeline knows a (route key, task id) already
         self._cloud_tier = cloud_tier  # a cloud node: its HTTP intake serves edge nodes
         self._metrics = metrics
         self._accept = accept
@@ -172,33 +174,35 @@ class Intake:
         """Consumer of the submit topic: must return quickly (the job runs in the pipeline)."""
         try:
             waited = time.monotonic() - msg.received_at
-            if 0 < self._shed_after_s < waited:
-                self._shed(msg, waited)
-            else:
+            if not (0 < self._shed_after_s < waited and self._shed(msg, waited)):
                 await self._on_mqtt_submit(msg)
         finally:
             if msg.ack is not None:
                 msg.ack()  # recorded (or answered, or refused): the broker may forget it
 
-    def _shed(self, msg: InboundMessage, waited: float) -> None:
+    def _shed(self, msg: InboundMessage, waited: float) -> bool:
         """Overload: `msg` waited longer than intake.shed_after_s between the socket and
         this consumer, so the event loop is behind. It is answered `rejected` (overloaded)
         at once, reading only its reply routing: no validation, no decision, no task, and
         the reply is handed to the connection without waiting for its PUBACK. Cheap enough
-        that the node keeps draining its socket at twice what it can run (docs/scaling.md)."""
+        that the node keeps draining its socket at twice what it can run (docs/scaling.md).
+        False (not shed) for a repeat of a task already seen: it gets that task's reply."""
+        task_id, reply_to, correlation_id, task_type = p.submit_routing(
+            msg.payload, max_bytes=self._max_bytes)
+        route = self._route(msg, reply_to, correlation_id)
+        if task_id is not None and route is not None \
+                and self._seen((route_key(route), task_id)):
+            return False
         m = self._metrics
         m.tasks_submitted.inc()
         m.tasks_rejected.labels(reason=p.RejectCode.OVERLOADED.value).inc()
-        task_id, reply_to, correlation_id, task_type = p.submit_routing(
-            msg.payload, max_bytes=self._max_bytes)
         m.completed("none", "rejected", task_type)
         self._ratelog.warning("overloaded", "overloaded: shedding submissions that waited "
                               "more than intake.shed_after_s=%gs (this one %.3fs)",
                               self._shed_after_s, waited)
-        route = self._route(msg, reply_to, correlation_id)
         if route is None or self.refusal(route) is not None:
             m.replies_dropped.labels(reason="no_route").inc()
-            return  # nowhere (allowed) to answer, as for any other refusal
+            return True  # nowhere (allowed) to answer, as for any other refusal
         reply = p.Reply(id=task_id or p.new_task_id(), status=p.Status.REJECTED,
                         error=f"overloaded: this node is {waited * 1000:.0f} ms behind; "
                         "try again later or elsewhere", latency_s=waited,
@@ -206,6 +210,7 @@ class Intake:
         if not self._mqtt.publish_nowait(route.topic, reply.encode(),
                                          correlation_data=route.correlation_data):
             m.replies_dropped.labels(reason="publish_failed").inc()
+        return True
 
     async def _on_mqtt_submit(self, msg: InboundMessage,
                               spool_key: str | None = None) -> str | None:

@@ -292,7 +292,8 @@ class TaskPipeline:
             known_types=self.type_names, max_payload_bytes=max_bytes,
             max_input_bytes=s.executor.max_input_bytes, prefix=prefix,
             reply_topics=s.intake.reply_topics, spool=spool, idempotent=self._idempotent,
-            cloud_tier=not self.edge, shed_after_s=s.intake.shed_after_s)
+            cloud_tier=not self.edge, shed_after_s=s.intake.shed_after_s,
+            seen=lambda key: key in self.book.inflight or key in self.book.outcomes)
         self.offload_server = OffloadServer(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes,
