@@ -26,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.client import TaskClient
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, free_port
 from tests.support.nodes import NodeProcess, wait_until
 
 pytestmark = [pytest.mark.e2e]
@@ -139,9 +139,13 @@ def sys_broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.mark.slow
 async def test_thirty_nodes_on_one_broker(sys_broker: Mosquitto, tmp_path: Path) -> None:
+    ports: set[int] = set()
+    while len(ports) < N:  # 30 free ports drawn one by one may repeat: make them distinct
+        ports.add(free_port())
     nodes = [NodeProcess(tmp_path, f"n{i:02d}", broker=sys_broker, overrides={
-        "telemetry": {"interval_s": INTERVAL_S}, "log": {"level": "WARNING"},
-        "mqtt": {"keepalive_s": 10}}) for i in range(N)]
+        "http": {"port": port}, "telemetry": {"interval_s": INTERVAL_S},
+        "log": {"level": "WARNING"}, "mqtt": {"keepalive_s": 10}})
+        for i, port in enumerate(sorted(ports))]
     sys_counter = SysCounter(sys_broker)
     try:
         started = time.monotonic()
