@@ -97,6 +97,51 @@ def test_paho_socket_errors_are_debug_under_edgesched(restore_logging: None) -> 
     assert "DEBUG   edgesched.mqtt.paho: failed to receive on socket" in out.getvalue()
 
 
+async def test_a_connection_reset_is_a_warning_of_ours_not_an_error_of_paho(
+        restore_logging: None) -> None:
+    """A peer that resets the connection (a broker killed mid-session, a TLS alert): paho
+    logs "failed to receive on socket" at ERROR; here it is DEBUG under edgesched.mqtt.paho,
+    and the adapter's own warning says what happened."""
+    import asyncio
+    import socket
+    import struct
+    import threading
+
+    from edgesched.adapters.metrics import Metrics
+    from edgesched.adapters.mqtt import MqttClient, MqttOptions
+
+    def resetting_broker(sock: socket.socket) -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.recv(4096)  # CONNECT
+            conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK (v5, success)
+            time.sleep(0.3)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # closed with linger 0: a TCP RST
+
+    for level in ("INFO", "DEBUG"):
+        out = io.StringIO()
+        logs.setup_logging(level, "text", stream=out)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(4)
+            threading.Thread(target=resetting_broker, args=(sock,), daemon=True).start()
+            client = MqttClient(MqttOptions(port=sock.getsockname()[1],
+                                            reconnect_initial_s=5, reconnect_max_s=5), Metrics())
+            async with client:
+                for _ in range(100):  # bounded: 5 s
+                    if "lost connection" in out.getvalue():
+                        break
+                    await asyncio.sleep(0.05)
+        text = out.getvalue()
+        assert "WARNING edgesched.mqtt: lost connection to MQTT broker" in text, text
+        assert "ERROR" not in text and " mqtt:" not in text, text
+        if level == "DEBUG":  # still there for whoever asks for it
+            assert "DEBUG   edgesched.mqtt.paho: failed to receive on socket" in text, text
+        else:
+            assert "failed to receive" not in text
+
+
 # -- a real node -------------------------------------------------------------------------------
 
 def post(url: str, doc: dict[str, Any]) -> int:
