@@ -186,7 +186,8 @@ async def _submit_mqtt(args: argparse.Namespace, settings: Settings | None, node
                 seen.set()
 
     # A device identity (client certificate) usually may not read node states (broker ACL):
-    # then the node cannot be looked up and the submission just goes out.
+    # then the node cannot be looked up and the submission just goes out. So does an
+    # authenticated client that sees no node state at all (below).
     look_up = opts.tls_cert_file is None
     client = MqttClient(opts, Metrics())
     await client.subscribe(reply_topic, on_reply, qos=1)
@@ -206,8 +207,13 @@ async def _submit_mqtt(args: argparse.Namespace, settings: Settings | None, node
                 async with asyncio.timeout(STATE_WAIT_S):
                     await seen.wait()
             except TimeoutError:
-                raise SubmitFailed(_never_seen(node, broker, prefix, states)) from None
-            if _offline(states[node]):
+                if states or opts.username is None:
+                    raise SubmitFailed(_never_seen(node, broker, prefix, states)) from None
+                # an authenticated client that sees no node at all: its ACL may hide them
+                print(f"edgesched submit: note: no node state is readable on {broker} for "
+                      f"user {opts.username!r} (broker ACL?); submitting to {node} anyway",
+                      file=sys.stderr)
+            if node in states and _offline(states[node]):
                 print(f"edgesched submit: note: node {node} is offline (its last state on "
                       f"{broker}); the broker keeps the task for it while its session lasts",
                       file=sys.stderr)

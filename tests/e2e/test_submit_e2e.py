@@ -240,3 +240,44 @@ def test_config_env_unknown_node_bad_input_and_http(mosquitto: Mosquitto, node: 
     assert json.loads(proc.stdout)["result"] == {"digest": expected_digest(**HASH_INPUT)}
     proc, _ = run_submit("--url", node.base_url, "--type", "warp")
     assert proc.returncode == 1 and json.loads(proc.stdout)["status"] == "rejected"
+
+
+def test_a_client_whose_acl_hides_node_states_still_submits(tmp_path: Any,
+                                                            node_factory: Any) -> None:
+    """With broker credentials whose ACL does not let it read `P/node/+/state`, the client
+    cannot look the node up: it says so and submits anyway (no false "never seen")."""
+    import shutil
+
+    from tests.support.broker import broker_workdir, free_port
+
+    work = broker_workdir()  # readable by mosquitto after it drops root privileges
+    for name in ("passwd", "acl"):
+        (work / name).write_text("")
+        (work / name).chmod(0o644)
+    subprocess.run(["mosquitto_passwd", "-b", str(work / "passwd"), "client", "s3cret"],
+                   check=True, capture_output=True, timeout=30)
+    (work / "passwd").chmod(0o644)
+    (work / "acl").write_text(
+        "topic readwrite #\n"  # anonymous clients (the node): everything
+        "user client\ntopic write edgesched/node/+/submit\ntopic read edgesched/client/#\n")
+    port = free_port()
+    broker = Mosquitto(workdir=work, port=port, conf_text=(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"password_file {work / 'passwd'}\nacl_file {work / 'acl'}\n"
+        f"log_dest file {work / f'mosquitto-{port}.log'}\n"))
+    broker.start()
+    try:
+        node_factory("gw-1", broker=broker)
+        (tmp_path / "pw").write_text("s3cret\n")
+        cfg = tmp_path / "client.yaml"
+        cfg.write_text(f"mqtt: {{host: 127.0.0.1, port: {port}, username: client, "
+                       f"password_file: {tmp_path / 'pw'}}}\n")
+        proc, _ = run_submit("--config", str(cfg), "--node", "gw-1", "--type", "echo",
+                             "--input", '"hi"', "--timeout", "20")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["result"] == "hi"
+        assert "no node state is readable" in proc.stderr and "'client'" in proc.stderr
+        assert "s3cret" not in proc.stderr + proc.stdout
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
