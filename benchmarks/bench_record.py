@@ -44,7 +44,9 @@ def writer_cpu_s(pid: int) -> float:
     """CPU seconds of the node's recorder writer process (its child named edgesched-recorder
     by multiprocessing; 0 when there is none)."""
     total = 0.0
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+    children = [c for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]  # any thread's children
+    for child in children:
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             if b"multiprocessing" in cmdline and b"spawn" in cmdline:

@@ -42,7 +42,17 @@ from typing import Any
 import numpy as np
 import yaml
 
+from edgesched.core.costmodel import CostParams
 from edgesched.core.exploration import ExploringPolicy
+from edgesched.core.model import (
+    Candidate,
+    ExecEstimate,
+    LinkEstimate,
+    Liveness,
+    Placement,
+    TaskSpec,
+)
+from edgesched.core.policies import make_policy
 from edgesched.errors import UsageError
 from edgesched.sim.engine import Engine, RunRecord
 from edgesched.sim.report import policy_summary
@@ -548,6 +558,89 @@ def observed_summary(tasks: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# -- off-policy estimate ---------------------------------------------------------------------------
+
+IPS_POLICIES = ("cost", "local", "cloud", "least_loaded", "greedy_latency", "random")
+
+
+def _candidate(doc: dict[str, Any]) -> Candidate:
+    link = None
+    if _num(doc.get("rtt_s")) and _num(doc.get("bandwidth_bps")) and doc["bandwidth_bps"] > 0:
+        link = LinkEstimate(rtt_s=max(0.0, doc["rtt_s"]),
+                            rtt_std_s=max(0.0, doc.get("rtt_std_s") or 0.0),
+                            bandwidth_bps=doc["bandwidth_bps"],
+                            bandwidth_std_bps=max(0.0, doc.get("bandwidth_std_bps") or 0.0))
+    raw = doc.get("liveness")
+    liveness = raw if isinstance(raw, str) and raw in {v.value for v in Liveness} else "online"
+    return Candidate(
+        node_id=doc["node_id"], placement=Placement(doc["placement"]),
+        liveness=Liveness(liveness), age_s=max(0.0, float(doc.get("age_s") or 0.0)),
+        slots=max(0, int(doc.get("slots") or 1)), running=max(0, int(doc.get("running") or 0)),
+        queued=max(0, int(doc.get("queued") or 0)),
+        est_wait_s=max(0.0, float(doc.get("est_wait_s") or 0.0)),
+        wait_std_s=max(0.0, float(doc.get("wait_std_s") or 0.0)), link=link,
+        exec=ExecEstimate(mean_s=max(0.0, float(doc.get("exec_mean_s") or 0.0)),
+                          std_s=max(0.0, float(doc.get("exec_std_s") or 0.0))),
+        battery=doc.get("battery") if _num(doc.get("battery")) else None)
+
+
+def ips_estimates(rec: Recording, names: Sequence[str], params: CostParams
+                  ) -> dict[str, dict[str, Any]]:
+    """Off-policy estimates from the recorded decisions alone (no simulator): for each task,
+    `names`' policy decides on the candidates the node saw; where it picks what was chosen,
+    the task's outcome counts with weight π(choice) / propensity (self-normalised inverse
+    propensity scoring). Meaningful with `record.explore` > 0: otherwise only the tasks where
+    the policy agrees with the recorded one are seen, a biased sample. `support` is how many
+    recorded tasks the estimate rests on."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name not in IPS_POLICIES:
+            continue
+        policy = make_policy(name, params, np.random.default_rng(0))
+        w_sum = w_ok = lat_sum = miss_sum = 0.0
+        support = 0
+        for t in rec.tasks:
+            chosen, raw_prop = t.get("chosen"), t.get("propensity")
+            if not chosen or not isinstance(raw_prop, int | float) or not t.get("candidates"):
+                continue
+            prop = float(raw_prop)
+            if not 0 < prop <= 1:  # (NaN too)
+                continue
+            try:
+                cands = [_candidate(c) for c in t["candidates"]]
+                spec = TaskSpec(task_type=t["type"], input_bytes=float(t["input_bytes"]),
+                                output_bytes=float(t["output_bytes"]), work=float(t["work"]),
+                                exact_s=t.get("exact_s"), deadline_s=t.get("deadline_s"),
+                                submitted_at=0.0)
+                decision = policy.decide(spec, cands, float(t.get("decided_s") or 0.0))
+            except (ValueError, TypeError, KeyError):
+                continue
+            feasible = [e.node_id for e in decision.evaluations if e.feasible]
+            if name == "random":
+                pi = 1.0 / len(feasible) if chosen in feasible else 0.0
+            else:
+                pi = 1.0 if decision.chosen is not None and decision.chosen.node_id == chosen \
+                    else 0.0
+            if pi == 0.0:
+                continue
+            w = pi / prop
+            support += 1
+            w_sum += w
+            ok = t.get("status") == "ok" and _num(t.get("latency_s"))
+            if ok:
+                w_ok += w
+                lat_sum += w * t["latency_s"]
+            missed = not ok or (t.get("deadline_s") is not None and t["latency_s"] > t[
+                "deadline_s"])
+            miss_sum += w * missed
+        out[name] = {
+            "support": support,
+            "mean_latency_s": round(lat_sum / w_ok, 6) if w_ok else None,
+            "deadline_miss_ratio": round(miss_sum / w_sum, 6) if w_sum else None,
+        }
+    return out
+
+
 # -- the replay ------------------------------------------------------------------------------------
 
 def replay(rec: Recording, policies: Sequence[str] | None = None, *, seed: int = 1,
@@ -575,6 +668,8 @@ def replay(rec: Recording, policies: Sequence[str] | None = None, *, seed: int =
         results[name] = summary
         if on_progress is not None:
             on_progress(name, total, total)
+    for name, est in ips_estimates(rec, names, model.scenario.policy_params).items():
+        results[name]["ips"] = est
     oracle_mean = results["oracle"]["mean_latency_s"]
     for summary in results.values():
         mean = summary["mean_latency_s"]
@@ -660,6 +755,12 @@ def replay_command(args: Any) -> int:
     if report["regret_s"] is not None:
         print(f"regret of the recorded policy: {report['regret_s'] * 1e3:.1f} ms mean latency "
               "above the hindsight oracle")
+    for name, summary in report["policies"].items():
+        est = summary.get("ips")
+        if est and est["mean_latency_s"] is not None and report["explore"] > 0:
+            print(f"off-policy (IPS) estimate of {name} from {est['support']} recorded "
+                  f"decisions: mean {est['mean_latency_s'] * 1e3:.1f} ms, miss "
+                  f"{est['deadline_miss_ratio'] * 100:.2f} %")
     live = report["observed"].get("live_regret_mean_s")
     if live is not None:
         print(f"live regret (edgesched_regret_seconds, mean): {live * 1e3:.1f} ms")

@@ -55,6 +55,19 @@ def test_replaying_under_its_own_policy_reproduces_the_observed_mean(recording: 
     assert report["regret_s"] >= 0 and sim["regret_s"] >= -0.002
 
 
+def test_the_off_policy_estimate_rests_on_the_recorded_decisions(recording: object) -> None:
+    report = replay(recording, ["cost", "cloud"])  # type: ignore[arg-type]
+    obs = report["observed"]
+    own, cloud = report["policies"]["cost"]["ips"], report["policies"]["cloud"]["ips"]
+    # the recorded policy agrees with itself on every decision it did not explore
+    assert own["support"] >= 191 - obs["explored"]
+    assert own["mean_latency_s"] == pytest.approx(obs["mean_latency_s"], rel=0.1)
+    # `cloud` rests on the few tasks the recording sent there, weighted by 1 / propensity
+    assert 0 < cloud["support"] <= obs["placements"]["cloud"] + 2
+    assert cloud["mean_latency_s"] > 0.1  # every one of them paid the 100 ms WAN
+    assert "ips" not in report["policies"]["oracle"]
+
+
 def test_the_fit_reads_what_was_measured(recording: object) -> None:
     model = fit(recording)  # type: ignore[arg-type]
     doc = model.scenario_doc
