@@ -36,6 +36,7 @@ EXIT_FAILED = 1
 # SUBACK at once on a local broker; this bounds a slow or distant one).
 STATE_WAIT_S = 1.5
 MAX_KNOWN_SHOWN = 20  # node ids listed in the "never seen" message
+MAX_STATES = 10_000  # node states remembered while looking the node up (an id and a flag)
 
 
 class SubmitFailed(Exception):
@@ -171,7 +172,7 @@ async def _submit_mqtt(args: argparse.Namespace, settings: Settings | None, node
     reply_topic = reply_topic_for(prefix, token, opts.tls_cert_file)
     body = build_request(args, reply_topic, token)
     got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-    states: dict[str, bytes] = {}  # node id -> its retained state document
+    states: dict[str, bool] = {}  # node id -> its retained state says offline (bounded)
     seen = asyncio.Event()
 
     async def on_reply(msg: InboundMessage) -> None:
@@ -180,8 +181,8 @@ async def _submit_mqtt(args: argparse.Namespace, settings: Settings | None, node
 
     async def on_state(msg: InboundMessage) -> None:
         node_id = msg.topic[len(prefix) + len("/node/"):].rpartition("/state")[0]
-        if node_id and msg.payload and len(states) < 10_000:
-            states[node_id] = msg.payload
+        if node_id and msg.payload and len(states) < MAX_STATES:
+            states[node_id] = _offline(msg.payload)
             if node_id == node:
                 seen.set()
 
@@ -213,7 +214,7 @@ async def _submit_mqtt(args: argparse.Namespace, settings: Settings | None, node
                 print(f"edgesched submit: note: no node state is readable on {broker} for "
                       f"user {opts.username!r} (broker ACL?); submitting to {node} anyway",
                       file=sys.stderr)
-            if node in states and _offline(states[node]):
+            if states.get(node):
                 print(f"edgesched submit: note: node {node} is offline (its last state on "
                       f"{broker}); the broker keeps the task for it while its session lasts",
                       file=sys.stderr)
@@ -230,9 +231,9 @@ async def _submit_mqtt(args: argparse.Namespace, settings: Settings | None, node
                                f"{broker}; --timeout sets the wait)") from None
 
 
-def _never_seen(node: str, broker: str, prefix: str, states: dict[str, bytes]) -> str:
+def _never_seen(node: str, broker: str, prefix: str, states: dict[str, bool]) -> str:
     known = sorted(states)
-    shown = ", ".join(f"{n} ({'offline' if _offline(states[n]) else 'online'})"
+    shown = ", ".join(f"{n} ({'offline' if states[n] else 'online'})"
                       for n in known[:MAX_KNOWN_SHOWN])
     more = f" and {len(known) - MAX_KNOWN_SHOWN} more" if len(known) > MAX_KNOWN_SHOWN else ""
     return (f"node {node} has never been seen on broker {broker} (no retained state on "
