@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import sys
 import uuid
 from collections.abc import Awaitable, Coroutine
@@ -24,7 +25,7 @@ from typing import Any
 
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import InboundMessage, MqttClient, MqttOptions
-from edgesched.config import Settings, config_path_from_env, load_settings
+from edgesched.config import NODE_ID_PATTERN, Settings, config_path_from_env, load_settings
 from edgesched.errors import ConfigError, HttpError, MqttError, UsageError
 from edgesched.node import protocol as p
 
@@ -36,6 +37,7 @@ EXIT_FAILED = 1
 # SUBACK at once on a local broker; this bounds a slow or distant one).
 STATE_WAIT_S = 1.5
 MAX_KNOWN_SHOWN = 20  # node ids listed in the "never seen" message
+_NODE_ID = re.compile(NODE_ID_PATTERN)  # ids of at most 64 characters: bounded memory
 MAX_STATES = 10_000  # node states remembered while looking the node up (an id and a flag)
 
 
@@ -181,7 +183,7 @@ async def _submit_mqtt(args: argparse.Namespace, settings: Settings | None, node
 
     async def on_state(msg: InboundMessage) -> None:
         node_id = msg.topic[len(prefix) + len("/node/"):].rpartition("/state")[0]
-        if node_id and msg.payload and len(states) < MAX_STATES:
+        if _NODE_ID.match(node_id) and msg.payload and len(states) < MAX_STATES:
             states[node_id] = _offline(msg.payload)
             if node_id == node:
                 seen.set()
