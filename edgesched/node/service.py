@@ -266,7 +266,9 @@ def build_runtime(
                                         payload=telemetry.state_doc(online=False), signed=True),
     )
     task_log = TaskLog(max_bytes=settings.http.recent_tasks_bytes)
-    recorder = None if settings.record.path is None else Recorder(
+    if settings.record.path is not None and settings.role != "edge":
+        log.warning("record.path is ignored on a cloud node: edge nodes record their tasks")
+    recorder = None if settings.record.path is None or settings.role != "edge" else Recorder(
         settings.record, node_id=settings.node_id, metrics=metrics, row_schema=ROW_SCHEMA,
         snapshot=telemetry_source(
             node_id=settings.node_id, speed=settings.executor.speed,

@@ -92,6 +92,13 @@ async def live_runs(mosquitto: Mosquitto, node_factory: Any, record: Path
                 # warm-up: a few tasks so every target's link has been measured once
                 await drive(client, "E1", [(i * 0.05, 0.02) for i in range(6)])
                 replies = await drive(client, "E1", tasks)
+                if policy == "cost":  # live regret and the recording's count, on /metrics
+                    n = len(tasks) + 6
+                    wait_until(lambda e=e1, n=n: (e.metric(
+                        "edgesched_decisions_recorded_total") or 0) >= n, 10,
+                        what="every task recorded")
+                    regret_count = e1.metric("edgesched_regret_seconds_count")
+                    assert regret_count == sum(1 for r in replies if r["status"] == "ok") + 6
                 e1.terminate()  # the recorder's last lines are written on the way out
                 out[policy] = figures(replies)
                 print(policy, Counter(r.get("placement") for r in replies),
