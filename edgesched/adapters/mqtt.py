@@ -46,7 +46,9 @@ RECONNECT_WAIT_S = 30.0
 _SUBSCRIBE_TIMEOUT_S = 10.0
 # Packets read per readable-socket callback: all that have arrived, up to this many (paho
 # reads one, or one per unacknowledged publish, then yields to every other ready task). A
-# burst is read before its first message reaches the intake, so it is kept short (~5 ms).
+# burst is read before its first message reaches the intake (~40 us a packet), which counts
+# in that message's wait (intake.shed_after_s): 1000 at once made the intake shed nearly all
+# of a burst it could have half taken, so bursts stay short.
 READ_BURST_PACKETS = 100
 
 
