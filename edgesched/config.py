@@ -491,9 +491,10 @@ def builtin_task_types() -> dict[str, dict[str, Any]]:
     return {
         "echo": {"handler": "builtin:echo", "exec_prior_s": 0.0005, "output_bytes": 256,
                  "idempotent": True},
-        # ~1 µs per SHA-256 round (0.8 µs measured on the development VM): the prior scales
-        # with the rounds asked for (the work, per million), not one figure for every task
-        "hash": {"handler": "builtin:hash", "cpu_bound": True, "exec_prior_s": 0.001,
+        # ~1 µs per SHA-256 round (0.8 µs measured on the development VM) plus ~5 ms of
+        # process-pool round trip: the prior scales with the rounds asked for (the work, per
+        # million), not one figure for every task
+        "hash": {"handler": "builtin:hash", "cpu_bound": True, "exec_prior_s": 0.005,
                  "exec_prior_s_per_mb": 1.0, "output_bytes": 100, "timeout_s": 120.0, "idempotent": True},
         "matmul": {"handler": "builtin:matmul", "cpu_bound": True, "exec_prior_s": 0.1,
                    "output_bytes": 64, "timeout_s": 120.0, "idempotent": True},

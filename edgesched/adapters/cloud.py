@@ -22,6 +22,26 @@ log = logging.getLogger("edgesched.cloud")
 MAX_REPLY_BYTES = 64 << 20
 AUTH_LOG_INTERVAL_S = 60.0  # at most one "the cloud refused our token" line per minute
 _CONTENT_TYPE_RE = re.compile(r"[^A-Za-z0-9/+.;=_ -]")
+# The cloud tier's load, in every reply to POST /v1/tasks (contract §6): an edge node models
+# the cloud's queue from it instead of assuming an unbounded tier (issue 20).
+LOAD_HEADER = "X-Edgesched-Load"
+_LOAD_RE = re.compile(r"slots=(\d{1,7}); running=(\d{1,7}); queued=(\d{1,9}); "
+                      r"est_wait_s=(\d{1,7}(?:\.\d{1,6})?)")
+
+
+def format_load(running: int, queued: int, slots: int, est_wait_s: float) -> str:
+    """The `X-Edgesched-Load` value of a cloud node's reply."""
+    wait = min(max(0.0, est_wait_s), 1e6) if math.isfinite(est_wait_s) else 1e6
+    return f"slots={slots}; running={running}; queued={queued}; est_wait_s={wait:.3f}"
+
+
+def parse_load(text: str | None) -> tuple[int, int, int, float] | None:
+    """(running, queued, slots, est_wait_s) from an `X-Edgesched-Load` value; None when
+    absent or malformed (a cloud node of an older version sends none)."""
+    match = _LOAD_RE.fullmatch(text.strip()) if text else None
+    if match is None or int(match[1]) < 1:
+        return None
+    return int(match[2]), int(match[3]), int(match[1]), float(match[4])
 
 
 class CloudClient:
@@ -43,6 +63,10 @@ class CloudClient:
         self._secrets = _secret_parts(settings)
         self._auth_logged_at = -math.inf
         self._origin = origin  # this edge's node id, sent as X-Edgesched-Origin
+        # The cloud's latest load (running, queued, slots, est_wait_s) from a reply's
+        # X-Edgesched-Load header, and when it arrived (time.monotonic()).
+        self.load: tuple[int, int, int, float] | None = None
+        self.load_at = -math.inf
 
     async def __aenter__(self) -> CloudClient:
         headers = {"User-Agent": f"edgesched/{__version__}", "Content-Type": "application/json"}
@@ -116,6 +140,9 @@ class CloudClient:
                 if resp.status in (401, 403):
                     self._refused(resp.status)
                 raw = await resp.content.read(read_limit)
+                load = parse_load(resp.headers.get(LOAD_HEADER))
+                if load is not None:
+                    self.load, self.load_at = load, time.monotonic()
                 return resp.status, raw, resp.headers.get("Content-Type", "")
         except TimeoutError as exc:
             raise HttpTimeoutError(

@@ -136,6 +136,12 @@ class Metrics:
             "edgesched_latency_prediction_error_seconds",
             "Actual minus predicted task latency.", buckets=ERROR_BUCKETS, registry=r,
         )
+        self.prediction_coverage = Gauge(
+            "edgesched_prediction_coverage_ratio",
+            "Share of this node's recent attempts (last 200 per placement) that finished within "
+            "the latency quantile they were judged on (goal: policy.latency_quantile).",
+            ["placement"], registry=r,
+        )
         self.energy = Counter(
             "edgesched_energy_joules", "Estimated energy this node spent on tasks, by placement.",
             ["placement"], registry=r,

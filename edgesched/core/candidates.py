@@ -217,6 +217,7 @@ def build_candidates(
     exclude: Collection[str] = (),
     held: Collection[str] = (),
     cloud_state: NodeState | None = None,
+    zs: Mapping[str, float] | None = None,
 ) -> list[Candidate]:
     """Every target the task could go to: this node, each edge neighbour, and the cloud.
 
@@ -227,7 +228,8 @@ def build_candidates(
     neighbours (unknown ones get the default model); `exclude` marks targets not to use;
     `held` the targets that refused an attempt and have not reported since
     (`feedback.Refusals`: their candidates are `refused`, no capacity); `cloud_state` is the
-    cloud node's own load report, when this node hears one (`cloud_candidate`).
+    cloud node's own load report, when this node hears one (`cloud_candidate`); `zs` the
+    calibrated z of the latency quantile per target (`calibration.QuantileCalibrator.zs`).
     """
     now, local = snapshot.now, snapshot.local
     lp = local_power or DEFAULT_POWER
@@ -249,6 +251,9 @@ def build_candidates(
                                    inflight=inflight.get(cloud.node_id, 0), state=cloud_state))
     if held:
         mark_refused(out, held)
+    if zs:
+        for cand in out:
+            cand.z_quantile = zs.get(cand.node_id)
     return out
 
 

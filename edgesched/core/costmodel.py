@@ -229,7 +229,8 @@ def evaluate_candidate(
     """
     mean, var, e_origin, e_target = _terms(task, cand)
     std = math.sqrt(var)
-    latency_q = mean + params.z * std
+    z = params.z if cand.z_quantile is None else cand.z_quantile
+    latency_q = mean + z * std
     reason = check(cand, params, latency_q, remaining_s, task, enforce)
     score = math.inf if reason is not None else _score(cand, params, mean, e_origin, e_target)
     return CandidateEval(

@@ -500,6 +500,10 @@ class EstimatorBank:
             return ExecEstimate(mean_s=mean, std_s=min(MAX_SECONDS, prior.cv * mean))
         return est.predict(input_bytes, now)
 
+    def has_exec(self, task_type: str, node_id: str) -> bool:
+        """True when `node_id` has an estimator of its own for the type (it ran one)."""
+        return (task_type, node_id) in self._exec
+
     def _borrowed(self, task_type: str, node_id: str, input_bytes: float,
                   now: float) -> ExecEstimate | None:
         """What the type taught on the node that ran it last, scaled by the two nodes' speeds

@@ -62,8 +62,12 @@ def next_attempt(
     deadline_s: float | None,
     local_allowed: bool,
     params: FallbackParams,
+    skip: Collection[str] = (),
 ) -> NextAttempt | Terminal:
     """The next target to try for a task, or the terminal outcome.
+
+    `skip`: targets not to try now although ranked (one that refused another task since this
+    decision was taken: `feedback.Refusals`); they do not count as attempts.
 
     The rule, in order:
     1. the deadline has passed (`elapsed_s >= deadline_s`) -> `expired`;
@@ -89,7 +93,8 @@ def next_attempt(
                             reason=f"gave up after {len(tried)} attempts")
         return NextAttempt(target=local, timeout_s=params.timeout_for(local),
                            attempt=len(tried) + 1, last_resort=True)
-    target, last_resort = _pick(decision, tried, local_allowed)
+    passed = {*tried, *skip} if skip else tried
+    target, last_resort = _pick(decision, passed, local_allowed)
     if target is None:
         return Terminal(outcome=Outcome.FAILED, reason=_why_none(decision, tried))
     timeout = params.timeout_for(target)

@@ -208,6 +208,9 @@ class Candidate:
     excluded: bool = False  # e.g. the node that forwarded this task to us (no ping-pong)
     # It refused an attempt and has not reported since (feedback.Refusals): no capacity.
     refused: bool = False
+    # The z of the latency quantile on this target, calibrated from its past errors
+    # (core/calibration.py); None = the normal z of `latency_quantile`.
+    z_quantile: float | None = None
 
 
 @dataclass(kw_only=True, slots=True)

@@ -21,6 +21,7 @@ from edgesched.adapters.cloud import CloudClient
 from edgesched.adapters.executor import LocalExecutor
 from edgesched.adapters.metrics import Metrics
 from edgesched.core.admission import admit
+from edgesched.core.calibration import CalibrationParams, QuantileCalibrator
 from edgesched.core.candidates import CLOUD_ID, CloudTarget, build_candidates, exec_estimate
 from edgesched.core.estimators import EstimatorBank
 from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
@@ -142,10 +143,15 @@ class Dispatcher:
         self.metrics = metrics
         self.snapshot = snapshot
         self.neighbour_state = neighbour_state or self._snapshot_state
-        # The cloud node's own load report (its telemetry), when this node hears one.
-        self.cloud_state = cloud_state or (lambda: None)
+        # The cloud node's own load report (its telemetry), when this node hears one; else
+        # the load its latest HTTP reply carried (`_cloud_reply_state`).
+        self._cloud_telemetry = cloud_state or (lambda: None)
         # Targets that refused an attempt, held back until they report room (issue 20).
         self.refusals = Refusals()
+        # What the latency quantile really covers, per target (and its correction).
+        params = getattr(policy, "params", None)
+        self.calibrator = QuantileCalibrator(CalibrationParams(
+            quantile=getattr(params, "latency_quantile", 0.95)))
         self.local_power = local_power
         self.cloud = cloud
         self.cloud_target = CloudTarget() if cloud is not None else None
@@ -183,6 +189,7 @@ class Dispatcher:
             local_power=self.local_power, local_max_queue=self.executor.queue_size,
             inflight=self.inflight.unreported(reported),
             held=self.refusals.held(reported, snap.now), cloud_state=cloud_state,
+            zs=self.calibrator.zs,
         )
 
     def decide(self, job: Job, trace: TaskTrace | None = None
@@ -223,6 +230,7 @@ class Dispatcher:
             step = next_attempt(
                 decision, tried=tried, elapsed_s=self.clock() - job.received_at,
                 deadline_s=job.deadline_s, local_allowed=True, params=self.fallback,
+                skip=self._held_now(),
             )
             if isinstance(step, Terminal):
                 return self._give_up(job, step, results, record)
@@ -272,6 +280,28 @@ class Dispatcher:
         if status is p.Status.OK:
             self.metrics.prediction_error.observe(self.clock() - started - expected)
         return reply
+
+    def cloud_state(self) -> NodeState | None:
+        """The cloud tier's load as last reported: its telemetry when this node hears it,
+        else the X-Edgesched-Load header of its latest HTTP reply; None when neither came."""
+        state = self._cloud_telemetry()
+        if state is not None or self.cloud is None or self.cloud.load is None:
+            return state
+        running, queued, slots, wait = self.cloud.load
+        return NodeState(node_id=CLOUD_ID, role="cloud", last_seen=self.cloud.load_at,
+                         slots=slots, running=running, queued=queued, est_wait_s=wait)
+
+    def _held_now(self) -> frozenset[str]:
+        """The targets held back now (refused since, no report since): a task decided before
+        the refusal came back skips them too."""
+        if not len(self.refusals):
+            return frozenset()
+        snap = self.snapshot()
+        reported = {n.node_id: n.last_seen for n in snap.neighbours}
+        cloud = self.cloud_state() if self.cloud_target is not None else None
+        if cloud is not None:
+            reported[CLOUD_ID] = cloud.last_seen
+        return self.refusals.held(reported, snap.now)
 
     def _learn_refusal(self, target: CandidateEval, result: AttemptResult) -> None:
         """A remote target's refusal holds it back until it reports room; a success ends it."""
@@ -472,6 +502,13 @@ class Dispatcher:
                          round_trip_s=elapsed, wait_s=result.wait_s, exec_s=result.exec_s,
                          nbytes=nbytes, now=self.clock())
         self.metrics.prediction_error.observe(elapsed - target.latency_mean_s)
+        placement = target.placement.value
+        if self.calibrator.observe(target.node_id, placement, actual_s=elapsed,
+                                   mean_s=target.latency_mean_s, std_s=target.latency_std_s,
+                                   q_s=target.latency_q_s):
+            ratio = self.calibrator.coverage_ratio(placement)
+            if ratio is not None:
+                self.metrics.prediction_coverage.labels(placement=placement).set(ratio)
         self.metrics.energy.labels(placement=target.placement.value).inc(
             max(0.0, target.energy_j))
         record.status, record.predicted_s = "ok", round(target.latency_mean_s, 6)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edgesched.adapters.cloud import LOAD_HEADER, format_load
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import InboundMessage, MqttClient, RateLimitedLog, topic_matches
 from edgesched.adapters.spool import Spool
@@ -103,8 +104,12 @@ class Intake:
                  reply_topics: tuple[str, ...] = ("#",), spool: Spool | None = None,
                  idempotent: Callable[[str], bool] = lambda _name: False,
                  cloud_tier: bool = False, shed_after_s: float = 0.0,
-                 seen: Callable[[Hashable], bool] = lambda _key: False) -> None:
+                 seen: Callable[[Hashable], bool] = lambda _key: False,
+                 load: Callable[[], tuple[int, int, int, float]] | None = None) -> None:
         self._mqtt = mqtt
+        # the cloud tier's executor load (running, queued, slots, est_wait_s), sent with
+        # every HTTP reply (X-Edgesched-Load) so edge nodes know its queue
+        self._load = load
         self._shed_after_s = shed_after_s  # 0: never shed
         self._seen = seen  # whether the pipeline knows a (route key, task id) already
         self._cloud_tier = cloud_tier  # a cloud node: its HTTP intake serves edge nodes
@@ -394,7 +399,13 @@ class Intake:
         except p.SubmissionError as exc:
             return self._http_reject(exc, received)
         reply = await asyncio.shield(future)
-        return web.Response(body=reply.encode(), content_type="application/json")
+        return web.Response(body=reply.encode(), content_type="application/json",
+                            headers=self._load_header())
+
+    def _load_header(self) -> dict[str, str] | None:
+        if not self._cloud_tier or self._load is None:
+            return None
+        return {LOAD_HEADER: format_load(*self._load())}
 
     def _http_reject(self, exc: p.SubmissionError, received: float) -> web.Response:
         reply = p.Reply(id=exc.task_id or p.new_task_id(), status=p.Status.REJECTED,
@@ -402,7 +413,8 @@ class Intake:
         # Bad requests are HTTP errors; a refusal of a valid task is a reply like any other.
         status = {p.RejectCode.OVERSIZE: 413, p.RejectCode.MALFORMED: 400,
                   p.RejectCode.SCHEMA: 400, p.RejectCode.UNKNOWN_TYPE: 400}.get(exc.reason, 200)
-        return web.Response(status=status, body=reply.encode(), content_type="application/json")
+        return web.Response(status=status, body=reply.encode(), content_type="application/json",
+                            headers=self._load_header())
 
 
 def _with_correlation(reply: p.Reply, correlation_id: str) -> p.Reply:

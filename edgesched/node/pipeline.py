@@ -293,7 +293,8 @@ class TaskPipeline:
             max_input_bytes=s.executor.max_input_bytes, prefix=prefix,
             reply_topics=s.intake.reply_topics, spool=spool, idempotent=self._idempotent,
             cloud_tier=not self.edge, shed_after_s=s.intake.shed_after_s,
-            seen=lambda key: key in self.book.inflight or key in self.book.outcomes)
+            seen=lambda key: key in self.book.inflight or key in self.book.outcomes,
+            load=self.executor.load)
         self.offload_server = OffloadServer(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes,
@@ -432,13 +433,13 @@ class TaskPipeline:
     def _cloud_state(self) -> NodeState | None:
         """The cloud tier's own load report (the telemetry of the node with role `cloud`),
         when this node hears one: its slots and queue, not an assumed unbounded tier. The
-        cloud's id is found by a scan of the view at most once a second, then remembered."""
+        cloud's id is found by a scan of the view at most every 0.1 s, then remembered."""
         if self._cloud_id is not None:
             state = self._neighbour_state(self._cloud_id)
             if state is not None and state.role == "cloud":
                 return state
         now = time.monotonic()
-        if now - self._cloud_scanned_at < 1.0:
+        if now - self._cloud_scanned_at < 0.1:
             return None
         self._cloud_scanned_at = now
         self._cloud_id = next((n.node_id for n in self.neighbours(now) if n.role == "cloud"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgesched.core.admission import admit
+from edgesched.core.calibration import CalibrationParams, QuantileCalibrator
 from edgesched.core.candidates import CloudTarget, build_candidates, exec_estimate
 from edgesched.core.costmodel import CostParams
 from edgesched.core.estimators import EstimatorBank, ExecPrior
@@ -19,6 +20,7 @@ from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_
 from edgesched.core.feedback import InFlight, learn_from_reply
 from edgesched.core.model import (
     Candidate,
+    CandidateEval,
     ClusterSnapshot,
     Decision,
     ExecEstimate,
@@ -78,7 +80,11 @@ class MemoBank(EstimatorBank):
 
     def observe_exec(self, task_type: str, node_id: str, input_bytes: float, seconds: float,
                      now: float) -> bool:
-        self._exec_memo.pop((task_type, node_id), None)
+        memo = self._exec_memo
+        memo.pop((task_type, node_id), None)
+        # the nodes that have not run the type borrow this lesson (EstimatorBank._borrowed)
+        for key in [k for k in memo if k[0] == task_type and not self.has_exec(*k)]:
+            del memo[key]
         return super().observe_exec(task_type, node_id, input_bytes, seconds, now)
 
     def observe_rtt(self, target: str, seconds: float, now: float) -> bool:
@@ -139,6 +145,9 @@ class DaemonBrain:
         self.bank = MemoBank(exec_priors=priors, speeds=speeds,
                              link_priors=self._nominal_links())
         self.inflight = InFlight()
+        # What the latency quantile covers per target, and its correction (as the daemon's).
+        self.calibrator = QuantileCalibrator(
+            CalibrationParams(quantile=self.params.latency_quantile))
         # The neighbours a decision scores, as the daemon picks them (core/shortlist.py).
         self.shortlist = Shortlist(self.view, max_candidates=self.params.max_candidates,
                                    rtt_of=lambda node_id, now: self.bank.link(node_id, now).rtt_s)
@@ -198,6 +207,7 @@ class DaemonBrain:
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
             local_power=node.power, local_max_queue=node.queue_size,
             inflight=self.inflight.unreported(self.reported_at),
+            zs=self.calibrator.zs,
         )
         self._own_cache = ((spec.task_type, spec.work, now), out[0].exec.mean_s)
         return out
@@ -226,6 +236,13 @@ class DaemonBrain:
         """This node ran a task (its own or a neighbour's): it learns its own speed."""
         self.bank.observe_exec(type_name, self.node.id, work, exec_s, now)
         self._own_cache = None
+
+    def calibrate(self, target: CandidateEval, latency_s: float) -> None:
+        """An attempt chosen by this node finished in `latency_s` (its decision's prediction
+        in `target`): the calibrator learns what the latency quantile covers."""
+        self.calibrator.observe(target.node_id, target.placement.value, actual_s=latency_s,
+                                mean_s=target.latency_mean_s, std_s=target.latency_std_s,
+                                q_s=target.latency_q_s)
 
     def observed(self, task: SimTask, target: SimNode, exec_s: float, wait_s: float,
                  now: float) -> None:

@@ -50,6 +50,8 @@ class RunRecord:
     prediction_error: list[float] = field(default_factory=list)
 
     def fail(self, reason: str) -> None:
+    # per completed task: within the latency quantile its attempt was judged on
+    covered: list[bool] = field(default_factory=list)
         self.failures[reason] = self.failures.get(reason, 0) + 1
 
 
@@ -340,6 +342,7 @@ class Engine:
         self.schedule(now + link.rtt_s / 2.0, self._input_arrived,
                       (task, token, node, origin_inc))
 
+        task.target = target
     def _input_arrived(self, info: tuple[SimTask, int, SimNode, int]) -> None:
         task, token, node, origin_inc = info
         if not node.alive or task.origin.incarnation != origin_inc:
@@ -483,3 +486,6 @@ def _failure_bucket(step: Terminal, task: SimTask) -> str:
             return "rejected"
         return "timed_out" if task.reason is Outcome.TIMEOUT else "failed"
     return "no_feasible_target"
+        if task.target is not None:
+            out.covered.append(self.now - task.started <= task.target.latency_q_s)
+            task.origin.brain.calibrate(task.target, self.now - task.started)

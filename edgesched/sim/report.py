@@ -32,6 +32,7 @@ def policy_summary(outcome: RunRecord, submitted: int, edge_energy_j: float) -> 
         mean = p50 = p95 = p99 = math.nan
     misses = submitted - outcome.completed_in_time
     err = np.asarray(outcome.prediction_error, dtype=float)
+    covered = outcome.covered
     return {
         "completed": completed,
         "mean_latency_s": _round(mean),
@@ -43,6 +44,8 @@ def policy_summary(outcome: RunRecord, submitted: int, edge_energy_j: float) -> 
         "placements": dict(outcome.placements),
         "failures": dict(sorted(outcome.failures.items())),
         "prediction_error_mean_s": _round(float(err.mean())) if err.size else None,
+        # share of completed tasks within the latency quantile their attempt was judged on
+        "prediction_coverage": _round(sum(covered) / len(covered)) if covered else None,
     }
 
 
