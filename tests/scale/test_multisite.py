@@ -128,15 +128,21 @@ def cross(status: str) -> dict[str, dict[str, str]]:
 
 
 class Listener:
-    """Records the topics published on one broker under `filters` (a paho client)."""
+    """Records what is published on one broker under `filters` (a paho client)."""
 
     def __init__(self, broker: Mosquitto, *filters: str) -> None:
         self.topics: list[str] = []
-        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="listener")
+        self.payloads: list[tuple[str, bytes]] = []
+        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+                                   client_id=f"listener-{broker.port}")
         self._client.on_connect = lambda c, *_: [c.subscribe(f) for f in filters]
-        self._client.on_message = lambda _c, _u, msg: self.topics.append(msg.topic)
+        self._client.on_message = self._on_message
         self._client.connect(broker.host, broker.port)
         self._client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        self.topics.append(msg.topic)
+        self.payloads.append((msg.topic, msg.payload))
 
     def close(self) -> None:
         self._client.loop_stop()
@@ -231,6 +237,16 @@ async def test_two_sites_prefer_their_own_survive_a_partition_and_heal(fleet: Fl
         replies = {**ca.replies, **cb.replies}
         for key in sent + during + after:
             assert len(replies.get(key, [])) == 1, (key, replies.get(key))
+    # 4. a crashed node's Last Will fires on its own site broker and crosses the bridge
+    b2_state = Listener(fleet.brokers["site-a"], "edgesched/node/b2/state")
+    killed_at = time.monotonic()
+    fleet.nodes["b2"].kill()
+    wait_until(lambda: any(b'"offline"' in payload for _, payload in b2_state.payloads), 10,
+               0.1, what="b2's Will (offline state) on site a's broker")
+    # (the kernel closes a killed process's socket, so the broker fires the Will at once;
+    # a host that loses power is noticed after 1.5 x mqtt.keepalive_s instead)
+    print(f"b2's Will on site a {time.monotonic() - killed_at:.1f}s after SIGKILL")
+    b2_state.close()
     site_b_listener.close()
     assert any(cb.token in t for t in site_b_listener.topics)  # it did listen: b's replies
     # b1's own client topic is on site b; nothing of site a's submissions or replies is
