@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from edgesched.sim.replay import read_recording
 from tests.support.broker import Mosquitto
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +28,7 @@ def _run_demo(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], str]:
         [sys.executable, "-m", "edgesched", "demo", "--duration", "20", "--json", str(out),
          *extra],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S,
-        cwd=tmp_path,
+        cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path)},  # its recording lands here
     )
     assert proc.returncode == 0, f"demo exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return json.loads(out.read_text()), proc.stdout
@@ -53,6 +54,13 @@ def test_demo_with_embedded_broker(tmp_path: Path) -> None:
     doc, stdout = _run_demo(tmp_path)
     _check(doc, stdout)
     assert "embedded amqtt" in doc["broker"]
+    # the edge nodes recorded every submission; the summary says where; it replays
+    record = Path(doc["record_dir"])
+    assert record.parent == tmp_path and str(record) in "".join(stdout.split())
+    recording = read_recording(record)
+    # all but what a SIGKILLed node had not handed to its writer yet (its last 0.5 s)
+    submitted = doc["tasks"]["submitted"]
+    assert 0.95 * submitted <= len(recording.tasks) <= submitted, recording.problems
 
 
 def test_demo_against_mosquitto_v5(tmp_path: Path, mosquitto: Mosquitto) -> None:
