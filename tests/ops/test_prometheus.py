@@ -142,14 +142,16 @@ def test_every_task_is_counted_once_on_the_node_it_was_submitted_to(cluster: Clu
     assert _sum(a, "edgesched_tasks_completed_total", placement="none", status="rejected",
                 type="other") == REFUSED
     # the work gw-b and the cloud node did for gw-a, counted apart
-    assert _sum(b, "edgesched_remote_tasks_total", origin_kind="neighbour") == sent["neighbour"]
-    assert _sum(cloud, "edgesched_remote_tasks_total", origin_kind="edge",
-                status="ok") == sent["cloud"]
+    remote = {"gw-b": _sum(b, "edgesched_remote_tasks_total", origin_kind="neighbour"),
+              "cloud-1": _sum(cloud, "edgesched_remote_tasks_total", origin_kind="edge",
+                              status="ok")}
+    assert remote == {"gw-b": sent["neighbour"], "cloud-1": sent["cloud"]}, (remote, sent)
     assert _sum(cloud, "edgesched_tasks_completed_total", placement="local",
                 status="ok") == TO_CLOUD, "only the client's own task is the cloud's"
     assert _sum(cloud, "edgesched_task_latency_seconds_count") == TO_CLOUD
-    # the cloud node is no neighbour of gw-a
-    assert _sum(a, "edgesched_neighbours", status="online") == 1
+    # the cloud node is no neighbour of gw-a: gw-b is its only one (whatever its liveness at
+    # this moment on a loaded host)
+    assert _sum(a, "edgesched_neighbours") == 1
     # the pinned type's offload policy ruled out gw-b and the cloud, and says so
     for placement in ("neighbour", "cloud"):
         assert _sum(a, "edgesched_candidates_rejected_total", placement=placement,
