@@ -32,6 +32,8 @@ log = logging.getLogger("edgesched.reload")
 # Per-task settings of a task type: read when a task is accepted, safe to change between tasks.
 RELOADABLE_TASK_KEYS = ("deadline_s", "timeout_s", "offload", "idempotent", "output_bytes")
 MAX_LOGGED_RESTART_KEYS = 20
+# Policy keys read once at start: the decision snapshot's shortlist is sized when it is built.
+RESTART_POLICY_KEYS = ("policy.max_candidates",)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ def _runs(settings: Settings, name: str) -> bool:
 def reloadable(change: Change, running: Settings, new: Settings) -> bool:
     """May this change be applied to a running node?"""
     key = change.key
+    if key in RESTART_POLICY_KEYS:
+        return False
     if key.startswith("policy.") or key in ("log.level", "log.format"):
         return True
     parts = key.split(".")
@@ -166,7 +170,11 @@ class Reloader:
         effective = running
         if applied:
             effective = running.model_copy(update={
-                "policy": new.policy, "log": new.log,
+                "policy": new.policy.model_copy(update={
+                    key.removeprefix("policy."): getattr(running.policy,
+                                                         key.removeprefix("policy."))
+                    for key in RESTART_POLICY_KEYS}),
+                "log": new.log,
                 "task_types": task_types_in_effect(running, new)})
             try:
                 # the task types' setter is the one that may refuse: it goes first, so a
