@@ -56,7 +56,7 @@ bench: setup system-deps
 
 # constraints.txt again from the venv after a dependency change (then `make test`, commit both)
 lock: setup
-	bash scripts/lock-constraints.sh
+	VENV=$(VENV) bash scripts/lock-constraints.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -109,7 +109,8 @@ def test_makefile_installs_with_the_constraints() -> None:
     demo = re.search(r"^\$\(DEMO_STAMP\):.*?\n\n", makefile, re.S | re.M)
     assert demo and "$(PIP_INSTALL) -e '.[demo]'" in demo[0], "make demo installs .[demo]"
     assert re.search(r"^demo: \$\(DEMO_STAMP\)$", makefile, re.M)
-    assert re.search(r"^lock: .*\n\tbash scripts/lock-constraints.sh$", makefile, re.M)
+    assert re.search(r"^lock: .*\n\tVENV=\$\(VENV\) bash scripts/lock-constraints.sh$",
+                     makefile, re.M)
 
 
 def test_dockerfile_installs_with_the_constraints() -> None:
