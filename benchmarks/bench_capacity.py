@@ -344,6 +344,8 @@ def main() -> None:
     ap.add_argument("--skip-bare", action="store_true")
     ap.add_argument("--skip-overload", action="store_true")
     ap.add_argument("--profile", action="store_true", help="cProfile the node's capacity steps")
+    ap.add_argument("--overload-rate", type=float, default=None,
+                    help="the overload phase's rate (default: twice the node's capacity)")
     ap.add_argument("--shed-after", type=float, default=None,
                     help="the node's intake.shed_after_s (default: the node's default)")
     args = ap.parse_args()
@@ -388,9 +390,10 @@ def main() -> None:
                 print(f"capacity: node {node_rate:.0f}/s, bare responder {bare_rate:.0f}/s, "
                       f"ratio {node_rate / bare_rate if bare_rate else float('nan'):.2f} "
                       "(goal >= 0.8)")
-                if not args.skip_overload and node_rate:
+                over = args.overload_rate or 2 * node_rate
+                if not args.skip_overload and over:
                     time.sleep(2)
-                    overload(load, node, "edgesched/node/cap-1/submit", body, 2 * node_rate,
+                    overload(load, node, "edgesched/node/cap-1/submit", body, over,
                              args.overload_s)
                     metrics = node.metrics_text()
                     for line in metrics.splitlines():
