@@ -458,9 +458,10 @@ class MqttClient:
     def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1,
                        correlation_data: bytes | None = None) -> bool:
         """Hand one message to the connection without waiting for the broker's
-        acknowledgement (paho still resends it on this connection until it comes): the cheap
-        path for answers the node must send in bulk when it is overloaded. False when not
-        connected or paho refused it (its outgoing queue is full)."""
+        acknowledgement: the cheap path for answers the node must send in bulk when it is
+        overloaded. paho holds it until the broker acknowledges it; if the connection drops
+        first it is lost (unlike `publish_reliably`, nothing waits to send it again). False
+        when not connected or paho refused it (its outgoing queue is full)."""
         if self._client is None or not self.connected:
             return False
         props = self._properties(None, correlation_data, None)
