@@ -103,7 +103,7 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
     """The comparison table as text cells, one row per policy (header first)."""
     rows = [["policy", "done", "mean ms", "p50 ms", "p95 ms", "p99 ms", "miss %", "J/task",
-             "local/neigh/cloud", "failures"]]
+             "local/neigh/cloud", "failures", "q cover %"]]
     for name, p in report["policies"].items():
         pl = p["placements"]
         fails = ", ".join(f"{k} {v}" for k, v in p["failures"].items()) or "-"
@@ -113,6 +113,8 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             _fmt(p["p99_latency_s"], 1e3), _fmt(p["deadline_miss_ratio"], 100, 2),
             _fmt(p["energy_j_per_task"], 1, 3),
             f"{pl['local']}/{pl['neighbour']}/{pl['cloud']}", fails,
+            # share of completed tasks within the latency quantile they were judged on
+            _fmt(p.get("prediction_coverage"), 100, 1),
         ])
     return rows
 
