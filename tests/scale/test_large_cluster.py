@@ -26,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.client import TaskClient
-from tests.support.broker import Mosquitto, free_port
+from tests.support.broker import Mosquitto, free_listen_port
 from tests.support.nodes import NodeProcess, wait_until
 
 pytestmark = [pytest.mark.e2e]
@@ -141,7 +141,7 @@ def sys_broker(tmp_path: Path) -> Iterator[Mosquitto]:
 async def test_thirty_nodes_on_one_broker(sys_broker: Mosquitto, tmp_path: Path) -> None:
     ports: set[int] = set()
     while len(ports) < N:  # 30 free ports drawn one by one may repeat: make them distinct
-        ports.add(free_port())
+        ports.add(free_listen_port())
     nodes = [NodeProcess(tmp_path, f"n{i:02d}", broker=sys_broker, overrides={
         "http": {"port": port}, "telemetry": {"interval_s": INTERVAL_S},
         "log": {"level": "WARNING"}, "mqtt": {"keepalive_s": 10}})
@@ -239,6 +239,7 @@ def test_max_fanout_rate_stretches_the_interval(mosquitto: Mosquitto, tmp_path: 
     (3²/9), so each hears 2 telemetry/s instead of 8, and they still see each other online
     (liveness judged on the stretched interval)."""
     nodes = [NodeProcess(tmp_path, f"f{i}", broker=mosquitto, overrides={
+        "http": {"port": free_listen_port()},
         "telemetry": {"interval_s": 0.25, "max_fanout_rate": 9.0}}) for i in range(3)]
     try:
         start_all(nodes, timeout=60)

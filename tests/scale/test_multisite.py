@@ -25,7 +25,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from tests.e2e.client import TaskClient
-from tests.support.broker import Mosquitto, broker_workdir
+from tests.support.broker import Mosquitto, broker_workdir, free_listen_port
 from tests.support.delayproxy import DelayProxy
 from tests.support.nodes import NodeProcess, wait_until
 
@@ -80,6 +80,7 @@ class Fleet:
             self.brokers[site] = broker
             for name in names:
                 self.nodes[name] = NodeProcess(self._node_dir, name, broker=broker, overrides={
+                    "http": {"port": free_listen_port()},
                     # a1 has one slot, so one hold saturates it. The others have 4: telemetry's
                     # cpu_util is the whole machine's, and on this shared box it makes a
                     # 2-slot neighbour look half busy to the queue model (candidates.py)
@@ -88,7 +89,7 @@ class Fleet:
         for node in self.nodes.values():  # in parallel: each start takes ~1-2 s
             node.start(wait=False)
         for node in self.nodes.values():
-            node.wait_healthy(30)
+            node.wait_healthy(60)
 
     def stop(self) -> None:
         for node in self.nodes.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_listen_port(host: str = "127.0.0.1") -> int:
+    """A free port below Linux's ephemeral range (32768-60999 by default).
+
+    `free_port()` hands out a port of the ephemeral range, which the kernel also gives to
+    every outgoing connection: between the pick and a slow child process binding it (30
+    nodes starting at once on a loaded machine take seconds), another process's connection
+    can take it. Ports below the range are only ever taken by an explicit bind."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 32_768)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
+    return free_port(host)
 
 
 def mosquitto_binary() -> str:
