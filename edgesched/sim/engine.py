@@ -12,6 +12,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from edgesched.core.fallback import Terminal
@@ -28,8 +29,10 @@ from edgesched.sim.links import (
     ManLink,
     ManQueue,
     Transfer,
+    ecs_man_mean_bits,
 )
 from edgesched.sim.scenario import CLOUD_ID, Scenario
+from edgesched.sim.vms import TimeSharedVm, pick_vm
 from edgesched.sim.workload import TaskStream
 from edgesched.sim.world import SimJob, SimNode, SimTask, World, exec_time
 
@@ -48,10 +51,10 @@ class RunRecord:
         default_factory=lambda: {"local": 0, "neighbour": 0, "cloud": 0})
     failures: dict[str, int] = field(default_factory=dict)
     prediction_error: list[float] = field(default_factory=list)
-
-    def fail(self, reason: str) -> None:
     # per completed task: within the latency quantile its attempt was judged on
     covered: list[bool] = field(default_factory=list)
+
+    def fail(self, reason: str) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + 1
 
 
@@ -70,6 +73,7 @@ class Engine:
         self.record = RunRecord()
         self._progress = progress
         self._rows: list[tuple[int, int, float, float, float]] = []
+        self._vm_pct: dict[str, tuple[float, ...]] = {}  # executor ecs_vms only
         self.nodes = [self._make_node(i, spec) for i, spec in enumerate(scenario.nodes)]
         self.by_id = {n.id: n for n in self.nodes}
         self.cloud: SimNode | None = None
@@ -92,24 +96,36 @@ class Engine:
 
     # ---- construction -------------------------------------------------------------------
     def _make_node(self, index: int, spec: Any) -> SimNode:
-        return SimNode(
+        node = SimNode(
             index=index, id=spec.id, is_cloud=False, speed=spec.speed, slots=spec.slots,
             queue_size=spec.queue_size, power=spec.power,
             battery_capacity_j=spec.battery.capacity_j if spec.battery else None,
             battery_initial=spec.battery.initial if spec.battery else 1.0,
         )
+        if spec.executor == "ecs_vms":  # EdgeCloudSim's time-shared VMs (sim/vms.py)
+            vms = spec.vms or spec.slots
+            node.vms = [TimeSharedVm(self, spec.slots // vms, spec.speed,
+                                     partial(self._vm_done, node)) for _ in range(vms)]
+            self._vm_pct[node.id] = tuple(  # each task type's nominal % of one VM
+                t.vm_utilization_pct if t.vm_utilization_pct is not None
+                else 100.0 * vms / spec.slots for t in self.scenario.task_types)
+        return node
 
     def _build_links(self) -> None:
         """Links by the scenario's network models (`links.{wan,man,wlan}.model`); an
         EdgeCloudSim model's link has the same interface as the shared `Link`."""
         sc = self.scenario
-        man = ManQueue(sc.links.bandwidth_bps) if sc.man_model == "ecs_mm1" else None
+        man = None
+        if sc.man_model == "ecs_mm1":
+            sizes = ecs_man_mean_bits(sc) or (None, None)
+            man = (ManQueue(sc.links.bandwidth_bps, sizes[0]),
+                   ManQueue(sc.links.bandwidth_bps, sizes[1]))
         for a in self.nodes:
             for b in self.nodes:
                 if a is not b:
                     self.links[(a.id, b.id)] = (
                         Link(self, a, b, sc.links.rtt_s, sc.links.bandwidth_bps) if man is None
-                        else ManLink(self, a, b, sc.links.rtt_s, man))  # type: ignore[assignment]
+                        else ManLink(self, a, b, sc.links.rtt_s, *man))  # type: ignore[assignment]
             if sc.wlan_model == "ecs_empirical":
                 air = ClientCount()
                 self.wlan[a.id] = (
@@ -252,6 +268,8 @@ class Engine:
         node.running.clear()
         node.wait_cache = None
         node.queue.clear()
+        for vm in node.vms or ():
+            vm.clear()
         for task in list(node.pending):
             self._fail(task, "origin_down")
         # The broker publishes the Will of the incarnation that died; the node's next start
@@ -324,6 +342,7 @@ class Engine:
         task.token += 1
         task.started = self.now
         task.predicted = target.latency_mean_s
+        task.target = target
         task.sent_token = task.origin.brain.dispatched(node.id, self.now)
         if node is task.origin:
             if not self._admit(node, task, task.token):
@@ -342,7 +361,6 @@ class Engine:
         self.schedule(now + link.rtt_s / 2.0, self._input_arrived,
                       (task, token, node, origin_inc))
 
-        task.target = target
     def _input_arrived(self, info: tuple[SimTask, int, SimNode, int]) -> None:
         task, token, node, origin_inc = info
         if not node.alive or task.origin.incarnation != origin_inc:
@@ -372,6 +390,8 @@ class Engine:
     def _admit(self, node: SimNode, task: SimTask, token: int) -> bool:
         """The target's admission control (the core's), then a slot or the FIFO queue."""
         est = self._own_estimate(node, task)
+        if node.vms is not None:
+            return self._admit_to_vm(node, task, token, est)
         if not admit_here(node, task, est, self.now):
             return False
         job = SimJob(task, token, exec_time(task, node))
@@ -383,6 +403,26 @@ class Engine:
             node.queue.append(job)
             node.wait_cache = None
         return True
+
+    def _admit_to_vm(self, node: SimNode, task: SimTask, token: int, est: float) -> bool:
+        """EdgeCloudSim's admission: the least-loaded VM with room for the task's nominal
+        utilisation takes it at once; no VM with room = refused (no queue)."""
+        pct = self._vm_pct[node.id][task.ttype]
+        vm = pick_vm(node.vms or [], pct)
+        if vm is None:
+            return False
+        job = SimJob(task, token, exec_time(task, node))
+        job.start = self.now
+        job.est = est
+        node.running.append(job)
+        node.wait_cache = None
+        vm.add(job, task.work, pct)
+        return True
+
+    def _vm_done(self, node: SimNode, job: SimJob) -> None:
+        """A task finished on one of the node's VMs: it took what time sharing gave it."""
+        job.exec_s = self.now - job.start
+        self._exec_done((node, job, node.incarnation))
 
     def _own_estimate(self, node: SimNode, task: SimTask) -> float:
         if node.is_cloud:
@@ -465,6 +505,9 @@ class Engine:
             placement = Placement.NEIGHBOUR
         out.placements[placement.value] += 1
         out.prediction_error.append(self.now - task.started - task.predicted)
+        if task.target is not None:
+            out.covered.append(self.now - task.started <= task.target.latency_q_s)
+            task.origin.brain.calibrate(task.target, self.now - task.started)
 
     def _fail(self, task: SimTask, reason: str) -> None:
         if task.done:
@@ -486,6 +529,3 @@ def _failure_bucket(step: Terminal, task: SimTask) -> str:
             return "rejected"
         return "timed_out" if task.reason is Outcome.TIMEOUT else "failed"
     return "no_feasible_target"
-        if task.target is not None:
-            out.covered.append(self.now - task.started <= task.target.latency_q_s)
-            task.origin.brain.calibrate(task.target, self.now - task.started)

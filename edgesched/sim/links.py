@@ -208,7 +208,7 @@ class _FixedDurationLink:
         self._tx_w = 0.0 if src.is_cloud else src.power.tx_w
         self._rx_w = 0.0 if dst.is_cloud else dst.power.rx_w
 
-    def _duration(self, bits: float, now: float) -> float | None:
+    def _duration(self, bits: float, now: float, payload: Any) -> float | None:
         raise NotImplementedError
 
     def _began(self) -> None:
@@ -224,7 +224,7 @@ class _FixedDurationLink:
         if bits <= EPS_BITS:
             self.engine.schedule(now, done, tr)
             return tr
-        seconds = self._duration(bits, now)
+        seconds = self._duration(bits, now, payload)
         if seconds is None:
             self.lost += 1
             tr.finished = True  # over: it will never be delivered
@@ -282,7 +282,7 @@ class EmpiricalLink(_FixedDurationLink):
         n = self.clients.active
         return self.table_bps[n] * self.scale if n < len(self.table_bps) else None
 
-    def _duration(self, bits: float, now: float) -> float | None:
+    def _duration(self, bits: float, now: float, payload: Any) -> float | None:
         rate = self.rate_bps()
         return None if rate is None else bits / rate
 
@@ -293,22 +293,28 @@ class EmpiricalLink(_FixedDurationLink):
         self.clients.active -= 1
 
     def share_bps(self) -> float:
-        return self.rate_bps() or 1.0  # ~0: a new transfer would fail
+        """What a new transfer would get; when it would fail, the table's slowest rate (an
+        estimate for timeouts, not a promise)."""
+        return self.rate_bps() or self.table_bps[-1] * self.scale
 
 
 class ManQueue:
-    """EdgeCloudSim's MAN: one M/M/1 queue for every edge-to-edge transfer. Each transfer
-    waits 1/(mu - lambda) (mu = bandwidth / mean size, lambda = MAN transfers per second),
-    both re-estimated from the transfers of the last ECS_MAN_WINDOW_S; the propagation delay
-    is the link's RTT/2, added by the engine like any link's. No queue is actually simulated:
-    a transfer's delay does not depend on its own size, as in EdgeCloudSim."""
+    """One direction of EdgeCloudSim's MAN (uploads to, or downloads from, a remote edge
+    server): an M/M/1 formula, not a simulated queue. Each transfer takes 1/(mu - lambda):
+    mu = bandwidth / mean size, lambda = this direction's MAN transfers per second over the
+    last ECS_MAN_WINDOW_S. The mean size is fixed when given (EdgeCloudSim's: it starts from
+    the apps' weighted mean sizes and, adding that same mean for every transfer, never
+    updates it), else measured over the window. A transfer's delay does not depend on its
+    own size; the propagation delay is the link's RTT/2, added by the engine."""
 
-    __slots__ = ("bandwidth_bps", "count", "lam", "mean_bits", "total_bits", "window_at")
+    __slots__ = ("bandwidth_bps", "count", "fixed_bits", "lam", "mean_bits", "total_bits",
+                 "window_at")
 
-    def __init__(self, bandwidth_bps: float) -> None:
+    def __init__(self, bandwidth_bps: float, mean_bits: float | None = None) -> None:
         self.bandwidth_bps = bandwidth_bps
+        self.fixed_bits = mean_bits
         self.lam = 0.0
-        self.mean_bits = 0.0
+        self.mean_bits = mean_bits or 0.0
         self.window_at = 0.0
         self.count = 0
         self.total_bits = 0.0
@@ -318,31 +324,56 @@ class ManQueue:
             span = now - self.window_at
             if self.count:
                 self.lam = self.count / span
-                self.mean_bits = self.total_bits / self.count
+                if self.fixed_bits is None:
+                    self.mean_bits = self.total_bits / self.count
             self.window_at, self.count, self.total_bits = now, 0, 0.0
         self.count += 1
         self.total_bits += bits
-        mean = self.mean_bits or bits
-        slack = self.bandwidth_bps * scale / mean - self.lam
+        slack = self.bandwidth_bps * scale / (self.mean_bits or bits) - self.lam
         if slack <= 0 or 1.0 / slack > ECS_MAN_MAX_DELAY_S:
             return None
         return 1.0 / slack
 
+    def rate_bps(self, scale: float) -> float:
+        """Mean size over the current delay (the bandwidth when the formula would fail)."""
+        mean = self.mean_bits or 8e6
+        slack = self.bandwidth_bps * scale / mean - self.lam
+        return slack * mean if slack > 0 else self.bandwidth_bps * scale
+
 
 class ManLink(_FixedDurationLink):
     """One direction of an edge-to-edge link on EdgeCloudSim's MAN (`links.man.model:
-    ecs_mm1`): every such link shares one ManQueue."""
+    ecs_mm1`). Every such link shares the MAN's two ManQueues: a task's input travels on the
+    upload one, its result on the download one (told apart by the task's origin)."""
 
-    __slots__ = ("man",)
+    __slots__ = ("down", "up")
 
-    def __init__(self, engine: Any, src: Any, dst: Any, rtt_s: float, man: ManQueue) -> None:
-        super().__init__(engine, src, dst, rtt_s, man.bandwidth_bps)
-        self.man = man
+    def __init__(self, engine: Any, src: Any, dst: Any, rtt_s: float, up: ManQueue,
+                 down: ManQueue) -> None:
+        super().__init__(engine, src, dst, rtt_s, up.bandwidth_bps)
+        self.up = up
+        self.down = down
 
-    def _duration(self, bits: float, now: float) -> float | None:
-        return self.man.delay(bits, now, self.scale)
+    def _duration(self, bits: float, now: float, payload: Any) -> float | None:
+        task = payload[0] if isinstance(payload, tuple) and payload else None
+        queue = self.up if getattr(task, "origin", None) is self.src else self.down
+        return queue.delay(bits, now, self.scale)
 
     def share_bps(self) -> float:
-        man = self.man
-        slack = man.bandwidth_bps * self.scale / (man.mean_bits or 8e6) - man.lam
-        return max(1.0, slack * (man.mean_bits or 8e6))
+        return min(self.up.rate_bps(self.scale), self.down.rate_bps(self.scale))
+
+
+def ecs_man_mean_bits(scenario: Any) -> tuple[float, float] | None:
+    """EdgeCloudSim's fixed MAN mean sizes (upload, download) in bits for a scenario with a
+    `devices:` block: sum over apps of usage share x mean size, divided by the number of
+    apps (as SampleNetworkModel.initialize computes it); None without devices."""
+    devices = getattr(scenario, "devices", None)
+    if devices is None or not devices.apps:
+        return None
+    up = down = 0.0
+    for app in devices.apps:
+        tt = scenario.task_type(app.type)
+        up += app.share / 100.0 * tt.input_bytes.expected * 8.0
+        down += app.share / 100.0 * tt.output_bytes.expected * 8.0
+    n = len(devices.apps)
+    return up / n, down / n

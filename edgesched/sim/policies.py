@@ -15,6 +15,7 @@ world (docs/simulator.md says what is and is not reproduced).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from edgesched.sim.world import SimNode, SimTask, World
 # and sends to the cloud above 6 of them; its utilisation rule fires above 80 (%).
 ECS_WAN_THRESHOLD_BPS = 6.0 * 1024.0 * 1024.0
 ECS_UTILISATION_THRESHOLD_PCT = 80.0
+ECS_MIN_TIMEOUT_S = 60.0  # attempt timeout floor of the ecs_* nodes (EdgeCloudSim has none)
 
 SIM_POLICY_NAMES: tuple[str, ...] = ("ecs_network", "ecs_utilization", "ecs_hybrid", "oracle")
 ALL_POLICY_NAMES: tuple[str, ...] = (*POLICY_NAMES, *SIM_POLICY_NAMES)
@@ -125,16 +127,21 @@ class EcsBrain(OracleBrain):
     - utilisation probe: the average over every edge VM of the nominal utilisation of the
       tasks it holds (`task_types[].vm_utilization_pct`, running and queued), over
       `nodes[].vms` VMs per node;
-    - edge target: the edge node whose least-loaded VM has the most free capacity (a node
-      with an empty VM has 100 %), the first in the scenario's order on a tie, as
-      EdgeCloudSim scans hosts in order.
+    - edge target: the edge node whose least-loaded VM (with room for the task) has the most
+      free capacity, the first in the scenario's order on a tie, as EdgeCloudSim scans hosts
+      in order (exact with `executor: ecs_vms`; with FIFO slots a node holding fewer tasks
+      than VMs counts as having an empty VM).
     Its candidates are built from the truth like the oracle's (they only set the attempt
     timeouts and the prediction error: the rule itself ignores latency estimates).
     """
 
     def __init__(self, node: SimNode, world: World, policy: EcsThresholdPolicy,
                  params: CostParams, fallback: FallbackParams) -> None:
-        super().__init__(node, world, policy, params, fallback)
+        # EdgeCloudSim never gives up on a task it sent: wait for the result (a lost
+        # transfer, a failure there, is recovered after ECS_MIN_TIMEOUT_S here).
+        patient = replace(fallback, min_timeout_s=max(fallback.min_timeout_s,
+                                                      ECS_MIN_TIMEOUT_S))
+        super().__init__(node, world, policy, params, patient)
         self.rule = policy
         types = world.scenario.task_types
         specs = {n.id: n for n in world.scenario.nodes}
@@ -149,9 +156,20 @@ class EcsBrain(OracleBrain):
         return (sum(pct[job.task.ttype] for job in node.running)
                 + sum(pct[job.task.ttype] for job in node.queue))
 
-    def probes(self) -> tuple[float | None, float, SimNode]:
+    def _best_free_pct(self, node: SimNode, load: float, need: float) -> float:
+        """The free capacity of the node's least-loaded VM that can take `need` % (-1: none).
+        Exact with `executor: ecs_vms`; with FIFO slots, a node holding fewer tasks than VMs
+        has an empty VM, else its VMs are taken as evenly loaded."""
+        if node.vms is not None:
+            frees = [vm.free_pct() for vm in node.vms if vm.free_pct() >= need]
+            return max(frees) if frees else -1.0
+        vms = self._vms[node.id]
+        jobs = len(node.running) + len(node.queue)
+        return 100.0 if jobs < vms else 100.0 - load / vms
+
+    def probes(self, ttype: int = 0) -> tuple[float | None, float, SimNode]:
         """(WAN probe in bit/s or None without a cloud, average edge VM utilisation in %,
-        the edge target)."""
+        the edge target for a task of type `ttype`)."""
         world, origin = self.world, self.node
         wan = None
         if world.cloud is not None:
@@ -167,14 +185,13 @@ class EcsBrain(OracleBrain):
             load = self._load_pct(node)
             total_load += load
             total_vms += vms
-            jobs = len(node.running) + len(node.queue)
-            free = 100.0 if jobs < vms else 100.0 - load / vms
+            free = self._best_free_pct(node, load, self._pct[node.id][ttype])
             if free > best_free:
                 best, best_free = node, free
         return wan, (total_load / total_vms if total_vms else 0.0), best
 
     def decide(self, task: SimTask, now: float) -> Decision:
-        wan, utilisation, target = self.probes()
+        wan, utilisation, target = self.probes(task.ttype)
         placement = Placement.LOCAL if target is self.node else Placement.NEIGHBOUR
         candidates = [self._true_candidate(task, target, placement, now)]
         cloud = self.world.cloud

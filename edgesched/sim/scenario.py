@@ -41,6 +41,7 @@ PROCESSES = ("poisson", "bursty")
 WAN_MODELS = ("shared", "ecs_empirical")
 MAN_MODELS = ("shared", "ecs_mm1")
 WLAN_MODELS = ("none", "ecs_empirical")
+EXECUTORS = ("slots", "ecs_vms")
 
 # ---------------------------------------------------------------------------------------------
 # Distributions
@@ -125,6 +126,7 @@ class NodeSpec:
     uplink: LinkSpec | None = None
     down: tuple[Outage, ...] = ()
     vms: int | None = None  # EdgeCloudSim VMs on this server (ecs_* utilisation); None = slots
+    executor: str = "slots"  # or "ecs_vms": `vms` time-shared VMs of slots/vms cores (vms.py)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -381,7 +383,7 @@ def _power(c: _Checker, raw: Any, key: str) -> PowerModel:
 
 def _node(c: _Checker, raw: Any, key: str) -> NodeSpec:
     data = c.mapping(raw, key, ("id", "speed", "slots", "queue_size", "power", "battery",
-                                "uplink", "down", "vms"))
+                                "uplink", "down", "vms", "executor"))
     battery = None
     if data.get("battery") is not None:
         bkey = _join(key, "battery")
@@ -410,7 +412,20 @@ def _node(c: _Checker, raw: Any, key: str) -> NodeSpec:
                                                  monitor=True),
         down=tuple(sorted(outages, key=lambda o: o.at_s)),
         vms=c.integer(data, key, "vms", 1, minimum=1) if "vms" in data else None,
+        executor=_executor(c, data, key),
     )
+
+
+def _executor(c: _Checker, data: Mapping[str, Any], key: str) -> str:
+    executor = data.get("executor", "slots")
+    if executor not in EXECUTORS:
+        c.fail(_join(key, "executor"), f"must be one of {', '.join(EXECUTORS)}")
+        return "slots"
+    if executor == "ecs_vms":
+        vms, slots = data.get("vms"), data.get("slots", 1)
+        if not isinstance(vms, int) or not isinstance(slots, int) or vms < 1 or slots % vms:
+            c.fail(_join(key, "vms"), "executor ecs_vms needs vms dividing slots (cores per VM)")
+    return str(executor)
 
 
 def _task_type(c: _Checker, raw: Any, key: str) -> TaskTypeSpec:

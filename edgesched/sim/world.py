@@ -95,6 +95,7 @@ class SimNode:
     brain: Any = None
     exec_mean: dict[int, float] = field(default_factory=dict)  # own measured exec time by type
     wait_cache: tuple[float, float, float] | None = None  # (wait, at, valid for) est_wait_s
+    vms: list[Any] | None = None  # executor ecs_vms: its TimeSharedVms (sim/vms.py), no queue
 
     def battery_level(self, now: float) -> float | None:
         """Charge 0..1: initial minus idle drain minus the marginal energy spent so far."""
