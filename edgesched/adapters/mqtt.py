@@ -51,6 +51,8 @@ _SUBSCRIBE_TIMEOUT_S = 10.0
 # 0.65 s, +16 MB). A burst is read before its first message reaches the intake (~40 us a
 # packet) and that counts in its wait (intake.shed_after_s): a big burst is mostly shed.
 READ_BURST_PACKETS = 1000
+# A consumer loop lets the rest of the node run after this many messages of a backlog.
+CONSUME_YIELD_EVERY = 64
 
 
 class RateLimitedLog:
@@ -324,6 +326,7 @@ class MqttClient:
         self._ratelog = RateLimitedLog(log)
         self._paho: Any = None  # the paho client of the current connection (manual acks)
         self._unacked: dict[int, asyncio.Future[None]] = {}  # our QoS 1 publishes, by mid
+        self._burst: list[InboundMessage] | None = None  # messages of the read in progress
         self._manual_ack = False
 
     # ---- public API ---------------------------------------------------------------------
@@ -596,24 +599,35 @@ class MqttClient:
             self._paho.manual_ack_set(True)
         return client
 
-    @staticmethod
-    def _read_burst(client: Any) -> Callable[..., int]:
+    def _read_burst(self, client: Any) -> Callable[..., int]:
         """paho's `loop_read`, reading every packet already received (up to
         READ_BURST_PACKETS) instead of one: aiomqtt calls it once per loop iteration, so
         under load one packet per iteration let the socket, then the broker's queue for this
         client, fill up. paho 2.x internals (`_sock`, `_packet_read`, `_loop_rc_handle`),
-        the same calls as its own loop_read."""
+        the same calls as its own loop_read.
+
+        Every message of a burst is stamped `received_at` when the burst has been read: the
+        time the node spends reading is not time a message waited for a busy node (a flood
+        on one topic read in one burst must not make a submission read with it look late)."""
 
         def loop_read(max_packets: int = 1) -> int:
-            for _ in range(READ_BURST_PACKETS):
-                if client._sock is None:
-                    return int(paho.MQTT_ERR_NO_CONN)
-                rc = client._packet_read()
-                if rc > 0:
-                    return int(client._loop_rc_handle(rc))
-                if rc == paho.MQTT_ERR_AGAIN:
-                    break
-            return int(paho.MQTT_ERR_SUCCESS)
+            burst: list[InboundMessage] = []
+            self._burst = burst
+            try:
+                for _ in range(READ_BURST_PACKETS):
+                    if client._sock is None:
+                        return int(paho.MQTT_ERR_NO_CONN)
+                    rc = client._packet_read()
+                    if rc > 0:
+                        return int(client._loop_rc_handle(rc))
+                    if rc == paho.MQTT_ERR_AGAIN:
+                        break
+                return int(paho.MQTT_ERR_SUCCESS)
+            finally:
+                self._burst = None
+                read = time.monotonic()
+                for msg in burst:  # frozen for everyone else; nothing has seen them yet
+                    object.__setattr__(msg, "received_at", read)
 
         return loop_read
 
@@ -773,8 +787,12 @@ class MqttClient:
     async def _consume_loop(self, sub: _Subscription) -> None:
         queue = sub.queue
         handler = sub.handler
+        taken = 0
         while True:
-            msg = await queue.get()
+            msg = await queue.get()  # returns at once, without yielding, while it has messages
+            taken += 1
+            if taken % CONSUME_YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a long backlog must not hold off HTTP and timers
             if sub.conflate:
                 if sub.newest.get(msg.topic) is not msg:
                     self._metrics.messages_dropped.labels(reason="superseded").inc()
@@ -834,6 +852,8 @@ class MqttClient:
             response_topic=response_topic, correlation_data=correlation,
             user_properties=user_props, ack=ack,
         )
+        if self._burst is not None:
+            self._burst.append(msg)
         for sub in subs:
             try:
                 sub.queue.put_nowait(msg)

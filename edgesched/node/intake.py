@@ -105,6 +105,7 @@ class Intake:
                  idempotent: Callable[[str], bool] = lambda _name: False,
                  cloud_tier: bool = False, shed_after_s: float = 0.0,
                  seen: Callable[[Hashable], bool] = lambda _key: False,
+                 busy: Callable[[], bool] = lambda: True,
                  load: Callable[[], tuple[int, int, int, float]] | None = None) -> None:
         self._mqtt = mqtt
         # the cloud tier's executor load (running, queued, slots, est_wait_s), sent with
@@ -112,6 +113,7 @@ class Intake:
         self._load = load
         self._shed_after_s = shed_after_s  # 0: never shed
         self._seen = seen  # whether the pipeline knows a (route key, task id) already
+        self._busy = busy  # whether the node has its own tasks under way (see _shed)
         self._cloud_tier = cloud_tier  # a cloud node: its HTTP intake serves edge nodes
         self._metrics = metrics
         self._accept = accept
@@ -179,7 +181,8 @@ class Intake:
         """Consumer of the submit topic: must return quickly (the job runs in the pipeline)."""
         try:
             waited = time.monotonic() - msg.received_at
-            if not (0 < self._shed_after_s < waited and self._shed(msg, waited)):
+            if not (0 < self._shed_after_s < waited and self._busy()
+                    and self._shed(msg, waited)):
                 await self._on_mqtt_submit(msg)
         finally:
             if msg.ack is not None:
@@ -187,7 +190,9 @@ class Intake:
 
     def _shed(self, msg: InboundMessage, waited: float) -> bool:
         """Overload: `msg` waited longer than intake.shed_after_s between the socket and
-        this consumer, so the event loop is behind. It is answered `rejected` (overloaded)
+        this consumer, so the event loop is behind, and the node has tasks of its own under
+        way (`busy`: as many as its slots; a loop slowed by a flood of someone else's
+        telemetry alone does not shed tasks). It is answered `rejected` (overloaded)
         at once, reading only its reply routing: no validation, no decision, no task, and
         the reply is handed to the connection without waiting for its PUBACK. Cheap enough
         that the node keeps draining its socket at twice what it can run (docs/scaling.md).

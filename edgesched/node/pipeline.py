@@ -294,6 +294,7 @@ class TaskPipeline:
             reply_topics=s.intake.reply_topics, spool=spool, idempotent=self._idempotent,
             cloud_tier=not self.edge, shed_after_s=s.intake.shed_after_s,
             seen=lambda key: key in self.book.inflight or key in self.book.outcomes,
+            busy=lambda: len(self.book.inflight) >= self.executor.slots,
             load=self.executor.load)
         self.offload_server = OffloadServer(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
