@@ -48,8 +48,8 @@ _SUBSCRIBE_TIMEOUT_S = 10.0
 # reads one, or one per unacknowledged publish, then yields to every other ready task). What
 # is not read waits where the intake cannot see it (the socket, the broker): at 100 a call a
 # 2x overload on a busy machine backed up for seconds there (ok p99 9.4 s, RSS +35 MB; 1000:
-# 0.65 s, +16 MB). A burst is read before its first message reaches the intake (~40 us a
-# packet) and that counts in its wait (intake.shed_after_s): a big burst is mostly shed.
+# 0.65 s, +16 MB). A burst's messages count as received when all of it is read (~40 us a
+# packet), see _read_burst.
 READ_BURST_PACKETS = 1000
 # A consumer loop lets the rest of the node run after this many messages of a backlog.
 CONSUME_YIELD_EVERY = 64
