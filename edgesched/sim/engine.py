@@ -405,12 +405,17 @@ class Engine:
         return True
 
     def _admit_to_vm(self, node: SimNode, task: SimTask, token: int, est: float) -> bool:
-        """EdgeCloudSim's admission: the least-loaded VM with room for the task's nominal
-        utilisation takes it at once; no VM with room = refused (no queue)."""
+        """EdgeCloudSim's admission: the VM the decision bound the task to, or else the
+        least-loaded VM with room for the task's nominal utilisation, takes it at once; no
+        VM with room = refused (no queue)."""
         pct = self._vm_pct[node.id][task.ttype]
-        vm = pick_vm(node.vms or [], pct)
-        if vm is None:
-            return False
+        vms = node.vms or []
+        if task.vm is not None and task.vm in vms:
+            vm = task.vm  # bound when decided (EdgeCloudSim): no second capacity check
+        else:
+            vm = pick_vm(vms, pct)
+            if vm is None:
+                return False
         job = SimJob(task, token, exec_time(task, node))
         job.start = self.now
         job.est = est

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from edgesched.core.fallback import FallbackParams
 from edgesched.core.model import Candidate, Decision, Placement, TaskSpec
 from edgesched.core.policies import POLICY_NAMES, Policy, evaluate_all, make_decision, make_policy
 from edgesched.sim.brains import OracleBrain
+from edgesched.sim.vms import pick_vm
 from edgesched.sim.world import SimNode, SimTask, World
 
 # EdgeCloudSim's WAN probe reads 1 / (upload delay of 1024 Kb) in "Mbps" of 1024 x 1024 bit/s
@@ -130,7 +132,8 @@ class EcsBrain(OracleBrain):
     - edge target: the edge node whose least-loaded VM (with room for the task) has the most
       free capacity, the first in the scenario's order on a tie, as EdgeCloudSim scans hosts
       in order (exact with `executor: ecs_vms`; with FIFO slots a node holding fewer tasks
-      than VMs counts as having an empty VM).
+      than VMs counts as having an empty VM). The task is bound to that VM when decided, as
+      in EdgeCloudSim: tasks decided before it arrives may pick the same VM.
     Its candidates are built from the truth like the oracle's (they only set the attempt
     timeouts and the prediction error: the rule itself ignores latency estimates).
     """
@@ -156,20 +159,20 @@ class EcsBrain(OracleBrain):
         return (sum(pct[job.task.ttype] for job in node.running)
                 + sum(pct[job.task.ttype] for job in node.queue))
 
-    def _best_free_pct(self, node: SimNode, load: float, need: float) -> float:
-        """The free capacity of the node's least-loaded VM that can take `need` % (-1: none).
-        Exact with `executor: ecs_vms`; with FIFO slots, a node holding fewer tasks than VMs
-        has an empty VM, else its VMs are taken as evenly loaded."""
+    def _best_vm(self, node: SimNode, load: float, need: float) -> tuple[float, Any]:
+        """(free capacity, VM) of the node's least-loaded VM that can take `need` %
+        (-1 when none can). Exact with `executor: ecs_vms`; with FIFO slots (VM None), a node
+        holding fewer tasks than VMs has an empty VM, else its VMs count as evenly loaded."""
         if node.vms is not None:
-            frees = [vm.free_pct() for vm in node.vms if vm.free_pct() >= need]
-            return max(frees) if frees else -1.0
+            vm = pick_vm(node.vms, need)
+            return (-1.0, None) if vm is None else (vm.free_pct(), vm)
         vms = self._vms[node.id]
         jobs = len(node.running) + len(node.queue)
-        return 100.0 if jobs < vms else 100.0 - load / vms
+        return (100.0 if jobs < vms else 100.0 - load / vms), None
 
-    def probes(self, ttype: int = 0) -> tuple[float | None, float, SimNode]:
+    def probes(self, ttype: int = 0) -> tuple[float | None, float, SimNode, Any]:
         """(WAN probe in bit/s or None without a cloud, average edge VM utilisation in %,
-        the edge target for a task of type `ttype`)."""
+        the edge target for a task of type `ttype` and its VM when it has VMs)."""
         world, origin = self.world, self.node
         wan = None
         if world.cloud is not None:
@@ -177,7 +180,7 @@ class EcsBrain(OracleBrain):
             rate = getattr(link, "rate_bps", None)
             wan = (rate() or 0.0) if rate is not None else link.share_bps()
         total_load, total_vms = 0.0, 0
-        best, best_free = origin, -1.0
+        best, best_free, best_vm = origin, -1.0, None
         for node in world.nodes:
             if not node.alive:
                 continue
@@ -185,13 +188,13 @@ class EcsBrain(OracleBrain):
             load = self._load_pct(node)
             total_load += load
             total_vms += vms
-            free = self._best_free_pct(node, load, self._pct[node.id][ttype])
+            free, vm = self._best_vm(node, load, self._pct[node.id][ttype])
             if free > best_free:
-                best, best_free = node, free
-        return wan, (total_load / total_vms if total_vms else 0.0), best
+                best, best_free, best_vm = node, free, vm
+        return wan, (total_load / total_vms if total_vms else 0.0), best, best_vm
 
     def decide(self, task: SimTask, now: float) -> Decision:
-        wan, utilisation, target = self.probes(task.ttype)
+        wan, utilisation, target, task.vm = self.probes(task.ttype)
         placement = Placement.LOCAL if target is self.node else Placement.NEIGHBOUR
         candidates = [self._true_candidate(task, target, placement, now)]
         cloud = self.world.cloud

@@ -30,7 +30,7 @@ class SimTask:
 
     __slots__ = ("arrival", "attempt", "deadline", "decision", "done", "in_bits", "index",
                  "origin", "out_bits", "placement", "predicted", "ranked", "reason", "sent_token",
-                 "spec", "started", "target", "token", "tried", "ttype", "work")
+                 "spec", "started", "target", "token", "tried", "ttype", "vm", "work")
 
     def __init__(self, index: int, arrival: float, origin: SimNode, ttype: int, work: float,
                  in_bytes: float, out_bytes: float, deadline: float | None) -> None:
@@ -50,6 +50,7 @@ class SimTask:
         self.placement: str | None = None
         self.predicted = 0.0
         self.target: Any = None  # the CandidateEval of the current attempt
+        self.vm: Any = None  # the VM an ecs_* decision bound it to (sim/vms.py), if any
         self.reason: Outcome | None = None  # how the latest attempt failed
         self.started = 0.0  # when the current attempt was dispatched
         self.tried: list[str] = []
