@@ -25,6 +25,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt import properties as _paho_properties
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -240,6 +241,69 @@ class PackedProperties:
 
     def __str__(self) -> str:  # paho's debug log line of a sent PUBLISH
         return self._text
+
+
+_P: Any = _paho_properties  # paho's (untyped) property readers
+
+
+class _QuickProperties(Properties):
+    """paho's Properties, built and (for a PUBLISH) read faster; the same attributes after.
+
+    paho makes one for every packet it reads: its constructor rebuilds two tables of ~30
+    entries and its reader finds each property's name by scanning them, then checks the
+    name against them again when setting it: 42 us for a Response Topic and Correlation
+    Data on the test box, 7.5 us this way (paho's took 115 us when the box was busy).
+    This one shares the tables and reads the properties a PUBLISH carries (Response Topic,
+    Correlation Data, Content Type, User Property) with paho's own value readers and checks;
+    any other property goes through paho's reader. Installed in paho's client module below:
+    this process's paho clients all use it (`tests/adapters/test_mqtt_properties.py`)."""
+
+    _TABLES = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    _STRINGS = {8: "ResponseTopic", 3: "ContentType"}
+
+    def __init__(self, packetType: int) -> None:
+        object.__setattr__(self, "packetType", packetType)
+        object.__setattr__(self, "types", self._TABLES.types)
+        object.__setattr__(self, "names", self._TABLES.names)
+        object.__setattr__(self, "properties", self._TABLES.properties)
+
+    def unpack(self, buffer: bytes) -> tuple[Properties, int]:
+        if self.packetType != PacketTypes.PUBLISH or len(self.__dict__) > 4:  # not fresh
+            return super().unpack(buffer)  # type: ignore[no-any-return,no-untyped-call]
+        length, used = _P.VariableByteIntegers.decode(buffer)
+        pos, end = used, used + length
+        users: list[tuple[str, str]] = []
+        found: dict[str, Any] = {}
+        while pos < end:
+            ident = buffer[pos]
+            pos += 1
+            left = end - pos
+            if ident == 9:
+                value, size = _P.readBytes(buffer[pos:], left)
+                name = "CorrelationData"
+            elif ident in self._STRINGS:
+                value, size = _P.readUTF(buffer[pos:], left)
+                name = self._STRINGS[ident]
+            elif ident == 38:
+                key, size = _P.readUTF(buffer[pos:], left)
+                text, size2 = _P.readUTF(buffer[pos + size:], left - size)
+                users.append((key, text))
+                pos += size + size2
+                continue
+            else:  # anything else (or an identifier over one byte): paho's own way
+                return super().unpack(buffer)  # type: ignore[no-any-return,no-untyped-call]
+            if name in found:
+                raise _P.MQTTException(f"Property '{name}' must not exist more than once")
+            found[name] = value
+            pos += size
+        for name, value in found.items():
+            object.__setattr__(self, name, value)
+        if users:
+            object.__setattr__(self, "UserProperty", users)
+        return self, end
+
+
+paho.Properties = _QuickProperties  # type: ignore[attr-defined]  # what its reader makes
 
 
 def _binary(data: bytes) -> bytes:

@@ -1,7 +1,8 @@
-"""The MQTT adapter's pre-encoded PUBLISH properties are the bytes paho's Properties packs."""
+"""The MQTT adapter's PUBLISH properties: written and read as paho's own Properties does."""
 
 from __future__ import annotations
 
+import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -26,3 +27,42 @@ def test_same_bytes_as_paho(topic: str | None, corr: bytes | None,
     if user:
         props.UserProperty = user
     assert PackedProperties.publish(topic, corr, user).pack() == props.pack()
+
+
+def _as_paho_reads(packed: bytes, cls: type) -> dict[str, object]:
+    props = cls(PacketTypes.PUBLISH)
+    _, used = props.unpack(packed)
+    assert used == len(packed)
+    return {name: getattr(props, name) for name in
+            ("ResponseTopic", "CorrelationData", "ContentType", "UserProperty",
+             "PayloadFormatIndicator", "MessageExpiryInterval") if hasattr(props, name)}
+
+
+@pytest.mark.parametrize("build", [
+    {"ResponseTopic": "clients/x/reply", "CorrelationData": b"k-1"},
+    {"CorrelationData": b""},
+    {"ResponseTopic": "t/\u00e9", "UserProperty": [("a", "1"), ("b", "2")],
+     "ContentType": "application/json"},
+    {"PayloadFormatIndicator": 1, "MessageExpiryInterval": 30, "ResponseTopic": "r"},  # paho's
+    {},
+])
+def test_the_adapter_reads_publish_properties_as_paho_does(build: dict[str, object]) -> None:
+    from edgesched.adapters import mqtt
+
+    props = Properties(PacketTypes.PUBLISH)
+    for name, value in build.items():
+        setattr(props, name, value)
+    packed = props.pack()
+    assert paho.Properties is mqtt._QuickProperties  # what paho's reader makes, in this process
+    assert _as_paho_reads(packed, mqtt._QuickProperties) == _as_paho_reads(packed, Properties)
+    assert _as_paho_reads(packed, Properties) == build
+
+
+def test_a_repeated_single_property_is_refused_as_paho_does() -> None:
+    from edgesched.adapters import mqtt
+
+    body = b"\x08\x00\x01a" * 2  # Response Topic twice
+    packed = bytes([len(body)]) + body
+    for cls in (mqtt._QuickProperties, Properties):
+        with pytest.raises(Exception, match="more than once"):
+            cls(PacketTypes.PUBLISH).unpack(packed)
