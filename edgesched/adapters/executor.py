@@ -5,8 +5,8 @@ The executor is the node's only place where task handlers run. It knows its own 
 
 The process pool (for `cpu_bound` task types) starts with the first cpu-bound task, so a node
 that never runs one never starts it: no forkserver, no resource tracker, no workers. It has
-`executor.process_workers` workers at most (default min(slots, CPU count): more processes
-than cores only add memory), each started when the pool has more work than idle workers.
+`executor.process_workers` workers (default min(slots, CPU count): more processes than cores
+only add memory), all started then.
 Workers come from a forkserver that preloads only `edgesched.tasks.worker` (stdlib), and
 import what a handler needs when they first run it (docs/scaling.md, "Capacity and
 footprint").
@@ -137,7 +137,10 @@ class LocalExecutor:
     def _start_pool(self) -> ProcessPoolExecutor:
         pool = self._new_pool()
         try:
-            pool.submit(worker.noop).result(timeout=POOL_START_TIMEOUT_S)
+            # Every worker at once (a call per worker, as none is idle yet), so that no task
+            # pays for a worker's start in its measured run time.
+            for started in [pool.submit(worker.noop) for _ in range(self._workers)]:
+                started.result(timeout=POOL_START_TIMEOUT_S)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -277,8 +280,11 @@ class LocalExecutor:
             async with asyncio.timeout(budget):
                 await self._acquire(ticket)
                 try:
+                    # the pool's start (first cpu-bound task) is waiting, not this task's run:
+                    # the execution-time estimates learn from exec_s
+                    pool = await self._pool_for(task_type)
                     started = self._clock()
-                    value = await self._execute(task_type, value)
+                    value = await self._execute(task_type, value, pool)
                     finished = self._clock()
                 finally:
                     self._release(ticket)
@@ -288,9 +294,9 @@ class LocalExecutor:
             ) from None
         return ExecOutcome(value=value, wait_s=started - queued_at, exec_s=finished - started)
 
-    async def _execute(self, task_type: TaskType, value: Any) -> Any:
+    async def _execute(self, task_type: TaskType, value: Any,
+                       pool: ProcessPoolExecutor | None) -> Any:
         limit = task_type.settings.timeout_s
-        pool = await self._pool_for(task_type)
         try:
             async with asyncio.timeout(limit):
                 result = await task_type.handler.run(value, pool=pool)
