@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = _command(sub, "simulate", "compare policies on a scenario in the simulator",
                    "edgesched simulate configs/scenarios/hotspot.yaml --policy cost --policy local")
-    sim.add_argument("scenario", help="scenario YAML file")
+    sim.add_argument("scenario", nargs="?", help="scenario YAML file (not with --generate)")
     sim.add_argument("--policy", action="append", dest="policies", help="repeatable")
     sim.add_argument("--seed", type=int, default=None)
     sim.add_argument("--json", dest="json_path", help="write the report as JSON here")
@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "path), e.g. devices=200:2400:200; --plot draws miss ratio and latency")
     sim.add_argument("--jobs", type=int, default=None,
                      help="--sweep: local worker processes (default: the CPU count)")
+    sim.add_argument("--generate", metavar="FAMILY",
+                     help="draw --count scenarios of a family (mixed, contention, heavy_tail, "
+                     "wan_collapse, outage, battery, or all) from --seed, run them and print "
+                     "the distribution of cost/oracle and cost/best baseline")
+    sim.add_argument("--count", type=int, default=None, help="--generate: how many (10)")
+    sim.add_argument("--out", help="--generate: write the scenarios (YAML) into this directory")
+    sim.add_argument("--no-run", action="store_true", help="--generate: only write them")
     sim.add_argument("--dask", metavar="tcp://HOST:PORT",
                      help="--sweep: run on this Dask distributed scheduler instead")
 

@@ -218,6 +218,7 @@ def build_candidates(
     held: Collection[str] = (),
     cloud_state: NodeState | None = None,
     zs: Mapping[str, float] | None = None,
+    late: Mapping[str, float] | None = None,
 ) -> list[Candidate]:
     """Every target the task could go to: this node, each edge neighbour, and the cloud.
 
@@ -229,7 +230,9 @@ def build_candidates(
     `held` the targets that refused an attempt and have not reported since
     (`feedback.Refusals`: their candidates are `refused`, no capacity); `cloud_state` is the
     cloud node's own load report, when this node hears one (`cloud_candidate`); `zs` the
-    calibrated z of the latency quantile per target (`calibration.QuantileCalibrator.zs`).
+    calibrated z of the latency quantile per target (`calibration.QuantileCalibrator.zs`);
+    `late` how overdue each target's worst attempt in flight is (`InFlight.lateness`): it is
+    added to that target's wait.
     """
     now, local = snapshot.now, snapshot.local
     lp = local_power or DEFAULT_POWER
@@ -254,6 +257,12 @@ def build_candidates(
     if zs:
         for cand in out:
             cand.z_quantile = zs.get(cand.node_id)
+    if late:
+        for cand in out:
+            extra = late.get(cand.node_id, 0.0)
+            if extra > 0.0 and cand.placement is not Placement.LOCAL:
+                cand.est_wait_s = min(MAX_WAIT_S, cand.est_wait_s + extra)
+                cand.wait_std_s = min(MAX_WAIT_S, cand.wait_std_s + extra)
     return out
 
 

@@ -189,6 +189,7 @@ class Dispatcher:
             local_power=self.local_power, local_max_queue=self.executor.queue_size,
             inflight=self.inflight.unreported(reported),
             held=self.refusals.held(reported, snap.now), cloud_state=cloud_state,
+            late=self.inflight.lateness(snap.now),
             zs=self.calibrator.zs,
         )
 
@@ -365,7 +366,7 @@ class Dispatcher:
         target = step.target
         if target.placement is Placement.LOCAL:
             return await self.run_local(job, expected_s)
-        token = self.inflight.sent(target.node_id, self.clock())
+        token = self.inflight.sent(target.node_id, self.clock(), target.latency_q_s)
         try:
             if target.placement is Placement.NEIGHBOUR:
                 return await self._run_neighbour(job, target, step.timeout_s, expected_s)

@@ -9,6 +9,7 @@ candidates with the true state of the world at decision time.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from edgesched.core.admission import admit
@@ -207,7 +208,7 @@ class DaemonBrain:
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
             local_power=node.power, local_max_queue=node.queue_size,
             inflight=self.inflight.unreported(self.reported_at),
-            zs=self.calibrator.zs,
+            late=self.inflight.lateness(now), zs=self.calibrator.zs,
         )
         self._own_cache = ((spec.task_type, spec.work, now), out[0].exec.mean_s)
         return out
@@ -223,11 +224,12 @@ class DaemonBrain:
         )
 
     # ---- what the node learns -------------------------------------------------------------
-    def dispatched(self, target: str, now: float) -> int:
-        """Count an attempt to `target`; returns the token to pass to `settled`."""
+    def dispatched(self, target: str, now: float, expect_s: float = math.inf) -> int:
+        """Count an attempt to `target`, expected back within `expect_s`; returns the token
+        to pass to `settled`."""
         if target == self.node.id:  # this node's own queue is in its live local state
             return -1
-        return self.inflight.sent(target, now)
+        return self.inflight.sent(target, now, expect_s)
 
     def settled(self, target: str, token: int) -> None:
         self.inflight.settled(target, token)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgesched.errors import EdgeschedError
+from edgesched.errors import EdgeschedError, UsageError
 from edgesched.sim.report import comparison_lines, table_rows
 from edgesched.sim.runner import check_policies, run_scenario
 from edgesched.sim.scenario import load_scenario
@@ -64,6 +64,12 @@ def print_report(report: dict[str, Any], elapsed_s: float) -> None:
 
 def simulate_command(args: argparse.Namespace) -> int:
     """Entry point of `edgesched simulate` (see contract §1 and docs/simulator.md)."""
+    if getattr(args, "generate", None):
+        from edgesched.sim.generate import generate_command
+
+        return generate_command(args)
+    if not args.scenario:
+        raise UsageError("simulate needs a scenario file (or --generate FAMILY)")
     if getattr(args, "sweep", None):
         from edgesched.sim.sweep import sweep_command
 

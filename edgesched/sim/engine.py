@@ -343,7 +343,7 @@ class Engine:
         task.started = self.now
         task.predicted = target.latency_mean_s
         task.target = target
-        task.sent_token = task.origin.brain.dispatched(node.id, self.now)
+        task.sent_token = task.origin.brain.dispatched(node.id, self.now, target.latency_q_s)
         if node is task.origin:
             if not self._admit(node, task, task.token):
                 task.reason = Outcome.REJECTED

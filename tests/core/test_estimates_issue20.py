@@ -128,3 +128,21 @@ def test_a_calibrated_z_replaces_the_normal_one_in_the_quantile() -> None:
     assert cand.z_quantile == 3.0
     ev = evaluate_candidate(spec(), cand, CostParams(), remaining_s=None)
     assert ev.latency_q_s == pytest.approx(ev.latency_mean_s + 3.0 * ev.latency_std_s)
+
+
+def test_an_overdue_attempt_adds_its_lateness_to_the_targets_wait() -> None:
+    from edgesched.core.feedback import InFlight
+
+    inflight = InFlight()
+    token = inflight.sent("cloud", 10.0, expect_s=0.2)
+    inflight.sent("b", 10.0)  # no expectation: never overdue
+    assert inflight.lateness(10.1) == {}
+    assert inflight.lateness(11.0) == {"cloud": pytest.approx(0.8)}
+    local = NodeState(node_id="a", slots=2)
+    snap = ClusterSnapshot(now=11.0, local=local)
+    plain = build_candidates(spec(), snap, EstimatorBank(), cloud=CloudTarget())[-1]
+    late = build_candidates(spec(), snap, EstimatorBank(), cloud=CloudTarget(),
+                            late=inflight.lateness(11.0))[-1]
+    assert late.est_wait_s == pytest.approx(plain.est_wait_s + 0.8)
+    inflight.settled("cloud", token)
+    assert inflight.lateness(12.0) == {}
