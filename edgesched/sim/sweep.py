@@ -223,13 +223,17 @@ def plot_sweep(report: dict[str, Any], path: Path) -> None:
     xs = report["values"]
     fig, (miss_ax, lat_ax) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
     fig.suptitle(f"{report['scenario']}: sweep of {report['key']} (seed {report['seed']})")
-    for name in report["policies"]:
+    for i, name in enumerate(report["policies"]):
         rows = [p["policies"][name] for p in report["points"]]
-        miss_ax.plot(xs, [100 * r["deadline_miss_ratio"] for r in rows], marker="o", label=name)
+        # Markers and dashes differ per policy, so curves that coincide stay visible.
+        style = {"marker": "osD^vPX*"[i % 8], "linestyle": ("-", "--", "-.", ":")[i % 4],
+                 "label": name, "markersize": 7 - (i % 4)}
+        miss_ax.plot(xs, [100 * r["deadline_miss_ratio"] for r in rows], **style)
         lat_ax.plot(xs, [r["mean_latency_s"] if r["mean_latency_s"] is not None else math.nan
-                         for r in rows], marker="o", label=name)
+                         for r in rows], **style)
     miss_ax.set(xlabel=report["key"], ylabel="deadline misses and failures (% of submitted)",
                 title="miss ratio")
+    miss_ax.set_ylim(bottom=0.0, top=max(1.0, miss_ax.get_ylim()[1]))
     lat_ax.set(xlabel=report["key"], ylabel="mean latency of completed tasks (s)",
                title="mean latency")
     for ax in (miss_ax, lat_ax):
