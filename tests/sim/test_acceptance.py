@@ -18,6 +18,7 @@ from edgesched.sim.report import (
     COMPARABLE_MISS,
     LATENCY_TOLERANCE,
     MISS_TOLERANCE,
+    NOT_BASELINES,
     ORACLE_TOLERANCE,
 )
 from edgesched.sim.runner import run_scenario
@@ -51,7 +52,7 @@ def test_cost_misses_no_more_than_the_best_baseline(
     report = _report(reports, name)
     pols = report["policies"]
     cost = pols["cost"]["deadline_miss_ratio"]
-    best = min(p["deadline_miss_ratio"] for k, p in pols.items() if k not in ("cost", "oracle"))
+    best = min(p["deadline_miss_ratio"] for k, p in pols.items() if k not in NOT_BASELINES)
     assert cost <= best + MISS_TOLERANCE, (cost, best)
     cmp = report["comparison"]
     assert cmp["miss_ratio_minus_best_baseline"] == pytest.approx(cost - best, abs=1e-6)
@@ -65,7 +66,7 @@ def test_cost_is_as_fast_as_the_best_comparable_policy_and_near_the_oracle(
     pols = report["policies"]
     cost = pols["cost"]
     comparable = [p["mean_latency_s"] for k, p in pols.items()
-                  if k not in ("cost", "oracle")
+                  if k not in NOT_BASELINES
                   and abs(p["deadline_miss_ratio"] - cost["deadline_miss_ratio"])
                   <= COMPARABLE_MISS]
     assert comparable  # at least one baseline is comparable
