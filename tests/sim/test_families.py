@@ -177,3 +177,27 @@ def test_the_guard_catches_a_peek() -> None:
         _ = guarded.scenario.arrivals
     with pytest.raises(HiddenStateError, match="down"):
         _ = guarded.scenario.nodes[0].down
+
+
+def test_simulate_generate_writes_runs_and_summarises(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from edgesched.cli import main
+
+    out, report = tmp_path / "gen", tmp_path / "r.json"
+    assert main(["simulate", "--generate", "mixed", "--count", "2", "--seed", "3", "--out",
+                 str(out), "--no-run"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["mixed-3-0.yaml", "mixed-3-1.yaml"]
+    assert load_scenario(out / written[0]).name == "mixed-3-0"
+    assert main(["simulate", "--generate", "mixed", "--count", "1", "--seed", "3",
+                 "--policy", "cost", "--policy", "local", "--policy", "oracle",
+                 "--json", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "cost/oracle mean latency: median" in text and "mixed-3-0" in text
+    doc = json.loads(report.read_text())
+    assert doc["summary"]["scenarios"] == 1 and doc["rows"][0]["best_baseline"] == "local"
+    assert main(["simulate", "--generate", "nope"]) == 2
+    assert "unknown family 'nope'" in capsys.readouterr().err
+    assert main(["simulate"]) == 2
