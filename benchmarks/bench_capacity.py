@@ -410,7 +410,9 @@ def main() -> None:
                 import pstats
 
                 stats = pstats.Stats(str(workdir / "node.prof"))
-                stats.dump_stats(str(REPO / "benchmarks" / ".capacity-node.prof"))
+                kept = Path(tempfile.gettempdir()) / "bench-capacity-node.prof"
+                stats.dump_stats(str(kept))  # for pstats / snakeviz afterwards
+                print(f"profile kept in {kept}")
                 stats.sort_stats("tottime").print_stats(30)
                 stats.sort_stats("cumulative").print_stats("edgesched", 40)
         finally:
