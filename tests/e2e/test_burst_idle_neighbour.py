@@ -129,6 +129,10 @@ async def test_burst_next_to_idle_neighbour_runs(mosquitto: Mosquitto,
     decisions = [d for d in got["status"]["scheduler"]["decisions"] if d["type"] == "hash"]
     latency = {c["node_id"]: c["latency_mean_s"] for c in decisions[0]["candidates"]}
     assert latency["edge-a"] > 10.0 and latency["cloud"] > 3.0, latency
+    # the live coverage of the latency quantile, over the attempts that finished
+    coverage = nodes["a"].metric("edgesched_prediction_coverage_ratio", placement="neighbour")
+    assert coverage is not None and 0.0 <= coverage <= 1.0, coverage
+    print("coverage of the 0.95 quantile on edge-b (a burst, no calibration yet):", coverage)
 
 
 async def test_a_refusing_cloud_is_held_back_until_it_can_take_work(
