@@ -145,6 +145,7 @@ def _fresh_candidates(brain: Any, task: Any, now: float) -> list[Candidate]:
         offload=task.spec.offload, cloud=brain.cloud, local_power=brain.node.power,
         local_max_queue=brain.node.queue_size,
         inflight=brain.inflight.unreported(brain.reported_at),
+        late=brain.inflight.lateness(now), zs=brain.calibrator.zs,
     )
 
 
