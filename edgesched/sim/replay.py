@@ -65,6 +65,7 @@ MAX_PROBLEMS_PER_FILE = 5
 DEFAULT_LAN = {"rtt_s": 0.005, "bandwidth_bps": 1e8}
 DEFAULT_WAN = {"rtt_s": 0.05, "bandwidth_bps": 2e7}
 MIN_RTT_S = 0.0002
+MAX_IDLE_S = 60.0  # a longer pause between arrivals is replayed as this long
 _NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -86,34 +87,109 @@ def _num(value: Any) -> bool:
         value)
 
 
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+PLACEMENTS = ("local", "neighbour", "cloud")
+MAX_VALUE = 1e12  # no size, time or count in a record is larger
+
+
+def _bad_numbers(doc: dict[str, Any], keys: Sequence[str], *, optional: bool,
+                 positive: bool = False) -> str | None:
+    """Which of `keys` is not a finite number in [0, MAX_VALUE] (> 0 with `positive`)."""
+    for key in keys:
+        value = doc.get(key)
+        if value is None and optional:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool) or not (
+                0 <= value <= MAX_VALUE) or (positive and value <= 0):
+            return f"{key!r} is {value!r}: not a number in range"
+    return None
+
+
+def _bad_strings(doc: dict[str, Any], keys: Sequence[str], *, ids: bool = False) -> str | None:
+    for key in keys:
+        value = doc.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{key!r} is not a string"
+        if ids and (value is None or not _ID_RE.fullmatch(value)):
+            return f"{key!r} is {value!r}: not a node or type name"
+    return None
+
+
 def _check_task(doc: dict[str, Any]) -> str | None:
-    """Why `doc` is not a usable task line (None when it is)."""
+    """Why `doc` is not a usable task line (None when it is): every field the replay reads
+    has its type and range checked, so a damaged line is skipped, never a crash later."""
     if doc.get("v") != TRACE_VERSION:
         return f"task line of version {doc.get('v')!r}; this edgesched reads {TRACE_VERSION}"
-    for key in ("id", "type", "origin"):
-        if not isinstance(doc.get(key), str):
-            return f"{key!r} missing or not a string"
-    for key in ("arrived_unix_s", "work", "input_bytes", "output_bytes"):
-        if not _num(doc.get(key)):
-            return f"{key!r} missing or not a number"
-    for key in ("deadline_s", "latency_s", "exact_s"):
-        if doc.get(key) is not None and not _num(doc[key]):
-            return f"{key!r} is not a number"
+    why = ((None if isinstance(doc.get("id"), str) else "'id' missing or not a string")
+           or _bad_strings(doc, ("type", "origin"), ids=True)
+           or _bad_strings(doc, ("status", "policy", "chosen", "role", "executed_by"))
+           or _bad_numbers(doc, ("arrived_unix_s", "work", "input_bytes", "output_bytes"),
+                           optional=False)
+           or _bad_numbers(doc, ("deadline_s",), optional=True, positive=True)
+           or _bad_numbers(doc, ("latency_s", "exact_s", "energy_j", "regret_s",
+                                 "propensity"), optional=True)
+           or (None if doc.get("decided_s") is None or _num(doc["decided_s"])
+               else "'decided_s' is not a number"))
+    if why:
+        return why
+    if doc.get("placement") is not None and doc["placement"] not in PLACEMENTS:
+        return f"'placement' is {doc['placement']!r}"
     for key in ("candidates", "attempts"):
         items = doc.get(key, [])
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             return f"{key!r} is not a list of objects"
     for a in doc.get("attempts", []):
-        if not isinstance(a.get("node_id"), str) or a.get("placement") not in (
-                "local", "neighbour", "cloud"):
-            return "an attempt without node_id/placement"
-        if not all(_num(a.get(k, 0.0)) for k in ("duration_s", "wait_s", "exec_s",
-                                                  "exchange_s")):
-            return "an attempt's timings are not numbers"
+        why = (_bad_strings(a, ("node_id",), ids=True) or _bad_strings(a, ("outcome",))
+               or _bad_numbers(a, ("duration_s", "wait_s", "exec_s", "exchange_s"),
+                               optional=False)
+               or _bad_numbers(a, ("started_s",), optional=True))
+        if why or a.get("placement") not in PLACEMENTS:
+            return f"an attempt: {why or 'no placement'}"
     for c in doc.get("candidates", []):
-        if not isinstance(c.get("node_id"), str) or c.get("placement") not in (
-                "local", "neighbour", "cloud"):
-            return "a candidate without node_id/placement"
+        why = (_bad_strings(c, ("node_id",), ids=True)
+               or _bad_strings(c, ("liveness", "reason"))
+               or _bad_numbers(c, ("slots", "running", "queued", "est_wait_s", "wait_std_s",
+                                   "exec_mean_s", "exec_std_s", "age_s", "rtt_s", "rtt_std_s",
+                                   "bandwidth_bps", "bandwidth_std_bps", "battery"),
+                               optional=True))
+        if why or c.get("placement") not in PLACEMENTS:
+            return f"a candidate: {why or 'no placement'}"
+        if c.get("bandwidth_bps") is not None and c["bandwidth_bps"] <= 0:
+            return "a candidate: bandwidth_bps <= 0"
+        for key in ("slots", "running", "queued"):
+            if c.get(key) is not None and not isinstance(c[key], int):
+                return f"a candidate: {key!r} is not an integer"
+    return None
+
+
+def _check_telemetry(doc: dict[str, Any]) -> str | None:
+    """Why `doc` is not a usable telemetry line (None when it is)."""
+    if doc.get("v") != TRACE_VERSION:
+        return f"telemetry line of version {doc.get('v')!r}"
+    why = (_bad_strings(doc, ("node",), ids=True)
+           or _bad_numbers(doc, ("t_unix_s",), optional=True)
+           or _bad_numbers(doc, ("telemetry_interval_s",), optional=True, positive=True))
+    if why:
+        return why
+    if doc.get("explore") is not None and not (_num(doc["explore"]) and 0 <= doc["explore"] <= 1):
+        return "'explore' is not in [0, 1]"
+    local = doc.get("local", {})
+    neighbours = doc.get("neighbours", [])
+    links = doc.get("links", {})
+    if not isinstance(local, dict) or not isinstance(neighbours, list) or not isinstance(
+            links, dict) or not isinstance(doc.get("policy", {}), dict):
+        return "local, neighbours, links or policy of the wrong type"
+    if _bad_numbers(local, ("slots",), optional=True, positive=True) or _bad_numbers(
+            local, ("speed",), optional=True, positive=True):
+        return "local slots or speed out of range"
+    for n in neighbours:
+        if not isinstance(n, dict) or _bad_strings(n, ("node_id",), ids=True) or _bad_numbers(
+                n, ("slots", "speed"), optional=True, positive=True):
+            return "a neighbour without a valid node_id, slots or speed"
+    for target, link in links.items():
+        if not isinstance(link, dict) or _bad_numbers(link, ("rtt_s",), optional=False) or (
+                _bad_numbers(link, ("bandwidth_bps",), optional=False, positive=True)):
+            return f"the link to {target!r} is not an rtt_s and a bandwidth_bps"
     return None
 
 
@@ -165,7 +241,9 @@ def read_recording(directory: str | Path,
                     if why is None:
                         tasks.append(doc)
                 elif why is None and doc.get("kind") == "telemetry":
-                    telemetry.append(doc)
+                    why = _check_telemetry(doc)
+                    if why is None:
+                        telemetry.append(doc)
                 elif why is None:
                     why = f"not an edgesched record line (kind {doc.get('kind')!r})"
                 if why is None:
@@ -398,7 +476,12 @@ def fit(rec: Recording) -> SiteModel:
     per_type = Counter(k[0] for k in keys)
     names = {k: _sim_type_name(k[0], k[1], per_type[k[0]] == 1) for k in keys}
     type_docs = []
-    duration = max(1.0, tasks[-1]["arrived_unix_s"] - tasks[0]["arrived_unix_s"] + 1e-3)
+    times = replay_times([t["arrived_unix_s"] for t in tasks])
+    gaps = int(np.count_nonzero(np.diff(times) >= MAX_IDLE_S - 1e-9))
+    if gaps:
+        notes.append(f"{gaps} idle gap(s) longer than {MAX_IDLE_S:g}s shortened to "
+                     f"{MAX_IDLE_S:g}s")
+    duration = max(1.0, float(times[-1]) + 1e-3)
     for key in keys:
         group = [(i, t) for i, t in enumerate(tasks) if (t["type"], t.get("deadline_s")) == key]
         reasons: Counter[str] = Counter()
@@ -475,14 +558,16 @@ def fit(rec: Recording) -> SiteModel:
         "telemetry": {"interval_s": float(interval)},
     }
     if policy:
-        scenario_doc["policy"] = {k: v for k, v in policy.items()
-                                  if k in _policy_keys() and v is not None}
+        policy = {k: v for k, v in policy.items() if k in _policy_keys() and v is not None}
+        if _valid_policy(policy):
+            scenario_doc["policy"] = policy
+        else:
+            notes.append("the recorded policy settings are not valid: defaults used")
     scenario = load_scenario(scenario_doc)
     node_index = {n: i for i, n in enumerate(nodes)}
     type_index = {names[k]: i for i, k in enumerate(keys)}
-    t0 = tasks[0]["arrived_unix_s"]
     stream = TaskStream(
-        time=np.array([t["arrived_unix_s"] - t0 for t in tasks], dtype=float),
+        time=times,
         origin=np.array([node_index[t["origin"]] for t in tasks], dtype=np.int64),
         ttype=np.array([type_index[names[(t["type"], t.get("deadline_s"))]] for t in tasks],
                        dtype=np.int64),
@@ -511,10 +596,30 @@ def run_replayed(model: SiteModel, policy: str, seed: int, epsilon: float = 0.0,
     return engine.run(), engine
 
 
+def replay_times(unix_s: Sequence[float]) -> np.ndarray:
+    """Arrival times from 0, each idle gap longer than MAX_IDLE_S shortened to it (the site
+    had long drained by then; a recording of weeks, or a clock jump, stays a short replay)."""
+    t = np.asarray(unix_s, dtype=float)
+    if t.size == 0:
+        return t
+    gaps = np.minimum(np.diff(t), MAX_IDLE_S)
+    return np.concatenate(([0.0], np.cumsum(gaps)))
+
+
 def _policy_keys() -> set[str]:
     from edgesched.config import PolicySettings
 
     return set(PolicySettings.model_fields)
+
+
+def _valid_policy(doc: dict[str, Any]) -> bool:
+    from edgesched.config import PolicySettings
+
+    try:
+        PolicySettings(**doc).to_params()
+    except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+        return False
+    return True
 
 
 # -- what happened --------------------------------------------------------------------------------
@@ -612,7 +717,7 @@ def ips_estimates(rec: Recording, names: Sequence[str], params: CostParams
                                 output_bytes=float(t["output_bytes"]), work=float(t["work"]),
                                 exact_s=t.get("exact_s"), deadline_s=t.get("deadline_s"),
                                 submitted_at=0.0)
-                decision = policy.decide(spec, cands, float(t.get("decided_s") or 0.0))
+                decision = policy.decide(spec, cands, max(0.0, t.get("decided_s") or 0.0))
             except (ValueError, TypeError, KeyError):
                 continue
             feasible = [e.node_id for e in decision.evaluations if e.feasible]

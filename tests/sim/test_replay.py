@@ -134,6 +134,41 @@ def test_malformed_truncated_and_foreign_files_are_skipped_with_file_and_line(
     assert report["skipped"] == rec.problems and report["tasks"] == 194
 
 
+@pytest.mark.parametrize(("path", "value"), [
+    (("arrived_unix_s",), None), (("work",), -1), (("input_bytes",), float("nan")),
+    (("deadline_s",), 0), (("origin",), "no spaces allowed"), (("type",), 7),
+    (("attempts", 0, "exec_s"), None), (("attempts", 0, "placement"), "moon"),
+    (("candidates", 0, "slots"), 1.5), (("candidates", 0, "bandwidth_bps"), -3),
+    (("candidates",), 5), (("candidates", 0), "x"),
+])
+def test_a_damaged_field_skips_its_line_and_nothing_else(
+        tmp_path: Path, path: tuple[object, ...], value: object) -> None:
+    lines = gzip.decompress(next(DATA.iterdir()).read_bytes()).splitlines()
+    docs = [json.loads(line) for line in lines]
+    tasks = [d for d in docs if d["kind"] == "task"]
+    target: object = tasks[5]
+    for key in path[:-1]:
+        target = target[key]  # type: ignore[index]
+    target[path[-1]] = value  # type: ignore[index]
+    (tmp_path / "rec.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    rec = read_recording(tmp_path)
+    assert len(rec.tasks) == 190 and len(rec.problems) == 1, rec.problems
+    assert f"{tmp_path / 'rec.jsonl'}:" in rec.problems[0]
+    assert replay(rec, ["local"])["tasks"] == 190
+
+
+def test_a_long_idle_gap_is_replayed_short(tmp_path: Path) -> None:
+    docs = [json.loads(line) for line in gzip.decompress(
+        next(DATA.iterdir()).read_bytes()).splitlines()]
+    tasks = sorted((d for d in docs if d["kind"] == "task"), key=lambda d: d["arrived_unix_s"])
+    for d in tasks[100:]:  # the second half of the tasks a week later
+        d["arrived_unix_s"] += 7 * 86400
+    (tmp_path / "rec.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    model = fit(read_recording(tmp_path))
+    assert model.stream.time[-1] < 15 + 60
+    assert any("idle gap" in note for note in model.notes)
+
+
 def test_a_directory_without_any_record_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a directory"):
         read_recording(tmp_path / "missing")
