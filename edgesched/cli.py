@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--plot", dest="plot_path", help="write a PNG comparison here")
     rep.add_argument("--emit-scenario", dest="scenario_path",
                      help="write a scenario YAML fitted to the recording here")
+    rep.add_argument("--max-tasks", type=int, default=200_000,
+                     help="replay at most the N most recent recorded tasks (200000)")
 
     submit = _command(sub, "submit", "submit one task to a node and print its reply",
                       "edgesched submit --node gw-1 --type hash --input "

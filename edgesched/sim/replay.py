@@ -29,6 +29,8 @@ JSON (the fields of node/trace.py `TaskTrace.to_dict`).
 from __future__ import annotations
 
 import gzip
+import heapq
+import itertools
 import json
 import math
 import re
@@ -66,6 +68,8 @@ DEFAULT_LAN = {"rtt_s": 0.005, "bandwidth_bps": 1e8}
 DEFAULT_WAN = {"rtt_s": 0.05, "bandwidth_bps": 2e7}
 MIN_RTT_S = 0.0002
 MAX_IDLE_S = 60.0  # a longer pause between arrivals is replayed as this long
+MAX_TASKS = 200_000  # the most recent tasks a replay reads (~3 kB each in memory)
+MAX_TELEMETRY = 20_000  # ... and telemetry lines
 _NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -203,15 +207,31 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(stream, start=1)
 
 
-def read_recording(directory: str | Path,
-                   warn: Callable[[str], None] | None = None) -> Recording:
+def read_recording(directory: str | Path, warn: Callable[[str], None] | None = None, *,
+                   max_tasks: int = MAX_TASKS) -> Recording:
     """Every usable line of every file in `directory` (UsageError if it is not a directory
-    or holds no task at all). Problems are collected (and passed to `warn`) as
-    `file:line: message`; a file that is not a record at all is skipped as a whole."""
+    or holds no task at all), at most the `max_tasks` most recent tasks (and MAX_TELEMETRY
+    telemetry lines): memory stays bounded whatever the directory holds. Problems are
+    collected (and passed to `warn`) as `file:line: message`; a file that is not a record at
+    all is skipped as a whole."""
     path = Path(directory)
     if not path.is_dir():
         raise UsageError(f"{path}: not a directory (give the record.path of a node)")
     rec = Recording(directory=path)
+    heaps: dict[str, list[tuple[float, int, dict[str, Any]]]] = {"task": [], "telemetry": []}
+    caps = {"task": max(1, max_tasks), "telemetry": MAX_TELEMETRY}
+    older = {"task": 0, "telemetry": 0}
+    order = itertools.count()
+
+    def keep(kind: str, when: Any, doc: dict[str, Any]) -> None:
+        """Keep the most recent `caps[kind]` lines (a min-heap on their time)."""
+        heap = heaps[kind]
+        item = (float(when) if _num(when) else 0.0, next(order), doc)
+        if len(heap) < caps[kind]:
+            heapq.heappush(heap, item)
+        else:
+            heapq.heappushpop(heap, item)
+            older[kind] += 1
 
     def problem(text: str) -> None:
         rec.problems.append(text)
@@ -221,8 +241,6 @@ def read_recording(directory: str | Path,
     for file in sorted(p for p in path.iterdir() if p.is_file()):
         good, bad, shown = 0, 0, 0
         pending: list[str] = []  # a file's line problems, told once it proves to be a record
-        tasks: list[dict[str, Any]] = []
-        telemetry: list[dict[str, Any]] = []
         last = 0
         try:
             for number, line in _lines(file):
@@ -239,11 +257,11 @@ def read_recording(directory: str | Path,
                 elif why is None and doc.get("kind") == "task":
                     why = _check_task(doc)
                     if why is None:
-                        tasks.append(doc)
+                        keep("task", doc["arrived_unix_s"], doc)
                 elif why is None and doc.get("kind") == "telemetry":
                     why = _check_telemetry(doc)
                     if why is None:
-                        telemetry.append(doc)
+                        keep("telemetry", doc.get("t_unix_s"), doc)
                 elif why is None:
                     why = f"not an edgesched record line (kind {doc.get('kind')!r})"
                 if why is None:
@@ -274,8 +292,11 @@ def read_recording(directory: str | Path,
         if bad > shown:
             problem(f"{file}: {bad - shown} more bad line(s) skipped")
         rec.files += 1
-        rec.tasks.extend(tasks)
-        rec.telemetry.extend(telemetry)
+    if older["task"]:
+        problem(f"{path}: {older['task']} older task(s) beyond the {max_tasks} most recent "
+                "not replayed (--max-tasks)")
+    rec.tasks = [doc for _, _, doc in heaps["task"]]
+    rec.telemetry = [doc for _, _, doc in heaps["telemetry"]]
     seen: set[tuple[str, str, float]] = set()
     unique = []
     for t in rec.tasks:  # a file copied twice into the directory counts once
@@ -833,7 +854,7 @@ def replay_command(args: Any) -> int:
     if args.policies:
         check_policies(args.policies)  # an unknown name stops before the files are read
     started = time.perf_counter()
-    rec = read_recording(args.record_dir, warn=warn)
+    rec = read_recording(args.record_dir, warn=warn, max_tasks=args.max_tasks)
     print(f"replay: {len(rec.tasks)} recorded tasks from {rec.files} file(s) in "
           f"{rec.directory}", file=sys.stderr)
     if args.scenario_path:

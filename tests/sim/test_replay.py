@@ -169,6 +169,14 @@ def test_a_long_idle_gap_is_replayed_short(tmp_path: Path) -> None:
     assert any("idle gap" in note for note in model.notes)
 
 
+def test_at_most_max_tasks_of_the_most_recent_are_read() -> None:
+    whole = read_recording(DATA)
+    rec = read_recording(DATA, max_tasks=50)
+    assert [t["id"] for t in rec.tasks] == [t["id"] for t in whole.tasks[-50:]]
+    assert rec.problems == [f"{DATA}: 141 older task(s) beyond the 50 most recent not "
+                            "replayed (--max-tasks)"]
+
+
 def test_a_directory_without_any_record_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a directory"):
         read_recording(tmp_path / "missing")
