@@ -118,19 +118,24 @@ class Refusals:
             raise ValueError("need 0 < backoff_s <= max_backoff_s and max_targets >= 1")
         self.backoff_s, self.max_backoff_s, self.max_targets = (backoff_s, max_backoff_s,
                                                                 max_targets)
-        self._held: dict[str, tuple[float, float, int]] = {}  # target -> (at, until, in a row)
+        self._held: dict[str, tuple[float, float]] = {}  # target -> (refused at, until)
+        self._rows: dict[str, int] = {}  # target -> refusals since its last success
 
     def refused(self, target: str, now: float) -> None:
         """`target` refused an attempt at `now`."""
-        row = self._held.pop(target, (0.0, 0.0, 0))[2] + 1
+        row = self._rows.pop(target, 0) + 1
+        self._rows[target] = row
         hold = min(self.max_backoff_s, self.backoff_s * 2.0 ** min(row - 1, 30))
-        self._held[target] = (now, now + hold, row)
-        if len(self._held) > self.max_targets:
-            del self._held[next(iter(self._held))]
+        self._held.pop(target, None)
+        self._held[target] = (now, now + hold)
+        for table in (self._held, self._rows):
+            if len(table) > self.max_targets:
+                del table[next(iter(table))]
 
     def accepted(self, target: str) -> None:
-        """`target` took an attempt: it is no longer held back."""
+        """`target` took an attempt: it is no longer held back, its backoff starts over."""
         self._held.pop(target, None)
+        self._rows.pop(target, None)
 
     def held(self, reported_at: Mapping[str, float], now: float) -> frozenset[str]:
         """The targets held back at `now`: refused, no report received since, backoff left.
@@ -138,7 +143,7 @@ class Refusals:
         if not self._held:
             return frozenset()
         out = []
-        for target, (at, until, _) in list(self._held.items()):
+        for target, (at, until) in list(self._held.items()):
             if now >= until or reported_at.get(target, -math.inf) > at:
                 del self._held[target]  # expired, or a newer report speaks for it
             else:

@@ -71,10 +71,14 @@ def test_a_refused_target_is_held_back_until_a_newer_report_or_its_backoff() -> 
     refusals.refused("cloud", 10.0)
     assert refusals.held({}, 10.5) == {"cloud"}
     assert refusals.held({"cloud": 10.2}, 10.6) == frozenset()  # a report after it: free
-    refusals.refused("cloud", 11.0)
-    refusals.refused("cloud", 11.1)  # twice in a row: 2 s
+    refusals.refused("cloud", 11.0)  # the second in a row (no success between): 2 s
     assert refusals.held({}, 12.9) == {"cloud"}
-    assert refusals.held({}, 13.2) == frozenset()
+    assert refusals.held({}, 13.1) == frozenset()
+    refusals.refused("cloud", 14.0)  # the third: 4 s (the cap)
+    assert refusals.held({}, 17.9) == {"cloud"}
+    refusals.accepted("cloud")
+    refusals.refused("cloud", 20.0)  # after a success: 1 s again
+    assert refusals.held({}, 21.1) == frozenset()
     refusals.refused("b", 20.0)
     refusals.accepted("b")
     assert refusals.held({}, 20.1) == frozenset()
