@@ -101,11 +101,7 @@ def _aged_wait(node: NodeState, ex: ExecEstimate, extra: int, age: float) -> tup
     if ahead <= 0.0:
         return 0.0, 0.0
     wait = ahead * ex.mean_s / slots
-    # What arrived there since the report is unknown: at its average rate (average / exec
-    # per second), a Poisson count has variance rate x age; its work adds to the spread, so
-    # the uncertainty widens with the report's age.
-    unknown = math.sqrt(average * age / ex.mean_s) * ex.mean_s / slots
-    return wait, max(0.5 * wait, math.hypot(math.sqrt(ahead) * ex.std_s / slots, unknown))
+    return wait, max(0.5 * wait, math.sqrt(ahead) * ex.std_s / slots)
 
 
 def node_wait(
