@@ -198,11 +198,13 @@ class TaskTrace:
     def to_dict(self) -> dict[str, Any]:
         return row_to_dict(ROW_SCHEMA, self.to_row())
 
-    def to_row(self) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The trace as plain tuples (C-speed to build and to pickle): the recorder hands
-        rows to its writer process, which turns them into lines with `row_to_dict`."""
-        return (_TOP(self), [_CAND(c) for c in self.candidates],
-                [_ATT(a) for a in self.attempts])
+    def to_row(self) -> tuple[tuple[Any, ...], tuple[tuple[Any, ...], ...],
+                              tuple[tuple[Any, ...], ...]]:
+        """The trace as nested tuples of plain values (C-speed to build and to pickle, and
+        of no concern to the garbage collector): the recorder hands rows to its writer
+        process, which turns them into lines with `row_to_dict`."""
+        return (_TOP(self), tuple(map(_CAND, self.candidates)),
+                tuple(map(_ATT, self.attempts)))
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> TaskTrace:
