@@ -495,7 +495,8 @@ def builtin_task_types() -> dict[str, dict[str, Any]]:
         # process-pool round trip: the prior scales with the rounds asked for (the work, per
         # million), not one figure for every task
         "hash": {"handler": "builtin:hash", "cpu_bound": True, "exec_prior_s": 0.005,
-                 "exec_prior_s_per_mb": 1.0, "output_bytes": 100, "timeout_s": 120.0, "idempotent": True},
+                 "exec_prior_s_per_mb": 1.0, "output_bytes": 100, "timeout_s": 120.0,
+                 "idempotent": True},
         "matmul": {"handler": "builtin:matmul", "cpu_bound": True, "exec_prior_s": 0.1,
                    "output_bytes": 64, "timeout_s": 120.0, "idempotent": True},
         "sleep": {"handler": "builtin:sleep", "exec_prior_s": 1.0, "output_bytes": 32,
