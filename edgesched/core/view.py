@@ -125,10 +125,12 @@ def _offline_since(entry: _Neighbour, params: ViewParams) -> float:
 def _liveness(entry: _Neighbour, now: float, params: ViewParams) -> Liveness:
     if entry.declared_offline:
         return Liveness.OFFLINE
-    age = entry.state.age(now)
-    if age > params.offline_after_s:
+    # The same sums as the cached lists' validity bounds (`_lists`), so that a list cached
+    # until `last_seen + suspect_after_s` agrees to the last bit with one computed afresh.
+    last_seen = entry.state.last_seen
+    if now > last_seen + params.offline_after_s:
         return Liveness.OFFLINE
-    if age > params.suspect_after_s:
+    if now > last_seen + params.suspect_after_s:
         return Liveness.SUSPECT
     return Liveness.ONLINE
 
