@@ -24,6 +24,8 @@
     │   │                           is a bounded metric label, the message says what was wrong
     │   ├── TelemetryRejected       node or device telemetry (node/wire.py)
     │   └── MessageRejected         signature, signer, replay or clock skew (adapters/signing.py)
+    ├── SubmitFailed *              `edgesched submit` gave up, the reason already worded for
+    │                               the user (node/submit.py)
     └── ClusterError *              a demo node could not be started or stopped (demo/cluster.py)
 
 `*`: defined in the module named, next to what it carries or the only code that raises it.

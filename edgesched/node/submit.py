@@ -26,7 +26,7 @@ from typing import Any
 from edgesched.adapters.metrics import Metrics
 from edgesched.adapters.mqtt import InboundMessage, MqttClient, MqttOptions
 from edgesched.config import NODE_ID_PATTERN, Settings, config_path_from_env, load_settings
-from edgesched.errors import ConfigError, HttpError, MqttError, UsageError
+from edgesched.errors import ConfigError, EdgeschedError, HttpError, MqttError, UsageError
 from edgesched.node import protocol as p
 
 log = logging.getLogger("edgesched.submit")
@@ -41,7 +41,7 @@ _NODE_ID = re.compile(NODE_ID_PATTERN)  # ids of at most 64 characters: bounded 
 MAX_STATES = 10_000  # node states remembered while looking the node up (an id and a flag)
 
 
-class SubmitFailed(Exception):
+class SubmitFailed(EdgeschedError):
     """A failure already explained to the user: the message is printed as it is."""
 
 
