@@ -150,7 +150,10 @@ def test_every_task_is_counted_once_on_the_node_it_was_submitted_to(cluster: Clu
                 status="ok") == TO_CLOUD, "only the client's own task is the cloud's"
     assert _sum(cloud, "edgesched_task_latency_seconds_count") == TO_CLOUD
     # the cloud node is no neighbour of gw-a: gw-b is its only one (whatever its liveness at
-    # this moment on a loaded host)
+    # this moment on a loaded host). The gauge is refreshed once per telemetry interval: wait
+    # for a refresh that saw both, then check it never counts the cloud node.
+    wait_until(lambda: _sum(a, "edgesched_neighbours") >= 1, 5, 0.1,
+               what="gw-a's neighbour gauge refreshed")
     assert _sum(a, "edgesched_neighbours") == 1
     # the pinned type's offload policy ruled out gw-b and the cloud, and says so
     for placement in ("neighbour", "cloud"):
