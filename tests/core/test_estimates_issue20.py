@@ -150,3 +150,19 @@ def test_an_overdue_attempt_adds_its_lateness_to_the_targets_wait() -> None:
     assert late.est_wait_s == pytest.approx(plain.est_wait_s + 0.8)
     inflight.settled("cloud", token)
     assert inflight.lateness(12.0) == {}
+
+
+def test_a_calibrated_z_is_computed_again_every_recompute_every_errors() -> None:
+    cal = QuantileCalibrator(CalibrationParams(quantile=0.95, min_samples=5, recompute_every=3))
+
+    def err(r: float) -> None:
+        cal.observe("b", "neighbour", actual_s=1.0 + r, mean_s=1.0, std_s=1.0, q_s=2.0)
+
+    for _ in range(5):
+        err(0.5)
+    assert cal.zs["b"] == 0.5  # computed as soon as there are min_samples errors
+    err(3.0)
+    err(3.0)
+    assert cal.zs["b"] == 0.5  # not yet: 2 new errors of 3
+    err(3.0)
+    assert cal.zs["b"] == 3.0  # the third: computed again
