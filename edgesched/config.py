@@ -241,7 +241,7 @@ class IntakeSettings(_Section):
         ("#",), description="MQTT filters a reply_to / response topic must match"
     )
     shed_after_s: float = Field(
-        0.02, ge=0, le=60, description="an MQTT submission that waited longer than this "
+        0.1, ge=0, le=60, description="an MQTT submission that waited longer than this "
         "between the socket and the intake (the event loop is behind) is answered rejected, "
         "reason overloaded, unread; 0 = never shed")
 

@@ -294,7 +294,8 @@ class TaskPipeline:
             reply_topics=s.intake.reply_topics, spool=spool, idempotent=self._idempotent,
             cloud_tier=not self.edge, shed_after_s=s.intake.shed_after_s,
             seen=lambda key: key in self.book.inflight or key in self.book.outcomes,
-            busy=lambda: len(self.book.inflight) >= self.executor.slots,
+            # a backlog of twice its slots: not one task on a 1-slot node in a slow moment
+            busy=lambda: len(self.book.inflight) >= 2 * self.executor.slots,
             load=self.executor.load)
         self.offload_server = OffloadServer(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
