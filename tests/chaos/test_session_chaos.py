@@ -96,6 +96,9 @@ async def test_queued_submissions_survive_a_broker_restart(node_factory: Any) ->
             await asyncio.sleep(0.3)
             broker.stop()
             broker.start()
+            # The client's session is not persistent: it must be back before the node
+            # answers (a node that starts in ~0.5 s used to win that race now and then).
+            await client.reconnected()
             await asyncio.to_thread(a.start)
             replies = await client.wait_all(keys, within_s=20)
             await asyncio.sleep(0.5)

@@ -53,6 +53,16 @@ class TaskClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._client.__aexit__(*exc)
 
+    async def reconnected(self, within_s: float = 15.0) -> None:
+        """Wait until this client has noticed a broker restart and is subscribed again. Its
+        session is not persistent: a reply published before that is lost, as MQTT says."""
+        for _ in range(int(within_s / 0.02)):  # first, the loss noticed
+            if not self._client.connected:
+                break
+            await asyncio.sleep(0.02)
+        async with asyncio.timeout(within_s):
+            await self._client.wait_connected()
+
     async def _on_reply(self, msg: InboundMessage) -> None:
         key = msg.topic.rsplit("/", 1)[1]
         self.replies[key].append(json.loads(msg.payload))
