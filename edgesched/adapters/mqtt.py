@@ -52,6 +52,7 @@ _SUBSCRIBE_TIMEOUT_S = 10.0
 # 0.65 s, +16 MB). A burst's messages count as received when all of it is read (~40 us a
 # packet), see _read_burst.
 READ_BURST_PACKETS = 1000
+DISCONNECT_TIMEOUT_S = 3.0  # how long a stop waits for the connection to close
 # A consumer loop lets the rest of the node run after this many messages of a backlog.
 CONSUME_YIELD_EVERY = 64
 
@@ -584,7 +585,15 @@ class MqttClient:
             sub.started = False
         tg, self._tg, self._tasks = self._tg, None, []
         if tg is not None:
-            await tg.__aexit__(None, None, None)
+            # Bounded: a broker that never closes after our DISCONNECT (seen once, with the
+            # demo's embedded broker, when the connection came up during a failed start) must
+            # not keep the process from exiting. On timeout the tasks are cancelled again.
+            try:
+                async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
+                    await tg.__aexit__(None, None, None)
+            except TimeoutError:
+                log.warning("the MQTT connection did not close within %gs of DISCONNECT; "
+                            "dropped", DISCONNECT_TIMEOUT_S)
 
     async def _publish_will(self) -> None:
         msg = self._goodbye() if self._goodbye is not None else self._will
