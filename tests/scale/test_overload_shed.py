@@ -122,8 +122,11 @@ def children(pid: int) -> list[str]:
 
 def test_a_burst_past_capacity_is_answered_once_each_some_overloaded(
         mosquitto: Mosquitto, node_factory: Any) -> None:
+    # A low threshold on one slot: the burst must overload the node on a fast, quiet machine
+    # too (with the defaults, 0.1 s and two slots, a quiet run once took all 3,800 in time).
     node = node_factory("shed-1", broker=mosquitto, overrides={
-        "telemetry": {"interval_s": 1.0}, "log": {"level": "WARNING"}})
+        "telemetry": {"interval_s": 1.0}, "log": {"level": "WARNING"},
+        "intake": {"shed_after_s": 0.005}, "executor": {"slots": 1}})
     assert node.proc is not None
     assert not mapped(node.proc.pid, "numpy"), "an idle node's main process loaded numpy"
     assert children(node.proc.pid) == [], "a process pool before any cpu-bound task"
