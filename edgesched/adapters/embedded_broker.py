@@ -31,6 +31,31 @@ MISSING_AMQTT = (
 )
 
 
+class _AmqttTeardownNoise(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for amqtt's own tasks: amqtt
+    0.11/0.12 fails inside its handlers when a client's connection closes under it (a killed
+    demo node, the demo's end). Every node reconnects and nothing is lost (the summary counts
+    it), so a traceback on the demo's console only alarms its reader."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "amqtt" not in record.getMessage()
+
+
+_NOISE = _AmqttTeardownNoise()
+
+
+def _quiet_amqtt(on: bool) -> None:
+    """amqtt's loggers show only CRITICAL while the embedded broker runs (its ERRORs are
+    the same connection-teardown failures); edgesched's own warnings still show."""
+    asyncio_log = logging.getLogger("asyncio")
+    if on:
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)
+        asyncio_log.addFilter(_NOISE)
+    else:
+        logging.getLogger("amqtt").setLevel(logging.NOTSET)
+        asyncio_log.removeFilter(_NOISE)
+
+
 def require_amqtt() -> None:
     """UsageError naming the `demo` extra when amqtt cannot be imported."""
     try:
@@ -61,6 +86,7 @@ class EmbeddedBroker:
         except Exception as exc:
             raise MqttError(f"cannot start the embedded MQTT broker on {self.host}: {exc}") from exc
         self.port = self._bound_port()
+        _quiet_amqtt(True)
         log.info("embedded MQTT broker listening on %s:%d", self.host, self.port)
         return self
 
@@ -86,6 +112,8 @@ class EmbeddedBroker:
             await asyncio.wait_for(broker.shutdown(), timeout=5.0)
         except Exception as exc:  # a broker that will not stop must not hang the demo's exit
             log.warning("embedded MQTT broker did not shut down cleanly: %s", exc)
+        finally:
+            _quiet_amqtt(False)
         log.info("embedded MQTT broker stopped")
 
     @property
