@@ -237,6 +237,7 @@ class TaskPipeline:
         bank: EstimatorBank,
         snapshot: Callable[[], ClusterSnapshot],
         neighbours: Callable[[float], Sequence[NodeState]],
+        neighbour_state: Callable[[str, float], NodeState | None],
         spool: Spool | None = None,
         sinks: Sequence[TraceSink] = (),
     ) -> None:
@@ -246,7 +247,8 @@ class TaskPipeline:
         self.settings = s
         self.mqtt = mqtt
         self.metrics = metrics
-        self.neighbours = neighbours
+        self.neighbours = neighbours  # every neighbour (status, the cloud node's id)
+        self._state_of = neighbour_state  # one neighbour by id (ClusterView.state)
         self._cloud_id: str | None = None  # the cloud node's id, once seen (`_cloud_state`)
         self._cloud_scanned_at = -math.inf
         self.node_id = s.node_id
@@ -428,9 +430,9 @@ class TaskPipeline:
 
     def _neighbour_state(self, node_id: str) -> NodeState | None:
         """A neighbour's latest state, shortlisted for decisions or not (the dispatcher
-        watches the target of an attempt under way through it)."""
-        return next((n for n in self.neighbours(time.monotonic()) if n.node_id == node_id),
-                    None)
+        watches the target of an attempt under way through it; each decision reads the
+        cloud node's report through it)."""
+        return self._state_of(node_id, time.monotonic())
 
     def _cloud_state(self) -> NodeState | None:
         """The cloud tier's own load report (the telemetry of the node with role `cloud`),

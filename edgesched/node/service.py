@@ -280,7 +280,8 @@ def build_runtime(
     pipeline = TaskPipeline(settings=settings, mqtt=mqtt, metrics=metrics, executor=executor,
                             bank=bank, snapshot=snapshot_source(
                                 view, telemetry, bank, settings.policy.max_candidates),
-                            neighbours=view.neighbours, spool=open_spool(settings, metrics),
+                            neighbours=view.neighbours, neighbour_state=view.state,
+                            spool=open_spool(settings, metrics),
                             sinks=(task_log,) if recorder is None else (task_log, recorder))
     status = NodeStatus(identity=identity, mqtt_settings=settings.mqtt, mqtt=mqtt, view=view,
                         telemetry=telemetry, load=executor.load)
