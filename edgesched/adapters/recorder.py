@@ -11,8 +11,9 @@ us) and appends it to a buffer (its size estimated, bounded by `record.buffer_by
 the row is dropped and counted, `edgesched_record_dropped_total{reason="buffer_full"}`). Every
 FLUSH_S (sooner when the buffer is half full) a worker thread pickles the batch and pipes it
 to the writer process (`writer_main`, started with the recorder, at a lower CPU priority),
-which encodes the JSON lines, compresses and writes them and answers how many it wrote:
-encoding costs 30-45 us per task, too much for the node's own event loop.
+which encodes the JSON lines, compresses and writes them and answers how many it wrote
+(15-30 us of CPU per task in all, benchmarks/bench_record.py: too much for the node's own
+event loop).
 
 Files: `rec-<node>-<UTC start>-<seq>.jsonl.gz`, a new one past `record.file_bytes`
 (compressed), the oldest deleted while this node's record files pass `record.max_bytes`
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import json
 import logging
 import multiprocessing
 import os
@@ -39,6 +39,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+import orjson
 
 from edgesched.adapters.metrics import Metrics
 from edgesched.core.model import LinkEstimate, NodeState
@@ -79,13 +81,14 @@ class RecordFiles:
         self._seq = 0
         self.path: Path | None = None
 
-    def write(self, lines: list[bytes]) -> None:
+    def write(self, lines: bytes) -> None:
+        """Append JSON lines (one batch) and make them readable."""
         if not lines:
             return
         if self._gz is None:
             self._open()
         assert self._gz is not None and self._raw is not None
-        self._gz.write(b"".join(lines))
+        self._gz.write(lines)
         self._gz.flush(zlib.Z_SYNC_FLUSH)  # readable up to here while still open
         if self._raw.tell() >= self.file_bytes:
             self.close()
@@ -124,11 +127,16 @@ class RecordFiles:
         return deleted
 
 
-def encode_lines(schema: Any, items: list[tuple[str, Any]]) -> tuple[list[bytes], int, int]:
-    """JSON lines of a batch: ("t", a trace row) and ("d", a telemetry document) items;
-    returns (lines, task lines, items that could not be encoded, e.g. holding a NaN)."""
+def encode_lines(schema: Any, items: list[tuple[str, Any]]) -> tuple[bytes, int, int]:
+    """The JSON lines of a batch of ("t", a trace row) and ("d", a telemetry document) items;
+    returns (the lines, how many are task lines, how many items could not be encoded).
+
+    orjson, not the standard json module, and one buffer rather than a list of lines: the
+    encoding is most of the writer's work, and the writer shares the host's cores with the
+    node and the broker (json.dumps and a list of lines cost 3x as much per task). A NaN or
+    infinity, which JSON cannot hold, is written as null."""
     head, top, cand, att = schema
-    lines, tasks, bad = [], 0, 0
+    out, tasks, bad = bytearray(), 0, 0
     for kind, item in items:
         if kind == "t":
             doc = dict(head)
@@ -138,13 +146,12 @@ def encode_lines(schema: Any, items: list[tuple[str, Any]]) -> tuple[list[bytes]
         else:
             doc = item
         try:
-            lines.append(json.dumps(doc, separators=(",", ":"), allow_nan=False,
-                                    default=str).encode() + b"\n")
-        except (TypeError, ValueError):
+            out += orjson.dumps(doc, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        except (TypeError, ValueError):  # e.g. an integer past 64 bits, a non-string key
             bad += 1
             continue
         tasks += kind == "t"
-    return lines, tasks, bad
+    return bytes(out), tasks, bad
 
 
 def writer_main(conn: Connection, directory: str, node_id: str, max_bytes: int,
@@ -172,7 +179,7 @@ def writer_main(conn: Connection, directory: str, node_id: str, max_bytes: int,
             files.write(lines)
         except (OSError, ValueError) as exc:
             files.close()
-            error, bad, tasks = str(exc), bad + len(lines), 0
+            error, bad, tasks = str(exc), len(items), 0
         try:
             conn.send((tasks, bad, error))
         except (EOFError, OSError):

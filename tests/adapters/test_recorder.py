@@ -43,10 +43,13 @@ def test_the_writer_s_lines_are_the_trace_s_record_form() -> None:
     traces = [_trace(i) for i in range(3)]
     telemetry = {"kind": "telemetry", "v": 1, "node": "a", "neighbours": []}
     items = [("t", t.to_row()) for t in traces] + [("d", telemetry)]
-    items.append(("d", {"kind": "telemetry", "bad": float("nan")}))  # never invalid JSON
-    lines, tasks, bad = encode_lines(ROW_SCHEMA, items)
-    assert (tasks, bad, len(lines)) == (3, 1, 4)
+    items.append(("d", {"kind": "telemetry", "nan": float("nan")}))  # never invalid JSON
+    items.append(("d", {"kind": "telemetry", "huge": 1 << 70}))  # not encodable: counted
+    data, tasks, bad = encode_lines(ROW_SCHEMA, items)
+    lines = data.splitlines()
+    assert (tasks, bad, len(lines)) == (3, 1, 5)
     assert [json.loads(x) for x in lines[:3]] == [t.to_dict() for t in traces]
+    assert json.loads(lines[4]) == {"kind": "telemetry", "nan": None}
     assert TaskTrace.from_dict(json.loads(lines[0])).to_dict() == traces[0].to_dict()
 
 
@@ -60,7 +63,7 @@ def test_files_rotate_and_the_oldest_go_past_max_bytes(tmp_path: Path) -> None:
     files.close()
     mine = sorted(tmp_path.glob("rec-a-*.jsonl.gz"))
     assert len(mine) >= 3  # rotated
-    assert sum(f.stat().st_size for f in mine) <= 40_000 + 10_000 + len(b"".join(lines))
+    assert sum(f.stat().st_size for f in mine) <= 40_000 + 10_000 + len(lines)
     assert other.exists()
     newest = gzip.decompress(mine[-1].read_bytes()).splitlines()
     assert newest and json.loads(newest[-1])["id"] == "t39"
