@@ -530,7 +530,13 @@ class PolicySettings(_Section):
     battery_energy_weight_max: float = Field(0.5, ge=0, description="per joule at the floor")
     battery_floor: float = Field(0.1, ge=0, le=1)
     battery_floor_local: bool = Field(False, description="also refuse local work below floor")
-    latency_quantile: float = Field(0.95, gt=0.5, lt=1)
+    latency_quantile: float = Field(
+        0.95, gt=0.5, lt=1, description="the predicted quantile miss probabilities are read from"
+    )
+    miss_weight: float = Field(
+        0.3, ge=0, description="score per second of time left x probability of missing the "
+        "deadline (0: only a target whose mean is past the deadline is ruled out)"
+    )
     stale_after_s: float = Field(5.0, gt=0)
     suspect_penalty_s: float = Field(0.25, ge=0, description="score penalty, suspect target")
     deadline_best_effort: bool = Field(

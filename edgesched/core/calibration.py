@@ -1,23 +1,35 @@
 """Calibrated latency quantiles: split-conformal correction of the prediction errors (pure).
 
-The cost model judges a deadline on `T_q = mean + z·std` with z the normal quantile of
-`latency_quantile` (1.645 for 0.95). That covers 95 % only if the errors are normal and the
-spread is right; a queue model, a prior or a heavy-tailed execution time breaks both. This
-module measures what the quantile really covers and corrects it per target:
+The cost model reads a deadline's miss probability off `T_q = mean + z·std`, z the normal
+quantile of `latency_quantile` (1.645 for 0.95). That covers 95 % only if the errors are
+normal and the spread is right; a queue model, a prior or a heavy-tailed execution time breaks
+both. This module measures what the quantile really covers and corrects it per target:
 
 - every finished attempt gives a normalised error `r = (actual - mean) / std` (std floored at
   a millisecond: an exact `sleep` on an idle node has almost none);
 - a target's calibrated z is the conformal quantile of its last `window` errors: the
   ⌈(n+1)·q⌉-th smallest of n, so that, for exchangeable errors, a new error falls at or
-  below it with probability ≥ q. Below `min_samples` errors the normal z is kept; it is
-  computed again every `recompute_every` errors (sorting the window at every completion was
-  a tenth of the simulator's time, and 10 new errors of 200 barely move the quantile);
+  below it with probability ≥ q. It is computed again every `recompute_every` errors
+  (sorting the window at every completion was a tenth of the simulator's time, and 10 new
+  errors of 200 barely move the quantile);
+- a target with fewer than `min_samples` errors of its own takes the conformal z of every
+  error of its placement (local, neighbour, cloud) pooled: each origin calibrates each of
+  its targets apart, and with a dozen neighbours most of an origin's attempts fell in their
+  targets' first 20 (the normal z covered 0.92-0.94 there);
+- adaptive conformal inference (Gibbs & Candès, 2021) on top: each attempt past its
+  quantile raises the target's z by `adapt_rate`·q, each within it lowers it by
+  `adapt_rate`·(1 - q), so its misses run at 1 - q in the long run even where the errors are
+  not exchangeable (load drifting, the winner's curse of choosing the target that looked
+  best);
 - coverage (`actual <= T_q as predicted when the attempt was chosen`) is counted per placement
   over the same window: the daemon exports it (`edgesched_prediction_coverage_ratio`), the
   simulator reports it per policy.
 
 Bounded: `window` floats per target, at most `max_targets` targets (least recently observed
-dropped), `window` booleans per placement.
+dropped), `window` floats and booleans per placement.
+
+On 54 generated scenarios (benchmarks/bench_families.py) the coverage of the 0.95 quantile
+went from 0.915-0.955 (85 % of them within 0.93-0.97) to 0.940-0.951 (all).
 """
 
 from __future__ import annotations
@@ -27,11 +39,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 STD_FLOOR_S = 1e-3
-# A calibrated z is kept within 0 (a high quantile is never below the mean) and 3.3, twice
-# the normal z at 0.95: wider, a heavy-tailed workload's fast targets are ruled out for slow
-# ones and the mean suffers (generated heavy_tail scenario: 1.087x greedy_latency's mean
-# latency uncapped, 1.001x capped, coverage 0.931 -> 0.926).
-Z_MIN, Z_MAX = 0.0, 3.3
+# A calibrated z is kept within 0 (a high quantile is never below the mean) and 10. It was
+# capped at 3.3 while a quantile past the deadline ruled a target out (a heavy-tailed
+# workload's fast targets were ruled out for slow ones); now that it only weighs a miss
+# probability, the cap only guards against a window of absurd errors.
+Z_MIN, Z_MAX = 0.0, 10.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -41,6 +53,7 @@ class CalibrationParams:
     min_samples: int = 20
     max_targets: int = 1024
     recompute_every: int = 10
+    adapt_rate: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.quantile < 1.0:
@@ -48,6 +61,8 @@ class CalibrationParams:
         if min(self.window, self.min_samples, self.max_targets, self.recompute_every) < 1:
             raise ValueError("window, min_samples, max_targets and recompute_every must be "
                              ">= 1")
+        if not (math.isfinite(self.adapt_rate) and self.adapt_rate >= 0.0):
+            raise ValueError(f"adapt_rate must be >= 0, got {self.adapt_rate!r}")
 
 
 def conformal_z(scores: list[float], quantile: float) -> float:
@@ -64,8 +79,14 @@ class QuantileCalibrator:
         self.params = params or CalibrationParams()
         self._scores: OrderedDict[str, deque[float]] = OrderedDict()
         self._z: dict[str, float] = {}
+        self._base: dict[str, float] = {}  # a target's conformal z, before its offset
+        self._offset: dict[str, float] = {}  # ... and the offset its recent misses set
         self._since: dict[str, int] = {}  # errors of a target since its z was computed
         self._hits: dict[str, deque[bool]] = {}
+        # the errors of every target of a placement, pooled: a target's z until it has its own
+        self._pool: dict[str, deque[float]] = {}
+        self._pool_base: dict[str, float] = {}
+        self._pool_since: dict[str, int] = {}
 
     def observe(self, target: str, placement: str, *, actual_s: float, mean_s: float,
                 std_s: float, q_s: float) -> bool:
@@ -84,16 +105,36 @@ class QuantileCalibrator:
             if len(self._scores) > p.max_targets:
                 old, _ = self._scores.popitem(last=False)
                 self._z.pop(old, None)
+                self._base.pop(old, None)
+                self._offset.pop(old, None)
                 self._since.pop(old, None)
         else:
             self._scores.move_to_end(target)
-        scores.append((actual_s - mean_s) / max(std_s, STD_FLOOR_S))
+        score = (actual_s - mean_s) / max(std_s, STD_FLOOR_S)
+        scores.append(score)
+        pool = self._pool.get(placement)
+        if pool is None:
+            pool = self._pool[placement] = deque(maxlen=p.window)
+        pool.append(score)
+        pool_since = self._pool_since.get(placement, 0) + 1
+        if len(pool) >= p.min_samples and (placement not in self._pool_base
+                                           or pool_since >= p.recompute_every):
+            self._pool_base[placement] = conformal_z(list(pool), p.quantile)
+            pool_since = 0
+        self._pool_since[placement] = pool_since
+        # adaptive conformal: a miss raises the target's z, a hit lowers it a little, so that
+        # its misses run at 1 - quantile in the long run whatever the window says
+        offset = self._offset.get(target, 0.0)
+        offset += p.adapt_rate * ((actual_s > q_s) - (1.0 - p.quantile))
+        self._offset[target] = offset = min(Z_MAX, max(-Z_MAX, offset))
         since = self._since.get(target, 0) + 1
-        if len(scores) >= p.min_samples and (target not in self._z
+        if len(scores) >= p.min_samples and (target not in self._base
                                              or since >= p.recompute_every):
-            z = conformal_z(list(scores), p.quantile)
-            self._z[target] = min(Z_MAX, max(Z_MIN, z))
+            self._base[target] = conformal_z(list(scores), p.quantile)
             since = 0
+        base = self._base.get(target, self._pool_base.get(placement))
+        if base is not None:
+            self._z[target] = min(Z_MAX, max(Z_MIN, base + offset))
         self._since[target] = since
         return True
 

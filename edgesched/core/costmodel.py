@@ -4,10 +4,12 @@ For a task with input L_in and output L_out bytes and a candidate c (docs/cost-m
 
     T_c   = 8·L_in/bw + rtt + wait + exec + 8·L_out/bw          (local: wait + exec)
     var_c = exec_std² + rtt_std² + wait_std² + (T_up² + T_down²)·(bw_std/bw)²
-    T_q   = T_c + z(q)·sqrt(var_c)                             (the deadline is judged on T_q)
+    T_q   = T_c + z(q)·sqrt(var_c)                             (z: calibrated per target)
+    P_miss = 1 - Φ(z(q)·(left - T_c)/(T_q - T_c))             (left: time to the deadline)
     E_c   = compute energy on c (edge only; (busy_w-idle_w)·exec, or κ·f³·exec)
           + origin radio (tx_w·T_up + rx_w·T_down) + target radio (rx_w·T_up + tx_w·T_down)
     score = w_t·T_c + Σ_node w_e(battery_node)·E_node + w_$·money (+ w_t·suspect_penalty_s)
+            + w_t·w_miss·left·P_miss                           (a deadline: T_c > left rules out)
 
 Bandwidth is in bits per second, sizes in bytes. The cloud's own energy is not counted (it is
 not ours to save), matching how the simulator reports `energy_j_per_task`.
@@ -64,7 +66,10 @@ class CostParams:
     battery_knee: float = 0.5  # below this charge the energy weight starts rising
     battery_floor: float = 0.1  # battery-powered neighbours below this are not used
     battery_floor_local: bool = False  # also refuse to run on this node below the floor
-    latency_quantile: float = 0.95  # deadlines are judged on this quantile of latency
+    latency_quantile: float = 0.95  # the predicted quantile a miss probability is read from
+    # A deadline's weight: the score adds miss_weight x the time left x the probability of
+    # missing it (0 = the deadline only rules out targets whose mean is past it).
+    miss_weight: float = 0.3
     stale_after_s: float = 5.0  # candidate state older than this is not trusted
     suspect_penalty_s: float = 0.25  # score penalty for a suspect (missed heartbeats) target
     # When no candidate is predicted to meet the deadline: False = nothing is chosen (the task
@@ -84,6 +89,7 @@ class CostParams:
             "battery_energy_weight_max",
             "money_weight",
             "suspect_penalty_s",
+            "miss_weight",
         ):
             require_finite(name, getattr(self, name), minimum=0.0)
         for name in ("battery_knee", "battery_floor"):
@@ -127,7 +133,7 @@ class CostParams:
 def check(
     cand: Candidate,
     params: CostParams,
-    latency_q_s: float,
+    latency_mean_s: float,
     remaining_s: float | None,
     task: TaskSpec,
     enforce: frozenset[RejectReason] = ALL_CONSTRAINTS,
@@ -135,9 +141,11 @@ def check(
     """The first hard constraint in `enforce` that `cand` violates, or None.
 
     Order: unsupported type, offload policy, excluded, offline, stale, capacity, battery
-    floor, deadline (judged on the latency quantile). A suspect target is allowed; the score
-    carries a penalty instead. The battery floor protects neighbours' batteries; this node's
-    own floor applies only with `battery_floor_local` (else the last resort would be refusing).
+    floor, deadline (a target whose mean latency is past the time left: more likely to miss
+    than not; a likely one is scored by its miss probability instead, `miss_probability`). A
+    suspect target is allowed; the score carries a penalty instead. The battery floor protects
+    neighbours' batteries; this node's own floor applies only with `battery_floor_local` (else
+    the last resort would be refusing).
     """
     if not cand.supports_type and RejectReason.UNSUPPORTED_TYPE in enforce:
         return RejectReason.UNSUPPORTED_TYPE
@@ -155,10 +163,21 @@ def check(
             and (cand.placement is Placement.NEIGHBOUR or params.battery_floor_local)
             and RejectReason.BATTERY_FLOOR in enforce):
         return RejectReason.BATTERY_FLOOR
-    if (remaining_s is not None and latency_q_s > remaining_s
+    if (remaining_s is not None and latency_mean_s > remaining_s
             and RejectReason.DEADLINE in enforce):
         return RejectReason.DEADLINE
     return None
+
+
+def miss_probability(mean_s: float, q_s: float, z: float, remaining_s: float) -> float:
+    """The chance that a latency of mean `mean_s` whose quantile of normal score `z` is `q_s`
+    (the calibrated T_q) exceeds `remaining_s`: a normal spread read off the quantile."""
+    if q_s <= mean_s or z <= 0.0:  # no spread
+        return 0.0 if remaining_s >= mean_s else 1.0
+    return 1.0 - _NORMAL.cdf(z * (remaining_s - mean_s) / (q_s - mean_s))
+
+
+_NORMAL = NormalDist()
 
 
 def _no_capacity(cand: Candidate) -> bool:
@@ -231,8 +250,18 @@ def evaluate_candidate(
     std = math.sqrt(var)
     z = params.z if cand.z_quantile is None else cand.z_quantile
     latency_q = mean + z * std
-    reason = check(cand, params, latency_q, remaining_s, task, enforce)
-    score = math.inf if reason is not None else _score(cand, params, mean, e_origin, e_target)
+    reason = check(cand, params, mean, remaining_s, task, enforce)
+    if reason is not None:
+        score = math.inf
+    else:
+        score = _score(cand, params, mean, e_origin, e_target)
+        if (remaining_s is not None and params.miss_weight > 0.0
+                and RejectReason.DEADLINE in enforce):
+            # a likely miss costs in proportion to its chance and to the time at stake: a
+            # quantile past the deadline no longer rules a target out (a heavy-tailed
+            # workload's every target has one), it weighs against it
+            score += (params.latency_weight * params.miss_weight * remaining_s
+                      * miss_probability(mean, latency_q, params.z, remaining_s))
     return CandidateEval(
         node_id=cand.node_id, placement=cand.placement, latency_mean_s=mean,
         latency_q_s=latency_q, energy_j=e_origin + e_target, money=cand.money_cost,

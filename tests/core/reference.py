@@ -64,8 +64,18 @@ def predict(task: TaskSpec, cand: Candidate, params: CostParams) -> Prediction:
                       energy_target_j=e_target)
 
 
-def weighted_cost(cand: Candidate, pred: Prediction, params: CostParams) -> float:
-    """w_t·T + Σ w_e(battery of the node spending it)·E + w_$·money (+ suspect penalty)."""
+def miss_chance(pred: Prediction, params: CostParams, remaining_s: float) -> float:
+    """P(latency > remaining) for a normal latency whose z(q)-quantile is T_q."""
+    spread = (pred.latency_q_s - pred.latency_mean_s) / params.z if params.z > 0 else 0.0
+    if spread <= 0.0:
+        return 0.0 if remaining_s >= pred.latency_mean_s else 1.0
+    return 0.5 * math.erfc((remaining_s - pred.latency_mean_s) / (spread * math.sqrt(2.0)))
+
+
+def weighted_cost(cand: Candidate, pred: Prediction, params: CostParams,
+                  remaining_s: float | None = None) -> float:
+    """w_t·T + Σ w_e(battery of the node spending it)·E + w_$·money (+ suspect penalty)
+    (+ w_t·w_miss·left·P_miss with a deadline `remaining_s` away)."""
     origin_battery = cand.battery if cand.placement is Placement.LOCAL else cand.origin_battery
     score = (params.latency_weight * pred.latency_mean_s
              + params.energy_weight_at(origin_battery) * pred.energy_origin_j
@@ -73,6 +83,9 @@ def weighted_cost(cand: Candidate, pred: Prediction, params: CostParams) -> floa
              + params.money_weight * cand.money_cost)
     if cand.liveness is Liveness.SUSPECT:
         score += params.latency_weight * params.suspect_penalty_s
+    if remaining_s is not None:
+        score += (params.latency_weight * params.miss_weight * remaining_s
+                  * miss_chance(pred, params, remaining_s))
     return score
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from edgesched.core.costmodel import BASELINE_CONSTRAINTS, CostParams
+from edgesched.core.costmodel import BASELINE_CONSTRAINTS, CostParams, miss_probability
 from edgesched.core.model import (
     ExecEstimate,
     LinkEstimate,
@@ -153,12 +153,18 @@ def test_constraints_that_allow() -> None:
     assert evaluate(task(), neighbour(age_s=4.9), params).feasible
 
 
-def test_deadline_is_judged_on_the_quantile_not_the_mean() -> None:
+def test_a_mean_past_the_deadline_rules_out_a_likely_miss_weighs_against() -> None:
     cand = local(exec=ExecEstimate(mean_s=0.4, std_s=0.1))
+    assert evaluate(task(deadline_s=0.3), cand, CostParams()).reason is RejectReason.DEADLINE
     ev = evaluate(task(deadline_s=0.5), cand, CostParams())
-    assert ev.latency_mean_s < 0.5 < ev.latency_q_s
-    assert ev.reason is RejectReason.DEADLINE
-    assert evaluate(task(deadline_s=0.5), cand, CostParams(latency_quantile=0.5)).feasible
+    assert ev.latency_mean_s < 0.5 < ev.latency_q_s and ev.feasible
+    # P(miss) = P(N(0.4, 0.1) > 0.5) = 0.1587; it costs 0.3 x 0.5 s x 0.1587
+    plain = evaluate(task(deadline_s=0.5), cand, CostParams(miss_weight=0.0))
+    assert ev.score - plain.score == pytest.approx(0.3 * 0.5 * 0.158655, rel=1e-4)
+    # a target sure to make it pays nothing; the miss chance is read off the quantile
+    assert miss_probability(0.4, 0.4 + 1.645 * 0.1, 1.645, 10.0) == pytest.approx(0.0)
+    assert miss_probability(0.4, 0.4 + 3.29 * 0.1, 1.645, 0.5) == pytest.approx(0.3085, rel=1e-3)
+    assert miss_probability(0.4, 0.4, 1.645, 0.5) == 0.0
 
 
 def test_remaining_time_overrides_the_task_deadline() -> None:

@@ -153,7 +153,8 @@ def test_an_overdue_attempt_adds_its_lateness_to_the_targets_wait() -> None:
 
 
 def test_a_calibrated_z_is_computed_again_every_recompute_every_errors() -> None:
-    cal = QuantileCalibrator(CalibrationParams(quantile=0.95, min_samples=5, recompute_every=3))
+    cal = QuantileCalibrator(CalibrationParams(quantile=0.95, min_samples=5, recompute_every=3,
+                                               adapt_rate=0.0))
 
     def err(r: float) -> None:
         cal.observe("b", "neighbour", actual_s=1.0 + r, mean_s=1.0, std_s=1.0, q_s=2.0)
@@ -166,3 +167,29 @@ def test_a_calibrated_z_is_computed_again_every_recompute_every_errors() -> None
     assert cal.zs["b"] == 0.5  # not yet: 2 new errors of 3
     err(3.0)
     assert cal.zs["b"] == 3.0  # the third: computed again
+
+
+def test_misses_raise_a_targets_z_and_hits_lower_it_until_misses_run_at_one_in_twenty() -> None:
+    """Adaptive conformal: whatever the window's quantile says, a target whose latencies keep
+    landing past the quantile gets a wider one, and its misses settle at 1 - quantile."""
+    cal = QuantileCalibrator(CalibrationParams(quantile=0.95, min_samples=5, adapt_rate=0.05))
+    rng = np.random.default_rng(7)
+    misses = []
+    for i in range(4000):
+        # errors drift upwards over time: a window of past errors always lags them
+        r = float(rng.standard_normal()) + i / 1000
+        z = cal.zs.get("b", 1.645)
+        misses.append(r > z)
+        cal.observe("b", "neighbour", actual_s=1.0 + r, mean_s=1.0, std_s=1.0, q_s=1.0 + z)
+    late = np.mean(misses[1000:])
+    assert 0.04 <= late <= 0.056  # the window's conformal z alone: 0.061 (adapt_rate=0)
+
+
+def test_a_target_without_errors_of_its_own_borrows_its_placements_pooled_z() -> None:
+    cal = QuantileCalibrator(CalibrationParams(quantile=0.95, min_samples=5, adapt_rate=0.0))
+    for i in range(10):  # five neighbours, two errors each: none has min_samples
+        cal.observe(f"n{i % 5}", "neighbour", actual_s=3.0, mean_s=1.0, std_s=1.0, q_s=2.6)
+    assert cal.zs["n0"] == 2.0 and cal.zs["n4"] == 2.0
+    assert "n9" not in cal.zs  # never observed: the normal z
+    cal.observe("c", "cloud", actual_s=1.0, mean_s=1.0, std_s=1.0, q_s=2.6)
+    assert "c" not in cal.zs  # one cloud error is not a quantile yet

@@ -117,11 +117,11 @@ def test_cost_choice_is_the_lowest_score(t, cands, params, data) -> None:
         assert ev.latency_q_s == pytest.approx(p.latency_q_s)
         assert ev.energy_j == pytest.approx(p.energy_j)
         if ev.feasible:
-            assert ev.score == pytest.approx(weighted_cost(c, p, params))
-        assert ev.reason == check(c, params, p.latency_q_s, t.deadline_s, t)
+            assert ev.score == pytest.approx(weighted_cost(c, p, params, t.deadline_s))
+        assert ev.reason == check(c, params, p.latency_mean_s, t.deadline_s, t)
         # ... and so does its fast path under the baselines' constraint set.
         base = evaluate(t, c, params, enforce=BASELINE_CONSTRAINTS)
-        assert base.reason == check(c, params, p.latency_q_s, t.deadline_s, t,
+        assert base.reason == check(c, params, p.latency_mean_s, t.deadline_s, t,
                                     BASELINE_CONSTRAINTS)
         if base.feasible:
             assert base.score == pytest.approx(weighted_cost(c, p, params))
