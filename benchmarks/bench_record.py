@@ -4,15 +4,14 @@ The same edge node (echo local, 2 slots) is run without `record.path` and with i
 directory on the same disk), alternating, `--rounds` times each, on one real mosquitto. Per
 run: `--burst` echo submissions published with `--window` in flight, tasks/s from the first
 publish to the last reply, and the node's CPU time per task (user + system, from /proc: less
-sensitive than wall time to the other work on a shared box), and apart from it the CPU time
-of the recorder's writer process (which encodes, compresses and writes, on another core).
-With recording, the run also reads how many tasks were written
+sensitive than wall time to the other work on a shared box), and apart from it that of the
+node's threads other than the event loop's (the recorder's worker thread compresses and
+writes). With recording, the run also reads how many tasks were written
 (`edgesched_decisions_recorded_total`).
 
-The node is pinned to one core and the broker, the load client and the recorder's writer
-process to the other (on a 2-core box unpinned runs of the *same* config differed by up to 25 %
-in throughput, depending on which processes shared a core); the order of the two configs
-alternates from round to round.
+The node is pinned to one core and the broker and the load client to the other (on a 2-core
+box unpinned runs of the *same* config differed by up to 25 % in throughput, depending on
+which processes shared a core); the order of the two configs alternates from round to round.
 
 Goal: recording keeps >= 0.95x the throughput without it (the issue's "<= 5 %").
 Run: .venv/bin/python benchmarks/bench_record.py [--burst 3000] [--rounds 6]
@@ -59,26 +58,6 @@ def other_threads_cpu_s(pid: int) -> float:
     return total
 
 
-def children(pid: int) -> list[int]:
-    """The child processes of `pid` (of any of its threads)."""
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
-
-
-def writer_cpu_s(pid: int) -> float:
-    """CPU seconds of the node's recorder writer process (its child named edgesched-recorder
-    by multiprocessing; 0 when there is none)."""
-    total = 0.0
-    for child in children(pid):
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"multiprocessing" in cmdline and b"spawn" in cmdline:
-                total += cpu_s(child)
-        except OSError:
-            continue
-    return total
-
-
 def pin(pid: int, cpus: set[int]) -> None:
     """Pin process `pid` and all its threads to `cpus` (no-op where not supported)."""
     try:
@@ -118,23 +97,19 @@ async def one_run(broker: Mosquitto, workdir: Path, record: bool, burst: int,
             assert node.proc is not None
             pid = node.proc.pid
             pin(pid, NODE_CPU)
-            for child in children(pid):
-                pin(child, OTHER_CPUS)  # the writer process
-            c0, w0, o0 = cpu_s(pid), writer_cpu_s(pid), other_threads_cpu_s(pid)
+            c0, o0 = cpu_s(pid), other_threads_cpu_s(pid)
             t0 = time.perf_counter()
             await asyncio.gather(*(send(i) for i in range(burst)))
             took = time.perf_counter() - t0
             cpu_us = (cpu_s(pid) - c0) / burst * 1e6
             threads_us = (other_threads_cpu_s(pid) - o0) / burst * 1e6
-            await asyncio.sleep(1.0)  # the writer's last batch
-            writer_us = (writer_cpu_s(node.proc.pid) - w0) / burst * 1e6
+            await asyncio.sleep(1.0)  # the recorder's last batch
             recorded = node.metric("edgesched_decisions_recorded_total") or 0.0
             dropped = node.metric("edgesched_record_dropped_total", reason="buffer_full") or 0.0
     finally:
         await asyncio.to_thread(node.terminate, 10)
     size = sum(f.stat().st_size for f in (workdir / "record").glob("*")) if record else 0
-    return {"tasks_s": burst / took, "cpu_us": cpu_us, "writer_us": writer_us,
-            "threads_us": threads_us,
+    return {"tasks_s": burst / took, "cpu_us": cpu_us, "threads_us": threads_us,
             "recorded": recorded,
             "dropped": dropped, "bytes": size}
 
@@ -160,8 +135,7 @@ async def main() -> None:
                     run_dir.mkdir()
                     res = await one_run(broker, run_dir, record, args.burst, args.window)
                     results[record].append(res)
-                    extra = (f" + writer process {res['writer_us']:.0f} us/task, recorded "
-                             f"{res['recorded']:.0f} (dropped {res['dropped']:.0f}),"
+                    extra = (f", recorded {res['recorded']:.0f} (dropped {res['dropped']:.0f}),"
                              f" {res['bytes'] / max(res['recorded'], 1):.0f} B/task on disk"
                              if record else "")
                     print(f"round {r + 1} {'record   ' if record else 'no record'}: "

@@ -275,7 +275,8 @@ class Metrics:
         self.record_dropped = Counter(
             "edgesched_record_dropped",
             "Record lines not written, by reason (buffer_full: the writer fell behind; "
-            "write_error: the disk refused them).", ["reason"], registry=r,
+            "write_error: the disk refused them, or a line could not be encoded).", ["reason"],
+            registry=r,
         )
         for reason in ("buffer_full", "write_error"):
             self.record_dropped.labels(reason=reason)

@@ -54,7 +54,6 @@ from edgesched.node.pipeline import DrainingExecutor, TaskPipeline, make_bank
 from edgesched.node.reload import Reloader
 from edgesched.node.tasklog import TaskLog, valid_task_id
 from edgesched.node.telemetry import Identity, LinkReadingFeeder, Load, TelemetryStage, Topics
-from edgesched.node.trace import ROW_SCHEMA
 
 log = logging.getLogger("edgesched.service")
 
@@ -269,7 +268,7 @@ def build_runtime(
     if settings.record.path is not None and settings.role != "edge":
         log.warning("record.path is ignored on a cloud node: edge nodes record their tasks")
     recorder = None if settings.record.path is None or settings.role != "edge" else Recorder(
-        settings.record, node_id=settings.node_id, metrics=metrics, row_schema=ROW_SCHEMA,
+        settings.record, node_id=settings.node_id, metrics=metrics,
         snapshot=telemetry_source(
             node_id=settings.node_id, speed=settings.executor.speed,
             cloud=bool(settings.cloud.url), neighbours=view.neighbours, load=executor.load,

@@ -16,7 +16,6 @@ trace records, is core/exploration.py `ExploringPolicy`.
 from __future__ import annotations
 
 import math
-import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -196,15 +195,12 @@ class TaskTrace:
     # -- the record form -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return row_to_dict(ROW_SCHEMA, self.to_row())
-
-    def to_row(self) -> tuple[tuple[Any, ...], tuple[tuple[Any, ...], ...],
-                              tuple[tuple[Any, ...], ...]]:
-        """The trace as nested tuples of plain values (C-speed to build and to pickle, and
-        of no concern to the garbage collector): the recorder hands rows to its writer
-        process, which turns them into lines with `row_to_dict`."""
-        return (_TOP(self), tuple(map(_CAND, self.candidates)),
-                tuple(map(_ATT, self.attempts)))
+        """The record form: a task line of a record file (docs/replay.md) as a dict. The
+        recorder writes the same line straight from the trace (adapters/recorder.py)."""
+        doc: dict[str, Any] = {"kind": KIND, "v": TRACE_VERSION, **_fields(self)}
+        doc["candidates"] = [_fields(c) for c in self.candidates]
+        doc["attempts"] = [_fields(a) for a in self.attempts]
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> TaskTrace:
@@ -224,24 +220,9 @@ class TaskTrace:
         return trace
 
 
-_TOP_FIELDS = tuple(n for n in TaskTrace.__slots__ if n not in ("candidates", "attempts"))
-_TOP = operator.attrgetter(*_TOP_FIELDS)
-_CAND = operator.attrgetter(*CandidateTrace.__slots__)
-_ATT = operator.attrgetter(*AttemptTrace.__slots__)
-# what a row's three parts are: the line's header, then the field names of each part (what
-# `row_to_dict`, or the recorder's writer process, needs to rebuild the record)
-ROW_SCHEMA = ({"kind": KIND, "v": TRACE_VERSION}, _TOP_FIELDS, tuple(CandidateTrace.__slots__),
-              tuple(AttemptTrace.__slots__))
-
-
-def row_to_dict(schema: Any, row: Any) -> dict[str, Any]:
-    """The record form (a task line) of a row made by `TaskTrace.to_row`."""
-    head, top, cand, att = schema
-    doc: dict[str, Any] = dict(head)
-    doc.update(zip(top, row[0], strict=True))
-    doc["candidates"] = [dict(zip(cand, c, strict=True)) for c in row[1]]
-    doc["attempts"] = [dict(zip(att, a, strict=True)) for a in row[2]]
-    return doc
+def _fields(obj: Any) -> dict[str, Any]:
+    """A slotted dataclass's fields by name (not copied deeper)."""
+    return {name: getattr(obj, name) for name in obj.__slots__}
 
 
 class TraceSink(Protocol):

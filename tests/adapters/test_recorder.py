@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from edgesched.adapters.metrics import Metrics
-from edgesched.adapters.recorder import Recorder, RecordFiles, encode_lines
+from edgesched.adapters.recorder import Recorder, RecordFiles, doc_line, task_line
 from edgesched.config import RecordSettings
-from edgesched.node.trace import ROW_SCHEMA, TaskTrace, new_trace
+from edgesched.node.trace import TaskTrace, new_trace
 from edgesched.sim.replay import read_recording
 from tests.node.test_fallback_chain import World
 
@@ -39,25 +39,28 @@ def _lines(directory: Path) -> list[dict[str, object]]:
     return out
 
 
-def test_the_writer_s_lines_are_the_trace_s_record_form() -> None:
+def test_a_task_line_is_the_trace_s_record_form() -> None:
     traces = [_trace(i) for i in range(3)]
-    telemetry = {"kind": "telemetry", "v": 1, "node": "a", "neighbours": []}
-    items = [("t", t.to_row()) for t in traces] + [("d", telemetry)]
-    items.append(("d", {"kind": "telemetry", "nan": float("nan")}))  # never invalid JSON
-    items.append(("d", {"kind": "telemetry", "huge": 1 << 70}))  # not encodable: counted
-    data, tasks, bad = encode_lines(ROW_SCHEMA, items)
-    lines = data.splitlines()
-    assert (tasks, bad, len(lines)) == (3, 1, 5)
-    assert [json.loads(x) for x in lines[:3]] == [t.to_dict() for t in traces]
-    assert json.loads(lines[4]) == {"kind": "telemetry", "nan": None}
-    assert TaskTrace.from_dict(json.loads(lines[0])).to_dict() == traces[0].to_dict()
+    for t in traces:
+        line = task_line(t)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert json.loads(line) == t.to_dict()
+        assert TaskTrace.from_dict(json.loads(line)).to_dict() == t.to_dict()
+    # JSON has no NaN: written as null; what cannot be encoded at all raises TypeError
+    assert json.loads(doc_line({"kind": "telemetry", "nan": float("nan")})) == {
+        "kind": "telemetry", "nan": None}
+    with pytest.raises(TypeError):
+        doc_line({"kind": "telemetry", "huge": 1 << 70})
+    traces[0].error = "\ud800"  # a lone surrogate: not UTF-8
+    with pytest.raises(TypeError):
+        task_line(traces[0])
 
 
 def test_files_rotate_and_the_oldest_go_past_max_bytes(tmp_path: Path) -> None:
     files = RecordFiles(tmp_path, "a", max_bytes=40_000, file_bytes=10_000)
     other = tmp_path / "rec-b-20000101T000000Z-0001.jsonl.gz"  # another node's: not pruned
     other.write_bytes(gzip.compress(b"{}\n") * 100)
-    lines, _, _ = encode_lines(ROW_SCHEMA, [("t", _trace(i).to_row()) for i in range(40)])
+    lines = b"".join(task_line(_trace(i)) for i in range(40))
     for _ in range(40):
         files.write(lines)
     files.close()
@@ -71,7 +74,7 @@ def test_files_rotate_and_the_oldest_go_past_max_bytes(tmp_path: Path) -> None:
 
 def test_an_open_file_is_readable_up_to_its_last_batch(tmp_path: Path) -> None:
     files = RecordFiles(tmp_path, "a", max_bytes=1 << 20, file_bytes=1 << 20)
-    lines, _, _ = encode_lines(ROW_SCHEMA, [("t", _trace(i).to_row()) for i in range(5)])
+    lines = b"".join(task_line(_trace(i)) for i in range(5))
     files.write(lines)  # not closed: no gzip trailer yet, as while the node runs
     warnings: list[str] = []
     rec = read_recording(tmp_path, warn=warnings.append)
@@ -80,8 +83,7 @@ def test_an_open_file_is_readable_up_to_its_last_batch(tmp_path: Path) -> None:
     files.close()
 
 
-async def test_recorder_writes_traces_and_telemetry_through_its_writer_process(
-        tmp_path: Path) -> None:
+async def test_recorder_writes_traces_and_telemetry(tmp_path: Path) -> None:
     metrics = Metrics()
     settings = RecordSettings(path=tmp_path / "rec", telemetry_every_s=0.1)
     snapshots = 0
@@ -92,8 +94,7 @@ async def test_recorder_writes_traces_and_telemetry_through_its_writer_process(
         return {"kind": "telemetry", "v": 1, "node": "a", "t_unix_s": 1.0, "neighbours": []}
 
     w = World()
-    async with Recorder(settings, node_id="a", metrics=metrics, row_schema=ROW_SCHEMA,
-                        snapshot=snapshot) as rec:
+    async with Recorder(settings, node_id="a", metrics=metrics, snapshot=snapshot) as rec:
         for i in range(50):
             rec.on_task_finished(_trace(i, w))
     docs = _lines(tmp_path / "rec")
@@ -108,15 +109,31 @@ async def test_recorder_writes_traces_and_telemetry_through_its_writer_process(
 async def test_a_full_buffer_drops_and_counts_instead_of_growing(tmp_path: Path) -> None:
     metrics = Metrics()
     settings = RecordSettings(path=tmp_path / "rec", buffer_bytes=64 << 10)
-    rec = Recorder(settings, node_id="a", metrics=metrics, row_schema=ROW_SCHEMA)
+    rec = Recorder(settings, node_id="a", metrics=metrics)
     trace = _trace(0)
     for _ in range(200):  # never entered: nothing drains the buffer
         rec.on_task_finished(trace)
     assert rec.dropped > 0
     kept = 200 - rec.dropped
-    assert kept * 900 <= 64 << 10  # each trace counted at >= its base estimate
+    assert kept * len(task_line(trace)) <= 64 << 10 < (kept + 1) * len(task_line(trace))
     assert metrics.registry.get_sample_value(
         "edgesched_record_dropped_total", {"reason": "buffer_full"}) == rec.dropped
+
+
+async def test_a_disk_that_refuses_the_lines_costs_them_counted_not_the_node(
+        tmp_path: Path) -> None:
+    metrics = Metrics()
+    (tmp_path / "rec").write_text("a file where the directory should be")
+    settings = RecordSettings(path=tmp_path / "rec", telemetry_every_s=3600)
+    async with Recorder(settings, node_id="a", metrics=metrics) as rec:
+        for i in range(20):
+            rec.on_task_finished(_trace(i))
+        bad = _trace(20)
+        bad.error = "\ud800"  # cannot be encoded: counted too, the others unaffected
+        rec.on_task_finished(bad)
+    value = metrics.registry.get_sample_value
+    assert value("edgesched_decisions_recorded_total") == 0
+    assert value("edgesched_record_dropped_total", {"reason": "write_error"}) == 21
 
 
 @pytest.mark.parametrize("bad", [{"max_bytes": 10}, {"explore": 0.9}, {"buffer_bytes": 0}])
