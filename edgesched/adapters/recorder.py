@@ -6,14 +6,14 @@ snapshot of what the node knows of its neighbours and links, become one JSON lin
 gzip'd JSON-lines files in `record.path` (the format of docs/replay.md), read back by
 `edgesched replay`.
 
-Cost on the event loop: `on_task_finished` encodes the trace as its JSON line (orjson, ~6 us
-for a trace with one candidate) into a buffer bounded by `record.buffer_bytes` (past it the
+Cost on the event loop: `on_task_finished` encodes the trace as its JSON line (orjson, ~10 us
+for an echo task in a running node) into a list bounded by `record.buffer_bytes` (past it the
 line is dropped and counted, `edgesched_record_dropped_total{reason="buffer_full"}`).
-Every FLUSH_S (sooner when the buffer is half full) a worker thread compresses the batch and
-writes it; zlib lets go of the GIL while it compresses, so that part runs beside the loop.
-(The first version pickled rows to a writer process that encoded them with the json module:
-~25 us of CPU per task in all, on the cores the node and its broker share; this one spends
-~8.)
+Every FLUSH_S (sooner when the buffer is half full) a worker thread joins, compresses and
+writes the batch; zlib lets go of the GIL while it compresses, so that part runs beside the
+loop. In all, 4-6 % of a local echo task's CPU (benchmarks/bench_record.py; the writer
+process of the first version took 16-45 us per task from the cores the node and its broker
+share).
 
 Files: `rec-<node>-<UTC start>-<seq>.jsonl.gz`, a new one past `record.file_bytes`
 (compressed), the oldest deleted while this node's record files pass `record.max_bytes`
