@@ -237,13 +237,17 @@ class Recorder:
         lines, tasks = self._lines, self._tasks
         self._lines, self._buffered, self._tasks = [], 0, 0
         try:
-            await asyncio.to_thread(self.files.write, b"".join(lines))
-        except (OSError, ValueError) as exc:
+            await asyncio.to_thread(self._write, lines)
+        except Exception as exc:  # a full disk, a removed directory: lines lost, never the node
             await asyncio.to_thread(self.files.close)
-            self._lost("write_error", str(exc), len(lines))
+            self._lost("write_error", f"{type(exc).__name__}: {exc}", len(lines))
             return
         if tasks:
             self.metrics.decisions_recorded.inc(tasks)
+
+    def _write(self, lines: list[bytes]) -> None:
+        """In the worker thread: one batch joined, compressed and written."""
+        self.files.write(b"".join(lines))
 
 
 def telemetry_source(
