@@ -122,28 +122,31 @@ async def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-record-") as tmp:
         work = Path(tmp)
-        broker = Mosquitto(workdir=work)
-        broker.start()
-        assert broker.proc is not None
-        pin(broker.proc.pid, OTHER_CPUS)
         pin(os.getpid(), OTHER_CPUS)
         results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
-        try:
-            for r in range(args.rounds):
-                for record in ((False, True) if r % 2 == 0 else (True, False)):
-                    run_dir = work / f"{r}-{int(record)}"
-                    run_dir.mkdir()
+        for r in range(args.rounds):
+            for record in ((False, True) if r % 2 == 0 else (True, False)):
+                run_dir = work / f"{r}-{int(record)}"
+                run_dir.mkdir()
+                # a broker of its own per run: one shared by every run kept the earlier
+                # runs' nodes in its retained state, and each node saw them as neighbours
+                # (a second candidate in every decision and every recorded line)
+                broker = Mosquitto(workdir=run_dir)
+                broker.start()
+                try:
+                    assert broker.proc is not None
+                    pin(broker.proc.pid, OTHER_CPUS)
                     res = await one_run(broker, run_dir, record, args.burst, args.window)
-                    results[record].append(res)
-                    extra = (f", recorded {res['recorded']:.0f} (dropped {res['dropped']:.0f}),"
-                             f" {res['bytes'] / max(res['recorded'], 1):.0f} B/task on disk"
-                             if record else "")
-                    print(f"round {r + 1} {'record   ' if record else 'no record'}: "
-                          f"{res['tasks_s']:.0f} tasks/s, node CPU {res['cpu_us']:.0f} us/task "
-                          f"(threads other than the loop's {res['threads_us']:.0f})"
-                          f"{extra}", flush=True)
-        finally:
-            broker.stop()
+                finally:
+                    broker.stop()
+                results[record].append(res)
+                extra = (f", recorded {res['recorded']:.0f} (dropped {res['dropped']:.0f}),"
+                         f" {res['bytes'] / max(res['recorded'], 1):.0f} B/task on disk"
+                         if record else "")
+                print(f"round {r + 1} {'record   ' if record else 'no record'}: "
+                      f"{res['tasks_s']:.0f} tasks/s, node CPU {res['cpu_us']:.0f} us/task "
+                      f"(threads other than the loop's {res['threads_us']:.0f})"
+                      f"{extra}", flush=True)
     for record in (False, True):
         rates = sorted(round(x["tasks_s"]) for x in results[record])
         print(f"{'record' if record else 'no record'}: tasks/s by round, sorted: {rates}")

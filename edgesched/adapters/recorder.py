@@ -6,12 +6,12 @@ snapshot of what the node knows of its neighbours and links, become one JSON lin
 gzip'd JSON-lines files in `record.path` (the format of docs/replay.md), read back by
 `edgesched replay`.
 
-Cost on the event loop: `on_task_finished` encodes the trace as its JSON line (orjson, ~10 us
-for an echo task in a running node) into a list bounded by `record.buffer_bytes` (past it the
+Cost on the event loop: `on_task_finished` encodes the trace as its JSON line (orjson, 6-10
+us for an echo task in a running node) into a list bounded by `record.buffer_bytes` (past it the
 line is dropped and counted, `edgesched_record_dropped_total{reason="buffer_full"}`).
 Every FLUSH_S (sooner when the buffer is half full) a worker thread joins, compresses and
 writes the batch; zlib lets go of the GIL while it compresses, so that part runs beside the
-loop. In all, 4-6 % of a local echo task's CPU (benchmarks/bench_record.py; the writer
+loop. In all, about 5 % of local echo throughput (benchmarks/bench_record.py; the writer
 process of the first version took 16-45 us per task from the cores the node and its broker
 share).
 
