@@ -1,10 +1,10 @@
 """What recording (`record.path`, issue #17) costs on the local echo path over MQTT.
 
 The same edge node (echo local, 2 slots) is run without `record.path` and with it (a record
-directory on the same disk), alternating, `--rounds` times each, on one real mosquitto. Per
-run: `--burst` echo submissions published with `--window` in flight, tasks/s from the first
-publish to the last reply, and the node's CPU time per task (user + system, from /proc: less
-sensitive than wall time to the other work on a shared box), and apart from it that of the
+directory on the same disk), alternating, `--rounds` times each, each run on a real mosquitto
+of its own. Per run: `--burst` echo submissions published with `--window` in flight, tasks/s
+from the first publish to the last reply, and the node's CPU time per task (user + system,
+from /proc: less sensitive than wall time to the other work on a shared box), and that of the
 node's threads other than the event loop's (the recorder's worker thread compresses and
 writes). With recording, the run also reads how many tasks were written
 (`edgesched_decisions_recorded_total`).
