@@ -286,11 +286,9 @@ class Dispatcher:
         """The cloud tier's load as last reported: its telemetry when this node hears it,
         else the X-Edgesched-Load header of its latest HTTP reply; None when neither came."""
         state = self._cloud_telemetry()
-        # (a cloud client that keeps no load, as a test's fake, reports none)
-        load = getattr(self.cloud, "load", None)
-        if state is not None or load is None or self.cloud is None:
+        if state is not None or self.cloud is None or self.cloud.load is None:
             return state
-        running, queued, slots, wait = load
+        running, queued, slots, wait = self.cloud.load
         return NodeState(node_id=CLOUD_ID, role="cloud", last_seen=self.cloud.load_at,
                          slots=slots, running=running, queued=queued, est_wait_s=wait)
 

@@ -10,6 +10,7 @@ ranks them a, b, cloud, c (asserted in `test_the_ranking_these_tests_rely_on`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,9 @@ class FakeCloud:
     clock: Clock
     mode: str = "ok"
     timeouts: list[float] = field(default_factory=list)
+    # what CloudClient keeps of the X-Edgesched-Load header: this fake reports no load
+    load: tuple[int, int, int, float] | None = None
+    load_at: float = -math.inf
 
     async def submit(self, body: bytes, *, timeout_s: float | None = None) -> dict[str, Any]:
         assert timeout_s is not None
