@@ -72,21 +72,37 @@ def conformal_z(scores: list[float], quantile: float) -> float:
     return ordered[k - 1]
 
 
+class _Errors:
+    """A window of normalised errors and its conformal z (None below `min_samples` errors),
+    computed again every `recompute_every` errors; for a target, also its adaptive offset."""
+
+    __slots__ = ("offset", "scores", "since", "z")
+
+    def __init__(self, window: int) -> None:
+        self.scores: deque[float] = deque(maxlen=window)
+        self.since = 0  # errors since z was computed
+        self.z: float | None = None
+        self.offset = 0.0
+
+    def add(self, score: float, p: CalibrationParams) -> None:
+        self.scores.append(score)
+        self.since += 1
+        if len(self.scores) >= p.min_samples and (self.z is None
+                                                  or self.since >= p.recompute_every):
+            self.z = conformal_z(list(self.scores), p.quantile)
+            self.since = 0
+
+
 class QuantileCalibrator:
     """Per-target conformal z for the latency quantile, and coverage per placement."""
 
     def __init__(self, params: CalibrationParams | None = None) -> None:
         self.params = params or CalibrationParams()
-        self._scores: OrderedDict[str, deque[float]] = OrderedDict()
-        self._z: dict[str, float] = {}
-        self._base: dict[str, float] = {}  # a target's conformal z, before its offset
-        self._offset: dict[str, float] = {}  # ... and the offset its recent misses set
-        self._since: dict[str, int] = {}  # errors of a target since its z was computed
-        self._hits: dict[str, deque[bool]] = {}
+        self._targets: OrderedDict[str, _Errors] = OrderedDict()
         # the errors of every target of a placement, pooled: a target's z until it has its own
-        self._pool: dict[str, deque[float]] = {}
-        self._pool_base: dict[str, float] = {}
-        self._pool_since: dict[str, int] = {}
+        self._pools: dict[str, _Errors] = {}
+        self._z: dict[str, float] = {}
+        self._hits: dict[str, deque[bool]] = {}
 
     def observe(self, target: str, placement: str, *, actual_s: float, mean_s: float,
                 std_s: float, q_s: float) -> bool:
@@ -99,43 +115,27 @@ class QuantileCalibrator:
         if hits is None:
             hits = self._hits[placement] = deque(maxlen=p.window)
         hits.append(actual_s <= q_s)
-        scores = self._scores.get(target)
-        if scores is None:
-            scores = self._scores[target] = deque(maxlen=p.window)
-            if len(self._scores) > p.max_targets:
-                old, _ = self._scores.popitem(last=False)
+        errors = self._targets.get(target)
+        if errors is None:
+            errors = self._targets[target] = _Errors(p.window)
+            if len(self._targets) > p.max_targets:
+                old, _ = self._targets.popitem(last=False)
                 self._z.pop(old, None)
-                self._base.pop(old, None)
-                self._offset.pop(old, None)
-                self._since.pop(old, None)
         else:
-            self._scores.move_to_end(target)
-        score = (actual_s - mean_s) / max(std_s, STD_FLOOR_S)
-        scores.append(score)
-        pool = self._pool.get(placement)
+            self._targets.move_to_end(target)
+        pool = self._pools.get(placement)
         if pool is None:
-            pool = self._pool[placement] = deque(maxlen=p.window)
-        pool.append(score)
-        pool_since = self._pool_since.get(placement, 0) + 1
-        if len(pool) >= p.min_samples and (placement not in self._pool_base
-                                           or pool_since >= p.recompute_every):
-            self._pool_base[placement] = conformal_z(list(pool), p.quantile)
-            pool_since = 0
-        self._pool_since[placement] = pool_since
+            pool = self._pools[placement] = _Errors(p.window)
+        score = (actual_s - mean_s) / max(std_s, STD_FLOOR_S)
+        pool.add(score, p)
+        errors.add(score, p)
         # adaptive conformal: a miss raises the target's z, a hit lowers it a little, so that
         # its misses run at 1 - quantile in the long run whatever the window says
-        offset = self._offset.get(target, 0.0)
-        offset += p.adapt_rate * ((actual_s > q_s) - (1.0 - p.quantile))
-        self._offset[target] = offset = min(Z_MAX, max(-Z_MAX, offset))
-        since = self._since.get(target, 0) + 1
-        if len(scores) >= p.min_samples and (target not in self._base
-                                             or since >= p.recompute_every):
-            self._base[target] = conformal_z(list(scores), p.quantile)
-            since = 0
-        base = self._base.get(target, self._pool_base.get(placement))
+        errors.offset += p.adapt_rate * ((actual_s > q_s) - (1.0 - p.quantile))
+        errors.offset = min(Z_MAX, max(-Z_MAX, errors.offset))
+        base = errors.z if errors.z is not None else pool.z
         if base is not None:
-            self._z[target] = min(Z_MAX, max(Z_MIN, base + offset))
-        self._since[target] = since
+            self._z[target] = min(Z_MAX, max(Z_MIN, base + errors.offset))
         return True
 
     @property
