@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgesched.sim.engine import RunRecord
+from edgesched.sim.policies import SIM_POLICY_NAMES
 from edgesched.sim.scenario import Scenario
 
 MISS_TOLERANCE = 0.01  # cost may miss at most this much more often than the best baseline
@@ -16,7 +17,7 @@ LATENCY_TOLERANCE = 1.02  # ... and cost's mean latency must be within 2 % of th
 ORACLE_TOLERANCE = 1.15  # ... and within 15 % of the oracle's
 # Not baselines of `cost`: the oracle, and EdgeCloudSim's rules, which read its exact probes
 # (sim/policies.py: EcsBrain), more than a daemon can know.
-NOT_BASELINES = ("cost", "oracle", "ecs_network", "ecs_utilization", "ecs_hybrid")
+NOT_BASELINES = ("cost", *SIM_POLICY_NAMES)
 
 
 def _round(x: float) -> float | None:
