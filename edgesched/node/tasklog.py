@@ -23,13 +23,13 @@ from typing import Any
 
 from edgesched.node import protocol as p
 
-DEFAULT_MAX_BYTES = 8 << 20  # ~3,200 tasks of 3 candidates, ~1,550 of 9 (bench_tasklog.py)
+DEFAULT_MAX_BYTES = 8 << 20  # ~2,900 tasks of 3 candidates, ~1,400 of 9 (bench_tasklog.py)
 MAX_ENTRIES = 20_000
 ENTRY_OVERHEAD_BYTES = 200  # the key, the dict slot, the entry's tuple
-# A kept trace's memory, from above (tracemalloc: ~810 B with one attempt and no candidate,
-# +~420 B per candidate; node/trace.py's slotted dataclasses, their floats and strings)
-TRACE_BYTES = 700
-CANDIDATE_BYTES = 460
+# A kept trace's memory, from above (tracemalloc: ~910 B with one attempt and no candidate,
+# +~480 B per candidate; node/trace.py's dataclasses, their floats and strings)
+TRACE_BYTES = 800
+CANDIDATE_BYTES = 520
 ATTEMPT_BYTES = 300
 MAX_CANDIDATES = 64  # per record: a big cluster's candidate list is cut, and says so
 MAX_ATTEMPTS = 16

