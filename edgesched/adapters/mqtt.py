@@ -52,6 +52,9 @@ _SUBSCRIBE_TIMEOUT_S = 10.0
 # 0.65 s, +16 MB). A burst's messages count as received when all of it is read (~40 us a
 # packet), see _read_burst.
 READ_BURST_PACKETS = 1000
+# paho reads a packet's header one byte per recv() call (3-4 calls a packet): the adapter
+# reads the socket in chunks of this size and hands paho its bytes from them (_RecvBuffer)
+RECV_CHUNK_BYTES = 64 * 1024
 DISCONNECT_TIMEOUT_S = 3.0  # how long a stop waits for the connection to close
 # A consumer loop lets the rest of the node run after this many messages of a backlog.
 CONSUME_YIELD_EVERY = 64
@@ -320,6 +323,43 @@ def _varint(n: int) -> bytes:
         out.append(digit | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+class _RecvBuffer:
+    """paho's `_sock_recv(n)` served from chunks of the socket: paho asks for a packet's first
+    byte, then its length one byte at a time, then its body, one recv() system call each; this
+    reads up to RECV_CHUNK_BYTES at once and answers paho's calls from them. Installed on one
+    paho client (one connection); paho's own `_sock_recv` still does the reading, so its
+    handling of TLS and of a lost socket is unchanged.
+
+    With `chunked` False (the end of a read burst) an empty buffer is refilled with no more
+    than paho asks for, as paho itself reads."""
+
+    def __init__(self, client: Any) -> None:
+        self._read: Callable[[int], bytes] = client._sock_recv  # paho's own, bound
+        self._client = client
+        self._chunk = b""
+        self._pos = 0
+        self._sock: object = None  # the socket the chunk came from
+        self.chunked = True
+        client._sock_recv = self
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the socket that paho has not taken yet."""
+        return len(self._chunk) - self._pos if self._sock is self._client._sock else 0
+
+    def __call__(self, bufsize: int) -> bytes:
+        if not self.buffered:
+            if not self.chunked:
+                return self._read(bufsize)
+            data = self._read(RECV_CHUNK_BYTES)  # BlockingIOError when there is none
+            if len(data) <= bufsize:  # all of it (b"" when the peer closed)
+                return data
+            self._chunk, self._pos, self._sock = data, 0, self._client._sock
+        start = self._pos
+        self._pos = min(start + bufsize, len(self._chunk))
+        return self._chunk[start:self._pos]
 
 
 class _Subscription:
@@ -667,17 +707,19 @@ class MqttClient:
                 aiomqtt_on_publish(*args)
 
         self._paho.on_publish = on_publish
-        self._paho.loop_read = self._read_burst(self._paho)
+        self._paho.loop_read = self._read_burst(self._paho, _RecvBuffer(self._paho))
         if self._manual_ack:
             self._paho.manual_ack_set(True)
         return client
 
-    def _read_burst(self, client: Any) -> Callable[..., int]:
+    def _read_burst(self, client: Any, recv: _RecvBuffer) -> Callable[..., int]:
         """paho's `loop_read`, reading every packet already received (up to
         READ_BURST_PACKETS) instead of one: aiomqtt calls it once per loop iteration, so
         under load one packet per iteration let the socket, then the broker's queue for this
         client, fill up. paho 2.x internals (`_sock`, `_packet_read`, `_loop_rc_handle`),
-        the same calls as its own loop_read.
+        the same calls as its own loop_read. The socket is read in chunks (`recv`); once the
+        burst has its packets no new chunk is read, but the packets already in the last one
+        are: the socket will not say they are there.
 
         Every message of a burst is stamped `received_at` when the burst has been read: the
         time the node spends reading is not time a message waited for a busy node (a flood
@@ -686,11 +728,18 @@ class MqttClient:
         def loop_read(max_packets: int = 1) -> int:
             burst: list[InboundMessage] = []
             self._burst = burst
+            recv.chunked = True
+            packets = 0
             try:
-                for _ in range(READ_BURST_PACKETS):
+                while True:
                     if client._sock is None:
                         return int(paho.MQTT_ERR_NO_CONN)
+                    if packets >= READ_BURST_PACKETS:
+                        if not recv.buffered:
+                            break
+                        recv.chunked = False  # finish the chunk, read no other
                     rc = client._packet_read()
+                    packets += 1
                     if rc > 0:
                         return int(client._loop_rc_handle(rc))
                     if rc == paho.MQTT_ERR_AGAIN:

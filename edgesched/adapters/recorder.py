@@ -6,9 +6,10 @@ snapshot of what the node knows of its neighbours and links, become one JSON lin
 gzip'd JSON-lines files in `record.path` (the format of docs/replay.md), read back by
 `edgesched replay`.
 
-Cost on the event loop: `on_task_finished` encodes the trace as its JSON line (orjson, 6-10
-us for an echo task in a running node) into a list bounded by `record.buffer_bytes` (past it the
-line is dropped and counted, `edgesched_record_dropped_total{reason="buffer_full"}`).
+Cost on the event loop: `on_task_finished` adds the trace's JSON line (encoded once by the
+pipeline for every trace sink, node/trace.py `record_line`) to a list bounded by
+`record.buffer_bytes` (past it the line is dropped and counted,
+`edgesched_record_dropped_total{reason="buffer_full"}`).
 Every FLUSH_S (sooner when the buffer is half full) a worker thread joins, compresses and
 writes the batch; zlib lets go of the GIL while it compresses, so that part runs beside the
 loop. In all, about 5 % of local echo throughput (benchmarks/bench_record.py; the writer
@@ -38,7 +39,6 @@ import orjson
 
 from edgesched.adapters.metrics import Metrics
 from edgesched.core.model import LinkEstimate, NodeState
-from edgesched.node.trace import KIND, TRACE_VERSION
 
 if TYPE_CHECKING:
     from edgesched.config import RecordSettings
@@ -47,23 +47,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgesched.recorder")
 
 FLUSH_S = 0.5  # the writer's period
-# A task line is the trace's fields after these two (orjson writes a dataclass's fields, in
-# order; the line's `kind` and version go first).
-_TASK_HEAD = orjson.dumps({"kind": KIND, "v": TRACE_VERSION})[:-1] + b","
-_LINE = orjson.OPT_APPEND_NEWLINE
-
-
-def task_line(trace: TaskTrace) -> bytes:
-    """A finished task's JSON line: its record form (`TaskTrace.to_dict`), encoded.
-
-    TypeError if it cannot be (a non-UTF-8 string, an integer past 64 bits); a non-finite
-    float, which JSON cannot hold, is written as null."""
-    return _TASK_HEAD + orjson.dumps(trace, option=_LINE)[1:]
 
 
 def doc_line(doc: dict[str, Any]) -> bytes:
     """A telemetry document's JSON line (TypeError if it cannot be encoded)."""
-    return orjson.dumps(doc, default=str, option=_LINE)
+    return orjson.dumps(doc, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class RecordFiles:
@@ -158,11 +146,9 @@ class Recorder:
 
     # -- the sink (event loop) ----------------------------------------------------------------
 
-    def on_task_finished(self, trace: TaskTrace) -> None:
-        try:
-            line = task_line(trace)
-        except TypeError as exc:
-            self._lost("write_error", f"a task could not be encoded: {exc}")
+    def on_task_finished(self, trace: TaskTrace, line: bytes | None) -> None:
+        if line is None:
+            self._lost("write_error", f"task {trace.id} could not be encoded")
             return
         if self._offer(line):
             self._tasks += 1

@@ -42,7 +42,13 @@ from edgesched.node.dispatch import Dispatcher, Job
 from edgesched.node.intake import Intake
 from edgesched.node.offload import OffloadClient, OffloadServer
 from edgesched.node.telemetry import Load
-from edgesched.node.trace import TaskTrace, TraceSink, hindsight_best_s, new_trace
+from edgesched.node.trace import (
+    TaskTrace,
+    TraceSink,
+    hindsight_best_s,
+    new_trace,
+    record_line,
+)
 from edgesched.tasks.registry import TaskRegistry
 
 if TYPE_CHECKING:
@@ -590,9 +596,14 @@ class TaskPipeline:
             if best is not None:
                 trace.regret_s = round(max(0.0, reply.latency_s - best), 6)
                 self.metrics.regret.observe(trace.regret_s)
+        try:  # once, for every sink
+            line: bytes | None = record_line(trace)
+        except TypeError as exc:
+            log.warning("task %s: its trace cannot be encoded as JSON (%s)", trace.id, exc)
+            line = None
         for sink in self.sinks:
             try:
-                sink.on_task_finished(trace)
+                sink.on_task_finished(trace, line)
             except Exception:  # a sink's bug must not cost the task its reply
                 log.exception("trace sink %r failed", sink)
 

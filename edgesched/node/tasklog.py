@@ -2,10 +2,13 @@
 
 Each finished task's trace (its outcome, every candidate with its prediction and rejection
 reason, the chosen target and its score, each attempt with its timings; node/trace.py) is
-kept, newest last; the oldest are dropped once the store passes `http.recent_tasks_bytes`
-(each counted at an upper estimate of its size in memory). The record a lookup returns is
-built from the trace only then (`task_record`), so a finished task costs the event loop a
-dict insertion, not an encoding. A task larger than a quarter of the store is kept as a
+kept as its record line, the JSON the pipeline encodes once for every trace sink, newest
+last; the oldest are dropped once the store passes `http.recent_tasks_bytes` (each counted
+at its length plus ENTRY_OVERHEAD_BYTES). The record a lookup returns is built from the line
+only then (`task_record`), so a finished task costs the event loop a dict insertion. Bytes
+are also nothing the garbage collector walks: kept as objects, the traces of the last few
+seconds made up most of what each full collection traversed in a busy node (10-15 ms pauses
+every 2-3 s at 2,000 tasks/s). A task larger than a quarter of the store is kept as a
 cut-down record (its candidates and attempts first), so one huge task cannot evict every
 other one.
 
@@ -21,16 +24,13 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from edgesched.node import protocol as p
 
-DEFAULT_MAX_BYTES = 8 << 20  # ~2,900 tasks of 3 candidates, ~1,400 of 9 (bench_tasklog.py)
+DEFAULT_MAX_BYTES = 8 << 20  # ~3,900 tasks of 3 candidates, ~1,900 of 9 (bench_tasklog.py)
 MAX_ENTRIES = 20_000
-ENTRY_OVERHEAD_BYTES = 200  # the key, the dict slot, the entry's tuple
-# A kept trace's memory, from above (tracemalloc: ~910 B with one attempt and no candidate,
-# +~480 B per candidate; node/trace.py's dataclasses, their floats and strings)
-TRACE_BYTES = 800
-CANDIDATE_BYTES = 520
-ATTEMPT_BYTES = 300
+ENTRY_OVERHEAD_BYTES = 250  # the key, the dict slot, the entry's tuple, the bytes' header
 MAX_CANDIDATES = 64  # per record: a big cluster's candidate list is cut, and says so
 MAX_ATTEMPTS = 16
 MAX_TEXT_CHARS = 600  # an error message in a record
@@ -126,12 +126,10 @@ def task_record(trace: Mapping[str, Any]) -> dict[str, Any]:
 class TaskLog:
     """Recent finished tasks by id, bounded in bytes (and in entries).
 
-    `on_task_finished(trace)` (the trace sink) keeps a finished task's trace as it is: the
-    hot path costs a dict insertion, and the record is built only when someone looks it up.
-    Its size is a conservative estimate of what the trace holds in memory (TRACE_BYTES, plus
-    CANDIDATE_BYTES per candidate and ATTEMPT_BYTES per attempt, checked against tracemalloc in
-    tests/node/test_tasklog.py: ~2 KB for 3 candidates, ~5 KB for 10). `record(doc)`
-    keeps a ready record (a mapping with a string `id`) encoded, its size exact.
+    `on_task_finished(trace, line)` (the trace sink) keeps a finished task's record line as
+    it is: the hot path costs a dict insertion, and the record is built only when someone
+    looks it up. `record(doc)` keeps a ready record (a mapping with a string `id`) encoded.
+    Each counts at its length plus ENTRY_OVERHEAD_BYTES.
 
     A later task with the same id replaces the earlier one; `get(task_id)` returns the record
     (`task_record`), or None once evicted; `recent(n)` lists the newest first.
@@ -141,8 +139,9 @@ class TaskLog:
                  clock: Any = time.time) -> None:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
-        # id -> (the trace or an encoded record, its cost in bytes, when it was recorded)
-        self._entries: OrderedDict[str, tuple[Any, int, float]] = OrderedDict()
+        # id -> (JSON, its cost in bytes, when it was recorded, whether the JSON is a trace's
+        # record line (task_record builds the lookup from it) or a ready record)
+        self._entries: OrderedDict[str, tuple[bytes, int, float, bool]] = OrderedDict()
         self._clock = clock
         self.bytes = 0
         self.recorded = 0
@@ -151,15 +150,15 @@ class TaskLog:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def on_task_finished(self, trace: Any) -> None:
-        """The trace sink (node/trace.py `TraceSink`): keep this finished task's trace."""
+    def on_task_finished(self, trace: Any, line: bytes | None) -> None:
+        """The trace sink (node/trace.py `TraceSink`): keep this finished task's line."""
         if self.max_bytes <= 0:
             return
-        cost = trace_cost(trace)
-        if cost > self._limit():  # too big for its share: keep a cut-down record instead
+        cost = len(line) + ENTRY_OVERHEAD_BYTES if line is not None else 0
+        if line is None or cost > self._limit():  # a cut-down record instead, made JSON-able
             self.record(task_record(trace.to_dict()))
             return
-        self._put(trace.id, trace, cost)
+        self._put(trace.id, line, cost, True)
 
     def record(self, doc: Mapping[str, Any]) -> None:
         """Keep one finished task's ready record (the oldest go when the store is full)."""
@@ -169,16 +168,16 @@ class TaskLog:
         if not isinstance(task_id, str) or not task_id:
             return
         data = self._encode(dict(doc))
-        self._put(task_id, data, len(data) + ENTRY_OVERHEAD_BYTES)
+        self._put(task_id, data, len(data) + ENTRY_OVERHEAD_BYTES, False)
 
     def _limit(self) -> int:
         return max(1024, self.max_bytes // 4)
 
-    def _put(self, task_id: str, item: Any, cost: int) -> None:
+    def _put(self, task_id: str, data: bytes, cost: int, is_line: bool) -> None:
         old = self._entries.pop(task_id, None)
         if old is not None:
             self.bytes -= old[1]
-        self._entries[task_id] = (item, cost, self._clock())
+        self._entries[task_id] = (data, cost, self._clock(), is_line)
         self.bytes += cost
         self.recorded += 1
         while self._entries and (self.bytes > self.max_bytes
@@ -210,16 +209,10 @@ class TaskLog:
         summary["truncated"] = True
         return json.dumps(_clean(summary), separators=(",", ":")).encode("utf-8")
 
-    def _decode(self, entry: tuple[Any, int, float]) -> dict[str, Any]:
-        item, _, at = entry
-        if isinstance(item, bytes):
-            doc = dict(json.loads(item))
-        else:
-            doc = task_record(item.to_dict())
-            try:
-                json.dumps(doc, allow_nan=False)
-            except (TypeError, ValueError):
-                doc = _clean(doc)
+    def _decode(self, entry: tuple[bytes, int, float, bool]) -> dict[str, Any]:
+        data, _, at, is_line = entry
+        # a ready record is the json module's (it escapes what orjson will not read back)
+        doc = task_record(orjson.loads(data)) if is_line else dict(json.loads(data))
         doc.setdefault("recorded_at", round(at, 3))
         return doc
 
@@ -242,15 +235,16 @@ class TaskLog:
         for key in reversed(self._entries):
             if len(out) >= n:
                 break
-            item, _, at = self._entries[key]
-            if isinstance(item, bytes):
-                doc = json.loads(item)
+            data, _, at, is_line = self._entries[key]
+            doc = orjson.loads(data) if is_line else json.loads(data)
+            if is_line:  # a trace's record form
+                line = {"id": doc.get("id"), "type": doc.get("type"),
+                        "outcome": doc.get("status"), "placement": doc.get("placement"),
+                        "executed_by": doc.get("executed_by"),
+                        "latency_s": doc.get("latency_s"), "chosen": doc.get("chosen")}
+            else:
                 line = {k: doc.get(k) for k in SUMMARY_KEYS}
                 line["chosen"] = (doc.get("decision") or {}).get("chosen")
-            else:
-                line = {"id": item.id, "type": item.type, "outcome": item.status,
-                        "placement": item.placement, "executed_by": item.executed_by,
-                        "latency_s": item.latency_s, "chosen": item.chosen}
             line["age_s"] = round(max(0.0, self._clock() - at), 3)
             out.append(_clean(line))
         return out
@@ -260,10 +254,3 @@ class TaskLog:
         return {"tasks": len(self._entries), "bytes": self.bytes, "max_bytes": self.max_bytes,
                 "recorded": self.recorded, "evicted": self.evicted,
                 "last": self.summaries()}
-
-
-def trace_cost(trace: Any) -> int:
-    """What a kept trace costs in memory, estimated from above (see TaskLog)."""
-    text = sum(len(v) for v in (trace.id, trace.error) if isinstance(v, str))
-    return (TRACE_BYTES + CANDIDATE_BYTES * len(trace.candidates)
-            + ATTEMPT_BYTES * len(trace.attempts) + text + ENTRY_OVERHEAD_BYTES)

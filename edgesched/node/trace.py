@@ -2,14 +2,15 @@
 
 One `TaskTrace` per accepted task, built by the pipeline as the task runs (the dispatcher adds
 the candidates, the choice and every attempt) and handed, once the task has its terminal
-reply, to every registered `TraceSink` (`on_task_finished(trace)`): the recorder
-(adapters/recorder.py, `record.path`) writes it to disk, the recent-task store serves it.
+reply, to every registered `TraceSink` (`on_task_finished(trace, line)`) together with its
+record line (`record_line`), encoded once for all of them: the recorder
+(adapters/recorder.py, `record.path`) writes the line to disk, the recent-task store keeps it.
 
 A trace is plain data (dataclasses without `__slots__`: orjson encodes one from its
-`__dict__` in 1.4 us, a slotted one in 3.6, and the recorder encodes every finished task on
-the event loop): `to_dict()` is its JSON-lines form (the record file format of
-docs/replay.md) and `TaskTrace.from_dict()` reads it back (the replay's parser); both are
-versioned by `TRACE_VERSION`.
+`__dict__` in 1.4 us, a slotted one in 3.6, and every finished task is encoded on the event
+loop): `to_dict()` is its JSON-lines form (the record file format of docs/replay.md),
+`record_line()` the same encoded, and `TaskTrace.from_dict()` reads it back (the replay's
+parser); all are versioned by `TRACE_VERSION`.
 
 The `record.explore` wrapper around the configured policy, whose choice probabilities the
 trace records, is core/exploration.py `ExploringPolicy`.
@@ -22,6 +23,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
+
+import orjson
 
 from edgesched.core.costmodel import CostParams, evaluate_candidate
 from edgesched.core.estimators import EstimatorBank
@@ -233,11 +236,26 @@ def _fields(obj: Any) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in _names(type(obj))}
 
 
-class TraceSink(Protocol):
-    """Receives every finished task's trace, on the event loop: must return quickly (buffer,
-    never block) and must not raise."""
+# A task line is the trace's fields after these two (orjson writes a dataclass's fields, in
+# order; the line's `kind` and version go first).
+_LINE_HEAD = orjson.dumps({"kind": KIND, "v": TRACE_VERSION})[:-1] + b","
 
-    def on_task_finished(self, trace: TaskTrace) -> None: ...
+
+def record_line(trace: TaskTrace) -> bytes:
+    """A finished task's JSON line: its record form (`TaskTrace.to_dict`) encoded, newline
+    included.
+
+    TypeError if it cannot be (a non-UTF-8 string, an integer past 64 bits); a non-finite
+    float, which JSON cannot hold, is written as null."""
+    return _LINE_HEAD + orjson.dumps(trace, option=orjson.OPT_APPEND_NEWLINE)[1:]
+
+
+class TraceSink(Protocol):
+    """Receives every finished task's trace and its record line (`record_line`, None if it
+    could not be encoded), on the event loop: must return quickly (buffer, never block) and
+    must not raise."""
+
+    def on_task_finished(self, trace: TaskTrace, line: bytes | None) -> None: ...
 
 
 def new_trace(*, task_id: str, task_type: str, origin: str, role: str, received_at: float,

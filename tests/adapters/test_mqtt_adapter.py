@@ -281,3 +281,38 @@ async def test_outgoing_queue_is_bounded_and_counted(mosquitto: Mosquitto) -> No
     dropped = metrics.registry.get_sample_value(
         "edgesched_mqtt_messages_dropped_total", {"reason": "outgoing_queue_full"})
     assert dropped == 40 - 16  # paho holds at most 16 (queued + in flight) unacknowledged
+
+
+async def test_packets_read_in_chunks_all_arrive_whole_and_in_order(
+        mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The socket is read in chunks (_RecvBuffer): a backlog of small messages that arrived
+    together is delivered in full even where a read burst ends inside a chunk (the socket
+    will not say those bytes are there), and a message larger than a chunk arrives whole."""
+    import edgesched.adapters.mqtt as adapter
+
+    monkeypatch.setattr(adapter, "READ_BURST_PACKETS", 3)  # bursts end inside every chunk
+    big = bytes(range(256)) * 1200  # 300 kB: several chunks
+    (tmp_path / "big").write_bytes(big)
+    count = 2000
+    lines = "".join(f"m{i:05d}\n" for i in range(count))
+    metrics = Metrics(CollectorRegistry())
+    # no keepalive traffic for the length of the test: nothing else makes the socket readable
+    sub = MqttClient(MqttOptions(host=mosquitto.host, port=mosquitto.port, client_id="chunks",
+                                 keepalive_s=60, incoming_queue=4 * count), metrics)
+    pub = [shutil.which("mosquitto_pub") or "mosquitto_pub", "-h", mosquitto.host,
+           "-p", str(mosquitto.port), "-q", "1"]
+    async with sub:
+        await asyncio.wait_for(sub.wait_connected(), 5)
+        box = await collect(sub, "c/#", qos=1)
+        # this event loop is blocked while the messages arrive: they pile up in the socket
+        subprocess.run([*pub, "-t", "c/small", "-l"],  # noqa: ASYNC221 - blocking on purpose
+                       input=lines.encode(), check=True, timeout=30)
+        small = [await asyncio.wait_for(box.get(), 5) for _ in range(count)]
+        subprocess.run([*pub, "-t", "c/big", "-f", str(tmp_path / "big")],  # noqa: ASYNC221
+                       check=True, timeout=30)
+        whole = await asyncio.wait_for(box.get(), 5)
+    assert [m.payload.decode() for m in small] == [f"m{i:05d}" for i in range(count)]
+    assert whole.topic == "c/big" and whole.payload == big
+    dropped = metrics.registry.get_sample_value(
+        "edgesched_mqtt_messages_dropped_total", {"reason": "incoming_queue_full"})
+    assert not dropped

@@ -1,7 +1,8 @@
-"""The recorder (adapters/recorder.py): its files, its byte bounds, its writer process.
+"""The recorder (adapters/recorder.py): its files, its byte bounds, its writer thread.
 
-Real files in a temporary directory and a real writer process; the traces are built by the
-node's own code (node/trace.py) from the in-process dispatcher world of test_fallback_chain.
+Real files in a temporary directory; the traces are built by the node's own code
+(node/trace.py) from the in-process dispatcher world of test_fallback_chain, and handed to
+the recorder with their record line as the pipeline hands them.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from edgesched.adapters.metrics import Metrics
-from edgesched.adapters.recorder import Recorder, RecordFiles, doc_line, task_line
+from edgesched.adapters.recorder import Recorder, RecordFiles, doc_line
 from edgesched.config import RecordSettings
-from edgesched.node.trace import TaskTrace, new_trace
+from edgesched.node.trace import TaskTrace, new_trace, record_line
 from edgesched.sim.replay import read_recording
 from tests.node.test_fallback_chain import World
 
@@ -32,6 +33,15 @@ def _trace(i: int, w: World | None = None) -> TaskTrace:
     return trace
 
 
+def finished(rec: Recorder, trace: TaskTrace) -> None:
+    """Hand `trace` to the recorder as the pipeline does (None: it cannot be encoded)."""
+    try:
+        line: bytes | None = record_line(trace)
+    except TypeError:
+        line = None
+    rec.on_task_finished(trace, line)
+
+
 def _lines(directory: Path) -> list[dict[str, object]]:
     out = []
     for f in sorted(directory.glob("rec-*.jsonl.gz")):
@@ -39,10 +49,10 @@ def _lines(directory: Path) -> list[dict[str, object]]:
     return out
 
 
-def test_a_task_line_is_the_trace_s_record_form() -> None:
+def test_a_record_line_is_the_trace_s_record_form() -> None:
     traces = [_trace(i) for i in range(3)]
     for t in traces:
-        line = task_line(t)
+        line = record_line(t)
         assert line.endswith(b"\n") and line.count(b"\n") == 1
         assert json.loads(line) == t.to_dict()
         assert TaskTrace.from_dict(json.loads(line)).to_dict() == t.to_dict()
@@ -53,14 +63,14 @@ def test_a_task_line_is_the_trace_s_record_form() -> None:
         doc_line({"kind": "telemetry", "huge": 1 << 70})
     traces[0].error = "\ud800"  # a lone surrogate: not UTF-8
     with pytest.raises(TypeError):
-        task_line(traces[0])
+        record_line(traces[0])
 
 
 def test_files_rotate_and_the_oldest_go_past_max_bytes(tmp_path: Path) -> None:
     files = RecordFiles(tmp_path, "a", max_bytes=40_000, file_bytes=10_000)
     other = tmp_path / "rec-b-20000101T000000Z-0001.jsonl.gz"  # another node's: not pruned
     other.write_bytes(gzip.compress(b"{}\n") * 100)
-    lines = b"".join(task_line(_trace(i)) for i in range(40))
+    lines = b"".join(record_line(_trace(i)) for i in range(40))
     for _ in range(40):
         files.write(lines)
     files.close()
@@ -74,7 +84,7 @@ def test_files_rotate_and_the_oldest_go_past_max_bytes(tmp_path: Path) -> None:
 
 def test_an_open_file_is_readable_up_to_its_last_batch(tmp_path: Path) -> None:
     files = RecordFiles(tmp_path, "a", max_bytes=1 << 20, file_bytes=1 << 20)
-    lines = b"".join(task_line(_trace(i)) for i in range(5))
+    lines = b"".join(record_line(_trace(i)) for i in range(5))
     files.write(lines)  # not closed: no gzip trailer yet, as while the node runs
     warnings: list[str] = []
     rec = read_recording(tmp_path, warn=warnings.append)
@@ -96,7 +106,7 @@ async def test_recorder_writes_traces_and_telemetry(tmp_path: Path) -> None:
     w = World()
     async with Recorder(settings, node_id="a", metrics=metrics, snapshot=snapshot) as rec:
         for i in range(50):
-            rec.on_task_finished(_trace(i, w))
+            finished(rec, _trace(i, w))
     docs = _lines(tmp_path / "rec")
     tasks = [d for d in docs if d["kind"] == "task"]
     assert [d["id"] for d in tasks] == [f"t{i}" for i in range(50)]
@@ -112,10 +122,10 @@ async def test_a_full_buffer_drops_and_counts_instead_of_growing(tmp_path: Path)
     rec = Recorder(settings, node_id="a", metrics=metrics)
     trace = _trace(0)
     for _ in range(200):  # never entered: nothing drains the buffer
-        rec.on_task_finished(trace)
+        finished(rec, trace)
     assert rec.dropped > 0
     kept = 200 - rec.dropped
-    assert kept * len(task_line(trace)) <= 64 << 10 < (kept + 1) * len(task_line(trace))
+    assert kept * len(record_line(trace)) <= 64 << 10 < (kept + 1) * len(record_line(trace))
     assert metrics.registry.get_sample_value(
         "edgesched_record_dropped_total", {"reason": "buffer_full"}) == rec.dropped
 
@@ -127,10 +137,10 @@ async def test_a_disk_that_refuses_the_lines_costs_them_counted_not_the_node(
     settings = RecordSettings(path=tmp_path / "rec", telemetry_every_s=3600)
     async with Recorder(settings, node_id="a", metrics=metrics) as rec:
         for i in range(20):
-            rec.on_task_finished(_trace(i))
+            finished(rec, _trace(i))
         bad = _trace(20)
         bad.error = "\ud800"  # cannot be encoded: counted too, the others unaffected
-        rec.on_task_finished(bad)
+        finished(rec, bad)
     value = metrics.registry.get_sample_value
     assert value("edgesched_decisions_recorded_total") == 0
     assert value("edgesched_record_dropped_total", {"reason": "write_error"}) == 21
