@@ -55,6 +55,8 @@ READ_BURST_PACKETS = 1000
 # paho reads a packet's header one byte per recv() call (3-4 calls a packet): the adapter
 # reads the socket in chunks of this size and hands paho its bytes from them (_RecvBuffer)
 RECV_CHUNK_BYTES = 64 * 1024
+# ... and writes the packets queued since its last write with one send() (_coalesce_writes)
+SEND_CHUNK_BYTES = 64 * 1024
 DISCONNECT_TIMEOUT_S = 3.0  # how long a stop waits for the connection to close
 # A consumer loop lets the rest of the node run after this many messages of a backlog.
 CONSUME_YIELD_EVERY = 64
@@ -360,6 +362,52 @@ class _RecvBuffer:
         start = self._pos
         self._pos = min(start + bufsize, len(self._chunk))
         return self._chunk[start:self._pos]
+
+
+def _coalesce_writes(client: Any) -> None:
+    """Make paho write its queued packets with one send() instead of one each.
+
+    paho queues every outgoing packet (a reply, the PUBACK of a submission) and, when the
+    socket is writable, sends them one system call each. Before paho's own `_packet_write`
+    runs, the queued packets that need nothing from paho once written (all but QoS 0
+    PUBLISHes, whose written callback paho calls, and DISCONNECT, after which paho closes the
+    socket) are joined, each run of them in order and up to SEND_CHUNK_BYTES, into one
+    packet; paho sends it and keeps what the socket did not take for its next write, as with
+    any packet. paho 2.x
+    internals (`_out_packet`, `_packet_write`), like the rest of this adapter's reading."""
+    write = client._packet_write
+    out = client._out_packet
+
+    def joined(run: list[Any]) -> list[Any]:
+        if len(run) < 2:
+            return run
+        data = b"".join(p["packet"][p["pos"]:] for p in run)
+        return [{"command": paho.PUBACK, "mid": 0, "qos": 0, "pos": 0,
+                 "to_process": len(data), "packet": data, "info": None}]
+
+    def packet_write() -> Any:
+        if len(out) > 1:
+            packets: list[Any] = []
+            run: list[Any] = []
+            size = 0
+            for packet in out:
+                kind = packet["command"] & 0xF0
+                alone = kind == paho.DISCONNECT or (kind == paho.PUBLISH and packet["qos"] == 0)
+                if alone or size >= SEND_CHUNK_BYTES:
+                    packets += joined(run)
+                    run, size = [], 0
+                if alone:
+                    packets.append(packet)
+                else:
+                    run.append(packet)
+                    size += packet["to_process"]
+            packets += joined(run)
+            if len(packets) < len(out):
+                out.clear()
+                out.extend(packets)
+        return write()
+
+    client._packet_write = packet_write
 
 
 class _Subscription:
@@ -708,6 +756,7 @@ class MqttClient:
 
         self._paho.on_publish = on_publish
         self._paho.loop_read = self._read_burst(self._paho, _RecvBuffer(self._paho))
+        _coalesce_writes(self._paho)
         if self._manual_ack:
             self._paho.manual_ack_set(True)
         return client

@@ -316,3 +316,33 @@ async def test_packets_read_in_chunks_all_arrive_whole_and_in_order(
     dropped = metrics.registry.get_sample_value(
         "edgesched_mqtt_messages_dropped_total", {"reason": "incoming_queue_full"})
     assert not dropped
+
+
+async def test_queued_packets_are_written_together_whole_and_in_order(
+        mosquitto: Mosquitto) -> None:
+    """Packets queued between two writes go out in one send() (_coalesce_writes), QoS 0
+    publishes among them on their own: every message arrives once, whole, in order."""
+    a, _ = client(mosquitto, "writer", incoming_queue=2000)
+    b, _ = client(mosquitto, "reader", incoming_queue=2000)
+    async with a, b:
+        await asyncio.wait_for(a.wait_connected(), 5)
+        await asyncio.wait_for(b.wait_connected(), 5)
+        box = await collect(b, "w/#", qos=1)
+        paho_client = a._paho
+        sends = 0
+        send = paho_client._sock_send
+
+        def counting_send(buf: bytes) -> int:
+            nonlocal sends
+            sends += 1
+            return int(send(buf))
+
+        paho_client._sock_send = counting_send
+        count = 600
+        await asyncio.gather(*(
+            a.publish("w/x", f"m{i:04d}".encode() * (1 + i % 50), qos=0 if i % 97 == 0 else 1)
+            for i in range(count)))
+        got = [await asyncio.wait_for(box.get(), 5) for _ in range(count)]
+    assert [m.payload for m in got] == [f"m{i:04d}".encode() * (1 + i % 50)
+                                        for i in range(count)]
+    assert sends < count / 4  # written together, not one send() a packet
