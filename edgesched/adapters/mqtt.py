@@ -25,6 +25,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt import _packet as _paho_packet
 from paho.mqtt import properties as _paho_properties
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -309,7 +310,10 @@ class _QuickProperties(Properties):
         return self, end
 
 
-paho.Properties = _QuickProperties  # type: ignore[attr-defined]  # what its reader makes
+# What paho's readers make: its client module (CONNACK, ...) and, since paho 2.2, the module
+# that decodes a PUBLISH (each submission).
+paho.Properties = _QuickProperties  # type: ignore[attr-defined]
+_paho_packet.Properties = _QuickProperties  # type: ignore[attr-defined]
 
 
 def _binary(data: bytes) -> bytes:

@@ -66,3 +66,18 @@ def test_a_repeated_single_property_is_refused_as_paho_does() -> None:
     for cls in (mqtt._QuickProperties, Properties):
         with pytest.raises(Exception, match="more than once"):
             cls(PacketTypes.PUBLISH).unpack(packed)
+
+
+def test_paho_decodes_a_publish_with_the_adapter_s_properties() -> None:
+    """The PUBLISH a node receives is decoded with the quick properties: paho 2.2 moved its
+    decoding out of the client module, where only the client's own were replaced."""
+    from paho.mqtt import _packet
+    from paho.mqtt.enums import MQTTProtocolVersion
+
+    from edgesched.adapters import mqtt
+
+    props = PackedProperties.publish("r/1", b"k", None).pack()
+    body = b"\x00\x03t/x" + b"\x00\x07" + props + b"payload"
+    decoded = _packet.decode_publish(0x32, body, MQTTProtocolVersion.MQTTv5)
+    assert type(decoded.properties) is mqtt._QuickProperties
+    assert decoded.properties.ResponseTopic == "r/1" and decoded.payload == b"payload"
