@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NoReturn
 
+import orjson
+
 from edgesched.core.model import Outcome, Placement
 from edgesched.errors import InvalidTaskError
 
@@ -277,7 +279,14 @@ class OffloadReply:
 
 
 def encode(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    """A message's JSON (orjson, ~4x the json module's speed: every reply goes through here).
+    A non-finite float, which JSON cannot hold, is written as null; what orjson refuses (an
+    integer past 64 bits) is written by the json module, which refuses only what JSON has no
+    form for (ValueError/TypeError)."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def new_task_id() -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import orjson
@@ -40,6 +40,7 @@ from edgesched.core.model import (
 )
 
 TRACE_VERSION = 1
+_PARAMS = CostParams()  # the cost model's defaults: latency is all hindsight asks
 KIND = "task"  # the `kind` of a task line in a record file ("telemetry" lines are the other)
 
 
@@ -100,10 +101,13 @@ class CandidateTrace:
             out.feasible, out.reason = ev.feasible, ev.reason.value if ev.reason else None
         return out
 
-    def to_candidate(self) -> Candidate:
-        """The core candidate these inputs describe (for re-predicting it later)."""
-        link = None
-        if self.rtt_s is not None and self.bandwidth_bps:
+    def to_candidate(self, *, exec_now: ExecEstimate | None = None,
+                     link_now: LinkEstimate | None = None) -> Candidate:
+        """The core candidate these inputs describe (for re-predicting it later), with
+        `exec_now` and `link_now` in place of the recorded execution time and link when
+        given."""
+        link = link_now
+        if link is None and self.rtt_s is not None and self.bandwidth_bps:
             link = LinkEstimate(rtt_s=self.rtt_s, rtt_std_s=self.rtt_std_s or 0.0,
                                 bandwidth_bps=self.bandwidth_bps,
                                 bandwidth_std_bps=self.bandwidth_std_bps or 0.0)
@@ -112,7 +116,7 @@ class CandidateTrace:
             liveness=Liveness(self.liveness), age_s=self.age_s, slots=self.slots,
             running=self.running, queued=self.queued, est_wait_s=self.est_wait_s,
             wait_std_s=self.wait_std_s, battery=self.battery, link=link,
-            exec=ExecEstimate(mean_s=self.exec_mean_s, std_s=self.exec_std_s))
+            exec=exec_now or ExecEstimate(mean_s=self.exec_mean_s, std_s=self.exec_std_s))
 
 
 @dataclass(kw_only=True)
@@ -278,16 +282,16 @@ def hindsight_best_s(trace: TaskTrace, spec: TaskSpec, bank: EstimatorBank,
     the estimators as they are `now` (after the task's own outcome was learned): the view's
     numbers are the ones the decision saw, the execution times and links are today's."""
     best = math.inf
-    params = CostParams()
     for recorded in trace.candidates:
         if recorded.reason in ("offload_policy", "unsupported_type", "excluded", "offline"):
             continue  # never a possible target for this task
-        cand = recorded.to_candidate()
-        exec_now = bank.exec_estimate(spec.task_type, cand.node_id, spec.work, now)
         if spec.exact_s is not None:
             exec_now = ExecEstimate(mean_s=spec.exact_s, std_s=0.0)
-        link = None if cand.placement is Placement.LOCAL else bank.link(cand.node_id, now)
-        again = replace(cand, exec=exec_now, link=link)
-        ev = evaluate_candidate(spec, again, params, None)
-        best = min(best, ev.latency_mean_s)
+        else:
+            exec_now = bank.exec_estimate(spec.task_type, recorded.node_id, spec.work, now)
+        # a local candidate has no link (none was recorded)
+        local = recorded.placement == Placement.LOCAL.value
+        cand = recorded.to_candidate(
+            exec_now=exec_now, link_now=None if local else bank.link(recorded.node_id, now))
+        best = min(best, evaluate_candidate(spec, cand, _PARAMS, None).latency_mean_s)
     return None if not math.isfinite(best) else best
