@@ -50,8 +50,9 @@ FLUSH_S = 0.5  # the writer's period
 
 
 def doc_line(doc: dict[str, Any]) -> bytes:
-    """A telemetry document's JSON line (TypeError if it cannot be encoded)."""
-    return orjson.dumps(doc, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    """A telemetry document's JSON line (TypeError if it cannot be encoded), copied out of
+    orjson's buffer (at least 4 KB, whatever the line's length) as it waits to be written."""
+    return bytes(memoryview(orjson.dumps(doc, default=str, option=orjson.OPT_APPEND_NEWLINE)))
 
 
 class RecordFiles:

@@ -250,7 +250,9 @@ def record_line(trace: TaskTrace) -> bytes:
     included.
 
     TypeError if it cannot be (a non-UTF-8 string, an integer past 64 bits); a non-finite
-    float, which JSON cannot hold, is written as null."""
+    float, which JSON cannot hold, is written as null. The line is a bytes object of its own
+    length (orjson's own is an allocation of at least 4 KB), and lines are kept: the
+    recent-task store counts them at their length."""
     return _LINE_HEAD + orjson.dumps(trace, option=orjson.OPT_APPEND_NEWLINE)[1:]
 
 
