@@ -331,6 +331,12 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def outgoing_window(opts: MqttOptions) -> int:
+    """How many QoS 1 messages may await the broker's acknowledgement (past it a publish is
+    refused and counted, `..._dropped_total{reason="outgoing_queue_full"}`)."""
+    return opts.incoming_queue + READ_BURST_PACKETS
+
+
 class _RecvBuffer:
     """paho's `_sock_recv(n)` served from chunks of the socket: paho asks for a packet's first
     byte, then its length one byte at a time, then its body, one recv() system call each; this
@@ -419,9 +425,11 @@ class _Subscription:
 
     def __init__(self, topic_filter: str, handler: Handler, qos: int, queue_size: int, *,
                  signed: bool = False, persistent: bool = False,
-                 conflate: bool = False, manual_ack: bool = False) -> None:
+                 conflate: bool = False, manual_ack: bool = False,
+                 overflow: Callable[[InboundMessage], bool] | None = None) -> None:
         self.topic_filter = topic_filter
         self.manual_ack = manual_ack
+        self.overflow = overflow
         self.handler = handler
         self.qos = qos
         self.signed = signed
@@ -518,7 +526,7 @@ class MqttClient:
     async def subscribe(
         self, topic_filter: str, handler: Handler, *, qos: int = 0, queue_size: int | None = None,
         signed: bool = False, persistent: bool = False, conflate: bool = False,
-        manual_ack: bool = False,
+        manual_ack: bool = False, overflow: Callable[[InboundMessage], bool] | None = None,
     ) -> None:
         """Deliver messages matching `topic_filter` to `handler` (see the class docstring).
 
@@ -532,11 +540,17 @@ class MqttClient:
         `manual_ack=True` (the submit topic with a spool): a QoS 1 message is acknowledged
         to the broker only when the handler calls `msg.ack()` (paho's manual acks; every
         other subscription is still acknowledged on receipt). Must be subscribed before the
-        client starts (paho's manual-ack mode is set per connection).
+        client starts (paho's manual-ack mode is set per connection). `overflow(msg)` is
+        called, on the read path, with a message the full queue cannot take: True when it
+        answered it (an overloaded node's submissions), else it is dropped and counted
+        (`..._dropped_total{reason="incoming_queue_full"}`); not for a signed subscription (the
+        message is not verified yet).
         """
+        if overflow is not None and signed:
+            raise ValueError("an overflow handler would see unverified messages: not with signed")
         sub = _Subscription(topic_filter, handler, qos, queue_size or self.options.incoming_queue,
                             signed=signed, persistent=persistent, conflate=conflate,
-                            manual_ack=manual_ack)
+                            manual_ack=manual_ack, overflow=overflow)
         self._subs.append(sub)
         self._topic_cache.clear()
         if self._tg is not None:
@@ -736,10 +750,13 @@ class MqttClient:
             keepalive=opts.keepalive_s,
             timeout=max(5.0, float(opts.keepalive_s)),
             queue_type=self._queue_factory(),
-            max_queued_outgoing_messages=opts.incoming_queue,
+            # Unacknowledged outgoing messages: a reply for every submission the queue holds
+            # and for every one a read burst answers at once when that queue is full (an
+            # overloaded node's replies are published before paho can write any of them).
+            max_queued_outgoing_messages=outgoing_window(opts),
             # paho's default (20 unacknowledged QoS 1 publishes, the rest queued in paho) made
             # replies wait for PUBACKs from a busy loop: a bounded window as wide as the queue
-            max_inflight_messages=opts.incoming_queue,
+            max_inflight_messages=outgoing_window(opts),
             # Without TCP_NODELAY every small publish waits for the peer's delayed ACK
             # (~40 ms each way on Linux): a loopback request/reply took ~90 ms, not ~1 ms.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
@@ -1035,8 +1052,16 @@ class MqttClient:
                 if sub.conflate:
                     sub.newest[topic] = msg
             except asyncio.QueueFull:
+                answered = False
+                if sub.overflow is not None:
+                    try:
+                        answered = sub.overflow(msg)
+                    except Exception:  # never let a bad message break paho's read loop
+                        log.exception("overflow handler for %s failed", sub.topic_filter)
                 if ack is not None and sub.manual_ack:
-                    ack()  # dropped and counted: the broker must not hold it for ever
+                    ack()  # answered, or dropped and counted: the broker must not hold it
+                if answered:
+                    continue
                 self._metrics.messages_dropped.labels(reason="incoming_queue_full").inc()
                 self._ratelog.warning(
                     f"full:{sub.topic_filter}", "incoming queue of %s is full (%d): dropped a "

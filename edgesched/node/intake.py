@@ -188,7 +188,14 @@ class Intake:
             if msg.ack is not None:
                 msg.ack()  # recorded (or answered, or refused): the broker may forget it
 
-    def _shed(self, msg: InboundMessage, waited: float) -> bool:
+    def on_mqtt_overflow(self, msg: InboundMessage) -> bool:
+        """The submit queue is full (mqtt.incoming_queue submissions wait for the intake):
+        `msg` is answered `rejected` (overloaded) at once, from the read path, as a shed
+        submission is (`_shed`), instead of being dropped without a reply. False for a repeat
+        of a task already seen (its first reply answers it)."""
+        return self._shed(msg, None)
+
+    def _shed(self, msg: InboundMessage, waited: float | None) -> bool:
         """Overload: `msg` waited longer than intake.shed_after_s between the socket and
         this consumer, so the event loop is behind, and the node has tasks of its own under
         way (`busy`: as many as its slots; a loop slowed by a flood of someone else's
@@ -207,15 +214,21 @@ class Intake:
         m.tasks_submitted.inc()
         m.tasks_rejected.labels(reason=p.RejectCode.OVERLOADED.value).inc()
         m.completed("none", "rejected", task_type)
-        self._ratelog.warning("overloaded", "overloaded: shedding submissions that waited "
-                              "more than intake.shed_after_s=%gs (this one %.3fs)",
-                              self._shed_after_s, waited)
+        if waited is None:
+            self._ratelog.warning("overloaded-full", "overloaded: the queue of submissions "
+                                  "is full (mqtt.incoming_queue): answering them rejected")
+            why = "its queue of submissions is full"
+        else:
+            self._ratelog.warning("overloaded", "overloaded: shedding submissions that waited "
+                                  "more than intake.shed_after_s=%gs (this one %.3fs)",
+                                  self._shed_after_s, waited)
+            why = f"it is {waited * 1000:.0f} ms behind"
         if route is None or self.refusal(route) is not None:
             m.replies_dropped.labels(reason="no_route").inc()
             return True  # nowhere (allowed) to answer, as for any other refusal
         reply = p.Reply(id=task_id or p.new_task_id(), status=p.Status.REJECTED,
-                        error=f"overloaded: this node is {waited * 1000:.0f} ms behind; "
-                        "try again later or elsewhere", latency_s=waited,
+                        error=f"overloaded: this node is busy ({why}); try again later or "
+                        "elsewhere", latency_s=waited or 0.0,
                         correlation_id=route.correlation_id)
         if not self._mqtt.publish_nowait(route.topic, reply.encode(),
                                          correlation_data=route.correlation_data):

@@ -348,7 +348,8 @@ class TaskPipeline:
             await self.offload_server.start()
             # with a spool, a submission's PUBACK waits until it is recorded (manual ack)
             await self.mqtt.subscribe(self.submit_topic, self.intake.on_mqtt_submit, qos=1,
-                                      manual_ack=self.spool is not None)
+                                      manual_ack=self.spool is not None,
+                                      overflow=self.intake.on_mqtt_overflow)
         if self.spool is not None:
             self.mqtt.on_connect(self.intake.flush_spooled)  # replies held while away
             await self.intake.resume(self.submit_topic)  # what a crash left unfinished

@@ -74,16 +74,17 @@ class Client:
             self.replies.setdefault(key, []).append(json.loads(msg.payload))
 
     def submit(self, topic: str, doc: dict[str, Any], n: int, *, repeat_every: int,
-               repeat_after: int) -> tuple[list[bytes], list[bytes]]:
+               repeat_after: int, pace: float = PACE) -> tuple[list[bytes], list[bytes]]:
         """`n` submissions of `doc`; every `repeat_every`-th one has an id and is sent again
         `repeat_after` submissions later, with the same correlation (as a broker redelivers
-        it) and input `copy` 1, then 2. Returns the keys and the keys of those sent twice."""
+        it) and input `copy` 1, then 2; `pace` submissions a second. Returns the keys and the
+        keys of those sent twice."""
         keys, twice = [], []
         again: dict[int, tuple[bytes, bytes]] = {}
         start = time.monotonic()
         for i in range(n):
-            if i % 25 == 0:  # paced at ~PACE/s: a stream past capacity more than one burst
-                time.sleep(max(0.0, start + i / PACE - time.monotonic()))
+            if i % 25 == 0:  # paced: a stream past capacity more than one burst
+                time.sleep(max(0.0, start + i / pace - time.monotonic()))
             key = f"{self.token}-{i}".encode()
             if i % repeat_every == 0:
                 first = dict(doc, id=f"t-{i}", input={"copy": 1})
@@ -183,3 +184,44 @@ def test_a_burst_past_capacity_is_answered_once_each_some_overloaded(
     for reason in ("incoming_queue_full", "outgoing_queue_full"):  # (stale telemetry may be
         # superseded under load: that one is meant to be dropped)
         assert node.metric("edgesched_mqtt_messages_dropped_total", reason=reason) == 0, reason
+
+
+def test_a_full_submit_queue_answers_overloaded_instead_of_dropping(
+        mosquitto: Mosquitto, node_factory: Any) -> None:
+    """The node reads faster than its intake takes submissions: past `mqtt.incoming_queue`
+    waiting ones, each further submission is answered `overloaded` from the read path (it
+    was dropped without a reply, counted, at 2x a fast node's capacity: 21,744 of 240,000 in
+    bench_capacity). Shedding by waiting time is off here, so only the full queue sheds."""
+    node = node_factory("full-1", broker=mosquitto, overrides={
+        "telemetry": {"interval_s": 1.0}, "log": {"level": "WARNING"},
+        "mqtt": {"incoming_queue": 200}, "intake": {"shed_after_s": 0},
+        "executor": {"slots": 1}})
+    client = Client(mosquitto)
+    burst = 1500
+    try:
+        keys, twice = client.submit(f"edgesched/node/{node.node_id}/submit",
+                                    {"v": 1, "type": "echo", "input": {"x": 1}}, burst,
+                                    repeat_every=burst * 10, repeat_after=1, pace=1e9)
+        try:
+            wait_until(lambda: client.answered(keys) == len(keys), 25, 0.1,
+                       f"every one of {burst} submissions answered")
+        except TimeoutError:
+            dropped = node.metric("edgesched_mqtt_messages_dropped_total",
+                                  reason="incoming_queue_full")
+            raise AssertionError(
+                f"{client.answered(keys)} of {burst} answered; node: dropped {dropped}"
+                f", rejected {node.metric('edgesched_tasks_rejected_total', reason='overloaded')}"
+                f", replies dropped {node.metric('edgesched_replies_dropped_total')}\n"
+                + node.log_text()[-2000:]) from None
+        time.sleep(0.5)  # a second reply would show up by now
+        with client.lock:
+            replies = {k: list(client.replies[k]) for k in keys if k not in twice}
+    finally:
+        client.close()
+    assert Counter(len(r) for r in replies.values()) == {1: burst - len(twice)}
+    full = [r[0] for r in replies.values() if r[0]["status"] == "rejected"]
+    assert full and all("queue of submissions is full" in r["error"] for r in full), full[:3]
+    assert any(r[0]["status"] == "ok" for r in replies.values())
+    assert node.metric("edgesched_mqtt_messages_dropped_total",
+                       reason="incoming_queue_full") == 0
+    assert node.metric("edgesched_tasks_rejected_total", reason="overloaded") >= len(full)
