@@ -348,3 +348,24 @@ async def test_queued_packets_are_written_together_whole_and_in_order(
     assert [m.payload for m in got] == [f"m{i:04d}".encode() * (1 + i % 50)
                                         for i in range(count)]
     assert sends < count / 4  # written together, not one send() a packet
+
+
+async def test_publishes_queued_behind_a_narrow_window_still_go_out(
+        mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paho's scan for queued publishes runs only when some are queued
+    (_scan_only_when_queued): behind a window of 5 in flight (60 kept), 60 publishes are
+    all sent and acknowledged, in order."""
+    import edgesched.adapters.mqtt as adapter
+
+    monkeypatch.setattr(adapter, "outgoing_window", lambda opts: 60)
+    a, _ = client(mosquitto, "narrow")
+    b, _ = client(mosquitto, "narrow-reader")
+    async with a, b:
+        await asyncio.wait_for(a.wait_connected(), 5)
+        await asyncio.wait_for(b.wait_connected(), 5)
+        box = await collect(b, "n/#", qos=1)
+        a._paho._max_inflight_messages = 5  # (paho refuses to set it once connected)
+        await asyncio.wait_for(asyncio.gather(
+            *(a.publish("n/x", f"{i}".encode(), qos=1) for i in range(60))), 10)
+        got = [await asyncio.wait_for(box.get(), 5) for _ in range(60)]
+    assert [m.payload for m in got] == [f"{i}".encode() for i in range(60)]
