@@ -12,9 +12,9 @@ pipeline for every trace sink, node/trace.py `record_line`) to a list bounded by
 `edgesched_record_dropped_total{reason="buffer_full"}`).
 Every FLUSH_S (sooner when the buffer is half full) a worker thread joins, compresses and
 writes the batch; zlib lets go of the GIL while it compresses, so that part runs beside the
-loop. In all, about 5 % of local echo throughput (benchmarks/bench_record.py; the writer
-process of the first version took 16-45 us per task from the cores the node and its broker
-share).
+loop. In all, ~1-3 % of the node's CPU per local echo task and no throughput the benchmark
+resolves (benchmarks/bench_record.py, docs/replay.md; the writer process of the first version
+took 16-45 us per task from the cores the node and its broker share).
 
 Files: `rec-<node>-<UTC start>-<seq>.jsonl.gz`, a new one past `record.file_bytes`
 (compressed), the oldest deleted while this node's record files pass `record.max_bytes`
