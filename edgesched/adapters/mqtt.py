@@ -402,8 +402,8 @@ def _coalesce_writes(client: Any) -> None:
     PUBLISHes, whose written callback paho calls, and DISCONNECT, after which paho closes the
     socket) are joined, each run of them in order and up to SEND_CHUNK_BYTES, into one
     packet; paho sends it and keeps what the socket did not take for its next write, as with
-    any packet. paho 2.x
-    internals (`_out_packet`, `_packet_write`), like the rest of this adapter's reading."""
+    any packet. paho 2.x internals (`_out_packet`, `_packet_write`), like the rest of this
+    adapter's reading."""
     write = client._packet_write
     out = client._out_packet
 

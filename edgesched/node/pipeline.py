@@ -597,10 +597,11 @@ class TaskPipeline:
             if best is not None:
                 trace.regret_s = round(max(0.0, reply.latency_s - best), 6)
                 self.metrics.regret.observe(trace.regret_s)
-        try:  # once, for every sink
+        try:  # once, for every sink (the recorder counts and reports a trace it cannot write;
+            # the recent-task store keeps a cleaned record of it)
             line: bytes | None = record_line(trace)
         except TypeError as exc:
-            log.warning("task %s: its trace cannot be encoded as JSON (%s)", trace.id, exc)
+            log.debug("task %s: its trace cannot be encoded as JSON (%s)", trace.id, exc)
             line = None
         for sink in self.sinks:
             try:
