@@ -280,7 +280,7 @@ async def test_a_token_typed_into_the_page_unlocks_it(tmp_path: Path) -> None:
 
     from edgesched.adapters.http import HttpServer
     from edgesched.adapters.metrics import Metrics
-    from tests.support.broker import free_port
+    from tests.support.broker import free_listen_port
 
     binary = chromium()
     token = "tok-" + "x" * 20
@@ -288,7 +288,7 @@ async def test_a_token_typed_into_the_page_unlocks_it(tmp_path: Path) -> None:
                         status=lambda: {"node_id": "locked-node", "role": "edge",
                                         "neighbours": [{"node_id": "gw-9", "status": "online"}]},
                         token=token)
-    port = free_port()
+    port = free_listen_port()
     async with server:
         proc = await asyncio.create_subprocess_exec(
             binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

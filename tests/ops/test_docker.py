@@ -30,7 +30,7 @@ from tests.ops.dockerfile import (
     expand,
     parse,
 )
-from tests.support.broker import Mosquitto, free_port
+from tests.support.broker import Mosquitto, free_listen_port
 from tests.support.nodes import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,7 +219,7 @@ def _run_like_a_container(image: Replay, runtime: Stage, broker: Mosquitto) -> N
     # already use 8470), and the state volume's place under our scratch root.
     env = image.env | {
         "EDGESCHED_NODE_ID": "gw-image", "EDGESCHED_MQTT__HOST": broker.host,
-        "EDGESCHED_MQTT__PORT": str(broker.port), "EDGESCHED_HTTP__PORT": str(free_port()),
+        "EDGESCHED_MQTT__PORT": str(broker.port), "EDGESCHED_HTTP__PORT": str(free_listen_port()),
         "EDGESCHED_STATE_DIR": str(state_dir),
     }
     argv = [_on_path(entrypoint[0], env), *entrypoint[1:], *cmd]

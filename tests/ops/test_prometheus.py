@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.broker import Mosquitto, free_port
+from tests.support.broker import Mosquitto, free_listen_port
 from tests.support.nodes import NodeProcess, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -193,7 +193,7 @@ def prometheus(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
     if not binary:
         pytest.fail("prometheus is not installed: run `make system-deps` (as root)")
     workdir = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
+    port = free_listen_port()
     config = {
         "global": {"scrape_interval": f"{int(SCRAPE_S * 1000)}ms",
                    "scrape_timeout": f"{int(SCRAPE_S * 1000)}ms",

@@ -64,7 +64,7 @@ class Mosquitto:
 
     workdir: Path
     host: str = "127.0.0.1"
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=free_listen_port)
     extra_conf: str = ""
     proc: subprocess.Popen[bytes] | None = None
     conf_text: str | None = None  # a whole config, used as given (see deployment_conf)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.broker import Mosquitto, free_port
+from tests.support.broker import Mosquitto, free_listen_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ class NodeProcess:
     ) -> None:
         self.workdir = workdir
         self.node_id = node_id
-        self.http_port = free_port()
+        self.http_port = free_listen_port()
         config: dict[str, Any] = {
             "node_id": node_id,
             "http": {"host": "127.0.0.1", "port": self.http_port},
