@@ -126,8 +126,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class Load:
-    """Receives the replies (a paho MQTT v5 client, by correlation); `run` submits them."""
+class Replies:
+    """What a load sent (key -> send time) and got back (key -> [(arrival time, payload)]),
+    and the figures of a run from them; `Load` and `CLoad` submit and receive."""
 
     def __init__(self, broker: Mosquitto) -> None:
         self.host, self.port = broker.host, broker.port
@@ -137,6 +138,39 @@ class Load:
         self.lock = threading.Lock()
         self.sent: dict[bytes, float] = {}
         self.replies: dict[bytes, list[tuple[float, bytes]]] = {}
+
+    def sent_rate(self, keys: list[bytes]) -> float:
+        """Submissions per second, from the first send to the last."""
+        with self.lock:
+            times = [self.sent[k] for k in keys]
+        return (len(times) - 1) / max(1e-9, max(times) - min(times))
+
+    def settle(self, keys: list[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(k in self.replies for k in keys):
+                    break
+            time.sleep(0.05)
+        time.sleep(0.3)  # a late duplicate has time to show
+
+    def summary(self, keys: list[bytes]) -> dict[str, Any]:
+        with self.lock:
+            got = {k: list(self.replies.get(k, [])) for k in keys}
+            sent = {k: self.sent[k] for k in keys}
+        latencies = [got[k][0][0] - sent[k] for k in keys if got[k]]
+        missing = sum(1 for k in keys if not got[k])
+        dupes = sum(max(0, len(got[k]) - 1) for k in keys)
+        return {"n": len(keys), "answered": len(latencies), "missing": missing,
+                "duplicates": dupes, "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99),
+                "got": got, "sent": sent}
+
+
+class Load(Replies):
+    """Receives the replies (a paho MQTT v5 client, by correlation); `run` submits them."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        super().__init__(broker)
         self.subscribed = threading.Event()
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
                                   client_id=f"load-{self.token}", protocol=paho.MQTTv5)
@@ -183,34 +217,7 @@ class Load:
             self.sent.update({k.encode(): t for k, t in sent.items()})
         return [f"{self.token}-{i}".encode() for i in range(first, first + total)]
 
-    def sent_rate(self, keys: list[bytes]) -> float:
-        """Submissions per second, from the first send to the last."""
-        with self.lock:
-            times = [self.sent[k] for k in keys]
-        return (len(times) - 1) / max(1e-9, max(times) - min(times))
-
-    def settle(self, keys: list[bytes], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if all(k in self.replies for k in keys):
-                    break
-            time.sleep(0.05)
-        time.sleep(0.3)  # a late duplicate has time to show
-
-    def summary(self, keys: list[bytes]) -> dict[str, Any]:
-        with self.lock:
-            got = {k: list(self.replies.get(k, [])) for k in keys}
-            sent = {k: self.sent[k] for k in keys}
-        latencies = [got[k][0][0] - sent[k] for k in keys if got[k]]
-        missing = sum(1 for k in keys if not got[k])
-        dupes = sum(max(0, len(got[k]) - 1) for k in keys)
-        return {"n": len(keys), "answered": len(latencies), "missing": missing,
-                "duplicates": dupes, "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99),
-                "got": got, "sent": sent}
-
-
-class CLoad(Load):
+class CLoad(Replies):
     """The overload phase's load: mosquitto_pub and mosquitto_sub (C) instead of paho.
 
     At twice a node's capacity the paho publisher and this process's paho receiver took
@@ -220,14 +227,8 @@ class CLoad(Load):
     prints each reply with its arrival time; replies are matched by `id`. Times are the wall
     clock (mosquitto_sub's `%U`)."""
 
-    def __init__(self, broker: Mosquitto) -> None:  # no paho client here (not Load.__init__)
-        self.host, self.port = broker.host, broker.port
-        self.count = 0
-        self.token = uuid.uuid4().hex[:8]
-        self.reply_topic = f"bench/{self.token}/reply"
-        self.lock = threading.Lock()
-        self.sent: dict[bytes, float] = {}
-        self.replies: dict[bytes, list[tuple[float, bytes]]] = {}
+    def __init__(self, broker: Mosquitto) -> None:
+        super().__init__(broker)
         self.sub = subprocess.Popen(
             ["mosquitto_sub", "-h", self.host, "-p", str(self.port), "-V", "5", "-q", "1",
              "-t", self.reply_topic, "-F", "%U %p", "-D", "CONNECT", "receive-maximum",
@@ -357,7 +358,7 @@ def mosquitto_dropped(broker: Mosquitto) -> str:
         return "?"
 
 
-def overload(load: Load, node: NodeProcess, topic: str, body: bytes, rate: float,
+def overload(load: Load | CLoad, node: NodeProcess, topic: str, body: bytes, rate: float,
              seconds: float) -> None:
     assert node.proc is not None
     rss_before = rss_mb(node.proc.pid)
