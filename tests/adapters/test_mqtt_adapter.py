@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -42,13 +44,21 @@ async def collect(mqtt: MqttClient, flt: str, **kw: object) -> asyncio.Queue[Inb
     return box
 
 
+@contextlib.asynccontextmanager
+async def sender_and_box(broker: Mosquitto, name: str, flt: str, **kw: object
+                         ) -> AsyncIterator[tuple[MqttClient, asyncio.Queue[InboundMessage]]]:
+    """A connected client `name` to publish with, and the queue of what a second connected
+    client receives on `flt` (QoS 1); `kw` are both clients' options."""
+    sender, _ = client(broker, name, **kw)
+    receiver, _ = client(broker, f"{name}-reader", **kw)
+    async with sender, receiver:
+        await asyncio.wait_for(sender.wait_connected(), 5)
+        await asyncio.wait_for(receiver.wait_connected(), 5)
+        yield sender, await collect(receiver, flt, qos=1)
+
+
 async def test_v5_roundtrip_with_properties(mosquitto: Mosquitto) -> None:
-    a, _ = client(mosquitto, "a")
-    b, _ = client(mosquitto, "b")
-    async with a, b:
-        await asyncio.wait_for(a.wait_connected(), 5)
-        await asyncio.wait_for(b.wait_connected(), 5)
-        box = await collect(b, "t/+/x", qos=1)
+    async with sender_and_box(mosquitto, "a", "t/+/x") as (a, box):
         await a.publish("t/1/x", b"hello", qos=1, response_topic="r/1",
                         correlation_data=b"\x01\x02", user_properties=[("k", "v")])
         msg = await asyncio.wait_for(box.get(), 5)
@@ -324,12 +334,7 @@ async def test_queued_packets_are_written_together_whole_and_in_order(
         mosquitto: Mosquitto) -> None:
     """Packets queued between two writes go out in one send() (_coalesce_writes), QoS 0
     publishes among them on their own: every message arrives once, whole, in order."""
-    a, _ = client(mosquitto, "writer", incoming_queue=2000)
-    b, _ = client(mosquitto, "reader", incoming_queue=2000)
-    async with a, b:
-        await asyncio.wait_for(a.wait_connected(), 5)
-        await asyncio.wait_for(b.wait_connected(), 5)
-        box = await collect(b, "w/#", qos=1)
+    async with sender_and_box(mosquitto, "writer", "w/#", incoming_queue=2000) as (a, box):
         paho_client = a._paho
         sends = 0
         send = paho_client._sock_send
@@ -358,12 +363,7 @@ async def test_publishes_queued_behind_a_narrow_window_still_go_out(
     import edgesched.adapters.mqtt as adapter
 
     monkeypatch.setattr(adapter, "outgoing_window", lambda opts: 60)
-    a, _ = client(mosquitto, "narrow")
-    b, _ = client(mosquitto, "narrow-reader")
-    async with a, b:
-        await asyncio.wait_for(a.wait_connected(), 5)
-        await asyncio.wait_for(b.wait_connected(), 5)
-        box = await collect(b, "n/#", qos=1)
+    async with sender_and_box(mosquitto, "narrow", "n/#") as (a, box):
         a._paho._max_inflight_messages = 5  # (paho refuses to set it once connected)
         await asyncio.wait_for(asyncio.gather(
             *(a.publish("n/x", f"{i}".encode(), qos=1) for i in range(60))), 10)
