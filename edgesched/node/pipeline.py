@@ -597,6 +597,8 @@ class TaskPipeline:
             if best is not None:
                 trace.regret_s = round(max(0.0, reply.latency_s - best), 6)
                 self.metrics.regret.observe(trace.regret_s)
+        if not self.sinks:
+            return
         try:  # once, for every sink (the recorder counts and reports a trace it cannot write;
             # the recent-task store keeps a cleaned record of it)
             line: bytes | None = record_line(trace)

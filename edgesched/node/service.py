@@ -55,6 +55,7 @@ from edgesched.node.pipeline import DrainingExecutor, TaskPipeline, make_bank
 from edgesched.node.reload import Reloader
 from edgesched.node.tasklog import TaskLog, valid_task_id
 from edgesched.node.telemetry import Identity, LinkReadingFeeder, Load, TelemetryStage, Topics
+from edgesched.node.trace import TraceSink
 
 log = logging.getLogger("edgesched.service")
 
@@ -282,7 +283,7 @@ def build_runtime(
                                 view, telemetry, bank, settings.policy.max_candidates),
                             neighbours=view.neighbours, neighbour_state=view.state,
                             spool=open_spool(settings, metrics),
-                            sinks=(task_log,) if recorder is None else (task_log, recorder))
+                            sinks=trace_sinks(task_log, recorder))
     status = NodeStatus(identity=identity, mqtt_settings=settings.mqtt, mqtt=mqtt, view=view,
                         telemetry=telemetry, load=executor.load)
     h = settings.http
@@ -308,6 +309,14 @@ def build_runtime(
         stall_guard=stall_guard_for(settings, metrics=metrics, env=env),
         recorder=recorder,
     )
+
+
+def trace_sinks(task_log: TaskLog, recorder: Recorder | None) -> tuple[TraceSink, ...]:
+    """Who gets each finished task's trace: the recent-task store unless it is off
+    (`http.recent_tasks_bytes: 0`), the recorder when recording. With neither, the pipeline
+    encodes no trace at all."""
+    store: tuple[TraceSink, ...] = (task_log,) if task_log.max_bytes > 0 else ()
+    return store + ((recorder,) if recorder is not None else ())
 
 
 def _cluster_view(settings: Settings, metrics: Metrics) -> ClusterView:

@@ -158,3 +158,13 @@ def test_the_record_of_a_trace_says_why() -> None:
     attempt = doc["attempts"][0]
     assert attempt["target"] == "cloud" and attempt["result"] == "ok"
     assert attempt["started_after_s"] == 0.01 and attempt["duration_s"] == 0.21
+
+
+def test_a_store_that_is_off_gets_no_traces_and_none_are_encoded_for_it() -> None:
+    """`http.recent_tasks_bytes: 0` and no recorder: the pipeline has no trace sink, so it
+    encodes no trace line (node/service.py `trace_sinks`)."""
+    from edgesched.node.service import trace_sinks
+
+    on = TaskLog()
+    assert trace_sinks(on, None) == (on,)
+    assert trace_sinks(TaskLog(max_bytes=0), None) == ()
