@@ -21,21 +21,45 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+LISTEN_PORTS = range(20_000, 32_768)  # below Linux's ephemeral range (32768-60999)
+_handed_out: set[int] = set()
+
+
+def _worker_ports() -> range:
+    """This test process's share of LISTEN_PORTS: pytest-xdist workers (gw0, gw1, ...) each
+    take their own slice, so two workers never pick the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    size = len(LISTEN_PORTS) // max(1, count)
+    start = LISTEN_PORTS.start + size * (index % max(1, count))
+    return range(start, start + size)
+
+
 def free_listen_port(host: str = "127.0.0.1") -> int:
-    """A free port below Linux's ephemeral range (32768-60999 by default).
+    """A free port below Linux's ephemeral range, not handed out before by this process.
 
     `free_port()` hands out a port of the ephemeral range, which the kernel also gives to
     every outgoing connection: between the pick and a slow child process binding it (30
     nodes starting at once on a loaded machine take seconds), another process's connection
-    can take it. Ports below the range are only ever taken by an explicit bind."""
+    can take it. Ports below the range are only ever taken by an explicit bind; each xdist
+    worker picks from its own slice of them (`_worker_ports`), and never the same one twice
+    (a node picks its port long before its process binds it): two picks of one port by two
+    nodes starting at once failed a run with "address already in use"."""
+    ports = _worker_ports()
+    if len(_handed_out) > len(ports) // 2:
+        _handed_out.clear()  # long since bound and released
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(20_000, 32_768)
+        port = rng.randrange(ports.start, ports.stop)
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+        _handed_out.add(port)
         return port
     return free_port(host)
 
