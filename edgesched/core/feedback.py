@@ -46,10 +46,19 @@ class InFlight:
     every attempt counted. This node's own executor is never a target here: its load is live.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, strikes: int = 2, hold_s: float = 1.0, max_hold_s: float = 30.0,
+                 max_targets: int = 1024) -> None:
+        if not 0.0 < hold_s <= max_hold_s or max_targets < 1 or strikes < 1:
+            raise ValueError("need 0 < hold_s <= max_hold_s, strikes >= 1, max_targets >= 1")
+        self.strikes, self.hold_s, self.max_hold_s = strikes, hold_s, max_hold_s
+        self.max_targets = max_targets
         self._sent: dict[str, dict[int, float]] = {}  # target -> token -> when it was sent
         self._due: dict[int, float] = {}  # token -> when its reply is overdue
         self._tokens = itertools.count()
+        # Attempts given up without a reply: target -> (how late, held until), and how many
+        # in a row since the target last answered in time (see `gave_up`).
+        self._overdue: dict[str, tuple[float, float]] = {}
+        self._rows: dict[str, int] = {}
 
     def sent(self, target: str, now: float, expect_s: float = math.inf) -> int:
         """Count an attempt sent to `target` at `now`, expected back within `expect_s` (the
@@ -62,31 +71,71 @@ class InFlight:
 
     def lateness(self, now: float) -> dict[str, float]:
         """Per target, how far past the latency quantile it was judged on its most overdue
-        attempt in flight is (targets with none overdue are absent): evidence that the
+        attempt in flight is, or how late its last attempt given up was while that is held
+        (`gave_up`; targets with neither are absent): evidence that the
         target, or the way to it, got slower than its estimates know — a collapsed uplink,
         a node that died — before any reply can teach it (the replies are the slow ones).
         `build_candidates(late=...)` adds it to the target's wait, so the penalty grows
         with the evidence: a little late costs a little, seconds late rule it out for
         deadlines. On generated scenarios (seed 4242) this took cost's misses from 0.032 to
         0.014 under a WAN collapse and from 0.023 to 0.013 through an outage."""
-        if not self._due:
-            return {}
         out: dict[str, float] = {}
+        if self._overdue:
+            for target, (late, until) in list(self._overdue.items()):
+                if now >= until:
+                    del self._overdue[target]
+                else:
+                    out[target] = late
+        if not self._due:
+            return out
         for target, sent in self._sent.items():
             worst = max((now - self._due.get(token, math.inf) for token in sent),
                         default=-math.inf)
-            if worst > 0.0:
+            if worst > out.get(target, 0.0):
                 out[target] = worst
         return out
 
-    def settled(self, target: str, token: int) -> None:
-        """The attempt got its reply, failed or was given up (unknown tokens are ignored)."""
-        self._due.pop(token, None)
+    def settled(self, target: str, token: int, now: float | None = None) -> None:
+        """The attempt got its reply or failed (unknown tokens are ignored). Given `now`, a
+        reply back within the quantile it was judged on also clears the evidence of the
+        target's earlier timeouts (`gave_up`): the target and the way to it answer again."""
+        due = self._due.pop(token, None)
         sent = self._sent.get(target)
         if sent is not None:
             sent.pop(token, None)
             if not sent:
                 del self._sent[target]
+        if now is not None and due is not None and now <= due:
+            self._overdue.pop(target, None)
+            self._rows.pop(target, None)
+
+    def gave_up(self, target: str, token: int, now: float) -> None:
+        """The attempt got no reply in time (it timed out, or its target went away): it is
+        settled, and from the `strikes`-th such attempt in a row (no attempt to the target
+        answered in time since) how late it was when given up stays the target's lateness
+        for a hold: `hold_s`, doubling with each further one up to `max_hold_s`. An attempt
+        answered in time clears it (`settled`); the hold also ends on its own, so that the
+        target is tried again and a path that recovered is noticed.
+
+        Without this the evidence vanished with the attempt: under a collapsed uplink each
+        deadline task of a node went to the cloud, timed out at its deadline, and the next
+        one did the same for the whole collapse (a generated WAN-collapse scenario lost 46
+        tasks so; running everything locally lost 2). Two strikes, not one: a single timeout
+        is often one long task of a heavy-tailed type on a healthy target, and holding that
+        target back moved work onto slower ones (docs/cost-model.md has the measurements)."""
+        due = self._due.get(token)
+        self.settled(target, token)
+        if due is None or now <= due:
+            return
+        row = self._rows.pop(target, 0) + 1
+        self._rows[target] = row
+        if row >= self.strikes:
+            hold = min(self.max_hold_s, self.hold_s * 2.0 ** min(row - self.strikes, 30))
+            self._overdue.pop(target, None)
+            self._overdue[target] = (now - due, now + hold)
+        for table in (self._overdue, self._rows):
+            if len(table) > self.max_targets:
+                del table[next(iter(table))]
 
     def unreported(self, reported_at: Mapping[str, float]) -> dict[str, int]:
         """Per target, the attempts sent after `reported_at[target]`, when its latest load

@@ -367,12 +367,21 @@ class Dispatcher:
         if target.placement is Placement.LOCAL:
             return await self.run_local(job, expected_s)
         token = self.inflight.sent(target.node_id, self.clock(), target.latency_q_s)
+        result: AttemptResult | None = None
         try:
             if target.placement is Placement.NEIGHBOUR:
-                return await self._run_neighbour(job, target, step.timeout_s, expected_s)
-            return await self._run_cloud(job, step.timeout_s)
+                result = await self._run_neighbour(job, target, step.timeout_s, expected_s)
+            else:
+                result = await self._run_cloud(job, step.timeout_s)
+            return result
         finally:
-            self.inflight.settled(target.node_id, token)
+            outcome = None if result is None else result.outcome
+            if outcome is Outcome.TIMEOUT:  # no reply: held as evidence against the target
+                self.inflight.gave_up(target.node_id, token, self.clock())
+            elif outcome in (Outcome.OK, Outcome.REJECTED):  # the target answered
+                self.inflight.settled(target.node_id, token, self.clock())
+            else:
+                self.inflight.settled(target.node_id, token)
 
     async def run_local(self, job: Job, expected: float | None = None) -> AttemptResult:
         """Admission control, then the local executor (also serves neighbours' offloads).

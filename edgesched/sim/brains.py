@@ -231,8 +231,13 @@ class DaemonBrain:
             return -1
         return self.inflight.sent(target, now, expect_s)
 
-    def settled(self, target: str, token: int) -> None:
-        self.inflight.settled(target, token)
+    def settled(self, target: str, token: int, now: float) -> None:
+        """The attempt was answered (a result or a refusal)."""
+        self.inflight.settled(target, token, now)
+
+    def gave_up(self, target: str, token: int, now: float) -> None:
+        """The attempt timed out: its lateness is held as evidence (`InFlight.gave_up`)."""
+        self.inflight.gave_up(target, token, now)
 
     def executed(self, type_name: str, work: float, exec_s: float, now: float) -> None:
         """This node ran a task (its own or a neighbour's): it learns its own speed."""

@@ -373,7 +373,7 @@ class Engine:
         task, token, node = info
         if task.done or token != task.token or not task.origin.alive:
             return
-        task.origin.brain.settled(node.id, task.sent_token)
+        task.origin.brain.settled(node.id, task.sent_token, self.now)
         task.reason = Outcome.REJECTED
         self._next_attempt(task)
 
@@ -382,7 +382,7 @@ class Engine:
         if task.done or token != task.token:
             return
         link.cancel(tr)  # stop sending what nobody awaits
-        task.origin.brain.settled(node.id, task.sent_token)
+        task.origin.brain.gave_up(node.id, task.sent_token, self.now)
         task.reason = Outcome.TIMEOUT
         self._next_attempt(task)
 
@@ -482,7 +482,7 @@ class Engine:
         `exec_s` (what a reply tells a daemon, next to the round trip it timed itself)."""
         if task.done or token != task.token:
             return  # the attempt was abandoned (timed out): the daemon ignores its reply
-        task.origin.brain.settled(node.id, task.sent_token)
+        task.origin.brain.settled(node.id, task.sent_token, self.now)
         task.origin.brain.observed(task, node, exec_s, wait_s, self.now)
         if self.wlan and not node.is_cloud:
             # The result reaches the device over its access point's WLAN; the attempt is

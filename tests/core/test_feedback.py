@@ -69,3 +69,56 @@ def test_in_flight_attempts_count_until_the_targets_report_can_show_them() -> No
     assert inflight.unreported({"b": 0.0}) == {"b": 1, "cloud": 1}
     inflight.settled("b", 999)  # unknown token: ignored
     assert inflight.unreported({"b": 5.0}) == {"cloud": 1}
+
+
+def test_timeouts_in_a_row_hold_their_lateness_against_the_target() -> None:
+    """A timed-out attempt's lateness outlives it (`gave_up`) from the second in a row: the
+    next tasks see the target as that late, for a hold that doubles with each further one."""
+    inflight = InFlight(strikes=2, hold_s=1.0, max_hold_s=4.0)
+    first = inflight.sent("cloud", 10.0, expect_s=0.2)
+    inflight.gave_up("cloud", first, 10.8)
+    assert inflight.lateness(10.8) == {}  # one timeout: often one long task, not evidence
+    second = inflight.sent("cloud", 11.0, expect_s=0.2)
+    inflight.gave_up("cloud", second, 11.8)
+    assert inflight.lateness(11.9) == {"cloud": pytest.approx(0.6)}
+    assert inflight.unreported({}) == {}  # settled: it counts as lateness, not as load
+    assert inflight.lateness(12.8) == {}  # the hold (1 s) ran out: the cloud is tried again
+    third = inflight.sent("cloud", 13.0, expect_s=0.2)
+    inflight.gave_up("cloud", third, 14.0)
+    assert inflight.lateness(15.9) == {"cloud": pytest.approx(0.8)}  # held 2 s this time
+    assert inflight.lateness(16.0) == {}
+    for i in range(4):  # the hold doubles up to max_hold_s
+        token = inflight.sent("cloud", 20.0 + i, expect_s=0.2)
+        inflight.gave_up("cloud", token, 20.5 + i)
+    assert inflight.lateness(27.4) == {"cloud": pytest.approx(0.3)}
+    assert inflight.lateness(27.5) == {}
+
+
+def test_an_attempt_answered_in_time_clears_the_timeout_evidence() -> None:
+    inflight = InFlight(strikes=2)
+    for at in (1.0, 2.0):
+        inflight.gave_up("b", inflight.sent("b", at, expect_s=0.1), at + 0.5)
+    assert "b" in inflight.lateness(2.6)
+    late_reply = inflight.sent("b", 2.6, expect_s=0.1)
+    inflight.settled("b", late_reply, 2.9)  # answered, but later than expected: not cleared
+    assert "b" in inflight.lateness(2.9)
+    answered = inflight.sent("b", 2.9, expect_s=0.1)
+    inflight.settled("b", answered, 2.95)
+    assert inflight.lateness(2.95) == {}
+    # and the count starts over: the next timeout is a first strike again
+    inflight.gave_up("b", inflight.sent("b", 3.0, expect_s=0.1), 3.5)
+    assert inflight.lateness(3.5) == {}
+
+
+def test_timeout_evidence_is_bounded_and_checked() -> None:
+    inflight = InFlight(strikes=1, max_targets=3)
+    for i in range(10):
+        inflight.gave_up(f"n{i}", inflight.sent(f"n{i}", 0.0, expect_s=0.1), 1.0)
+    assert sorted(inflight.lateness(1.0)) == ["n7", "n8", "n9"]  # the oldest were dropped
+    inflight.gave_up("x", inflight.sent("x", 0.0), 5.0)  # no expectation: never late
+    inflight.gave_up("y", 12345, 5.0)  # unknown token: ignored
+    assert sorted(inflight.lateness(1.0)) == ["n7", "n8", "n9"]
+    for bad in ({"strikes": 0}, {"hold_s": 0.0}, {"hold_s": 5.0, "max_hold_s": 1.0},
+                {"max_targets": 0}):
+        with pytest.raises(ValueError):
+            InFlight(**bad)  # type: ignore[arg-type]

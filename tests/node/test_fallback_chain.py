@@ -119,6 +119,10 @@ class FakeCloud:
     # what CloudClient keeps of the X-Edgesched-Load header: this fake reports no load
     load: tuple[int, int, int, float] | None = None
     load_at: float = -math.inf
+    cancelled: list[str] = field(default_factory=list)
+
+    async def cancel(self, task_id: str, *, sent_at_ms: int) -> None:
+        self.cancelled.append(task_id)
 
     async def submit(self, body: bytes, *, timeout_s: float | None = None) -> dict[str, Any]:
         assert timeout_s is not None
@@ -307,6 +311,36 @@ async def test_silence_and_transport_errors_move_on() -> None:
     assert record.attempts[1]["error"] == "no reply from b in 1s"
     assert reply.status is p.Status.FAILED and reply.attempts == 4
     assert w.counter("edgesched_cloud_requests_failed_total", reason="unauthorized") == 1
+
+
+async def test_timeouts_in_a_row_weigh_on_the_target_until_it_answers_in_time() -> None:
+    """The dispatcher hands a timed-out attempt to `InFlight.gave_up` and an answered one to
+    `settled` with the time: after two cloud timeouts in a row the cloud's candidate carries
+    the lateness of the last; a transport failure is neither (it says nothing of lateness)."""
+    w = World(max_attempts=2)
+    w.neighbours.clear()  # this node (full) and the cloud only
+    w.executor.fill()
+    w.cloud.mode = "timeout"
+
+    def cloud_wait() -> float:
+        cands = w.dispatcher.candidates(w.dispatcher.spec(w.job()))
+        return next(c.est_wait_s for c in cands if c.node_id == CLOUD_ID)
+
+    plain = cloud_wait()
+    await w.place()
+    assert w.attempts() == [("a", "rejected"), (CLOUD_ID, "timeout")]
+    assert cloud_wait() == pytest.approx(plain)  # one timeout: not evidence yet
+    await w.place()
+    assert w.attempts() == [("a", "rejected"), (CLOUD_ID, "timeout")]
+    late = w.dispatcher.inflight.lateness(w.clock())
+    assert late[CLOUD_ID] > 0.5  # the 1 s timeout, well past the ~0.1 s quantile
+    assert cloud_wait() == pytest.approx(plain + late[CLOUD_ID])
+    w.clock.advance(1.0)  # the first hold runs out: the cloud is tried again, and answers
+    w.cloud.mode = "ok"
+    reply = await w.place()
+    assert reply.executed_by == CLOUD_ID
+    assert w.dispatcher.inflight.lateness(w.clock()) == {}
+    assert cloud_wait() == pytest.approx(plain, abs=0.05)  # only what the reply taught
 
 
 async def test_the_deadline_cuts_the_attempt_timeout_and_ends_the_chain_expired() -> None:
