@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from edgesched.adapters.cloud import CloudClient
 from edgesched.adapters.executor import LocalExecutor
@@ -123,13 +123,21 @@ def _round_eval(ev: CandidateEval) -> dict[str, Any]:
     return doc
 
 
+class SnapshotSource(Protocol):
+    """This node and its decision neighbours now (`node/service.py` `snapshot_source`). Given
+    the task being decided, a shortlist that is due to be chosen again ranks the neighbours
+    by that task's execution time there too (core/shortlist.py)."""
+
+    def __call__(self, task: TaskSpec | None = None) -> ClusterSnapshot: ...
+
+
 class Dispatcher:
     """Places and runs accepted jobs; one per node, shared by intake and the offload server."""
 
     def __init__(
         self, *, node_id: str, executor: LocalExecutor, bank: EstimatorBank,
         policy: Policy, fallback: FallbackParams, metrics: Metrics,
-        snapshot: Callable[[], ClusterSnapshot], local_power: PowerModel,
+        snapshot: SnapshotSource, local_power: PowerModel,
         cloud: CloudClient | None = None, offload: OffloadClient | None = None,
         clock: Callable[[], float] = time.monotonic, max_decisions: int = 50,
         neighbour_state: Callable[[str], NodeState | None] | None = None,
@@ -177,7 +185,7 @@ class Dispatcher:
 
     def candidates(self, spec: TaskSpec) -> list[Candidate]:
         """The core's candidates for `spec`, each with its one execution-time estimate."""
-        snap = self.snapshot()
+        snap = self.snapshot(spec)
         cloud_state = self.cloud_state() if self.cloud_target is not None else None
         reported = {n.node_id: n.last_seen for n in snap.neighbours}
         if cloud_state is not None:

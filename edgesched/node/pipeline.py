@@ -33,12 +33,12 @@ from edgesched.adapters.spool import Spool
 from edgesched.core.candidates import CLOUD_ID
 from edgesched.core.estimators import EstimatorBank, ExecParams, ExecPrior
 from edgesched.core.exploration import ExploringPolicy
-from edgesched.core.model import ClusterSnapshot, LinkEstimate, NodeState, Placement, PowerModel
+from edgesched.core.model import LinkEstimate, NodeState, Placement, PowerModel
 from edgesched.core.policies import make_policy
 from edgesched.errors import InvalidTaskError
 from edgesched.logs import TASK_ID
 from edgesched.node import protocol as p
-from edgesched.node.dispatch import Dispatcher, Job
+from edgesched.node.dispatch import Dispatcher, Job, SnapshotSource
 from edgesched.node.intake import Intake
 from edgesched.node.offload import OffloadClient, OffloadServer
 from edgesched.node.telemetry import Load
@@ -241,7 +241,7 @@ class TaskPipeline:
         metrics: Metrics,
         executor: DrainingExecutor,
         bank: EstimatorBank,
-        snapshot: Callable[[], ClusterSnapshot],
+        snapshot: SnapshotSource,
         neighbours: Callable[[float], Sequence[NodeState]],
         neighbour_state: Callable[[str, float], NodeState | None],
         spool: Spool | None = None,

@@ -44,13 +44,14 @@ from edgesched.config import (
     mask_url,
     read_process_environment,
 )
-from edgesched.core.candidates import CLOUD_ID
+from edgesched.core.candidates import CLOUD_ID, exec_estimate
 from edgesched.core.estimators import EstimatorBank
-from edgesched.core.model import ClusterSnapshot, PowerModel
+from edgesched.core.model import ClusterSnapshot, PowerModel, TaskSpec
 from edgesched.core.shortlist import Shortlist
 from edgesched.core.view import ClusterView, NodeAnnouncement, ViewParams
 from edgesched.errors import ConfigError, KeyFileError
 from edgesched.logs import setup_logging
+from edgesched.node.dispatch import SnapshotSource
 from edgesched.node.pipeline import DrainingExecutor, TaskPipeline, make_bank
 from edgesched.node.reload import Reloader
 from edgesched.node.tasklog import TaskLog, valid_task_id
@@ -356,16 +357,19 @@ def _telemetry_stage(
 
 
 def snapshot_source(view: ClusterView, telemetry: TelemetryStage, bank: EstimatorBank,
-                    max_candidates: int) -> Callable[[], ClusterSnapshot]:
+                    max_candidates: int) -> SnapshotSource:
     """A consistent `ClusterSnapshot` for each decision: this node now, and the view's
-    neighbours, at most `max_candidates` of them (core/shortlist.py)."""
+    neighbours, at most `max_candidates` of them (core/shortlist.py), chosen for the task
+    being decided when one is given."""
     shortlist = Shortlist(view, max_candidates=max_candidates,
                           rtt_of=lambda node_id, now: bank.link(node_id, now).rtt_s)
 
-    def snapshot() -> ClusterSnapshot:
+    def snapshot(task: TaskSpec | None = None) -> ClusterSnapshot:
         now = time.monotonic()
+        exec_of = None if task is None else (
+            lambda node_id: exec_estimate(task, node_id, bank, now).mean_s)
         return ClusterSnapshot(now=now, local=telemetry.local_state(now),
-                               neighbours=shortlist.neighbours(now))
+                               neighbours=shortlist.neighbours(now, exec_of))
 
     return snapshot
 

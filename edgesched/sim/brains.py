@@ -202,8 +202,9 @@ class DaemonBrain:
         shortlisted neighbours (as the daemon's) and an estimator bank that reuses its answers
         until it learns something."""
         local = self.local_state(now)
-        snap = ClusterSnapshot(now=now, local=local, neighbours=self.shortlist.neighbours(now))
         spec, node = task.spec, self.node
+        snap = ClusterSnapshot(now=now, local=local, neighbours=self.shortlist.neighbours(
+            now, lambda node_id: exec_estimate(spec, node_id, self.bank, now).mean_s))
         out = build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
             local_power=node.power, local_max_queue=node.queue_size,

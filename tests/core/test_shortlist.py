@@ -52,6 +52,25 @@ def test_measured_rtt_puts_the_same_site_first() -> None:
     assert not far & {n.node_id for n in got}
 
 
+def test_the_decided_tasks_execution_time_puts_fast_idle_neighbours_first() -> None:
+    """Every neighbour idle, speeds 0.5-2x: the list is the fastest ones for the task being
+    decided, not the hash's pick (which is what it is without a task)."""
+    view = cluster(12)
+    speed = {f"n{i:02d}": 0.5 + i / 8 for i in range(12)}  # n11 fastest, n00 slowest
+
+    def exec_of(node_id: str) -> float:
+        return 0.05 / speed[node_id]
+
+    got = Shortlist(view, max_candidates=4, rtt_of=no_rtt).neighbours(0.0, exec_of)
+    assert sorted(n.node_id for n in got) == ["n08", "n09", "n10", "n11"]
+    blind = Shortlist(view, max_candidates=4, rtt_of=no_rtt).neighbours(0.0)
+    assert sorted(n.node_id for n in blind) != ["n08", "n09", "n10", "n11"]
+    # a fast neighbour with a queue ranks behind a slower idle one when its wait outweighs
+    busy = cluster(12, waits={"n11": 0.5, "n10": 0.5})
+    got = Shortlist(busy, max_candidates=2, rtt_of=no_rtt).neighbours(0.0, exec_of)
+    assert sorted(n.node_id for n in got) == ["n08", "n09"]
+
+
 def test_members_are_read_at_their_latest_report_and_chosen_again_each_interval() -> None:
     view = cluster(10)
     short = Shortlist(view, max_candidates=2, rtt_of=no_rtt)

@@ -3,6 +3,7 @@ own report can show them, and each candidate's wait is built on the estimate it 
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -22,7 +23,7 @@ def dispatcher(snap: ClusterSnapshot, bank: EstimatorBank | None = None) -> Disp
         bank=bank if bank is not None else EstimatorBank(), policy=CostPolicy(CostParams()),
         fallback=FallbackParams(),
         metrics=None,  # type: ignore[arg-type]
-        snapshot=lambda: snap, local_power=PowerModel(),
+        snapshot=lambda task=None: snap, local_power=PowerModel(),
     )
 
 
@@ -70,3 +71,25 @@ def test_the_dispatchers_candidates_wait_on_the_estimate_they_carry() -> None:
     assert neighbour.exec.mean_s == pytest.approx(1.68)  # at x = work: 0.5 + 0.2 x 5.9 MB
     assert neighbour.est_wait_s == pytest.approx(2 * neighbour.exec.mean_s)
     assert local.exec.mean_s == pytest.approx(1.68)
+
+
+def test_the_daemons_shortlist_is_chosen_for_the_task_being_decided() -> None:
+    """The composition root's snapshot source hands the decided task's execution estimate to
+    the shortlist (core/shortlist.py): of six idle neighbours the two fastest are scored."""
+    from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
+    from edgesched.node.service import snapshot_source
+
+    view = ClusterView(local_id="a", params=ViewParams(interval_s=1.0))
+    bank = EstimatorBank(exec_priors={"t": ExecPrior(mean_s=0.2)})
+    speeds = {"b": 0.5, "c": 2.0, "d": 0.7, "e": 1.8, "f": 0.6, "g": 0.9}
+    now = time.monotonic()
+    for node_id, speed in speeds.items():
+        view.observe_announcement(node_id, NodeAnnouncement(incarnation=1, online=True,
+                                                            slots=2), now=now)
+        view.observe_telemetry(node_id, NodeTelemetry(incarnation=1, slots=2), now=now)
+        bank.set_speed(node_id, speed)
+    local = SimpleNamespace(local_state=lambda now: NodeState(node_id="a", last_seen=now))
+    source = snapshot_source(view, local, bank, max_candidates=2)  # type: ignore[arg-type]
+    snap = source(SPEC)
+    assert sorted(n.node_id for n in snap.neighbours) == ["c", "e"]
+    assert len(source().neighbours) == 2  # without a task: the list chosen last

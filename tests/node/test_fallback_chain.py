@@ -32,6 +32,7 @@ from edgesched.core.model import (
     Outcome,
     Placement,
     PowerModel,
+    TaskSpec,
 )
 from edgesched.core.policies import CostPolicy
 from edgesched.errors import (
@@ -180,7 +181,7 @@ class World:
             clock=self.clock,
         )
 
-    def snapshot(self) -> ClusterSnapshot:
+    def snapshot(self, task: TaskSpec | None = None) -> ClusterSnapshot:
         now = self.clock()
         return ClusterSnapshot(now=now, local=NodeState(node_id="a", last_seen=now),
                                neighbours=tuple(self.neighbours.values()))
