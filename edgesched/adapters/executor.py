@@ -31,7 +31,7 @@ from typing import Any
 
 from edgesched.adapters.procstat import ProcessUsage, read_process_usage
 from edgesched.config import ExecutorSettings
-from edgesched.core.queueing import fifo_wait
+from edgesched.core.queueing import fifo_wait, remaining_s
 from edgesched.errors import (
     DeadlineExpiredError,
     HandlerError,
@@ -67,6 +67,7 @@ class _Ticket:
     expected_s: float
     priority: int
     seq: int
+    expected_std_s: float = 0.0
     waiter: asyncio.Future[None] | None = None
     started: float | None = None
 
@@ -208,12 +209,15 @@ class LocalExecutor:
         return self._queued
 
     def estimated_wait(self, now: float | None = None) -> float:
-        """Predicted queueing delay of a task arriving now (FIFO over expected run times)."""
+        """Predicted queueing delay of a task arriving now: FIFO over the expected run times,
+        a running task's by what it has left given how long it has run (`remaining_s`: one
+        far past its expected time is likely a long one, not about to finish)."""
         if len(self._running) < self.slots and self._queued == 0:
             return 0.0
         now = self._clock() if now is None else now
         return fifo_wait(
-            self.slots, [t.expected_s - (now - (t.started or now)) for t in self._running],
+            self.slots, [remaining_s(t.expected_s, t.expected_std_s, now - (t.started or now))
+                         for t in self._running],
             [t.expected_s for t in sorted(self._queue) if t.waiter and not t.waiter.done()],
         )
 
@@ -265,15 +269,20 @@ class LocalExecutor:
         value: Any,
         *,
         expected_s: float,
+        expected_std_s: float = 0.0,
         priority: int = 0,
         deadline: float | None = None,
     ) -> ExecOutcome:
         """Queue, then run `value` (already validated) on `task_type`'s handler.
 
-        `deadline` is an absolute time on this executor's clock. Raises QueueFullError,
-        DeadlineExpiredError, TaskTimeoutError (the type's timeout) or HandlerError.
+        `expected_s` and `expected_std_s`: its run time as this node expects it (mean and
+        spread, for `estimated_wait`). `deadline` is an absolute time on this executor's
+        clock. Raises QueueFullError, DeadlineExpiredError, TaskTimeoutError (the type's
+        timeout) or HandlerError.
         """
-        ticket = _Ticket(expected_s=max(0.0, expected_s), priority=priority, seq=next(self._seq))
+        ticket = _Ticket(expected_s=max(0.0, expected_s),
+                         expected_std_s=max(0.0, expected_std_s), priority=priority,
+                         seq=next(self._seq))
         queued_at = self._clock()
         budget = None if deadline is None else deadline - queued_at
         try:

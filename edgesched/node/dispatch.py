@@ -394,10 +394,12 @@ class Dispatcher:
     async def run_local(self, job: Job, expected: float | None = None) -> AttemptResult:
         """Admission control, then the local executor (also serves neighbours' offloads).
 
-        `expected` is the execution time the decision expected here (estimated now if None)."""
+        `expected` is the execution time the decision expected here (estimated now if None);
+        the spread handed to the executor is always this node's own."""
         ex, now = self.executor, self.clock()
+        own = exec_estimate(self.spec(job), self.node_id, self.bank, now)
         if expected is None:
-            expected = self.expected_s(job, now)
+            expected = own.mean_s
         deadline_at = job.deadline_at
         verdict = admit(
             slots=ex.slots, running=ex.running, queued=ex.queued, queue_limit=ex.queue_size,
@@ -410,7 +412,8 @@ class Dispatcher:
                                  error=f"{code.value if code else 'refused'}: {verdict.detail}")
         try:
             out = await ex.run(job.task_type, job.value, expected_s=expected,
-                               priority=job.request.priority, deadline=deadline_at)
+                               expected_std_s=own.std_s, priority=job.request.priority,
+                               deadline=deadline_at)
         except QueueFullError as exc:
             return AttemptResult(outcome=Outcome.REJECTED, error=str(exc),
                                  reject_code=p.RejectCode.QUEUE_FULL)

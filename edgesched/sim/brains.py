@@ -125,7 +125,7 @@ class DaemonBrain:
         # as the daemon counts them), and when each target's latest telemetry arrived.
         self.inflight = InFlight()
         self.reported_at: dict[str, float] = {}
-        self._own_cache: tuple[tuple[str, float, float], float] | None = None
+        self._own_cache: tuple[tuple[str, float, float], ExecEstimate] | None = None
         self.restarted(0.0)
         for other in world.nodes:
             if other is not node:
@@ -211,7 +211,7 @@ class DaemonBrain:
             inflight=self.inflight.unreported(self.reported_at),
             late=self.inflight.lateness(now), zs=self.calibrator.zs,
         )
-        self._own_cache = ((spec.task_type, spec.work, now), out[0].exec.mean_s)
+        self._own_cache = ((spec.task_type, spec.work, now), out[0].exec)
         return out
 
     def decide(self, task: SimTask, now: float) -> Decision:
@@ -263,12 +263,12 @@ class DaemonBrain:
                          round_trip_s=now - task.started, wait_s=wait_s, exec_s=exec_s,
                          nbytes=(task.in_bits + task.out_bits) / 8.0, now=now)
 
-    def own_exec_estimate(self, task: SimTask, now: float) -> float:
+    def own_exec_estimate(self, task: SimTask, now: float) -> ExecEstimate:
         spec = task.spec
         key = (spec.task_type, spec.work, now)
         if self._own_cache is not None and self._own_cache[0] == key:
             return self._own_cache[1]  # just computed for the local candidate, same inputs
-        return exec_estimate(spec, self.node.id, self.bank, now).mean_s
+        return exec_estimate(spec, self.node.id, self.bank, now)
 
 
 class OracleBrain(DaemonBrain):

@@ -389,14 +389,14 @@ class Engine:
     # ---- execution ----------------------------------------------------------------------
     def _admit(self, node: SimNode, task: SimTask, token: int) -> bool:
         """The target's admission control (the core's), then a slot or the FIFO queue."""
-        est = self._own_estimate(node, task)
+        est, est_std = self._own_estimate(node, task)
         if node.vms is not None:
             return self._admit_to_vm(node, task, token, est)
         if not admit_here(node, task, est, self.now):
             return False
         job = SimJob(task, token, exec_time(task, node))
         job.start = self.now  # queued since; replaced when it starts running
-        job.est = est
+        job.est, job.est_std = est, est_std
         if len(node.running) < node.slots:
             self._start(node, job)
         else:
@@ -429,10 +429,13 @@ class Engine:
         job.exec_s = self.now - job.start
         self._exec_done((node, job, node.incarnation))
 
-    def _own_estimate(self, node: SimNode, task: SimTask) -> float:
+    def _own_estimate(self, node: SimNode, task: SimTask) -> tuple[float, float]:
+        """The executing node's own estimate of the task's run time there, and its spread
+        (the cloud tier learns a mean per type only)."""
         if node.is_cloud:
-            return node.own_estimate(task.ttype, self.prior_exec(task.ttype) / node.speed)
-        return float(node.brain.own_exec_estimate(task, self.now))
+            return node.own_estimate(task.ttype, self.prior_exec(task.ttype) / node.speed), 0.0
+        ex = node.brain.own_exec_estimate(task, self.now)
+        return ex.mean_s, ex.std_s
 
     def _start(self, node: SimNode, job: SimJob) -> None:
         job.wait_s = self.now - job.start

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgesched.core.model import Outcome, PowerModel
-from edgesched.core.queueing import fifo_wait
+from edgesched.core.queueing import fifo_wait, remaining_s
 from edgesched.sim.links import Link
 from edgesched.sim.scenario import Scenario
 
@@ -60,7 +60,7 @@ class SimTask:
 class SimJob:
     """One attempt of a task executing (or queued) on one node."""
 
-    __slots__ = ("est", "exec_s", "start", "task", "token", "wait_s")
+    __slots__ = ("est", "est_std", "exec_s", "start", "task", "token", "wait_s")
 
     def __init__(self, task: SimTask, token: int, exec_s: float) -> None:
         self.task = task
@@ -69,6 +69,7 @@ class SimJob:
         self.start = 0.0
         self.wait_s = 0.0  # time spent queued on the executing node
         self.est = 0.0  # the executing node's own estimate of exec_s (for its est_wait_s)
+        self.est_std = 0.0  # ... and its spread
 
 
 @dataclass(kw_only=True, slots=True)
@@ -119,9 +120,12 @@ class SimNode:
             # Nothing started or finished since, and no running task has outlived its
             # expected time: every free time has just moved `now - then` closer.
             return max(0.0, cached[0] - (now - cached[1]))
-        left = [job.est - (now - job.start) for job in running]
+        left = [remaining_s(job.est, job.est_std, now - job.start) for job in running]
         wait = fifo_wait(self.slots, left, [job.est for job in self.queue])
-        slack = max(0.0, min(left)) if left else 0.0  # until a running task is overdue
+        # Reusable until a running task is overdue while each one's remaining time counts
+        # down with the clock: only with no spread (see core/queueing.remaining_s).
+        linear = all(job.est_std <= 0.0 for job in running)
+        slack = max(0.0, min(left)) if left and linear else 0.0
         self.wait_cache = (wait, now, slack)
         return wait
 

@@ -7,7 +7,7 @@ import pytest
 
 from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.feedback import InFlight, learn_from_reply
-from edgesched.core.queueing import fifo_wait
+from edgesched.core.queueing import fifo_wait, remaining_s
 from tests.core.builders import task
 
 
@@ -25,6 +25,27 @@ from tests.core.builders import task
 )
 def test_fifo_wait(slots: int, left: list[float], queued: list[float], wait: object) -> None:
     assert fifo_wait(slots, left, queued) == wait
+
+
+def test_remaining_time_of_a_running_task() -> None:
+    """No spread: what is left of the expected time (negative = overdue). A spread: the mean
+    residual life of a lognormal run time, which grows past the mean when the tail is heavy."""
+    assert remaining_s(1.0, 0.0, 0.4) == pytest.approx(0.6)
+    assert remaining_s(1.0, 0.0, 1.5) == pytest.approx(-0.5)
+    assert remaining_s(1.0, 2.0, 0.0) == 1.0  # not started: the whole expected time
+    assert remaining_s(1.0, 0.05, 0.5) == pytest.approx(0.5, abs=0.01)  # tight: as before
+    assert 0.0 < remaining_s(1.0, 0.2, 1.5) < 0.2  # past its mean, tight spread: nearly done
+    heavy = [remaining_s(1.0, 2.0, t) for t in (0.5, 1.0, 2.0, 5.0)]  # cv 2
+    assert heavy == sorted(heavy) and heavy[1] == pytest.approx(1.80, abs=0.01)
+    assert heavy[2] == pytest.approx(2.50, abs=0.01)  # twice its mean: 2.5 means left
+    # a monte-carlo check of the formula (cv 1, elapsed 1.5x the mean)
+    import numpy as np
+
+    sigma2 = np.log1p(1.0)
+    x = np.random.default_rng(1).lognormal(-0.5 * sigma2, np.sqrt(sigma2), 2_000_000)
+    left = x[x > 1.5] - 1.5
+    assert remaining_s(1.0, 1.0, 1.5) == pytest.approx(float(left.mean()), rel=0.02)
+    assert remaining_s(1.0, 1.0, 1e12) >= 0.0  # far out in the tail: bounded, not NaN
 
 
 def bank() -> EstimatorBank:

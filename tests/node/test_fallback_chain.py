@@ -82,7 +82,8 @@ class FakeExecutor:
     def estimated_wait(self, now: float | None = None) -> float:
         return 0.0
 
-    async def run(self, task_type: TaskType, value: Any, *, expected_s: float, priority: int,
+    async def run(self, task_type: TaskType, value: Any, *, expected_s: float,
+                  expected_std_s: float, priority: int,
                   deadline: float | None) -> ExecOutcome:
         self.runs += 1
         if self.error is not None:

@@ -15,6 +15,7 @@ import pytest
 
 from edgesched.adapters.executor import DeadlineExpiredError, LocalExecutor, QueueFullError
 from edgesched.config import ExecutorSettings, TaskTypeSettings, load_settings
+from edgesched.core.queueing import remaining_s
 from edgesched.errors import (
     ConfigError,
     HandlerError,
@@ -295,3 +296,24 @@ def test_command_env_names_are_checked(name: str) -> None:
         load_settings(task_types={"c": {"handler": "command", "command": ["true"],
                                         "env": {name: "x"}}})
     assert info.value.problems[0][0] == "task_types.c.env"
+
+
+async def test_an_overdue_task_with_a_spread_is_not_counted_as_about_to_finish(
+        executor: LocalExecutor) -> None:
+    """Both slots run a task expected to take 0.1 s that has run 0.3 s: with no spread the
+    executor took both as finishing now (wait 0); with the cv-2 spread its estimators give a
+    heavy-tailed type, each is more likely a long one and has ~0.3 s left (core/queueing)."""
+    reg = registry()
+    sleep = reg.get("sleep")
+    value = {"seconds": 0.6}
+    plain = [asyncio.create_task(executor.run(sleep, value, expected_s=0.1)) for _ in range(2)]
+    await asyncio.sleep(0.3)
+    assert executor.estimated_wait() == 0.0
+    await asyncio.wait_for(asyncio.gather(*plain), timeout=5)
+    spread = [asyncio.create_task(executor.run(sleep, value, expected_s=0.1,
+                                               expected_std_s=0.2)) for _ in range(2)]
+    await asyncio.sleep(0.3)
+    assert executor.estimated_wait() == pytest.approx(
+        remaining_s(0.1, 0.2, 0.3), rel=0.1)
+    assert executor.estimated_wait() > 0.2
+    await asyncio.wait_for(asyncio.gather(*spread), timeout=5)
