@@ -544,7 +544,8 @@ class PolicySettings(_Section):
     )
     max_candidates: int = Field(
         4, ge=1, le=1024, description="edge neighbours scored per decision, the best by a "
-        "cheap pre-score (reported wait + measured RTT); bounds decision cost in big clusters"
+        "cheap pre-score (reported wait + measured RTT + the task's execution time there); "
+        "bounds decision cost in big clusters"
     )
 
     @field_validator("name")
