@@ -31,6 +31,7 @@ from edgesched.core.model import (
     CandidateEval,
     ClusterSnapshot,
     Decision,
+    ExecEstimate,
     Liveness,
     NodeState,
     OffloadPolicy,
@@ -202,9 +203,10 @@ class Dispatcher:
         )
 
     def decide(self, job: Job, trace: TaskTrace | None = None
-               ) -> tuple[Decision, dict[str, float]]:
-        """The policy's decision, and the execution time (s) it expects on each candidate
-        (written into `trace` too: the candidates' inputs, the choice and its propensity)."""
+               ) -> tuple[Decision, dict[str, ExecEstimate]]:
+        """The policy's decision, and the execution time it expects on each candidate (mean
+        and spread; written into `trace` too: the candidates' inputs, the choice and its
+        propensity)."""
         now = self.clock()
         spec = self.spec(job)
         started = time.perf_counter()
@@ -219,7 +221,7 @@ class Dispatcher:
             trace.add_decision(candidates, decision, now,
                                propensity=getattr(self.policy, "last_propensity", 1.0),
                                explored=getattr(self.policy, "last_explored", False))
-        return decision, {c.node_id: c.exec.mean_s for c in candidates}
+        return decision, {c.node_id: c.exec for c in candidates}
 
     # -- the whole chain ----------------------------------------------------------------------
 
@@ -272,7 +274,7 @@ class Dispatcher:
     async def local_only(self, job: Job, trace: TaskTrace | None = None) -> p.Reply:
         """Run here and nowhere else (the cloud tier's role): admission, executor, reply."""
         started = self.clock()
-        expected = self.expected_s(job, started)
+        expected = self.own_estimate(job, started)
         result = await self.run_local(job, expected)
         if trace is not None:
             trace.add_attempt(node_id=self.node_id, placement=Placement.LOCAL,
@@ -287,7 +289,7 @@ class Dispatcher:
         status = p.to_status(result.outcome)
         reply = self._reply(job, status, Placement.LOCAL, result, 1)
         if status is p.Status.OK:
-            self.metrics.prediction_error.observe(self.clock() - started - expected)
+            self.metrics.prediction_error.observe(self.clock() - started - expected.mean_s)
         return reply
 
     def cloud_state(self) -> NodeState | None:
@@ -321,9 +323,10 @@ class Dispatcher:
         elif result.outcome is Outcome.OK:
             self.refusals.accepted(target.node_id)
 
-    def expected_s(self, job: Job, now: float) -> float:
-        """This node's expected execution time of `job` (for admission and the executor)."""
-        return exec_estimate(self.spec(job), self.node_id, self.bank, now).mean_s
+    def own_estimate(self, job: Job, now: float) -> ExecEstimate:
+        """This node's expected execution time of `job` and its spread (for admission and the
+        executor)."""
+        return exec_estimate(self.spec(job), self.node_id, self.bank, now)
 
     def observe_local(self, job: Job, result: AttemptResult) -> None:
         """Feed a local execution's time into this node's own estimator."""
@@ -369,16 +372,18 @@ class Dispatcher:
 
     # -- attempts -----------------------------------------------------------------------------
 
-    async def _attempt(self, job: Job, step: NextAttempt, expected_s: float) -> AttemptResult:
-        """One try on `step.target`, expected to execute there in `expected_s`."""
+    async def _attempt(self, job: Job, step: NextAttempt,
+                       expected: ExecEstimate) -> AttemptResult:
+        """One try on `step.target`, expected to execute there in `expected`."""
         target = step.target
         if target.placement is Placement.LOCAL:
-            return await self.run_local(job, expected_s)
+            return await self.run_local(job, expected)
         token = self.inflight.sent(target.node_id, self.clock(), target.latency_q_s)
         result: AttemptResult | None = None
         try:
             if target.placement is Placement.NEIGHBOUR:
-                result = await self._run_neighbour(job, target, step.timeout_s, expected_s)
+                result = await self._run_neighbour(job, target, step.timeout_s,
+                                                   expected.mean_s)
             else:
                 result = await self._run_cloud(job, step.timeout_s)
             return result
@@ -391,19 +396,18 @@ class Dispatcher:
             else:
                 self.inflight.settled(target.node_id, token)
 
-    async def run_local(self, job: Job, expected: float | None = None) -> AttemptResult:
+    async def run_local(self, job: Job, expected: ExecEstimate | None = None) -> AttemptResult:
         """Admission control, then the local executor (also serves neighbours' offloads).
 
-        `expected` is the execution time the decision expected here (estimated now if None);
-        the spread handed to the executor is always this node's own."""
+        `expected` is the execution time the decision expected here, mean and spread
+        (estimated now if None: a neighbour's offload)."""
         ex, now = self.executor, self.clock()
-        own = exec_estimate(self.spec(job), self.node_id, self.bank, now)
         if expected is None:
-            expected = own.mean_s
+            expected = self.own_estimate(job, now)
         deadline_at = job.deadline_at
         verdict = admit(
             slots=ex.slots, running=ex.running, queued=ex.queued, queue_limit=ex.queue_size,
-            exec_s=expected, wait_s=ex.estimated_wait(now),
+            exec_s=expected.mean_s, wait_s=ex.estimated_wait(now),
             remaining_s=None if deadline_at is None else deadline_at - now,
         )
         if not verdict.accepted:
@@ -411,8 +415,8 @@ class Dispatcher:
             return AttemptResult(outcome=Outcome.REJECTED, reject_code=code,
                                  error=f"{code.value if code else 'refused'}: {verdict.detail}")
         try:
-            out = await ex.run(job.task_type, job.value, expected_s=expected,
-                               expected_std_s=own.std_s, priority=job.request.priority,
+            out = await ex.run(job.task_type, job.value, expected_s=expected.mean_s,
+                               expected_std_s=expected.std_s, priority=job.request.priority,
                                deadline=deadline_at)
         except QueueFullError as exc:
             return AttemptResult(outcome=Outcome.REJECTED, error=str(exc),
