@@ -36,6 +36,36 @@ def learn_from_reply(
         bank.observe_exchange(target, nbytes, max(0.0, network), now)
 
 
+class _Holds:
+    """Per target, a value held until a deadline that doubles with each event in a row: the
+    `strikes`-th event since the target's streak was cleared holds it for `hold_s`, each
+    further one twice as long as the one before, up to `max_hold_s`. Bounded: at most
+    `max_targets` targets in each table (the oldest dropped). `Refusals` holds refusing
+    targets with it, `InFlight` the lateness of attempts given up."""
+
+    def __init__(self, hold_s: float, max_hold_s: float, max_targets: int,
+                 strikes: int = 1) -> None:
+        self.hold_s, self.max_hold_s = hold_s, max_hold_s
+        self.max_targets, self.strikes = max_targets, strikes
+        self.held: dict[str, tuple[float, float]] = {}  # target -> (value, until)
+        self._rows: dict[str, int] = {}  # target -> events since its streak was cleared
+
+    def strike(self, target: str, value: float, now: float) -> None:
+        row = self._rows.pop(target, 0) + 1
+        self._rows[target] = row
+        if row >= self.strikes:
+            hold = min(self.max_hold_s, self.hold_s * 2.0 ** min(row - self.strikes, 30))
+            self.held.pop(target, None)
+            self.held[target] = (value, now + hold)
+        for table in (self.held, self._rows):
+            if len(table) > self.max_targets:
+                del table[next(iter(table))]
+
+    def clear(self, target: str) -> None:
+        self.held.pop(target, None)
+        self._rows.pop(target, None)
+
+
 class InFlight:
     """Attempts this node has sent to other targets and not yet seen settled.
 
@@ -50,15 +80,12 @@ class InFlight:
                  max_targets: int = 1024) -> None:
         if not 0.0 < hold_s <= max_hold_s or max_targets < 1 or strikes < 1:
             raise ValueError("need 0 < hold_s <= max_hold_s, strikes >= 1, max_targets >= 1")
-        self.strikes, self.hold_s, self.max_hold_s = strikes, hold_s, max_hold_s
-        self.max_targets = max_targets
         self._sent: dict[str, dict[int, float]] = {}  # target -> token -> when it was sent
         self._due: dict[int, float] = {}  # token -> when its reply is overdue
         self._tokens = itertools.count()
-        # Attempts given up without a reply: target -> (how late, held until), and how many
-        # in a row since the target last answered in time (see `gave_up`).
-        self._overdue: dict[str, tuple[float, float]] = {}
-        self._rows: dict[str, int] = {}
+        # Attempts given up without a reply: per target, how late the last one was, held
+        # (see `gave_up`).
+        self._overdue = _Holds(hold_s, max_hold_s, max_targets, strikes)
 
     def sent(self, target: str, now: float, expect_s: float = math.inf) -> int:
         """Count an attempt sent to `target` at `now`, expected back within `expect_s` (the
@@ -80,10 +107,11 @@ class InFlight:
         deadlines. On generated scenarios (seed 4242) this took cost's misses from 0.032 to
         0.014 under a WAN collapse and from 0.023 to 0.013 through an outage."""
         out: dict[str, float] = {}
-        if self._overdue:
-            for target, (late, until) in list(self._overdue.items()):
+        held = self._overdue.held
+        if held:
+            for target, (late, until) in list(held.items()):
                 if now >= until:
-                    del self._overdue[target]
+                    del held[target]
                 else:
                     out[target] = late
         if not self._due:
@@ -106,8 +134,7 @@ class InFlight:
             if not sent:
                 del self._sent[target]
         if now is not None and due is not None and now <= due:
-            self._overdue.pop(target, None)
-            self._rows.pop(target, None)
+            self._overdue.clear(target)
 
     def gave_up(self, target: str, token: int, now: float) -> None:
         """The attempt got no reply in time (it timed out, or its target went away): it is
@@ -127,15 +154,7 @@ class InFlight:
         self.settled(target, token)
         if due is None or now <= due:
             return
-        row = self._rows.pop(target, 0) + 1
-        self._rows[target] = row
-        if row >= self.strikes:
-            hold = min(self.max_hold_s, self.hold_s * 2.0 ** min(row - self.strikes, 30))
-            self._overdue.pop(target, None)
-            self._overdue[target] = (now - due, now + hold)
-        for table in (self._overdue, self._rows):
-            if len(table) > self.max_targets:
-                del table[next(iter(table))]
+        self._overdue.strike(target, now - due, now)
 
     def unreported(self, reported_at: Mapping[str, float]) -> dict[str, int]:
         """Per target, the attempts sent after `reported_at[target]`, when its latest load
@@ -165,39 +184,30 @@ class Refusals:
                  max_targets: int = 1024) -> None:
         if not 0.0 < backoff_s <= max_backoff_s or max_targets < 1:
             raise ValueError("need 0 < backoff_s <= max_backoff_s and max_targets >= 1")
-        self.backoff_s, self.max_backoff_s, self.max_targets = (backoff_s, max_backoff_s,
-                                                                max_targets)
-        self._held: dict[str, tuple[float, float]] = {}  # target -> (refused at, until)
-        self._rows: dict[str, int] = {}  # target -> refusals since its last success
+        # target -> (refused at, held until), and the refusals since its last success
+        self._holds = _Holds(backoff_s, max_backoff_s, max_targets)
 
     def refused(self, target: str, now: float) -> None:
         """`target` refused an attempt at `now`."""
-        row = self._rows.pop(target, 0) + 1
-        self._rows[target] = row
-        hold = min(self.max_backoff_s, self.backoff_s * 2.0 ** min(row - 1, 30))
-        self._held.pop(target, None)
-        self._held[target] = (now, now + hold)
-        for table in (self._held, self._rows):
-            if len(table) > self.max_targets:
-                del table[next(iter(table))]
+        self._holds.strike(target, now, now)
 
     def accepted(self, target: str) -> None:
         """`target` took an attempt: it is no longer held back, its backoff starts over."""
-        self._held.pop(target, None)
-        self._rows.pop(target, None)
+        self._holds.clear(target)
 
     def held(self, reported_at: Mapping[str, float], now: float) -> frozenset[str]:
         """The targets held back at `now`: refused, no report received since, backoff left.
         `reported_at[t]`: when `t`'s latest load report was received (absent: never)."""
-        if not self._held:
+        held = self._holds.held
+        if not held:
             return frozenset()
         out = []
-        for target, (at, until) in list(self._held.items()):
+        for target, (at, until) in list(held.items()):
             if now >= until or reported_at.get(target, -math.inf) > at:
-                del self._held[target]  # expired, or a newer report speaks for it
+                del held[target]  # expired, or a newer report speaks for it
             else:
                 out.append(target)
         return frozenset(out)
 
     def __len__(self) -> int:
-        return len(self._held)
+        return len(self._holds.held)
