@@ -8,7 +8,9 @@ not heard anything for a while (staleness decay). Time is always passed in as `n
 from __future__ import annotations
 
 import math
+import statistics
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgesched.core.model import (
@@ -116,9 +118,28 @@ class RobustEwma:
         self.mean = mean + self.alpha * err
         self.n += 1
 
+    def restart(self, level: float) -> None:
+        """Start again at `level`: a deliberate measurement (a probe burst,
+        `LinkEstimator.observe_probe`) says the old level no longer holds. Its spread is not
+        known yet: a quarter of the level, which beta shrinks as samples agree."""
+        self.mean, self.mdev = level, level / 4.0
+        self._streak, self._streak_sum = 0, 0.0
+        self.n += 1
+
     @property
     def std(self) -> float:
         return self.mdev * _MDEV_TO_STD
+
+
+PROBE_SHIFT = 2.0  # a probe burst this far off an estimate (either way) restarts it
+
+
+def _probe_update(ewma: RobustEwma, level: float, samples: Sequence[float]) -> None:
+    if ewma.n and level > 0.0 and not level / PROBE_SHIFT <= ewma.mean <= level * PROBE_SHIFT:
+        ewma.restart(level)
+        return
+    for x in samples:
+        ewma.update(x)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -169,6 +190,40 @@ class LinkEstimator:
         self._spb.update(min(MAX_S_PER_BIT, max(MIN_S_PER_BIT, seconds / (8.0 * nbytes))))
         self._bw_at = now
         return True
+
+    def observe_probe(self, rtts: Sequence[float], nbytes: float, seconds: Sequence[float],
+                      now: float) -> bool:
+        """A probe burst: round trips carrying no payload (`rtts`), then exchanges moving
+        `nbytes` each, taking `seconds` each (core/probing.py). False, ignored, when a figure
+        is not finite, out of bounds, or `nbytes` is too small to measure bandwidth.
+
+        Unlike a task's exchange it is a deliberate measurement of the link as it is now:
+        - the transfer time is what is left of each exchange after the burst's own median
+          round trip (not the RTT estimate, which may be the stale one being tested);
+        - an exchange too quick to measure (transfer under a quarter of its time) counts at
+          the bandwidth it shows at least;
+        - a burst whose median is off the estimate by more than PROBE_SHIFT (either way)
+          restarts it there. A recovered uplink's collapse-time figures are replaced in one
+          probe; fed as samples they would crawl back by alpha-sized steps.
+        """
+        ok = (bool(rtts) and bool(seconds) and self.params.min_transfer_bytes <= nbytes
+              <= MAX_BYTES and math.isfinite(now)
+              and all(0.0 <= x <= MAX_SECONDS for x in (*rtts, *seconds)))
+        if not ok:
+            return False
+        rtt = statistics.median(rtts)
+        _probe_update(self._rtt, rtt, rtts)
+        spbs = [min(MAX_S_PER_BIT, max(MIN_S_PER_BIT, max(t - rtt, 0.25 * t) / (8.0 * nbytes)))
+                for t in seconds]
+        _probe_update(self._spb, statistics.median(spbs), spbs)
+        self._rtt_at = self._bw_at = now
+        return True
+
+    @property
+    def taught_at(self) -> float:
+        """When the link was last taught both its figures: the older of its latest RTT
+        sample and its latest bandwidth sample (-inf until it has had both)."""
+        return min(self._rtt_at, self._bw_at)
 
     def snapshot(self, now: float) -> LinkEstimate:
         """The current estimate, blended towards the prior as observations age."""
@@ -485,6 +540,22 @@ class EstimatorBank:
         if transfer < 0.25 * seconds:
             return False
         return self.observe_transfer(target, nbytes, transfer, now)
+
+    def observe_probe(self, target: str, rtts: Sequence[float], nbytes: float,
+                      seconds: Sequence[float], now: float) -> bool:
+        """A probe burst to `target` (`LinkEstimator.observe_probe`)."""
+        est = self._link_for(target, True)
+        ok = est is not None and est.observe_probe(rtts, nbytes, seconds, now)
+        self.rejected += not ok
+        return ok
+
+    def link_taught_at(self, target: str) -> float:
+        """`LinkEstimator.taught_at` of the link to `target`; -inf when never."""
+        est = self._links.get(target)
+        return -INF if est is None else est.taught_at
+
+    def link_prior(self, target: str) -> LinkEstimate:
+        return self.link_priors.get(target, self.default_link_prior)
 
     def exec_estimate(
         self, task_type: str, node_id: str, input_bytes: float, now: float
