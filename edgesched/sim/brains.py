@@ -10,6 +10,7 @@ candidates with the true state of the world at decision time.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from edgesched.core.admission import admit
@@ -32,6 +33,7 @@ from edgesched.core.model import (
     TaskSpec,
 )
 from edgesched.core.policies import Policy
+from edgesched.core.probing import ProbeParams, UplinkProbes
 from edgesched.core.queueing import fifo_wait
 from edgesched.core.shortlist import Shortlist
 from edgesched.core.view import ClusterView, NodeAnnouncement, NodeTelemetry, ViewParams
@@ -96,6 +98,11 @@ class MemoBank(EstimatorBank):
         self._link_memo.pop(target, None)
         return super().observe_transfer(target, nbytes, seconds, now)
 
+    def observe_probe(self, target: str, rtts: Sequence[float], nbytes: float,
+                      seconds: Sequence[float], now: float) -> bool:
+        self._link_memo.pop(target, None)
+        return super().observe_probe(target, rtts, nbytes, seconds, now)
+
     def set_speed(self, node_id: str, speed: float) -> None:
         self._exec_memo.clear()
         super().set_speed(node_id, speed)
@@ -107,6 +114,8 @@ class DaemonBrain:
     Built by the engine (through runner's brain factory) with its node and the `World`; the
     engine calls it, it never calls the engine: it reads its node and the world, and the
     engine passes the simulated time to every call that needs it."""
+
+    probes_uplink = True  # learns its uplink by probing it (core/probing.py) as a daemon does
 
     def __init__(self, node: SimNode, world: World, policy: Policy, params: CostParams,
                  fallback: FallbackParams) -> None:
@@ -152,6 +161,8 @@ class DaemonBrain:
         # The neighbours a decision scores, as the daemon picks them (core/shortlist.py).
         self.shortlist = Shortlist(self.view, max_candidates=self.params.max_candidates,
                                    rtt_of=lambda node_id, now: self.bank.link(node_id, now).rtt_s)
+        self.uplink_probes = UplinkProbes(ProbeParams(
+            interval_s=self.world.scenario.cloud.probe_interval_s))
         self._own_cache = None
 
     def _nominal_links(self) -> dict[str, LinkEstimate]:
@@ -186,6 +197,18 @@ class DaemonBrain:
         the way the daemon's LinkReadingFeeder does (node/telemetry.py)."""
         self.bank.observe_rtt(CLOUD_ID, rtt_s, now)
         self.bank.observe_bandwidth(CLOUD_ID, bps, now)
+
+    def probe_due(self, now: float) -> int | None:
+        """The payload bytes of an uplink probe to send now, or None (core/probing.py)."""
+        bank = self.bank
+        return self.uplink_probes.due(bank.link(CLOUD_ID, now), bank.link_prior(CLOUD_ID),
+                               bank.link_taught_at(CLOUD_ID), now)
+
+    def probed(self, rtts: Sequence[float], nbytes: float, seconds: Sequence[float],
+               now: float) -> None:
+        """An uplink probe's round trips and exchanges, learned as the daemon learns them."""
+        self.bank.observe_probe(CLOUD_ID, rtts, nbytes, seconds, now)
+        self.uplink_probes.done(self.bank.link(CLOUD_ID, now), self.bank.link_prior(CLOUD_ID), now)
 
     # ---- deciding -------------------------------------------------------------------------
     def local_state(self, now: float) -> NodeState:
@@ -273,6 +296,8 @@ class DaemonBrain:
 
 class OracleBrain(DaemonBrain):
     """Decides on the truth: real execution times, current link states, exact queue waits."""
+
+    probes_uplink = False  # it reads the links' true state
 
     def candidates(self, task: SimTask, now: float) -> list[Candidate]:
         world, origin = self.world, self.node

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgesched.core.fallback import Terminal
 from edgesched.core.model import Outcome, Placement, PowerModel
+from edgesched.core.probing import PROBE_CHECK_S, PROBE_EXCHANGES, PROBE_PINGS
 from edgesched.core.view import NodeTelemetry
 from edgesched.sim.brains import admit_here, task_spec
 from edgesched.sim.links import (
@@ -56,6 +57,18 @@ class RunRecord:
 
     def fail(self, reason: str) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + 1
+
+
+class _Probe:
+    """An uplink probe under way: its payload, round trips, and the exchanges' times."""
+
+    __slots__ = ("began", "incarnation", "nbytes", "node", "rtts", "seconds")
+
+    def __init__(self, node: SimNode, incarnation: int, nbytes: int) -> None:
+        self.node, self.incarnation, self.nbytes = node, incarnation, nbytes
+        self.rtts: list[float] = []
+        self.seconds: list[float] = []
+        self.began = 0.0
 
 
 class Engine:
@@ -203,6 +216,9 @@ class Engine:
                 up = sc.node(node.id).uplink
                 if up is not None and up.monitor_every_s:
                     self.schedule(up.monitor_every_s, self._uplink_reading, node)
+                if sc.cloud.probe_interval_s > 0 and node.brain.probes_uplink:
+                    self.schedule(PROBE_CHECK_S * (node.index + 0.5) / len(self.nodes),
+                                  self._probe_check, node)
 
     def _finish_leftovers(self) -> None:
         for node in self.nodes:
@@ -224,6 +240,44 @@ class Engine:
         if node.alive:
             link = self.links[(node.id, CLOUD_ID)]
             node.brain.uplink_reading(link.bandwidth_bps, link.rtt_s, self.now)
+
+    def _probe_check(self, node: SimNode) -> None:
+        """The node's daemon asks whether its uplink is due a probe (core/probing.py)."""
+        if self.now < self._horizon and (node.pending or self._live_work()):
+            self.schedule(self.now + PROBE_CHECK_S, self._probe_check, node)
+        size = node.brain.probe_due(self.now) if node.alive else None
+        if size is not None:
+            self._probe_ping(_Probe(node, node.incarnation, size))
+
+    def _probe_ping(self, probe: _Probe) -> None:
+        """The probe's requests go one after the other, as the daemon sends them: the round
+        trips carry no payload and take the link's RTT at the time; each exchange is a
+        transfer sharing the uplink with the tasks on it, then a round trip."""
+        node = probe.node
+        if not node.alive or node.incarnation != probe.incarnation:
+            return  # lost with the node; a restarted node starts a new prober
+        link = self.links[(node.id, CLOUD_ID)]
+        if len(probe.rtts) < PROBE_PINGS:
+            probe.rtts.append(link.rtt_s)
+            self.schedule(self.now + link.rtt_s, self._probe_ping, probe)
+            return
+        probe.began = self.now
+        link.start(8.0 * probe.nbytes, self._probe_sent, probe)
+
+    def _probe_sent(self, tr: Transfer) -> None:
+        probe: _Probe = tr.payload
+        link = self.links[(probe.node.id, CLOUD_ID)]
+        self.schedule(self.now + link.rtt_s, self._probe_answered, probe)
+
+    def _probe_answered(self, probe: _Probe) -> None:
+        probe.seconds.append(self.now - probe.began)
+        if len(probe.seconds) < PROBE_EXCHANGES:
+            self._probe_ping(probe)
+            return
+        node = probe.node
+        if not node.alive or node.incarnation != probe.incarnation:
+            return
+        node.brain.probed(probe.rtts, probe.nbytes, probe.seconds, self.now)
 
     def _telemetry_tick(self, node: SimNode) -> None:
         if self.now < self._horizon and (node.pending or self._live_work()):

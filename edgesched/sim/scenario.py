@@ -101,6 +101,9 @@ class CloudSpec:
     slots: int = 64
     cost_per_task: float = 0.0
     enabled: bool = True
+    # the nodes' cloud.probe_interval_s: quiet time before a degraded uplink is probed
+    # (core/probing.py); 0 = never
+    probe_interval_s: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -360,7 +363,8 @@ def _link(c: _Checker, raw: Any, key: str, default: LinkSpec | None, *,
 def _cloud(c: _Checker, raw: Any) -> CloudSpec:
     if raw is False:
         return CloudSpec(enabled=False)
-    data = c.mapping(raw, "cloud", ("rtt_s", "bandwidth_bps", "speed", "slots", "cost_per_task"))
+    data = c.mapping(raw, "cloud", ("rtt_s", "bandwidth_bps", "speed", "slots", "cost_per_task",
+                                    "probe_interval_s"))
     d = CloudSpec()
     return CloudSpec(
         rtt_s=c.number(data, "cloud", "rtt_s", d.rtt_s, minimum=0.0),
@@ -368,6 +372,8 @@ def _cloud(c: _Checker, raw: Any) -> CloudSpec:
         speed=c.number(data, "cloud", "speed", d.speed, positive=True),
         slots=c.integer(data, "cloud", "slots", d.slots, minimum=1),
         cost_per_task=c.number(data, "cloud", "cost_per_task", 0.0, minimum=0.0),
+        probe_interval_s=c.number(data, "cloud", "probe_interval_s", d.probe_interval_s,
+                                  minimum=0.0),
     )
 
 
