@@ -362,6 +362,17 @@ class CloudSettings(_Section):
     speed: float = Field(
         1.0, gt=0, description="the cloud tier's relative speed: scales exec priors until learned"
     )
+    probe_interval_s: float = Field(
+        10.0, ge=0, le=60, description="while the uplink looks degraded and no task taught it "
+        "for this long, probe it (a few small requests to the cloud's /v1/probe) so that a "
+        "recovery is noticed; the interval grows by half, up to 60 s, while it stays degraded "
+        "(0 = never probe)"
+    )
+    probe_max_bytes: int = Field(
+        262144, ge=8192, le=1 << 24, description="the largest payload of one probe request "
+        "(it is sized to the uplink as estimated; keep it under the cloud node's "
+        "http.max_body_bytes)"
+    )
 
     _token: SecretStr | None = PrivateAttr(default=None)
 

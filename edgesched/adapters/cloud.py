@@ -57,6 +57,7 @@ class CloudClient:
         if settings.url is None:
             raise ValueError("cloud.url is not set")
         self.url = f"{settings.url}/v1/tasks"
+        self.probe_url = f"{settings.url}/v1/probe"
         self.shown_url = mask_url(self.url)
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
@@ -123,6 +124,23 @@ class CloudClient:
             raise HttpError(f"cloud {self.shown_url} answered a cancel with HTTP {status}",
                             reason="http_status")
         return str(doc["result"])[:32]
+
+    async def probe(self, payload: bytes = b"", *, timeout_s: float) -> float:
+        """One uplink probe request (`GET {cloud.url}/v1/probe`, or a `POST` carrying
+        `payload`): the seconds it took, or HttpError when the answer is not HTTP 204."""
+        started = time.monotonic()
+        if payload:
+            status, _, _ = await self._exchange(
+                "POST", self.probe_url, timeout_s=timeout_s, read_limit=1024, what=" a probe",
+                data=payload, headers={"Content-Type": "application/octet-stream"})
+        else:
+            status, _, _ = await self._exchange("GET", self.probe_url, timeout_s=timeout_s,
+                                                read_limit=1024, what=" a probe")
+        if status != 204:
+            raise HttpError(f"cloud {mask_url(self.probe_url)} answered a probe with HTTP "
+                            f"{status} (an edgesched cloud node answers 204)",
+                            reason="http_status")
+        return time.monotonic() - started
 
     async def _exchange(self, method: str, url: str, *, timeout_s: float | None,
                         read_limit: int, what: str, **request: Any) -> tuple[int, bytes, str]:

@@ -252,6 +252,12 @@ class Metrics:
             "Cloud attempts that failed before a task reply came back, by reason.",
             ["reason"], registry=r,
         )
+        self.cloud_probes = Counter(
+            "edgesched_cloud_probes",
+            "Probes of a degraded uplink to the cloud tier (docs/cost-model.md), by what they "
+            "found: healthy (recovered), degraded (still), failed (no answer).",
+            ["outcome"], registry=r,
+        )
         self.spool_shed = Counter(
             "edgesched_spool_shed",
             "Tasks or replies the durable spool did not keep (they run or go out unspooled, "
@@ -312,6 +318,7 @@ class Metrics:
         each(self.http_unauthorized, "path", HTTP_AUTH_PATHS)
         each(self.task_lookups, "result", ("found", "unknown", "bad_id"))
         each(self.cloud_requests_failed, "reason", CLOUD_FAILURE_REASONS)
+        each(self.cloud_probes, "outcome", ("healthy", "degraded", "failed"))
         each(self.expired_on_arrival, "via", ("offload", "http"))
         for kind in ORIGIN_KINDS:
             for status in STATUSES:

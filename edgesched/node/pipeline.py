@@ -35,6 +35,7 @@ from edgesched.core.estimators import EstimatorBank, ExecParams, ExecPrior
 from edgesched.core.exploration import ExploringPolicy
 from edgesched.core.model import LinkEstimate, NodeState, Placement, PowerModel
 from edgesched.core.policies import make_policy
+from edgesched.core.probing import ProbeParams
 from edgesched.errors import InvalidTaskError
 from edgesched.logs import TASK_ID
 from edgesched.node import protocol as p
@@ -49,6 +50,7 @@ from edgesched.node.trace import (
     new_trace,
     record_line,
 )
+from edgesched.node.uplinkprobe import UplinkProber
 from edgesched.tasks.registry import TaskRegistry
 
 if TYPE_CHECKING:
@@ -281,6 +283,12 @@ class TaskPipeline:
         max_bytes = min(s.mqtt.max_payload_bytes, s.http.max_body_bytes)
         self.cloud = CloudClient(s.cloud, origin=self.node_id) if self.edge and s.cloud.url \
             else None
+        # probes the uplink while it looks degraded, so a recovery is noticed (core/probing.py)
+        self.prober = None if self.cloud is None else UplinkProber(
+            cloud=self.cloud, bank=bank, metrics=metrics,
+            params=ProbeParams(interval_s=s.cloud.probe_interval_s,
+                               max_bytes=s.cloud.probe_max_bytes))
+        self._probing: asyncio.Task[None] | None = None
         self.offload_client = OffloadClient(
             mqtt=mqtt, prefix=prefix, node_id=self.node_id, metrics=metrics,
             max_payload_bytes=s.mqtt.max_payload_bytes) if self.edge else None
@@ -326,8 +334,11 @@ class TaskPipeline:
     def routes(self) -> list[web.RouteDef]:
         """The HTTP routes it serves (given to the HTTP server at its construction)."""
         routes = [web.post("/v1/tasks", self.intake.on_http_submit)]
-        if not self.edge:  # the cloud tier: an edge node cancels an attempt it gave up on
-            routes.append(web.delete("/v1/tasks/{id}", self.on_http_cancel))
+        if not self.edge:  # the cloud tier: an edge node cancels an attempt it gave up on,
+            # and measures its uplink (node/uplinkprobe.py)
+            routes += [web.delete("/v1/tasks/{id}", self.on_http_cancel),
+                       web.get("/v1/probe", self.on_http_probe),
+                       web.post("/v1/probe", self.on_http_probe)]
         return routes
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -350,6 +361,9 @@ class TaskPipeline:
             await self.mqtt.subscribe(self.submit_topic, self.intake.on_mqtt_submit, qos=1,
                                       manual_ack=self.spool is not None,
                                       overflow=self.intake.on_mqtt_overflow)
+        if self.prober is not None:
+            self._probing = asyncio.create_task(self._guard(self.prober.run(), "uplink probe"),
+                                                name="edgesched.uplink.probe")
         if self.spool is not None:
             self.mqtt.on_connect(self.intake.flush_spooled)  # replies held while away
             await self.intake.resume(self.submit_topic)  # what a crash left unfinished
@@ -367,6 +381,7 @@ class TaskPipeline:
             return
         self._drained = True
         self.closing = True
+        self._stop_probing()
         grace = self.grace_s if grace_s is None else grace_s
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -394,12 +409,19 @@ class TaskPipeline:
                             "(is the broker reachable?)", len(unsent), FLUSH_S)
         log.info("drained in %.2fs", loop.time() - started)
 
+    def _stop_probing(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+
     async def __aexit__(self, *exc: object) -> None:
         """The drain (when service.run has not done it), then stop what is left."""
         try:
             await self.drain()
         finally:
             self._stopping = True
+            self._stop_probing()
+            if self._probing is not None:
+                await asyncio.wait([self._probing])
             for task in self._tasks:
                 task.cancel()
             tg, self._tg = self._tg, None
@@ -643,6 +665,14 @@ class TaskPipeline:
         finally:
             if me is not None and self._edge_tasks.get(key) is me:
                 del self._edge_tasks[key]
+
+    async def on_http_probe(self, request: web.Request) -> web.Response:
+        """GET/POST /v1/probe (the cloud tier): an edge node measuring its uplink. A POST's
+        body is read in full (bounded by http.max_body_bytes, 413 beyond) before the answer,
+        so the request's time includes its upload; it is then dropped."""
+        if request.method == "POST":
+            await request.read()
+        return web.Response(status=204)
 
     async def on_http_cancel(self, request: web.Request) -> web.Response:
         """`DELETE /v1/tasks/{id}[?sent_at=MS]`: drop that task if it has not started.
