@@ -362,6 +362,14 @@ class CloudSettings(_Section):
     speed: float = Field(
         1.0, gt=0, description="the cloud tier's relative speed: scales exec priors until learned"
     )
+    rtt_s: float = Field(
+        0.05, gt=0, le=60, description="the uplink's nominal round trip to the cloud tier: the "
+        "cloud link estimate starts from it, and a link measured at twice its nominal time is "
+        "degraded (probed)"
+    )
+    bandwidth_bps: float = Field(
+        2e7, gt=0, le=1e12, description="the uplink's nominal bandwidth in bits/s (likewise)"
+    )
     probe_interval_s: float = Field(
         10.0, ge=0, le=60, description="while the uplink looks degraded and no task taught it "
         "for this long, probe it (a few small requests to the cloud's /v1/probe) so that a "

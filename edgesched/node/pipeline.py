@@ -74,9 +74,16 @@ STATUS_DECISIONS = 20
 # Before anything is measured: edge neighbours share a LAN, the cloud is across a WAN.
 NEIGHBOUR_LINK_PRIOR = LinkEstimate(rtt_s=0.005, rtt_std_s=0.003, bandwidth_bps=1e8,
                                     bandwidth_std_bps=2e7)
-CLOUD_LINK_PRIOR = LinkEstimate(rtt_s=0.05, rtt_std_s=0.02, bandwidth_bps=2e7,
-                                bandwidth_std_bps=5e6)
 
+
+def cloud_link_prior(rtt_s: float = 0.05, bandwidth_bps: float = 2e7) -> LinkEstimate:
+    """The cloud link's prior: the uplink's nominal figures (`cloud.rtt_s`,
+    `cloud.bandwidth_bps`), give or take 40 % and 25 %."""
+    return LinkEstimate(rtt_s=rtt_s, rtt_std_s=0.4 * rtt_s, bandwidth_bps=bandwidth_bps,
+                        bandwidth_std_bps=0.25 * bandwidth_bps)
+
+
+CLOUD_LINK_PRIOR = cloud_link_prior()
 
 # A node shares its CPU with whatever else runs on the box: execution times drift with that
 # load, so the daemon remembers ~10 samples (the core's default, ~50, lags a drifting host).
@@ -90,7 +97,8 @@ def make_bank(settings: Settings) -> EstimatorBank:
               for name, spec in settings.task_types.items()}
     speeds = {settings.node_id: settings.executor.speed, CLOUD_ID: settings.cloud.speed}
     return EstimatorBank(exec_priors=priors, speeds=speeds,
-                         link_priors={CLOUD_ID: CLOUD_LINK_PRIOR},
+                         link_priors={CLOUD_ID: cloud_link_prior(settings.cloud.rtt_s,
+                                                                 settings.cloud.bandwidth_bps)},
                          default_link_prior=NEIGHBOUR_LINK_PRIOR, exec_params=EXEC_PARAMS)
 
 

@@ -105,6 +105,26 @@ def test_uplink_device_is_wired_to_the_cloud_link(tmp_path: Path) -> None:
                          process_env=read_process_environment({})).uplink_feeder is None
 
 
+def test_the_cloud_link_starts_from_the_nominal_uplink(tmp_path: Path) -> None:
+    """cloud.rtt_s / cloud.bandwidth_bps are the cloud link's prior, and with it what a probe
+    calls degraded: a satellite uplink configured as such is not probed for being slow."""
+    from edgesched.config import load_settings
+    from edgesched.core.candidates import CLOUD_ID
+    from edgesched.core.probing import ProbeParams, degraded
+    from edgesched.node.pipeline import CLOUD_LINK_PRIOR
+    from edgesched.node.service import build_runtime
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("node_id: n1\nhttp: {port: 0}\n"
+                   "cloud: {url: 'http://127.0.0.1:9', rtt_s: 0.6, bandwidth_bps: 2.0e6}\n")
+    rt = build_runtime(load_settings(cfg), process_env=read_process_environment({}))
+    link = rt.bank.link(CLOUD_ID, 0.0)
+    assert (link.rtt_s, link.bandwidth_bps) == (0.6, 2e6)
+    assert rt.bank.link_prior(CLOUD_ID) == link
+    assert not degraded(link, rt.bank.link_prior(CLOUD_ID), ProbeParams())
+    assert degraded(link, CLOUD_LINK_PRIOR, ProbeParams())  # against the default it would be
+
+
 def test_the_object_graph_is_built_once_and_wired_explicitly(tmp_path: Path) -> None:
     """Every component is constructed by build_runtime with its collaborators: the
     telemetry stage publishes the executor's load from the start (no placeholder), the
