@@ -14,6 +14,7 @@ from aiohttp import web
 from edgesched.adapters.cloud import CloudClient
 from edgesched.config import CloudSettings
 from edgesched.errors import HttpError, HttpTimeoutError
+from tests.support.httpserver import serving
 
 
 class Server:
@@ -41,15 +42,8 @@ async def server() -> AsyncIterator[tuple[Server, str]]:
     srv = Server()
     app = web.Application()
     app.router.add_post("/v1/tasks", srv.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield srv, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield srv, url
 
 
 def body(i: int) -> bytes:

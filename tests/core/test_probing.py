@@ -15,14 +15,19 @@ PRIOR = LinkEstimate(rtt_s=0.03, rtt_std_s=0.01, bandwidth_bps=2e7, bandwidth_st
 COLLAPSED = LinkEstimate(rtt_s=0.4, rtt_std_s=0.1, bandwidth_bps=2e5, bandwidth_std_bps=1e5)
 
 
-def collapsed_estimator() -> LinkEstimator:
-    """An estimator that learned a collapsed uplink: 400 ms, 200 kbit/s, noisy samples."""
+def learned(rtt_s: float, bps: float, *, n: int, jitter: float) -> LinkEstimator:
+    """An estimator fed `n` noisy samples of a link (RTT, and 50 kB transfers)."""
     est = LinkEstimator(PRIOR)
-    for i in range(40):
-        jitter = 1.0 + 0.3 * math.sin(i)
-        est.observe_rtt(0.4 * jitter, float(i))
-        est.observe_transfer(50_000, 8 * 50_000 / 2e5 * jitter, float(i))
+    for i in range(n):
+        wobble = 1.0 + jitter * math.sin(i)
+        est.observe_rtt(rtt_s * wobble, float(i))
+        est.observe_transfer(50_000, 8 * 50_000 / bps * wobble, float(i))
     return est
+
+
+def collapsed_estimator() -> LinkEstimator:
+    """An estimator that learned a collapsed uplink: 400 ms, 200 kbit/s."""
+    return learned(0.4, 2e5, n=40, jitter=0.3)
 
 
 def test_a_probe_is_due_only_for_a_degraded_link_left_quiet() -> None:
@@ -95,11 +100,7 @@ def test_a_probe_of_a_recovered_link_replaces_the_collapse_in_one_burst() -> Non
 
 
 def test_a_probe_that_agrees_with_the_estimate_is_ordinary_samples() -> None:
-    est = LinkEstimator(PRIOR)
-    for i in range(20):
-        jitter = 1.0 + 0.2 * math.sin(i)
-        est.observe_rtt(0.03 * jitter, float(i))
-        est.observe_transfer(100_000, 8 * 100_000 / 2e7 * jitter, float(i))
+    est = learned(0.03, 2e7, n=20, jitter=0.2)
     nbytes = 100_000
     slower = 0.036 + 8 * nbytes / 1.6e7  # 20 % slower all round: within PROBE_SHIFT
     est.observe_probe([0.036] * 3, nbytes, [slower, slower], now=21.0)

@@ -20,6 +20,7 @@ from edgesched.core.estimators import EstimatorBank
 from edgesched.core.probing import PROBE_EXCHANGES, PROBE_PINGS, ProbeParams
 from edgesched.node.pipeline import CLOUD_LINK_PRIOR
 from edgesched.node.uplinkprobe import UplinkProber
+from tests.support.httpserver import serving
 
 
 class ProbeServer:
@@ -39,15 +40,8 @@ async def cloud() -> AsyncIterator[tuple[ProbeServer, str]]:
     app = web.Application(client_max_size=1 << 20)
     app.router.add_get("/v1/probe", srv.handle)
     app.router.add_post("/v1/probe", srv.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield srv, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield srv, url
 
 
 def collapsed_bank(now: float) -> EstimatorBank:
