@@ -373,7 +373,7 @@ def _cloud(c: _Checker, raw: Any) -> CloudSpec:
         slots=c.integer(data, "cloud", "slots", d.slots, minimum=1),
         cost_per_task=c.number(data, "cloud", "cost_per_task", 0.0, minimum=0.0),
         probe_interval_s=c.number(data, "cloud", "probe_interval_s", d.probe_interval_s,
-                                  minimum=0.0),
+                                  minimum=0.0, maximum=60.0),  # as cloud.probe_interval_s
     )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
+from edgesched.errors import ScenarioError
 from edgesched.sim.runner import run_policy
 from edgesched.sim.scenario import CLOUD_ID, load_scenario
 from edgesched.sim.workload import draw_stream
@@ -54,3 +56,8 @@ def test_a_recovered_uplink_is_used_again_after_a_probe() -> None:
     # with them n0 learns the recovery and sends its work to the cloud again
     assert with_bw > 1e7
     assert with_latency < 0.9 * without_latency
+
+
+def test_the_probe_interval_is_checked_like_the_configs() -> None:
+    with pytest.raises(ScenarioError, match="probe_interval_s"):
+        load_scenario(scenario(90.0))
