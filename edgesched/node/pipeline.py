@@ -507,6 +507,7 @@ class TaskPipeline:
             # the weights and parameters in effect (they change on a SIGHUP reload)
             "policy_params": self.settings.policy.model_dump(exclude={"name"}),
             "estimates": estimates, "links": links,
+            "uplink_probe": None if self.prober is None else self.prober.status(now),
             "decisions": [r.as_dict(now) for r in list(d.decisions)[-STATUS_DECISIONS:]],
         }
 

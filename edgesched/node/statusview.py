@@ -86,6 +86,17 @@ def render_status(doc: Mapping[str, Any], console: Console | None = None) -> Non
             "links (estimated)", ("to", "rtt ms", "± ms", "Mbit/s"),
             ([name, _ms(link.get("rtt_s")), _ms(link.get("rtt_std_s")),
               _mbit(link.get("bandwidth_bps"))] for name, link in sorted(links.items()))))
+    probe = sched.get("uplink_probe")
+    if isinstance(probe, dict) and (probe.get("degraded") or probe.get("probes")):
+        def shown(key: str) -> str:
+            return plain(probe.get(key)).plain
+
+        state = "degraded: probed" if probe.get("degraded") else "healthy"
+        latest = ("" if probe.get("last") is None
+                  else f", last {shown('last')} {shown('last_age_s')} s ago")
+        console.print(Text(f"cloud uplink {state} (every {shown('interval_s')} s; "
+                           f"{shown('probes')} probes, {shown('failed')} failed{latest})",
+                           style="yellow" if probe.get("degraded") else "dim"))
 
     devices = doc.get("devices") or []
     console.print(_table(

@@ -25,6 +25,7 @@ from edgesched.core.probing import (
     PROBE_PINGS,
     ProbeParams,
     UplinkProbes,
+    degraded,
 )
 from edgesched.errors import HttpError
 
@@ -42,6 +43,20 @@ class UplinkProber:
         self.bank = bank
         self.metrics = metrics
         self.probes = UplinkProbes(params)
+        self.last: tuple[str, float] | None = None  # the latest probe's outcome, and when
+
+    def status(self, now: float) -> dict[str, object]:
+        """`scheduler.uplink_probe` of /v1/status: is the link degraded (probed) now, the
+        current interval, the probes so far, and the latest one's outcome and age."""
+        bank = self.bank
+        return {
+            "degraded": degraded(bank.link(CLOUD_ID, now), bank.link_prior(CLOUD_ID),
+                                 self.probes.params),
+            "interval_s": self.probes.interval_s if self.probes.params.interval_s > 0 else None,
+            "probes": self.probes.probes, "failed": self.probes.failures,
+            "last": None if self.last is None else self.last[0],
+            "last_age_s": None if self.last is None else round(now - self.last[1], 1),
+        }
 
     async def run(self) -> None:
         """Check every PROBE_CHECK_S, probe when due; until cancelled."""
@@ -72,11 +87,13 @@ class UplinkProber:
             # Probes back off to one a minute, and so do these lines.
             log.log(logging.WARNING if exc.reason == "http_status" else logging.DEBUG,
                     "uplink probe failed: %s", exc)
+            self.last = ("failed", time.monotonic())
             return "failed"
         at = time.monotonic()
         bank.observe_probe(CLOUD_ID, rtts, size, seconds, at)
         link = bank.link(CLOUD_ID, at)
         outcome = "healthy" if self.probes.done(link, prior, at) else "degraded"
+        self.last = (outcome, at)
         self.metrics.cloud_probes.labels(outcome=outcome).inc()
         log_at = logging.INFO if outcome == "healthy" else logging.DEBUG
         log.log(log_at, "uplink probe (%d x %d bytes): the cloud link is %s: RTT %.0f ms, "

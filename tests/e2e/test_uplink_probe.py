@@ -56,6 +56,8 @@ def test_a_recovered_uplink_is_noticed_by_a_probe(mosquitto: Mosquitto, node_fac
     link = cloud_link(edge)
     assert link["rtt_s"] < 0.1, link
     assert link["bandwidth_bps"] > 1e6, link
+    seen = edge.status()["scheduler"]["uplink_probe"]
+    assert seen["degraded"] is False and seen["last"] == "healthy" and seen["probes"] >= 1
     assert probes(edge, "failed") == 0  # the token was accepted
     assert cloud.metric("edgesched_http_unauthorized_total") == 0
     # The cloud node refuses a probe without the token, as it refuses tasks.

@@ -56,3 +56,19 @@ def test_task_view_and_no_markup_from_the_node() -> None:
     assert "[bold red]evil?[2J" in text and "\x1b" not in text
     for part in ("lowest score", "deadline", "* cloud", "attempts", "0.24", "cloud-1"):
         assert part in text, (part, text)
+
+
+def test_status_says_when_the_cloud_uplink_is_degraded_and_probed() -> None:
+    base = {"node_id": "gw-1", "role": "edge", "mqtt": {"connected": True},
+            "tasks": {"running": 0, "queued": 0, "slots": 2}, "neighbours": [], "devices": []}
+    console, out = _console()
+    render_status({**base, "scheduler": {"policy": "cost", "uplink_probe": {
+        "degraded": True, "interval_s": 15.0, "probes": 2, "failed": 1, "last": "degraded",
+        "last_age_s": 4.2}}}, console)
+    assert "cloud uplink degraded: probed (every 15 s; 2 probes, 1 failed, last degraded " \
+           "4.2 s ago)" in out.getvalue()
+    console, out = _console()  # healthy and never probed: nothing to say
+    render_status({**base, "scheduler": {"policy": "cost", "uplink_probe": {
+        "degraded": False, "interval_s": 10.0, "probes": 0, "failed": 0, "last": None,
+        "last_age_s": None}}}, console)
+    assert "cloud uplink" not in out.getvalue()
