@@ -40,7 +40,7 @@ def test_a_recovered_uplink_is_noticed_by_a_probe(mosquitto: Mosquitto, node_fac
     cloud = node_factory("cloud", broker=mosquitto, overrides={
         "role": "cloud", "http": {"token_file": str(token)}})
     edge = node_factory("edge-a", broker=mosquitto, overrides={
-        "cloud": {"url": cloud.base_url, "token_file": str(token), "probe_interval_s": 1},
+        "cloud": {"url": cloud.base_url, "token_file": str(token), "probe_interval_s": 3},
         "devices": {"uplink_device": "modem"}})
     wait_until(lambda: edge.status()["mqtt"]["connected"], 10, what="edge connected")
     assert probes(edge, "healthy") == probes(edge, "degraded") == 0  # a healthy prior: none
@@ -48,11 +48,13 @@ def test_a_recovered_uplink_is_noticed_by_a_probe(mosquitto: Mosquitto, node_fac
     subprocess.run(["mosquitto_pub", "-h", mosquitto.host, "-p", str(mosquitto.port), "-t",
                     "edgesched/device/modem/telemetry", "-m",
                     '{"uplink_bps": 1e5, "rtt_s": 1.5}'], check=True, timeout=10)
-    wait_until(lambda: cloud_link(edge)["rtt_s"] > 1.0, 10, what="the collapse learned")
-    assert cloud_link(edge)["bandwidth_bps"] < 2e5
+    # (a probe is due 3 s after the reading: on a slow machine it may have come and gone
+    # before this sees the collapse, and a probe is only ever sent to a degraded link)
+    wait_until(lambda: cloud_link(edge)["rtt_s"] > 1.0 or probes(edge, "healthy") >= 1, 10,
+               what="the collapse learned")
 
-    # No more readings: a probe is due a second later and finds the loopback link healthy.
-    wait_until(lambda: probes(edge, "healthy") >= 1, 15, what="a probe that found it healthy")
+    # No more readings: a probe is due 3 s later and finds the loopback link healthy.
+    wait_until(lambda: probes(edge, "healthy") >= 1, 20, what="a probe that found it healthy")
     link = cloud_link(edge)
     assert link["rtt_s"] < 0.1, link
     assert link["bandwidth_bps"] > 1e6, link
