@@ -18,8 +18,10 @@ noticed within a minute at worst. Time is passed in as `now`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edgesched.core.estimators import EstimatorBank
 from edgesched.core.model import LinkEstimate
 
 PROBE_CHECK_S = 1.0  # how often a node asks `UplinkProbes.due`
@@ -97,15 +99,37 @@ class UplinkProbes:
         interval grows by `backoff`)."""
         self.probes += 1
         self.in_flight = False
-        p = self.params
-        healthy = not degraded(link, prior, p)
-        self.interval_s = p.interval_s if healthy else min(p.max_interval_s,
-                                                           p.backoff * self.interval_s)
+        healthy = not degraded(link, prior, self.params)
+        if healthy:
+            self.interval_s = self.params.interval_s
+        else:
+            self._grow()
         return healthy
 
     def failed(self, now: float) -> None:
         """A probe got no answer: wait the interval (grown by `backoff`) before the next one."""
         self.failures += 1
         self.in_flight = False
-        self.interval_s = min(self.params.max_interval_s, self.params.backoff * self.interval_s)
+        self._grow()
         self._not_before = now + self.interval_s
+
+    def _grow(self) -> None:
+        p = self.params
+        self.interval_s = min(p.max_interval_s, p.backoff * self.interval_s)
+
+    # The same, on a bank's link to `target` (what the daemon and the simulator call).
+    def due_on(self, bank: EstimatorBank, target: str, now: float) -> int | None:
+        """`due` for the bank's link to `target`: its estimate, prior and `taught_at`."""
+        return self.due(bank.link(target, now), bank.link_prior(target),
+                        bank.link_taught_at(target), now)
+
+    def learn(self, bank: EstimatorBank, target: str, rtts: Sequence[float], nbytes: float,
+              seconds: Sequence[float], now: float) -> bool:
+        """A probe's burst fed to the bank (`EstimatorBank.observe_probe`), then `done` on
+        what the link's estimate says after it: True when it looks healthy again."""
+        bank.observe_probe(target, rtts, nbytes, seconds, now)
+        return self.done(bank.link(target, now), bank.link_prior(target), now)
+
+    def degraded_on(self, bank: EstimatorBank, target: str, now: float) -> bool:
+        """Whether the bank's link to `target` looks degraded now (probes are due on it)."""
+        return degraded(bank.link(target, now), bank.link_prior(target), self.params)

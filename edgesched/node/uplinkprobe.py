@@ -25,7 +25,6 @@ from edgesched.core.probing import (
     PROBE_PINGS,
     ProbeParams,
     UplinkProbes,
-    degraded,
 )
 from edgesched.errors import HttpError
 
@@ -48,10 +47,8 @@ class UplinkProber:
     def status(self, now: float) -> dict[str, object]:
         """`scheduler.uplink_probe` of /v1/status: is the link degraded (probed) now, the
         current interval, the probes so far, and the latest one's outcome and age."""
-        bank = self.bank
         return {
-            "degraded": degraded(bank.link(CLOUD_ID, now), bank.link_prior(CLOUD_ID),
-                                 self.probes.params),
+            "degraded": self.probes.degraded_on(self.bank, CLOUD_ID, now),
             "interval_s": self.probes.interval_s if self.probes.params.interval_s > 0 else None,
             "probes": self.probes.probes, "failed": self.probes.failures,
             "last": None if self.last is None else self.last[0],
@@ -68,10 +65,7 @@ class UplinkProber:
 
     async def check(self, now: float) -> str | None:
         """One check: the probe's outcome (healthy, degraded, failed), None when none was due."""
-        bank = self.bank
-        prior = bank.link_prior(CLOUD_ID)
-        size = self.probes.due(bank.link(CLOUD_ID, now), prior, bank.link_taught_at(CLOUD_ID),
-                               now)
+        size = self.probes.due_on(self.bank, CLOUD_ID, now)
         if size is None:
             return None
         try:
@@ -90,9 +84,9 @@ class UplinkProber:
             self.last = ("failed", time.monotonic())
             return "failed"
         at = time.monotonic()
-        bank.observe_probe(CLOUD_ID, rtts, size, seconds, at)
-        link = bank.link(CLOUD_ID, at)
-        outcome = "healthy" if self.probes.done(link, prior, at) else "degraded"
+        healthy = self.probes.learn(self.bank, CLOUD_ID, rtts, size, seconds, at)
+        outcome = "healthy" if healthy else "degraded"
+        link = self.bank.link(CLOUD_ID, at)
         self.last = (outcome, at)
         self.metrics.cloud_probes.labels(outcome=outcome).inc()
         log_at = logging.INFO if outcome == "healthy" else logging.DEBUG

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgesched.core.admission import admit
 from edgesched.core.calibration import CalibrationParams, QuantileCalibrator
-from edgesched.core.candidates import CloudTarget, build_candidates, exec_estimate
+from edgesched.core.candidates import CloudTarget, build_candidates, exec_estimate, exec_means
 from edgesched.core.costmodel import CostParams
 from edgesched.core.estimators import EstimatorBank, ExecPrior
 from edgesched.core.fallback import FallbackParams, NextAttempt, Terminal, next_attempt
@@ -200,15 +200,12 @@ class DaemonBrain:
 
     def probe_due(self, now: float) -> int | None:
         """The payload bytes of an uplink probe to send now, or None (core/probing.py)."""
-        bank = self.bank
-        return self.uplink_probes.due(bank.link(CLOUD_ID, now), bank.link_prior(CLOUD_ID),
-                               bank.link_taught_at(CLOUD_ID), now)
+        return self.uplink_probes.due_on(self.bank, CLOUD_ID, now)
 
     def probed(self, rtts: Sequence[float], nbytes: float, seconds: Sequence[float],
                now: float) -> None:
         """An uplink probe's round trips and exchanges, learned as the daemon learns them."""
-        self.bank.observe_probe(CLOUD_ID, rtts, nbytes, seconds, now)
-        self.uplink_probes.done(self.bank.link(CLOUD_ID, now), self.bank.link_prior(CLOUD_ID), now)
+        self.uplink_probes.learn(self.bank, CLOUD_ID, rtts, nbytes, seconds, now)
 
     # ---- deciding -------------------------------------------------------------------------
     def local_state(self, now: float) -> NodeState:
@@ -227,7 +224,7 @@ class DaemonBrain:
         local = self.local_state(now)
         spec, node = task.spec, self.node
         snap = ClusterSnapshot(now=now, local=local, neighbours=self.shortlist.neighbours(
-            now, lambda node_id: exec_estimate(spec, node_id, self.bank, now).mean_s))
+            now, exec_means(spec, self.bank, now)))
         out = build_candidates(
             spec, snap, self.bank, offload=spec.offload, cloud=self.cloud,
             local_power=node.power, local_max_queue=node.queue_size,
