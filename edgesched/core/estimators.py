@@ -472,8 +472,7 @@ class EstimatorBank:
         if est is not None:
             self._links.move_to_end(target)
         elif create:
-            prior = self.link_priors.get(target, self.default_link_prior)
-            est = LinkEstimator(prior, self.link_params)
+            est = LinkEstimator(self.link_prior(target), self.link_params)
             self._links[target] = est
             if len(self._links) > self.max_keys:
                 self._links.popitem(last=False)
@@ -555,6 +554,7 @@ class EstimatorBank:
         return -INF if est is None else est.taught_at
 
     def link_prior(self, target: str) -> LinkEstimate:
+        """What the link to `target` is taken to be before anything is learned."""
         return self.link_priors.get(target, self.default_link_prior)
 
     def exec_estimate(
@@ -597,7 +597,7 @@ class EstimatorBank:
     def link(self, target: str, now: float) -> LinkEstimate:
         est = self._link_for(target, False)
         if est is None:
-            return self.link_priors.get(target, self.default_link_prior)
+            return self.link_prior(target)
         return est.snapshot(now)
 
     def __len__(self) -> int:
