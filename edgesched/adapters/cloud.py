@@ -128,14 +128,12 @@ class CloudClient:
     async def probe(self, payload: bytes = b"", *, timeout_s: float) -> float:
         """One uplink probe request (`GET {cloud.url}/v1/probe`, or a `POST` carrying
         `payload`): the seconds it took, or HttpError when the answer is not HTTP 204."""
+        upload = ({"data": payload, "headers": {"Content-Type": "application/octet-stream"}}
+                  if payload else {})
         started = time.monotonic()
-        if payload:
-            status, _, _ = await self._exchange(
-                "POST", self.probe_url, timeout_s=timeout_s, read_limit=1024, what=" a probe",
-                data=payload, headers={"Content-Type": "application/octet-stream"})
-        else:
-            status, _, _ = await self._exchange("GET", self.probe_url, timeout_s=timeout_s,
-                                                read_limit=1024, what=" a probe")
+        status, _, _ = await self._exchange("POST" if payload else "GET", self.probe_url,
+                                            timeout_s=timeout_s, read_limit=1024,
+                                            what=" a probe", **upload)
         if status != 204:
             raise HttpError(f"cloud {mask_url(self.probe_url)} answered a probe with HTTP "
                             f"{status} (an edgesched cloud node answers 204)",
