@@ -13,7 +13,7 @@ used as they are.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from edgesched.core.estimators import EstimatorBank
@@ -61,6 +61,12 @@ def exec_estimate(task: TaskSpec, node_id: str, bank: EstimatorBank, now: float)
         return ExecEstimate(mean_s=task.exact_s,
                             std_s=EXACT_STD_FRACTION * task.exact_s + EXACT_STD_FLOOR_S)
     return bank.exec_estimate(task.task_type, node_id, task.work, now)
+
+
+def exec_means(task: TaskSpec, bank: EstimatorBank, now: float) -> Callable[[str], float]:
+    """The task's expected execution time on a node, by node id (`exec_estimate`): what
+    `Shortlist.neighbours` ranks the neighbours by when the list is chosen again."""
+    return lambda node_id: exec_estimate(task, node_id, bank, now).mean_s
 
 
 def queue_wait(

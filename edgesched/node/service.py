@@ -44,7 +44,7 @@ from edgesched.config import (
     mask_url,
     read_process_environment,
 )
-from edgesched.core.candidates import CLOUD_ID, exec_estimate
+from edgesched.core.candidates import CLOUD_ID, exec_means
 from edgesched.core.estimators import EstimatorBank
 from edgesched.core.model import ClusterSnapshot, PowerModel, TaskSpec
 from edgesched.core.shortlist import Shortlist
@@ -366,8 +366,7 @@ def snapshot_source(view: ClusterView, telemetry: TelemetryStage, bank: Estimato
 
     def snapshot(task: TaskSpec | None = None) -> ClusterSnapshot:
         now = time.monotonic()
-        exec_of = None if task is None else (
-            lambda node_id: exec_estimate(task, node_id, bank, now).mean_s)
+        exec_of = None if task is None else exec_means(task, bank, now)
         return ClusterSnapshot(now=now, local=telemetry.local_state(now),
                                neighbours=shortlist.neighbours(now, exec_of))
 
