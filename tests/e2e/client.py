@@ -39,8 +39,13 @@ class TaskClient:
         self.token = uuid.uuid4().hex[:10]
         self.replies: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._arrived = asyncio.Event()
+        # keepalive 60 s: tests wait with the blocking `wait_until` while a client is open,
+        # which stalls its event loop; at the default 10 s a wait past 15 s had the broker
+        # drop the client (seen: a multi-site heal on a loaded machine, then "publish ...
+        # failed: connection lost")
         self._client = MqttClient(MqttOptions(host=broker.host, port=broker.port,
-                                              client_id=f"test-{self.token}"), Metrics())
+                                              client_id=f"test-{self.token}", keepalive_s=60),
+                                  Metrics())
 
     async def __aenter__(self) -> TaskClient:
         await self._client.subscribe(f"{self.prefix}/client/{self.token}/#", self._on_reply,
